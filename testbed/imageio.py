@@ -1,0 +1,116 @@
+"""Image files <-> BCHW RGB float tensors in [0, 1], with clear errors and atomic, lossless writes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from testbed.errors import ImageError
+
+
+def _describe_mode(img: Image.Image) -> str:
+    return {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA", "I;16": "16-bit grayscale",
+            "I;16B": "16-bit grayscale", "I": "32-bit integer", "F": "32-bit float", "P": "palette",
+            "1": "1-bit", "CMYK": "CMYK"}.get(img.mode, img.mode)
+
+
+def pil_to_tensor(img: Image.Image, *, convert: bool = False, source: str = "image") -> torch.Tensor:
+    """A PIL image as a 1x3xHxW float32 tensor in [0, 1].
+
+    Only 8-bit RGB is accepted as is. Other modes (grayscale, RGBA, 16-bit, palette, CMYK) are refused
+    with an error naming the mode, unless ``convert=True``: then they are converted explicitly
+    (alpha is dropped by compositing on white, 16-bit is scaled by 1/65535, grayscale is replicated).
+    """
+    if img.mode != "RGB":
+        if not convert:
+            raise ImageError(
+                f"{source}: {_describe_mode(img)} image (PIL mode {img.mode}); expected 8-bit RGB. "
+                "Convert it, or pass convert=True (CLI: --convert-images) to convert explicitly"
+            )
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float32) / 65535.0
+            arr = np.clip(arr, 0.0, 1.0)
+            t = torch.from_numpy(np.ascontiguousarray(arr))[None, None].expand(1, 3, -1, -1).contiguous()
+            return t
+        if img.mode in ("RGBA", "LA", "P"):
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(white, rgba)
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def load_image(path: str | Path, *, convert: bool = False) -> torch.Tensor:
+    """Read an image file as a 1x3xHxW float32 RGB tensor in [0, 1] (see ``pil_to_tensor`` for modes)."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"image file {p} does not exist")
+    if p.is_dir():
+        raise ImageError(f"{p} is a folder, not an image file")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            return pil_to_tensor(img, convert=convert, source=str(p))
+    except UnidentifiedImageError:
+        raise ImageError(f"{p} is not a readable image (corrupt or unknown format)") from None
+    except (OSError, SyntaxError) as exc:  # truncated files raise OSError on load()
+        raise ImageError(f"{p} could not be decoded: {exc}") from None
+
+
+def check_images(x: torch.Tensor, *, name: str = "images") -> torch.Tensor:
+    """Validate the project's image convention: BCHW, 3 channels, floating point, values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise ImageError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ImageError(f"{name} must be BCHW RGB with 3 channels, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ImageError(f"{name} must be float in [0, 1], got dtype {x.dtype}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ImageError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    return x
+
+
+def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """A 1x3xHxW (or 3xHxW) tensor in [0, 1] as an HxWx3 uint8 RGB array (rounded)."""
+    if x.ndim == 4:
+        if x.shape[0] != 1:
+            raise ImageError(f"expected a single image, got a batch of {x.shape[0]}")
+        x = x[0]
+    return (x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+
+
+def save_image(x: torch.Tensor, path: str | Path, *, bits: int = 8) -> Path:
+    """Write a 1x3xHxW tensor in [0, 1] as a lossless PNG (8- or 16-bit), atomically."""
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise ImageError(f"{p}: only lossless PNG output is supported")
+    if bits == 8:
+        img = Image.fromarray(tensor_to_uint8(x), mode="RGB")
+        save = lambda fh: img.save(fh, format="PNG")  # noqa: E731
+    elif bits == 16:
+        # PIL cannot write 16-bit RGB; use OpenCV's encoder via numpy (RGB -> BGR handled here).
+        import cv2
+
+        arr = x.detach().float().clamp(0, 1)
+        arr = arr[0] if arr.ndim == 4 else arr
+        arr16 = (arr.mul(65535).round().to(torch.int32).permute(1, 2, 0).cpu().numpy()).astype(np.uint16)
+        ok, buf = cv2.imencode(".png", arr16[:, :, ::-1])
+        if not ok:
+            raise ImageError(f"could not encode {p} as 16-bit PNG")
+        save = lambda fh: fh.write(buf.tobytes())  # noqa: E731
+    else:
+        raise ImageError(f"bits must be 8 or 16, got {bits}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    partial = p.with_name(p.name + ".partial")
+    try:
+        with open(partial, "wb") as fh:
+            save(fh)
+        os.replace(partial, p)
+    finally:
+        partial.unlink(missing_ok=True)
+    return p

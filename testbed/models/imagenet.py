@@ -1,0 +1,54 @@
+"""ImageNet classifiers: MobileNetV2 (torchvision weights) and EfficientNet-Lite0."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from torch import nn
+
+from testbed.assets import asset_path
+from testbed.models.registry import Accuracy, ModelEntry, NormalizedModel, register_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=1)
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1,000 ImageNet class names, as torchvision ships them with its weights' metadata."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    return tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _mobilenet_v2() -> nn.Module:
+    from torchvision.models import mobilenet_v2
+
+    asset_path("mobilenet_v2")  # clear error naming the file and the fix if it is missing or corrupt
+    net = mobilenet_v2(weights="IMAGENET1K_V1", progress=False)
+    return NormalizedModel(net, IMAGENET_MEAN, IMAGENET_STD, name="mobilenet_v2")
+
+
+def _efficientnet_lite0() -> nn.Module:
+    from testbed.models.efficientnet_lite import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, build_efficientnet_lite0
+
+    return NormalizedModel(
+        build_efficientnet_lite0(), EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, name="efficientnet_lite0"
+    )
+
+
+register_model(
+    ModelEntry(
+        name="mobilenet_v2",
+        task="classification",
+        builder=_mobilenet_v2,
+        input_size=(224, 224),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        labels=imagenet_labels(),
+        accuracy=(
+            Accuracy("ImageNet-1k val (torchvision's published measurement)", 50_000, 71.878, 90.286),
+        ),
+        assets=("mobilenet_v2",),
+        description="torchvision MobileNetV2, IMAGENET1K_V1 weights",
+    )
+)
