@@ -58,7 +58,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     from testbed.imageio import load_image
     from testbed.models.registry import get_entry, get_model
-    from testbed.photos import center_crop, list_photos, load_photo
+    from testbed.photos import imagenet_preprocess, list_photos, load_photo
 
     entry = get_entry(args.model)
     model = get_model(args.model)
@@ -68,9 +68,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             x = load_photo(item)
         else:
             x = load_image(item, convert=args.convert_images)
-        h = entry.input_size[0]
-        x = torch.nn.functional.interpolate(x, size=round(h * 256 / 224), mode="bilinear", antialias=True)
-        x = center_crop(x, h)
+        x = imagenet_preprocess(x, entry.input_size[0])
         with torch.no_grad():
             probs = model(x.to(device)).softmax(-1)[0]
         top = probs.topk(5)

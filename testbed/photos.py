@@ -80,8 +80,11 @@ def _load_cached(name: str) -> torch.Tensor:
 def load_photo(name: str, size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """A shipped photo as a 1x3xHxW float tensor in [0, 1]; optionally resized (short side, or (H, W))."""
     x = _load_cached(name).clone()
-    if size is None:
-        return x
+    return x if size is None else resize(x, size)
+
+
+def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a BCHW tensor to ``(H, W)``, or so that its short side is ``size`` (antialiased bilinear)."""
     if isinstance(size, int):
         h, w = x.shape[-2:]
         scale = size / min(h, w)
@@ -98,6 +101,11 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top : top + size, left : left + size]
 
 
+def imagenet_preprocess(x: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """Resize the short side to 256/224 * ``size`` and centre-crop, as ImageNet models are evaluated."""
+    return center_crop(resize(x, round(size * 256 / 224)), size)
+
+
 def imagenet_view(name: str, size: int = 224) -> torch.Tensor:
-    """A photo resized (short side 256/224 * size) and centre-cropped, as ImageNet models are evaluated."""
-    return center_crop(load_photo(name, round(size * 256 / 224)), size)
+    """A shipped photo as an ImageNet model sees it (see ``imagenet_preprocess``)."""
+    return imagenet_preprocess(load_photo(name), size)
