@@ -20,7 +20,7 @@ class Photo:
     name: str
     package: str  # "skimage" or "matplotlib"
     relative_path: str
-    kind: str  # "photo" (colour scene) or "texture" (grayscale material)
+    kind: str  # "photo" (colour scene), "grayscale-photo", or "texture" (grayscale material, no faces)
     imagenet_hint: str = ""  # what an ImageNet model should see, where obvious
 
 
@@ -35,7 +35,7 @@ PHOTOS: tuple[Photo, ...] = (
     Photo("retina", "skimage", "retina.jpg", "photo"),
     Photo("ihc", "skimage", "ihc.png", "photo"),
     Photo("grace_hopper", "matplotlib", "sample_data/grace_hopper.jpg", "photo", "military uniform"),
-    Photo("camera", "skimage", "camera.png", "texture"),
+    Photo("camera", "skimage", "camera.png", "grayscale-photo"),  # the cameraman: has a face
     Photo("coins", "skimage", "coins.png", "texture"),
     Photo("moon", "skimage", "moon.png", "texture"),
     Photo("page", "skimage", "page.png", "texture"),

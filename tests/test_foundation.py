@@ -223,3 +223,12 @@ def test_cli_unknown_model_is_a_clear_error(capsys):
     assert main(["classify", "chelsea", "--model", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'nope'" in err and "mobilenet_v2" in err
+
+
+def test_efficientnet_lite0_agrees_with_mobilenet_v2(mobilenet):
+    lite = get_model("efficientnet_lite0", device="cpu")
+    for photo in ("chelsea", "coffee"):
+        x = imagenet_view(photo)
+        a, b = top1(mobilenet, x), top1(lite, x)
+        assert a == b or (a in CAT_CLASSES and b in CAT_CLASSES), (photo, a, b)
+    assert top1(lite, imagenet_view("coffee")) == ESPRESSO

@@ -6,6 +6,7 @@ from functools import lru_cache
 from torch import nn
 
 from testbed.assets import asset_path
+from testbed.models.efficientnet_lite import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, build_efficientnet_lite0
 from testbed.models.registry import Accuracy, ModelEntry, NormalizedModel, register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,8 +30,6 @@ def _mobilenet_v2() -> nn.Module:
 
 
 def _efficientnet_lite0() -> nn.Module:
-    from testbed.models.efficientnet_lite import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, build_efficientnet_lite0
-
     return NormalizedModel(
         build_efficientnet_lite0(), EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, name="efficientnet_lite0"
     )
@@ -50,5 +49,22 @@ register_model(
         ),
         assets=("mobilenet_v2",),
         description="torchvision MobileNetV2, IMAGENET1K_V1 weights",
+    )
+)
+
+register_model(
+    ModelEntry(
+        name="efficientnet_lite0",
+        task="classification",
+        builder=_efficientnet_lite0,
+        input_size=(224, 224),
+        mean=EFFICIENTNET_LITE0_MEAN,
+        std=EFFICIENTNET_LITE0_STD,
+        labels=imagenet_labels(),
+        accuracy=(
+            Accuracy("ImageNet-1k val (TensorFlow EfficientNet-Lite README, FP32; not re-measured here)", 50_000, 75.1),
+        ),
+        assets=("efficientnet_lite0",),
+        description="EfficientNet-Lite0 (RangiLyu's PyTorch port of the TF-Lite model), for transfer experiments",
     )
 )

@@ -1,0 +1,454 @@
+"""MTCNN face detector with 5 landmarks (Zhang et al. 2016), written in PyTorch.
+
+Loads facenet-pytorch 2.6.0's P-, R- and O-Net state dicts (assets ``mtcnn_pnet``, ``mtcnn_rnet``,
+``mtcnn_onet``). The cascade follows the original algorithm; the implementation is ours and batched:
+
+1. P-Net, fully convolutional, on an image pyramid built with ``F.interpolate(mode="area")`` on the whole
+   batch; candidate windows per (image, scale) are reduced with ``batched_nms`` (IoU 0.5), then per image
+   (IoU 0.7), regressed and squared.
+2. R-Net on 24x24 crops cut with ``torchvision.ops.roi_align`` (all candidates of all images at once; outside
+   the image is black, as in the original zero padding); score threshold, NMS (IoU 0.7), regression, square.
+3. O-Net on 48x48 crops: score, 5 landmarks, regression, NMS with intersection-over-minimum 0.7.
+
+Conventions: input BCHW RGB float in [0, 1] (scaled inside to the networks' ``(x*255 - 127.5) / 128``).
+Coordinates are continuous pixel coordinates: the image's top-left corner is (0, 0) and pixel (row i, col j)
+covers [j, j+1) x [i, i+1) (its centre is (j + 0.5, i + 0.5)). Landmark order (image left/right, i.e. "left
+eye" is the one with the smaller x in a frontal face, the subject's right eye): left eye, right eye, nose tip,
+mouth left corner, mouth right corner.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, roi_align
+
+from testbed.errors import AssetError, ConfigError, ImageError
+from testbed.models.registry import Accuracy, ModelEntry
+
+#: Landmark names, in the order of ``Detections.landmarks[:, k]``.
+LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+#: The networks' own normalisation for [0, 1] input: (x*255 - 127.5) / 128  ==  (x - MEAN) / STD.
+MTCNN_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+MTCNN_STD: tuple[float, float, float] = (128.0 / 255,) * 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Networks (parameter names match facenet-pytorch's state dicts)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _caffe_flatten(x: torch.Tensor) -> torch.Tensor:
+    """Flatten as the original Caffe models did (their dense layers were trained on W-major order)."""
+    n, c, h, w = x.shape
+    return x.permute(0, 3, 2, 1).reshape(n, c * h * w)
+
+
+class PNet(nn.Module):
+    """Proposal network: fully convolutional, one 12x12 window per output cell (stride 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
+        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
+        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, 1)  # face / not-face logits
+        self.conv4_2 = nn.Conv2d(32, 4, 1)  # box regression
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (regression B x 4 x h x w, face probability B x h x w)."""
+        x = F.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return self.conv4_2(x), self.conv4_1(x).softmax(dim=1)[:, 1]
+
+
+class RNet(nn.Module):
+    """Refinement network on 24x24 crops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
+        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
+        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
+        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.dense5_2 = nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (regression N x 4, face probability N)."""
+        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
+        x = self.prelu4(self.dense4(_caffe_flatten(self.prelu3(self.conv3(x)))))
+        return self.dense5_2(x), self.dense5_1(x).softmax(dim=1)[:, 1]
+
+
+class ONet(nn.Module):
+    """Output network on 48x48 crops: score, box regression and 5 landmarks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
+        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
+        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
+        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
+        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)  # x1..x5, y1..y5 relative to the crop
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (regression N x 4, landmarks N x 5 x 2 in crop units [0, 1], face probability N)."""
+        x = F.max_pool2d(self.prelu1(self.conv1(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
+        x = self.prelu5(self.dense5(_caffe_flatten(self.prelu4(self.conv4(x)))))
+        pts = self.dense6_3(x).view(-1, 2, 5).transpose(1, 2)
+        return self.dense6_2(x), pts, self.dense6_1(x).softmax(dim=1)[:, 1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results and configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Detections:
+    """Faces found in one image, sorted by decreasing probability.
+
+    boxes: N x 4 (x1, y1, x2, y2) pixels, clipped to the image; probs: N; landmarks: N x 5 x 2 (x, y) pixels in
+    the order of ``LANDMARK_NAMES``.
+    """
+
+    boxes: torch.Tensor
+    probs: torch.Tensor
+    landmarks: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.probs.shape[0])
+
+    def to(self, device: torch.device | str) -> "Detections":
+        return Detections(self.boxes.to(device), self.probs.to(device), self.landmarks.to(device))
+
+    def best(self) -> "Detections":
+        """Only the most probable face (empty if there is none)."""
+        return Detections(self.boxes[:1], self.probs[:1], self.landmarks[:1])
+
+    def as_dict(self) -> dict:
+        """JSON-serialisable lists."""
+        return {
+            "boxes": self.boxes.tolist(),
+            "probs": self.probs.tolist(),
+            "landmarks": self.landmarks.tolist(),
+            "landmark_names": list(LANDMARK_NAMES),
+        }
+
+
+@dataclass(frozen=True)
+class MTCNNConfig:
+    """Detector hyper-parameters (facenet-pytorch's defaults)."""
+
+    min_face_size: float = 20.0  # smallest face side searched for, in input pixels
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-, R-, O-Net probability thresholds
+    factor: float = 0.709  # pyramid scale step
+    nms_scale: float = 0.5  # IoU within one (image, scale) after P-Net
+    nms_pnet: float = 0.7  # IoU across scales after P-Net
+    nms_rnet: float = 0.7  # IoU after R-Net
+    nms_onet: float = 0.7  # intersection over the smaller box, after O-Net
+    batch_size: int = 512  # crops per R-/O-Net forward pass
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if len(self.thresholds) != 3:
+            raise ConfigError(f"MTCNN thresholds must be 3 numbers (P-, R-, O-Net), got {self.thresholds}")
+        for name, t in zip(("P-Net", "R-Net", "O-Net"), self.thresholds):
+            if not 0.0 <= t < 1.0:
+                raise ConfigError(f"MTCNN {name} threshold must be in [0, 1), got {t}")
+        if not self.min_face_size >= 12:
+            raise ConfigError(f"MTCNN min_face_size must be >= 12 pixels (the P-Net window), got {self.min_face_size}")
+        if not 0.1 <= self.factor < 1.0:
+            raise ConfigError(f"MTCNN factor (pyramid step) must be in [0.1, 1), got {self.factor}")
+        for key in ("nms_scale", "nms_pnet", "nms_rnet", "nms_onet"):
+            value = getattr(self, key)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"MTCNN {key} must be in (0, 1], got {value}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError(f"MTCNN batch_size must be a positive int, got {self.batch_size!r}")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["thresholds"] = list(self.thresholds)
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Box helpers (all boxes are float tensors N x 4, x1 y1 x2 y2)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    """Apply MTCNN's box regression (offsets in units of the box size)."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    return boxes + reg * wh
+
+
+def _square(boxes: torch.Tensor) -> torch.Tensor:
+    """The square of side max(w, h) with the same centre."""
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]).max(dim=1, keepdim=True).values / 2
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
+def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Greedy NMS with intersection over the *smaller* area (MTCNN's last stage), per group; returns kept indices."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    # Separate groups by offsetting them far apart (the same trick as torchvision's batched_nms).
+    offset = groups.to(boxes) * (boxes.max() - boxes.min() + 1)
+    b = boxes + offset[:, None]
+    area = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    lt = torch.maximum(b[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    overlap = inter / torch.minimum(area[:, None], area[None, :]).clamp(min=1e-9)
+    order = scores.argsort(descending=True)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    keep = []
+    for i in order.tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= overlap[i] > threshold
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Detector
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class MTCNN(nn.Module):
+    """The three-stage cascade. ``detect(images)`` → one ``Detections`` per image.
+
+    Hyper-parameters live in ``config`` (an ``MTCNNConfig``); images are given at call time.
+    """
+
+    def __init__(self, config: MTCNNConfig | None = None, *, load_weights: bool = True) -> None:
+        super().__init__()
+        self.config = config or MTCNNConfig()
+        self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        if load_weights:
+            from testbed.assets import asset_path
+
+            for asset, net in (("mtcnn_pnet", self.pnet), ("mtcnn_rnet", self.rnet), ("mtcnn_onet", self.onet)):
+                _load_state(net, asset_path(asset))
+        self.eval()
+
+    # -- public API ------------------------------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> list[Detections]:
+        return self.detect(images)
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor) -> list[Detections]:
+        """Detect faces in a batch of images (B x 3 x H x W, RGB float in [0, 1]).
+
+        Returns one ``Detections`` per image, on the input's device, sorted by decreasing probability.
+        """
+        images = _validate_images(images)
+        out_device = images.device
+        device = next(self.parameters()).device
+        x = images.to(device=device, dtype=torch.float32)
+        batch, _, height, width = x.shape
+        boxes, img_idx = self._stage1(x)
+        if len(boxes):
+            boxes, img_idx = self._stage2(x, boxes, img_idx)
+        if len(boxes):
+            boxes, probs, points, img_idx = self._stage3(x, boxes, img_idx)
+        else:
+            probs = boxes.new_zeros(0)
+            points = boxes.new_zeros(0, 5, 2)
+
+        limits = boxes.new_tensor([width, height, width, height])
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        results = []
+        for b in range(batch):
+            sel = (img_idx == b).nonzero().flatten()
+            sel = sel[probs[sel].argsort(descending=True)]
+            results.append(Detections(boxes[sel], probs[sel], points[sel]).to(out_device))
+        return results
+
+    # -- stages ----------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _normalise(x: torch.Tensor) -> torch.Tensor:
+        return (x * 255.0 - 127.5) * 0.0078125
+
+    def _scales(self, height: int, width: int) -> list[float]:
+        cfg = self.config
+        scale = 12.0 / cfg.min_face_size
+        side = min(height, width) * scale
+        scales = []
+        while side >= 12:
+            scales.append(scale)
+            scale *= cfg.factor
+            side *= cfg.factor
+        return scales
+
+    def _stage1(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        batch, _, height, width = x.shape
+        norm = self._normalise(x)
+        all_boxes, all_scores, all_reg, all_img, all_group = [], [], [], [], []
+        for s_idx, scale in enumerate(self._scales(height, width)):
+            h, w = int(height * scale + 1), int(width * scale + 1)
+            reg, prob = self.pnet(F.interpolate(norm, size=(h, w), mode="area"))
+            b, r, c = (prob >= cfg.thresholds[0]).nonzero(as_tuple=True)
+            if len(b) == 0:
+                continue
+            sx, sy = w / width, h / height  # actual per-axis scale of the resized image
+            cells = torch.stack([c, r], dim=1).to(x.dtype) * 2  # window top-left in the resized image
+            per_axis = cells.new_tensor([sx, sy])
+            all_boxes.append(torch.cat([cells / per_axis, (cells + 12) / per_axis], dim=1))
+            all_scores.append(prob[b, r, c])
+            all_reg.append(reg[b, :, r, c])
+            all_img.append(b)
+            all_group.append(b * 1000 + s_idx)
+        if not all_boxes:
+            return x.new_zeros(0, 4), torch.zeros(0, dtype=torch.long, device=x.device)
+        boxes, scores, reg = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_reg)
+        img_idx, group = torch.cat(all_img), torch.cat(all_group)
+        keep = batched_nms(boxes, scores, group, cfg.nms_scale)  # within each (image, scale)
+        boxes, scores, reg, img_idx = boxes[keep], scores[keep], reg[keep], img_idx[keep]
+        keep = batched_nms(boxes, scores, img_idx, cfg.nms_pnet)  # across scales, per image
+        boxes, reg, img_idx = boxes[keep], reg[keep], img_idx[keep]
+        return _square(_regress(boxes, reg)), img_idx
+
+    def _crops(self, x: torch.Tensor, boxes: torch.Tensor, img_idx: torch.Tensor, size: int) -> torch.Tensor:
+        """size x size crops of ``boxes`` (black outside the image), normalised for the networks."""
+        rois = torch.cat([img_idx[:, None].to(boxes), boxes], dim=1)
+        crops = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        return self._normalise(crops)
+
+    def _batched(self, net: nn.Module, crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        step = self.config.batch_size
+        outs = [net(crops[i : i + step]) for i in range(0, max(len(crops), 1), step)]
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+
+    def _valid(self, boxes: torch.Tensor) -> torch.Tensor:
+        size = boxes[:, 2:] - boxes[:, :2]
+        return torch.isfinite(boxes).all(dim=1) & (size > 1e-3).all(dim=1)
+
+    def _stage2(self, x, boxes, img_idx):
+        ok = self._valid(boxes)
+        boxes, img_idx = boxes[ok], img_idx[ok]
+        reg, prob = self._batched(self.rnet, self._crops(x, boxes, img_idx, 24))
+        ok = prob > self.config.thresholds[1]
+        boxes, reg, prob, img_idx = boxes[ok], reg[ok], prob[ok], img_idx[ok]
+        keep = batched_nms(boxes, prob, img_idx, self.config.nms_rnet)
+        return _square(_regress(boxes[keep], reg[keep])), img_idx[keep]
+
+    def _stage3(self, x, boxes, img_idx):
+        ok = self._valid(boxes)
+        boxes, img_idx = boxes[ok], img_idx[ok]
+        reg, pts, prob = self._batched(self.onet, self._crops(x, boxes, img_idx, 48))
+        ok = prob > self.config.thresholds[2]
+        boxes, reg, pts, prob, img_idx = boxes[ok], reg[ok], pts[ok], prob[ok], img_idx[ok]
+        size = boxes[:, 2:] - boxes[:, :2]
+        points = boxes[:, None, :2] + pts * size[:, None, :]
+        boxes = _regress(boxes, reg)
+        keep = _nms_min(boxes, prob, img_idx, self.config.nms_onet)
+        return boxes[keep], prob[keep], points[keep], img_idx[keep]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading, validation, registry entry
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _load_state(net: nn.Module, path) -> None:
+    """Load a facenet-pytorch state dict, requiring every key and shape to match."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AssetError(f"cannot read MTCNN weights {path}: {exc}. Fix: run `testbed assets fetch --force`") from exc
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        raise AssetError(
+            f"MTCNN weights {path} do not match {type(net).__name__}: missing {missing}, unexpected {unexpected}, "
+            f"shape mismatch {mismatched}"
+        )
+    net.load_state_dict(state, strict=True)
+
+
+def _validate_images(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise ImageError(f"MTCNN.detect expects a torch.Tensor B x 3 x H x W, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ImageError(
+            "MTCNN.detect expects a B x 3 x H x W RGB tensor (add a batch dimension with .unsqueeze(0) for one "
+            f"image), got shape {tuple(images.shape)}"
+        )
+    if images.shape[0] == 0:
+        raise ImageError("MTCNN.detect got an empty batch (B = 0)")
+    if min(images.shape[-2:]) < 12:
+        raise ImageError(f"MTCNN needs images of at least 12 x 12 pixels, got {tuple(images.shape[-2:])}")
+    if not images.is_floating_point():
+        raise ImageError(f"MTCNN.detect expects float pixels in [0, 1], got dtype {images.dtype}")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ImageError(
+            f"MTCNN.detect expects pixel values in [0, 1], got range [{lo:.3g}, {hi:.3g}] (divide 0..255 images by 255)"
+        )
+    return images
+
+
+def build_mtcnn(config: MTCNNConfig | None = None) -> MTCNN:
+    """An MTCNN detector with its pretrained weights (CPU, eval mode)."""
+    return MTCNN(config)
+
+
+#: Registry entry for the face engineer to ``register_model`` in ``testbed/models/faces.py``.
+#: The detector takes images of any size >= 12 x 12; ``input_size`` records that minimum.
+#: ``get_model("mtcnn")(images)`` returns ``list[Detections]``.
+MTCNN_ENTRY = ModelEntry(
+    name="mtcnn",
+    task="face-detector",
+    builder=build_mtcnn,
+    input_size=(12, 12),
+    mean=MTCNN_MEAN,
+    std=MTCNN_STD,
+    labels=("face",),
+    accuracy=(
+        Accuracy(
+            "shipped photos: astronaut, grace_hopper, camera (one face each) + chelsea, coffee, rocket, "
+            "motorcycle_left/right, brick, grass, gravel, coins, moon, page (no face)",
+            14,
+            100.0,
+            None,
+            "top1 = % of images with the correct outcome at probability 0.9: exactly one face on the face photos, "
+            "none on the others (motorcycle_left has 3 false candidates at 0.72-0.83). Published (MTCNN paper): "
+            "FDDB 95.04% recall at 1,000 false positives.",
+        ),
+    ),
+    assets=("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"),
+    description="MTCNN P/R/O-Net cascade (facenet-pytorch 2.6.0 weights): boxes, probabilities, 5 landmarks",
+)
+
+__all__: Sequence[str] = (
+    "Detections",
+    "LANDMARK_NAMES",
+    "MTCNN",
+    "MTCNNConfig",
+    "MTCNN_ENTRY",
+    "MTCNN_MEAN",
+    "MTCNN_STD",
+    "ONet",
+    "PNet",
+    "RNet",
+    "build_mtcnn",
+)

@@ -1,0 +1,79 @@
+"""EfficientNet-Lite0: architecture matches the checkpoint key for key, predictions on shipped photos."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from testbed.assets import asset_path
+from testbed.errors import AssetError
+from testbed.models.efficientnet_lite import (
+    EFFICIENTNET_LITE0_MEAN,
+    EFFICIENTNET_LITE0_STD,
+    LITE0_STAGES,
+    EfficientNetLite,
+    SameConv2d,
+    build_efficientnet_lite0,
+    load_checkpoint,
+)
+from testbed.models.registry import NormalizedModel
+from testbed.photos import imagenet_view
+
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO = 967
+
+
+@pytest.fixture(scope="module")
+def lite0() -> torch.nn.Module:
+    net = NormalizedModel(build_efficientnet_lite0(), EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, "lite0")
+    return net.eval()
+
+
+def test_every_checkpoint_key_maps_with_matching_shape():
+    state = torch.load(asset_path("efficientnet_lite0"), map_location="cpu", weights_only=True)
+    own = EfficientNetLite(LITE0_STAGES).state_dict()
+    assert len(state) == 296
+    assert set(state) == set(own)
+    assert all(state[k].shape == own[k].shape for k in state)
+    assert sum(v.numel() for k, v in own.items() if "running" not in k and "num_batches" not in k) == 4_652_008
+
+
+def test_top1_on_chelsea_and_coffee(lite0):
+    x = torch.cat([imagenet_view("chelsea"), imagenet_view("coffee")])
+    with torch.no_grad():
+        probs = lite0(x).softmax(dim=1)
+    assert int(probs[0].argmax()) in CAT_CLASSES
+    assert float(probs[0, list(CAT_CLASSES)].sum()) > 0.85
+    assert int(probs[1].argmax()) == ESPRESSO
+    assert float(probs[1, ESPRESSO]) > 0.9
+
+
+def test_same_padding_matches_tensorflow():
+    conv = SameConv2d(3, 4, 3, stride=2)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    # TF 'SAME' for 224 / stride 2 / k 3: total padding 1, all of it at the bottom/right.
+    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, stride=2)
+    assert conv(x).shape == (1, 4, 112, 112)
+    assert torch.allclose(conv(x), expected)
+
+
+def test_any_input_size(lite0):
+    with torch.no_grad():
+        out = lite0(torch.rand(2, 3, 225, 190, generator=torch.Generator().manual_seed(1)))
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    state = torch.load(asset_path("efficientnet_lite0"), map_location="cpu", weights_only=True)
+    del state["_fc.bias"]
+    state["_fc.weight"] = state["_fc.weight"][:10]
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(AssetError, match=r"missing: \['_fc.bias'\].*shape mismatch: \['_fc.weight'\]"):
+        load_checkpoint(EfficientNetLite(), path)
+
+
+def test_missing_asset_names_file_and_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(AssetError, match=r"efficientnet-lite0-57934424\.pth.*testbed assets fetch"):
+        build_efficientnet_lite0()
