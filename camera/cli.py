@@ -1,0 +1,156 @@
+"""``testbed capture`` (save frames from any source, or the simulated camera) and ``testbed rectify``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from testbed.errors import ConfigError, TestbedError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "capture", help="save frames from a webcam, video, folder, stream URL or the simulated camera",
+        description="SOURCE: a device index (0), a video file, an image folder/glob, or a URL (http://.../mjpg, "
+                    "rtsp://...). With --simulate SHEET.json, photograph that printout with the simulated camera.")
+    p.add_argument("source", nargs="?", help="device index, file, folder, glob or URL")
+    p.add_argument("--simulate", metavar="SHEET_JSON", help="printout sidecar to photograph with the simulated camera")
+    p.add_argument("--page", type=int, default=0, help="--simulate: page index of the sheet")
+    p.add_argument("--seed", type=int, default=0, help="--simulate: seed of the camera draws")
+    p.add_argument("--render-dpi", type=float, default=150.0, help="--simulate: dpi to rasterise the PDF at")
+    p.add_argument("--out", required=True, help="folder for frame_NNNNNN.png and frames.json")
+    p.add_argument("--frames", type=int, default=10, help="number of frames to save (0: until the source ends)")
+    p.add_argument("--every-s", type=float, default=0.0, help="minimum seconds between saved frames")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="open/read timeout for devices and streams")
+    p.add_argument("--convert-images", action="store_true", help="convert grayscale/RGBA/16-bit explicitly")
+    p.set_defaults(func=run_capture)
+
+    r = subparsers.add_parser(
+        "rectify", help="find a printout's markers in photos and warp the printed object to its digital frame",
+        description="Writes <stem>_rectified.png per photo and rectify.json; with --palette-out on a colour "
+                    "chart, also the measured printer palette (JSON/CSV) for the NPS loss.")
+    r.add_argument("inputs", nargs="+", help="photos: files, folders or globs")
+    r.add_argument("--sheet", required=True, help="printout sidecar JSON (from `testbed print`)")
+    r.add_argument("--object", help="object name in the sidecar (default: the first)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--px-per-mm", type=float, help="output resolution (default: the object's own pixels)")
+    r.add_argument("--min-markers", type=int, default=3)
+    r.add_argument("--max-tilt-deg", type=float, default=70.0)
+    r.add_argument("--palette-out", help="chart only: write the measured palette here (.json or .csv)")
+    r.add_argument("--convert-images", action="store_true")
+    r.set_defaults(func=run_rectify)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(json.dumps(obj, indent=2))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _simulated_source(args: argparse.Namespace):
+    from camera.simulated import SimulatedCamera
+    from printouts.sheets import rasterize_pdf
+
+    side_path = Path(args.simulate)
+    if not side_path.is_file():
+        raise ConfigError(f"sheet sidecar {side_path} does not exist")
+    side = json.loads(side_path.read_text())
+    pdf = side_path.parent / side.get("files", {}).get("pdf", "")
+    if not pdf.is_file():
+        raise ConfigError(f"{side_path} names PDF {pdf}, which does not exist next to it")
+    pages = side["page"]["pages"]
+    if not 0 <= args.page < len(pages):
+        raise ConfigError(f"--page {args.page}: the sheet has {len(pages)} page(s)")
+    pg = pages[args.page]
+    raster = rasterize_pdf(pdf, args.render_dpi, args.page)
+    return SimulatedCamera(raster, (pg["width_mm"], pg["height_mm"]), seed=args.seed,
+                           n_frames=args.frames or None, objects=side["objects"], dpi=args.render_dpi,
+                           page_index=args.page)
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    from camera.sources import open_source
+    from testbed.imageio import save_image
+
+    if (args.source is None) == (args.simulate is None):
+        raise ConfigError("give exactly one of SOURCE or --simulate SHEET_JSON")
+    if args.frames < 0:
+        raise ConfigError(f"--frames must be >= 0, got {args.frames}")
+    if args.simulate:
+        src = _simulated_source(args)
+    else:
+        src = open_source(args.source, convert=args.convert_images, max_frames=args.frames or None,
+                          timeout_s=args.timeout_s)
+    src.open()  # fail before creating the output folder
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    index, last = [], -1e9
+    with src:
+        for frame in src:
+            if args.every_s > 0 and frame.timestamp - last < args.every_s:
+                continue
+            last = frame.timestamp
+            name = f"frame_{len(index):06d}.png"
+            save_image(frame.image, out / name)
+            index.append({"file": name, "seq": frame.seq, "timestamp": frame.timestamp, "source": frame.source,
+                          "meta": frame.meta})
+    _write_json(out / "frames.json", {"source": src.name, "frames": index, "saved_at": time.time()})
+    print(f"saved {len(index)} frame(s) from {src.name} to {out}")
+    return 0
+
+
+def run_rectify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from camera.palette import Palette, measure_chart
+    from camera.rectify import load_object_spec, rectify
+    from camera.sources import ImageSequenceSource
+    from testbed.imageio import save_image
+
+    spec = load_object_spec(args.sheet, args.object)
+    if args.palette_out and "patches" not in spec.record:
+        raise ConfigError(f"--palette-out needs a colour chart sheet; '{spec.name}' is a {spec.record.get('kind')}")
+    paths: list[str] = []
+    for item in args.inputs:
+        src = ImageSequenceSource(item, convert=args.convert_images)
+        src.open()
+        paths += [str(p) for p in src.paths]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, palettes = [], []
+    px_per_mm = args.px_per_mm or (4.0 if args.palette_out else None)
+    for frame in ImageSequenceSource(paths, convert=args.convert_images):
+        path = Path(frame.meta["path"])
+        try:
+            r = rectify(frame.image, spec, px_per_mm=px_per_mm, min_markers=args.min_markers,
+                        max_tilt_deg=args.max_tilt_deg, source=str(path))
+        except TestbedError as exc:
+            results.append({"input": str(path), "ok": False, "error": str(exc)})
+            print(f"FAILED {path}: {exc}")
+            continue
+        dst = out / f"{path.stem}_rectified.png"
+        save_image(r.image, dst)
+        entry = {"input": str(path), "ok": True, "output": dst.name, **r.summary()}
+        if args.palette_out:
+            pal = measure_chart(r.image, spec)
+            palettes.append(pal)
+            entry["palette_patches"] = len(pal.colors)
+        results.append(entry)
+        print(f"ok {path} -> {dst}  (markers {r.markers_used}, tilt {r.tilt_deg:.1f} deg, "
+              f"RMS {r.reprojection_error_px:.2f} px)")
+    if args.palette_out and palettes:
+        colors = np.median(np.stack([p.colors for p in palettes]), axis=0)
+        pal = Palette(colors, palettes[0].intended, {"sheet": str(args.sheet), "photos": len(palettes)})
+        pal.save(args.palette_out)
+        print(f"palette of {len(colors)} colours from {len(palettes)} photo(s) -> {args.palette_out}")
+    _write_json(out / "rectify.json", {"sheet": str(args.sheet), "object": spec.name, "results": results})
+    failed = sum(not r["ok"] for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} photo(s) could not be rectified (see {out / 'rectify.json'})")
+    return 1 if failed else 0

@@ -1,0 +1,90 @@
+"""``testbed print``: print-ready sheets (PDF at true size + PNG at a DPI + JSON sidecar)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from testbed.errors import ConfigError
+
+KINDS = ("patch", "stickers", "glasses", "poster", "chart")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "print", help="make a print-ready sheet (patch, stickers, glasses, poster, chart) at true size",
+        description="Write NAME.pdf (true size in mm, lossless images), NAME_p<N>.png (at --dpi) and NAME.json "
+                    "(sidecar: markers, seed, config hash, DPI, palette, page size, git revision).")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--image", help="perturbation: lossless PNG or .pt tensor (1x3xHxW in [0, 1])")
+    p.add_argument("--mask", help="mask PNG (white = sticker/frame pixels), same size as --image")
+    p.add_argument("--width-mm", type=float, help="printed width (patch/glasses/poster); glasses default 140, "
+                                                     "poster default 750")
+    p.add_argument("--height-mm", type=float, help="printed height (default: keep aspect)")
+    p.add_argument("--sign-width-mm", type=float, help="stickers: width of the whole sign the image covers")
+    p.add_argument("--overlap-mm", type=float, default=15.0, help="poster: tile overlap")
+    p.add_argument("--levels", type=int, default=5, help="chart: RGB cube levels per channel")
+    p.add_argument("--patch-mm", type=float, default=10.0, help="chart: patch side")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--name", help="file stem (default: the kind)")
+    p.add_argument("--dpi", type=float, default=300.0)
+    p.add_argument("--page", default="A4", help="A4, Letter, A3, ... or WIDTHxHEIGHT in mm")
+    p.add_argument("--margin-mm", type=float, default=10.0)
+    p.add_argument("--marker-mm", type=float, help="ArUco marker side (default: from the object size)")
+    p.add_argument("--marker-id-base", type=int, help="first marker id (default 0; chart 4)")
+    p.add_argument("--seed", type=int, help="seed of the run that made the perturbation (provenance)")
+    p.add_argument("--palette", help="palette used by the NPS loss (provenance)")
+    p.add_argument("--no-png", action="store_true", help="write only the PDF and sidecar")
+    p.set_defaults(func=run)
+    return p
+
+
+def _seed_from_run(image: Path) -> int | None:
+    for name in ("config.json", "run.json"):
+        f = image.parent / name
+        if f.is_file():
+            try:
+                seed = json.loads(f.read_text()).get("seed")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(seed, int):
+                return seed
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from printouts import sheets
+    from testbed.imageio import load_image
+
+    seed = args.seed
+    image = None
+    if args.kind != "chart":
+        if not args.image:
+            raise ConfigError(f"`print {args.kind}` needs --image (the perturbation PNG or .pt)")
+        image = sheets.load_perturbation(args.image)
+        if seed is None:
+            seed = _seed_from_run(Path(args.image))
+    base = args.marker_id_base if args.marker_id_base is not None else (4 if args.kind == "chart" else 0)
+    cfg = sheets.SheetConfig(dpi=args.dpi, page=args.page, margin_mm=args.margin_mm, marker_mm=args.marker_mm,
+                             marker_id_base=base, seed=seed, palette=args.palette)
+    mask = load_image(args.mask, convert=True)[:, :1] if args.mask else None
+    if args.kind == "patch":
+        if args.width_mm is None and args.height_mm is None:
+            raise ConfigError("`print patch` needs --width-mm and/or --height-mm")
+        sheet = sheets.patch_sheet(image, args.width_mm, args.height_mm, cfg)
+    elif args.kind == "stickers":
+        if mask is None or args.sign_width_mm is None:
+            raise ConfigError("`print stickers` needs --mask and --sign-width-mm")
+        sheet = sheets.sticker_sheet(image, mask, args.sign_width_mm, cfg)
+    elif args.kind == "glasses":
+        sheet = sheets.glasses_sheet(image, mask, args.width_mm or 140.0, cfg)
+    elif args.kind == "poster":
+        sheet = sheets.poster_sheet(image, args.width_mm or 750.0, args.height_mm, cfg, overlap_mm=args.overlap_mm)
+    else:
+        sheet = sheets.chart_sheet(sheets.default_chart_colors(args.levels), patch_mm=args.patch_mm, config=cfg)
+    files = sheet.write(args.out, args.name, png=not args.no_png)
+    print(f"{files.pdf}  ({len(sheet.pages)} page(s), {args.page}, print at 100 %)")
+    for p in files.pngs:
+        print(f"{p}  ({args.dpi:g} dpi)")
+    print(f"{files.sidecar}  (sidecar: markers for `testbed rectify --sheet`)")
+    return 0
