@@ -1,0 +1,165 @@
+"""``testbed signs {render,dataset,train,evaluate}``: the traffic-sign world from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from testbed.errors import ConfigError
+
+
+def _write_png(x, path: Path) -> None:
+    """Write a 1xCxHxW tensor (C = 3 or 4) in [0, 1] as an 8-bit PNG, atomically."""
+    import os
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    arr = (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    try:
+        Image.fromarray(arr, "RGBA" if arr.shape[2] == 4 else "RGB").save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from testbed.signs.render import SIGN_CLASSES, composite, get_sign, render_sheet, render_sign
+
+    if args.list:
+        for s in SIGN_CLASSES:
+            gid = "-" if s.gtsrb_id is None else str(s.gtsrb_id)
+            print(f"{s.name:32s} GTSRB {gid:>3s}  VZ {s.vz:7s} {s.shape:18s} {s.size_mm:6.0f} mm  {s.title}")
+        return 0
+    if args.out is None:
+        raise ConfigError("testbed signs render: give --out PATH (a .png file), or --list")
+    out = Path(args.out)
+    if args.name in (None, "all"):
+        _write_png(render_sheet(args.size), out)
+        print(f"wrote contact sheet of {len(SIGN_CLASSES)} classes to {out}")
+        return 0
+    sign = get_sign(args.name)
+    x = render_sign(sign.name, args.size)
+    _write_png(x if args.rgba else composite(x, 1.0), out)
+    print(f"wrote {sign.name} ({args.size}x{args.size} px, physical side {sign.size_mm:.0f} mm) to {out}")
+    return 0
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    import torch
+
+    from testbed.signs.dataset import DatasetConfig, generate_dataset
+
+    cfg = DatasetConfig(n=args.n, size=args.size, split=args.split, seed=args.seed)
+    ds = generate_dataset(cfg, progress=not args.quiet)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".partial")
+        torch.save({"images": ds.images, "labels": ds.labels, "class_names": list(ds.class_names),
+                    "config": cfg.to_dict()}, tmp)
+        tmp.replace(out)
+        print(f"wrote {len(ds)} images ({args.size}x{args.size}, split {args.split}, seed {args.seed}) to {out}")
+    if args.preview:
+        from torchvision.utils import make_grid
+
+        grid = make_grid(ds.images[: min(len(ds), 120)], nrow=15, padding=1)[None]
+        _write_png(grid, Path(args.preview))
+        print(f"wrote preview grid to {args.preview}")
+    if not args.out and not args.preview:
+        raise ConfigError("testbed signs dataset: give --out PATH.pt and/or --preview PATH.png")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from testbed.signs.train import TrainConfig, save_checkpoint, train
+
+    kw = {k: getattr(args, k) for k in ("data", "seed", "n_train", "epochs", "batch_size", "lr", "threads",
+                                        "n_heldout", "heldout_seed", "gtsrb_root", "download")
+          if getattr(args, k) is not None}
+    cfg = TrainConfig(**kw)
+    result = train(cfg, progress=not args.quiet, log=print)
+    command = "testbed " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["signs"] else None
+    out, card = save_checkpoint(result, args.out, args.card, command=command)
+    ev = result.heldout
+    print(f"held-out top-1 {ev.top1:.2f}% top-5 {ev.top5:.2f}% (n={ev.n}); training {result.train_seconds:.0f} s, "
+          f"total {result.total_seconds:.0f} s")
+    print(f"wrote {out} and {card}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from testbed.signs.train import evaluate_checkpoint
+
+    ev = evaluate_checkpoint(args.weights, data=args.data, n=args.n, seed=args.seed, gtsrb_root=args.gtsrb_root,
+                             download=args.download, threads=args.threads)
+    if args.json:
+        print(json.dumps({"n": ev.n, "top1": ev.top1, "top5": ev.top5, "per_class_top1": ev.per_class_top1}, indent=2))
+    else:
+        print(f"top-1 {ev.top1:.2f}%  top-5 {ev.top5:.2f}%  (n={ev.n}, data={args.data})")
+        worst = sorted(ev.per_class_top1.items(), key=lambda kv: kv[1])[:5]
+        print("lowest per-class top-1: " + ", ".join(f"{k} {v:.1f}%" for k, v in worst))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add ``signs`` (with subcommands render, dataset, train, evaluate) to the testbed CLI."""
+    from testbed.signs.train import TrainConfig
+
+    p = subparsers.add_parser("signs", help="traffic-sign world: render signs, generate data, train/evaluate sign-cnn")
+    sub = p.add_subparsers(dest="signs_command", metavar="SUBCOMMAND", required=True)
+
+    r = sub.add_parser("render", help="render one sign class (or a contact sheet of all) to PNG")
+    r.add_argument("name", nargs="?", help="class name (see --list); omit or 'all' for a contact sheet")
+    r.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
+    r.add_argument("--out", help="output PNG")
+    r.add_argument("--rgba", action="store_true", help="keep the alpha mask (default: composite on white)")
+    r.add_argument("--list", action="store_true", help="list classes with GTSRB ids and physical sizes")
+    r.set_defaults(func=_cmd_render)
+
+    d = sub.add_parser("dataset", help="generate a rendered dataset (deterministic by seed)")
+    d.add_argument("--split", choices=["train", "heldout"], default="heldout")
+    d.add_argument("--n", type=int, default=1000)
+    d.add_argument("--size", type=int, default=32)
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--out", help="output .pt with images, labels, class_names, config")
+    d.add_argument("--preview", help="PNG grid of the first 120 images")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_dataset)
+
+    t = sub.add_parser("train", help="train sign-cnn from scratch (reproducible by --seed)")
+    t.add_argument("--out", required=True, help="weights file to write (.pt); the card goes next to it")
+    t.add_argument("--card", help="model card path (default: OUT with .card.json)")
+    t.add_argument("--data", choices=["rendered", "gtsrb"], default=None,
+                   help="rendered signs (default, offline) or GTSRB's 43 classes (torchvision)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--n-train", type=int, help=f"rendered training images (default {TrainConfig.n_train})")
+    t.add_argument("--epochs", type=int, help=f"default {TrainConfig.epochs}")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--threads", type=int, help=f"torch CPU threads (default {TrainConfig.threads}; part of "
+                                                "what makes a run reproducible)")
+    t.add_argument("--n-heldout", type=int)
+    t.add_argument("--heldout-seed", type=int)
+    t.add_argument("--gtsrb-root", help=f"GTSRB folder (default {TrainConfig.gtsrb_root})")
+    t.add_argument("--download", action="store_true", default=None, help="download GTSRB if missing (internet)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="top-1/top-5 of sign-cnn on a fresh rendered held-out set or GTSRB test")
+    e.add_argument("--weights", help="checkpoint (default: the committed sign_cnn.pt)")
+    e.add_argument("--data", choices=["rendered", "gtsrb"], default="rendered")
+    e.add_argument("--n", type=int, default=2000)
+    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--gtsrb-root", default=TrainConfig.gtsrb_root)
+    e.add_argument("--download", action="store_true")
+    e.add_argument("--threads", type=int)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,316 @@
+"""Training and evaluation of ``sign-cnn`` on rendered signs (default) or on GTSRB (``data="gtsrb"``).
+
+One reproducible command (see docs/signs.md)::
+
+    testbed signs train --out testbed/models/weights/sign_cnn.pt --seed 0
+
+Determinism: the training set is generated from ``seed`` (see :mod:`testbed.signs.dataset`), weights are
+initialised and batches shuffled from ``torch.Generator`` objects seeded from ``seed``, the model has no dropout,
+``torch.use_deterministic_algorithms`` is on during training and the thread count is fixed (``threads``), so the
+same command on the same machine and library versions gives the same weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from testbed.device import default_device
+from testbed.errors import ConfigError
+from testbed.signs.dataset import DatasetConfig, generate_dataset
+from testbed.signs.render import GTSRB_CLASS_NAMES, SIGN_CLASSES, class_names
+
+DEFAULT_COMMAND = "testbed signs train --out testbed/models/weights/sign_cnn.pt --seed 0"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (JSON-serialisable; stored in the checkpoint and the card)."""
+
+    data: str = "rendered"  # "rendered" | "gtsrb"
+    seed: int = 0
+    n_train: int = 16000
+    size: int = 32
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    warmup_fraction: float = 0.05
+    widths: tuple[int, int, int] = (16, 32, 64)
+    threads: int = 1
+    n_heldout: int = 2000
+    heldout_seed: int = 1
+    gtsrb_root: str = "~/.cache/physical-testbed/gtsrb"
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        if self.data not in ("rendered", "gtsrb"):
+            raise ConfigError(f"TrainConfig.data must be 'rendered' or 'gtsrb', got {self.data!r}")
+        for name in ("n_train", "epochs", "batch_size", "threads", "n_heldout", "size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.label_smoothing < 1):
+            raise ConfigError(f"invalid optimiser settings lr={self.lr}, weight_decay={self.weight_decay}, "
+                              f"label_smoothing={self.label_smoothing}")
+
+    def train_data_config(self) -> DatasetConfig:
+        return DatasetConfig(n=self.n_train, size=self.size, split="train", seed=self.seed)
+
+    def heldout_data_config(self) -> DatasetConfig:
+        return DatasetConfig(n=self.n_heldout, size=self.size, split="heldout", seed=self.heldout_seed)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Top-1 / top-5 accuracy (percent) on ``n`` samples, with per-class top-1."""
+
+    n: int
+    top1: float
+    top5: float
+    per_class_top1: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    labels: tuple[str, ...]
+    history: list[dict]
+    heldout: EvalResult
+    train_seconds: float
+    total_seconds: float
+    card: dict
+
+
+def machine_description() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core CPU ({platform.machine()}), {gpu}"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...],
+             batch_size: int = 500) -> EvalResult:
+    """Top-1 / top-5 of ``model`` (BCHW RGB [0, 1] in, logits out) on ``images``/``labels``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    preds, top5_hits = [], []
+    for i in range(0, len(labels), batch_size):
+        logits = model(images[i : i + batch_size].to(device)).cpu()
+        y = labels[i : i + batch_size]
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        preds.append(top[:, 0])
+        top5_hits.append((top == y[:, None]).any(1))
+    model.train(was_training)
+    pred = torch.cat(preds)
+    hit1 = pred == labels
+    per_class = {}
+    for c, name in enumerate(names):
+        m = labels == c
+        if m.any():
+            per_class[name] = round(100.0 * hit1[m].float().mean().item(), 2)
+    return EvalResult(len(labels), 100.0 * hit1.float().mean().item(), 100.0 * torch.cat(top5_hits).float().mean().item(),
+                      per_class)
+
+
+def load_gtsrb(root: str | Path, split: str, size: int, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """GTSRB (torchvision) resized to ``size`` x ``size``: images N x 3 x S x S in [0, 1], labels = GTSRB ids.
+
+    Downloads only when ``download`` is true; offline or without the files it raises ConfigError saying so.
+    """
+    from torchvision import datasets
+
+    root = Path(root).expanduser()
+    try:
+        ds = datasets.GTSRB(str(root), split=split, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True to download it"
+        raise ConfigError(f"GTSRB {split} split not found under {root} ({exc}). Run with --download "
+                          "(needs internet, ~350 MB) or point --gtsrb-root at an existing copy") from None
+    except OSError as exc:  # network errors during download
+        raise ConfigError(f"could not download GTSRB to {root}: {exc}. GTSRB needs internet access; "
+                          "download it elsewhere and point --gtsrb-root at it") from None
+    images = torch.empty(len(ds), 3, size, size)
+    labels = torch.empty(len(ds), dtype=torch.int64)
+    from PIL import Image
+
+    for i in range(len(ds)):
+        img, y = ds[i]
+        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+        images[i] = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1) / 255.0
+        labels[i] = int(y)
+    return images, labels
+
+
+def _data(config: TrainConfig, progress: bool):
+    if config.data == "gtsrb":
+        xtr, ytr = load_gtsrb(config.gtsrb_root, "train", config.size, config.download)
+        xte, yte = load_gtsrb(config.gtsrb_root, "test", config.size, config.download)
+        return xtr, ytr, xte, yte, GTSRB_CLASS_NAMES, f"GTSRB test (torchvision, resized to {config.size}px)"
+    tr = generate_dataset(config.train_data_config(), progress=progress)
+    hcfg = config.heldout_data_config()
+    te = generate_dataset(hcfg, progress=progress)
+    desc = (f"rendered signs, held-out split (photos and seeds disjoint from training), seed={hcfg.seed}, "
+            f"n={hcfg.n}")
+    return tr.images, tr.labels, te.images, te.labels, class_names(), desc
+
+
+def train(config: TrainConfig, *, progress: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train sign-cnn from scratch as ``config`` says; returns the model, history and held-out accuracy."""
+    from testbed.models.signs import build_sign_cnn
+
+    log = log or (lambda s: None)
+    t_start = time.time()
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        xtr, ytr, xte, yte, names, eval_desc = _data(config, progress)
+        log(f"data: {len(ytr)} train / {len(yte)} held-out images in {time.time() - t_start:.1f} s")
+        device = default_device()
+        gen = torch.Generator().manual_seed(config.seed)
+        model = build_sign_cnn(len(names), config.widths, config.size)
+        model.net.reset_parameters(gen)
+        model = model.to(device)
+        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        steps_per_epoch = math.ceil(len(ytr) / config.batch_size)
+        total = steps_per_epoch * config.epochs
+        warm = max(1, int(config.warmup_fraction * total))
+
+        def lr_at(step: int) -> float:
+            if step < warm:
+                return config.lr * (step + 1) / warm
+            return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+        history = []
+        step = 0
+        t_train = time.time()
+        for epoch in range(config.epochs):
+            model.train()
+            perm = torch.randperm(len(ytr), generator=gen)
+            loss_sum, correct, seen = 0.0, 0, 0
+            for b in range(steps_per_epoch):
+                idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+                x, y = xtr[idx].to(device), ytr[idx].to(device)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+            ev = evaluate(model, xte, yte, names)
+            rec = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
+                   "train_top1": round(100.0 * correct / seen, 2), "heldout_top1": round(ev.top1, 2),
+                   "seconds": round(time.time() - t_start, 1)}
+            history.append(rec)
+            log(json.dumps(rec))
+        train_seconds = time.time() - t_train
+        heldout = evaluate(model, xte, yte, names)
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+    model = model.cpu().eval()
+    total_seconds = time.time() - t_start
+    card = {
+        "model": "sign-cnn",
+        "labels": list(names),
+        "gtsrb_ids": ([s.gtsrb_id for s in SIGN_CLASSES] if config.data == "rendered" else list(range(43))),
+        "input_size": config.size,
+        "widths": list(config.widths),
+        "seed": config.seed,
+        "train_config": asdict(config),
+        "data_config": config.train_data_config().to_dict() if config.data == "rendered" else {"data": "gtsrb"},
+        "heldout_config": config.heldout_data_config().to_dict() if config.data == "rendered" else {"data": "gtsrb"},
+        "heldout_eval": {"dataset": eval_desc, "n": heldout.n, "top1": round(heldout.top1, 2),
+                         "top5": round(heldout.top5, 2), "per_class_top1": heldout.per_class_top1},
+        "history": history,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(total_seconds, 1),
+        "machine": machine_description(),
+        "torch": torch.__version__,
+        "command": DEFAULT_COMMAND if config == TrainConfig() else None,
+    }
+    return TrainResult(model, tuple(names), history, heldout, train_seconds, total_seconds, card)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights and cards are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(result: TrainResult, out: str | Path, card_path: str | Path | None = None,
+                    command: str | None = None) -> tuple[Path, Path]:
+    """Write the weights (``out``) and the model card JSON (default: ``out`` with ``.card.json``), atomically."""
+    out = Path(out)
+    card_path = Path(card_path) if card_path else out.with_suffix(".card.json")
+    net = result.model.net
+    ckpt = {"state_dict": result.model.state_dict(), "labels": list(result.labels), "widths": list(net.widths),
+            "input_size": net.input_size, "train_config": result.card["train_config"]}
+    buf = io.BytesIO()  # saved via a buffer: the zip's inner folder name then does not depend on the file name
+    torch.save(ckpt, buf)
+    _atomic_write(out, lambda p: p.write_bytes(buf.getvalue()))
+    card = dict(result.card)
+    if command:
+        card["command"] = command
+    card["weights_file"] = out.name
+    card["weights_sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
+    card["weights_bytes"] = out.stat().st_size
+    _atomic_write(card_path, lambda p: p.write_text(json.dumps(card, indent=2) + "\n"))
+    return out, card_path
+
+
+def evaluate_checkpoint(weights: str | Path | None = None, *, data: str = "rendered", n: int = 2000, seed: int = 1,
+                        size: int | None = None, gtsrb_root: str = TrainConfig.gtsrb_root, download: bool = False,
+                        threads: int | None = None) -> EvalResult:
+    """Top-1/top-5 of a sign-cnn checkpoint on a freshly rendered held-out set (or the GTSRB test split)."""
+    from testbed.models.signs import SIGN_CNN_WEIGHTS, load_sign_cnn
+
+    model = load_sign_cnn(weights or SIGN_CNN_WEIGHTS).eval()
+    size = size or model.net.input_size
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        if data == "gtsrb":
+            x, y = load_gtsrb(gtsrb_root, "test", size, download)
+            names = GTSRB_CLASS_NAMES
+        elif data == "rendered":
+            ds = generate_dataset(DatasetConfig(n=n, size=size, split="heldout", seed=seed))
+            x, y, names = ds.images, ds.labels, ds.class_names
+        else:
+            raise ConfigError(f"data must be 'rendered' or 'gtsrb', got {data!r}")
+        labels = tuple(getattr(model, "labels", ()) or names)
+        if model.net.num_classes != len(names):
+            raise ConfigError(f"checkpoint has {model.net.num_classes} classes but the {data} data has {len(names)}")
+        return evaluate(model, x, y, labels)
+    finally:
+        torch.set_num_threads(prev)
