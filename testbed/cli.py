@@ -13,11 +13,13 @@ from testbed.errors import TestbedError
 _PART_CLIS = (
     "physical.cli",  # attack (digital attacks)
     "physical.cli_eot",  # patch, sticker
+    "physical.cli_eyeglass",  # eyeglass
     "printouts.cli",  # print
     "camera.cli",  # capture, rectify
     "camera.secure.cli",  # secure
     "testbed.signs.cli",  # signs
     "pipelines.cli",  # evaluate, live, demo
+    "pipelines.cli_secure",  # secure-eval
 )
 
 
