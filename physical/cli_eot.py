@@ -1,0 +1,244 @@
+"""``testbed patch`` and ``testbed sticker``: EOT-optimised universal patch and RP2 sign stickers.
+
+    testbed patch --model mobilenet_v2 --target toaster --area 0.1 --steps 500 --out runs/patch1
+    testbed sticker --model sign-cnn --sign stop --target speed_limit_80 --mask rects --steps 300 --out runs/stk1
+
+Each writes a run directory (see ``physical.runs``): config.json/.yaml, checkpoints/, perturbation.png (16-bit)
+and perturbation_8bit.png, .pt, .npy, mask.png, adversarial.png, metrics.json, eval_draws.pt, train_draws.pt.
+Running the same command again resumes from the latest checkpoint; a different configuration is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from testbed.errors import ConfigError
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``patch`` and ``sticker`` subcommands to ``subparsers``."""
+    p = subparsers.add_parser("patch", help="universal adversarial patch (Brown et al.) under EOT")
+    p.add_argument("--model", default="mobilenet_v2", help="registered classification model")
+    p.add_argument("--target", help="target class (label name or index); omit with --untargeted")
+    p.add_argument("--untargeted", action="store_true", help="push each scene away from its clean top-1 class")
+    p.add_argument("--scenes", default="astronaut,chelsea,coffee,rocket,motorcycle_left,grace_hopper",
+                   help="comma-separated shipped photo names or image paths")
+    p.add_argument("--area", type=float, default=0.1, help="max fraction of the image the patch covers")
+    p.add_argument("--area-min", type=float, help="min fraction (default: --area, a fixed size)")
+    p.add_argument("--rotation", type=float, default=22.5, help="max patch rotation, degrees")
+    p.add_argument("--shape", default="circle", help="circle, square, or a mask PNG path")
+    p.add_argument("--patch-size", type=int, help="patch resolution in pixels (default: its size in the image)")
+    _common(p, default_eot="athalye-eot-2d", default_steps=500, default_lr=0.05)
+    p.set_defaults(func=run_patch)
+
+    s = subparsers.add_parser("sticker", help="RP2 sign stickers under EOT")
+    s.add_argument("--model", default="sign-cnn", help="registered sign classification model")
+    s.add_argument("--sign", default="stop", help="sign class name to render (testbed.signs.render.class_names)")
+    s.add_argument("--target", help="target class (label name or index); omit with --untargeted")
+    s.add_argument("--untargeted", action="store_true", help="push the sign away from its true class")
+    s.add_argument("--mask", default="rects", help="rects, strokes, or a mask PNG path (white = sticker)")
+    s.add_argument("--strokes", type=int, default=4, help="number of strokes for --mask strokes")
+    s.add_argument("--background", default="0.5", help="grey level in [0, 1] or a shipped photo name")
+    s.add_argument("--norm", choices=["l1", "l2"], default="l2")
+    s.add_argument("--lambda-norm", type=float, default=0.0)
+    s.add_argument("--init", choices=["random", "gray", "source"], default="random")
+    _common(s, default_eot="rp2", default_steps=300, default_lr=0.1)
+    s.set_defaults(func=run_sticker)
+
+
+def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int, default_lr: float) -> None:
+    p.add_argument("--eot", default=default_eot, help="EOT preset name, or a JSON/YAML EOT config file")
+    p.add_argument("--steps", type=int, default=default_steps)
+    p.add_argument("--batch-size", type=int, default=16, help="EOT draws per step (one forward pass)")
+    p.add_argument("--lr", type=float, default=default_lr, help="Adam learning rate (on colour logits)")
+    p.add_argument("--loss", choices=["ce", "cw"], default="ce")
+    p.add_argument("--kappa", type=float, default=0.0)
+    p.add_argument("--lambda-nps", type=float, default=0.0)
+    p.add_argument("--lambda-tv", type=float, default=0.0)
+    p.add_argument("--palette", help="palette JSON ({\"colors\": [[r,g,b],...]}); default: built-in")
+    p.add_argument("--eval", type=int, default=1000, help="fresh EOT draws for the success rate")
+    p.add_argument("--eval-batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-seed", type=int, help="evaluation generator seed (default: seed + 1000003)")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--device", help="cpu / cuda (default: CUDA when available)")
+    p.add_argument("--out", required=True, help="run directory (resumed if it exists with the same config)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _eot_arg(value: str) -> Any:
+    if Path(value).suffix.lower() in (".json", ".yaml", ".yml"):
+        from physical.eot import EOTConfig
+
+        return EOTConfig.load(value)
+    return value
+
+
+def resolve_class(value: str, labels: Any) -> int:
+    """A class index from an index or a label name (case-insensitive; spaces and underscores equivalent)."""
+    names = [str(n) for n in labels]
+    if value.strip().isdigit():
+        idx = int(value)
+    else:
+        norm = lambda s: s.strip().lower().replace("_", " ")  # noqa: E731
+        hits = [i for i, n in enumerate(names) if norm(n) == norm(value)]
+        if not hits:
+            close = [n for n in names if norm(value) in norm(n)][:8]
+            raise ConfigError(f"--target {value!r} is not a label of this model" + (f"; close: {close}" if close else ""))
+        idx = hits[0]
+    if names and not 0 <= idx < len(names):
+        raise ConfigError(f"--target {idx} is out of range [0, {len(names) - 1}]")
+    return idx
+
+
+def _machine(device: torch.device) -> str:
+    import os
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA), {os.cpu_count()} CPU cores"
+    return f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU"
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    from testbed.device import default_device
+
+    return torch.device(args.device) if args.device else default_device()
+
+
+def _load_scene(name: str, size: int) -> torch.Tensor:
+    from testbed.imageio import load_image
+    from testbed.photos import imagenet_preprocess, list_photos, load_photo
+
+    x = load_photo(name) if name in list_photos() else load_image(name, convert=True)
+    return imagenet_preprocess(x, size)
+
+
+def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        eot=_eot_arg(args.eot), steps=args.steps, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+        kappa=args.kappa, lambda_nps=args.lambda_nps, lambda_tv=args.lambda_tv, palette=args.palette,
+        eval_samples=args.eval, eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def _report(kind: str, result: Any, args: argparse.Namespace, seconds: float, device: torch.device,
+            extra: dict[str, Any]) -> int:
+    summary = {
+        "command": kind,
+        "out": args.out,
+        "success_rate": result.success_rate,
+        "initial_success_rate": result.initial_success_rate,
+        "eval_samples": int(result.success.numel()),
+        "seconds": round(seconds, 1),
+        "machine": _machine(device),
+        **extra,
+    }
+    from physical.runs import atomic_write_json
+
+    metrics_path = Path(args.out) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    atomic_write_json(metrics_path, {**metrics, **summary})
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_patch(args: argparse.Namespace) -> int:
+    from physical.universal import UniversalPatch, make_mask
+    from testbed.models.registry import get_entry, get_model
+
+    entry = get_entry(args.model)
+    device = _device(args)
+    model = get_model(args.model, device=device)
+    size = entry.input_size[0]
+    names = [n for n in args.scenes.split(",") if n]
+    if not names:
+        raise ConfigError("--scenes is empty")
+    scenes = torch.cat([_load_scene(n, size) for n in names]).to(device)
+    area_max = args.area
+    area_min = args.area_min if args.area_min is not None else area_max
+    patch_size = args.patch_size
+    if patch_size is None:
+        fill = float(make_mask(args.shape, 64).mean())
+        patch_size = max(8, round(math.sqrt(area_max * size * size / fill)))
+    if args.untargeted == (args.target is not None):
+        raise ConfigError("give exactly one of --target CLASS or --untargeted")
+    attack = UniversalPatch(
+        patch_size=patch_size, shape=args.shape,
+        placement={"area": [area_min, area_max], "rotation": args.rotation}, **_attack_kwargs(args),
+    )
+    target = labels = None
+    if args.target is not None:
+        target = resolve_class(args.target, entry.labels)
+    else:
+        with torch.no_grad():
+            labels = model(scenes).argmax(1)
+    t0 = time.perf_counter()
+    result = attack(
+        model, scenes, target=target, labels=labels, run_dir=args.out, progress=not args.no_progress,
+        run_extra={"model": args.model, "scenes": names},
+    )
+    return _report(
+        "patch", result, args, time.perf_counter() - t0, device,
+        {"model": args.model, "target": target, "target_name": None if target is None else entry.labels[target],
+         "area": [area_min, area_max], "patch_size": patch_size, "scenes": names, "eot": args.eot},
+    )
+
+
+def run_sticker(args: argparse.Namespace) -> int:
+    from physical.universal import SignSticker, load_mask, rp2_rectangles, strokes_mask
+    from testbed.models.registry import get_entry, get_model
+    from testbed.signs.render import class_names, composite, render_sign
+
+    entry = get_entry(args.model)
+    device = _device(args)
+    model = get_model(args.model, device=device)
+    h, w = entry.input_size
+    if args.sign not in class_names():
+        raise ConfigError(f"--sign {args.sign!r} is not a sign class; known: {', '.join(class_names())}")
+    rgba = render_sign(args.sign, h)
+    if (h, w) != tuple(rgba.shape[-2:]):
+        rgba = torch.nn.functional.interpolate(rgba, size=(h, w), mode="bilinear", align_corners=False)
+    try:
+        background: Any = float(args.background)
+    except ValueError:
+        background = _load_scene(args.background, h)[..., :h, :w]
+    sign = composite(rgba, background).clamp(0, 1)
+    alpha = rgba[:, 3:4]
+    if args.mask == "rects":
+        mask = rp2_rectangles(h, w)
+    elif args.mask == "strokes":
+        mask = strokes_mask(h, w, torch.Generator().manual_seed(args.seed), strokes=args.strokes)
+    else:
+        mask = load_mask(args.mask, (h, w))
+    mask = mask * alpha  # stickers stay on the sign
+    mask_fraction = float(mask.sum() / alpha.sum())
+    if args.untargeted == (args.target is not None):
+        raise ConfigError("give exactly one of --target CLASS or --untargeted")
+    label = resolve_class(args.sign, entry.labels) if args.sign in [str(n) for n in entry.labels] else None
+    target = resolve_class(args.target, entry.labels) if args.target is not None else None
+    if target is None and label is None:
+        raise ConfigError(f"--untargeted needs the sign {args.sign!r} to be a label of model {args.model}")
+    attack = SignSticker(norm=args.norm, lambda_norm=args.lambda_norm, init=args.init, **_attack_kwargs(args))
+    t0 = time.perf_counter()
+    result = attack(
+        model, sign, mask, target=target, label=None if target is not None else label, run_dir=args.out,
+        progress=not args.no_progress,
+        run_extra={"model": args.model, "sign": args.sign, "mask": args.mask, "background": args.background},
+    )
+    with torch.no_grad():
+        clean_pred = int(model(sign.to(device)).argmax(1))
+    return _report(
+        "sticker", result, args, time.perf_counter() - t0, device,
+        {"model": args.model, "sign": args.sign, "target": target,
+         "target_name": None if target is None else str(entry.labels[target]),
+         "clean_prediction": str(entry.labels[clean_pred]) if entry.labels else clean_pred,
+         "mask_fraction_of_sign": mask_fraction, "eot": args.eot},
+    )

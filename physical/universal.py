@@ -1,0 +1,785 @@
+"""Universal physical perturbations optimised over the print-photo distribution (EOT).
+
+* ``UniversalPatch`` — Brown et al. 2017's adversarial patch: one patch (any mask shape: circle, square, an image
+  mask) pasted at a random place, size and rotation into a set of scene photos, then photographed through the
+  EOT distribution; targeted or untargeted; Adam on a sigmoid parametrisation; loss = classification
+  + lambda_nps * NPS + lambda_tv * TV.
+* ``SignSticker`` — Eykholt et al. 2018's RP2: the perturbation is confined to a mask on a sign image
+  (rectangular stickers, graffiti-like strokes, a user mask PNG); loss = classification + lambda_norm * ||M delta||_p
+  + lambda_nps * NPS + lambda_tv * TV, over the EOT distribution (default preset "rp2").
+
+Both are frozen dataclasses of hyper-parameters (model and data at call time). Every optimisation step draws
+``batch_size`` transformations with the training generator (seeded ``seed``) and runs them in one forward pass;
+success is measured on ``eval_samples`` FRESH draws from a different generator (seeded ``eval_seed``), never the
+optimisation's. With ``run_dir=`` the run writes config, checkpoints (with the generator state), the
+perturbation and metrics, and resumes from its latest checkpoint after being killed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from physical.eot import EOTParams, EOTTransform, resolve_config
+from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
+from physical.regularizers import lp_norm, nps, resolve_palette, total_variation
+from physical.runs import RunDir
+from testbed.errors import ConfigError, ImageError
+
+# ------------------------------------------------------------------------------------------------ masks
+
+
+def circle_mask(size: int) -> Tensor:
+    """(1, 1, size, size) disc, anti-aliased at the edge (values in [0, 1])."""
+    ax = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    d = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2)
+    return (size / 2 - d + 0.5).clamp(0, 1)[None, None]
+
+
+def square_mask(size: int) -> Tensor:
+    return torch.ones(1, 1, size, size)
+
+
+def load_mask(path: str | Path, size: tuple[int, int] | int | None = None) -> Tensor:
+    """A mask PNG as (1, 1, H, W) in [0, 1]: the alpha channel if there is one, else the grey level."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"mask file {p} does not exist")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            arr = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
+            m = torch.frombuffer(bytearray(arr.tobytes()), dtype=torch.uint8).view(arr.size[1], arr.size[0])
+    except OSError as exc:
+        raise ImageError(f"mask file {p} could not be read: {exc}") from None
+    m = m.float().div(255.0)[None, None]
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        m = F.interpolate(m, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    if float(m.max()) <= 0:
+        raise ImageError(f"mask file {p} is empty (all zero)")
+    return m
+
+
+def make_mask(shape: str, size: int) -> Tensor:
+    """A patch mask: 'circle', 'square', or the path of a mask PNG (resized to ``size``)."""
+    if shape == "circle":
+        return circle_mask(size)
+    if shape == "square":
+        return square_mask(size)
+    if Path(shape).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+        return load_mask(shape, size)
+    raise ConfigError(f"patch shape must be 'circle', 'square' or a mask image path, got {shape!r}")
+
+
+def rectangles_mask(height: int, width: int, boxes: list[tuple[float, float, float, float]]) -> Tensor:
+    """Rectangular stickers: boxes as (x0, y0, x1, y1) fractions of the sign; (1, 1, H, W)."""
+    m = torch.zeros(1, 1, height, width)
+    for box in boxes:
+        if len(box) != 4:
+            raise ConfigError(f"sticker box must be (x0, y0, x1, y1) fractions, got {box!r}")
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise ConfigError(f"sticker box must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {box!r}")
+        m[..., round(y0 * height) : max(round(y1 * height), round(y0 * height) + 1),
+          round(x0 * width) : max(round(x1 * width), round(x0 * width) + 1)] = 1.0
+    return m
+
+
+def rp2_rectangles(height: int, width: int) -> Tensor:
+    """Two horizontal bars above and below the sign's centre, like RP2's "subtle" black-and-white stickers
+    (about 8% of the sign's bounding square)."""
+    return rectangles_mask(height, width, [(0.25, 0.28, 0.75, 0.36), (0.25, 0.64, 0.75, 0.72)])
+
+
+def strokes_mask(
+    height: int, width: int, generator: torch.Generator, *, strokes: int = 4, thickness: float = 0.04,
+    region: tuple[float, float, float, float] = (0.2, 0.2, 0.8, 0.8),
+) -> Tensor:
+    """Graffiti-like strokes: ``strokes`` random line segments of the given thickness (fraction of the size)."""
+    x0, y0, x1, y1 = region
+    pts = torch.rand(strokes, 4, generator=generator)
+    ax, ay = x0 + (x1 - x0) * pts[:, 0], y0 + (y1 - y0) * pts[:, 1]
+    bx, by = x0 + (x1 - x0) * pts[:, 2], y0 + (y1 - y0) * pts[:, 3]
+    yy, xx = torch.meshgrid(
+        (torch.arange(height) + 0.5) / height, (torch.arange(width) + 0.5) / width, indexing="ij"
+    )
+    dx, dy = (bx - ax)[:, None, None], (by - ay)[:, None, None]
+    t = ((xx - ax[:, None, None]) * dx + (yy - ay[:, None, None]) * dy) / (dx * dx + dy * dy).clamp_min(1e-9)
+    t = t.clamp(0, 1)
+    d = torch.sqrt((xx - ax[:, None, None] - t * dx) ** 2 + (yy - ay[:, None, None] - t * dy) ** 2)
+    return (d <= thickness / 2).any(dim=0).float()[None, None]
+
+
+# ------------------------------------------------------------------------------------------------ placement
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Where a patch goes in a scene: the fraction of the scene its mask covers, rotation, location."""
+
+    area: tuple[float, float] = (0.1, 0.1)  # fraction of the scene area covered by the mask, uniform
+    rotation: float = 22.5  # degrees, uniform in [-rotation, rotation]
+    inside: bool = True  # keep the (rotated) patch inside the scene; else its centre is anywhere
+
+    def __post_init__(self) -> None:
+        a = self.area
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            a = (float(a), float(a))
+        if not (isinstance(a, (tuple, list)) and len(a) == 2 and 0 < a[0] <= a[1] <= 1):
+            raise ConfigError(f"placement area must be (min, max) fractions with 0 < min <= max <= 1, got {self.area!r}")
+        object.__setattr__(self, "area", (float(a[0]), float(a[1])))
+        if not (isinstance(self.rotation, (int, float)) and 0 <= self.rotation <= 180):
+            raise ConfigError(f"placement rotation must be in [0, 180] degrees, got {self.rotation!r}")
+        object.__setattr__(self, "rotation", float(self.rotation))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"area": list(self.area), "rotation": self.rotation, "inside": self.inside}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PlacementConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown placement key(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
+
+
+@dataclass
+class Draw:
+    """One batch of draws of a physical attack: placement (patch only) and the EOT parameters."""
+
+    eot: EOTParams
+    scene_index: Tensor | None = None  # (B,) int64
+    area: Tensor | None = None  # (B,)
+    angle: Tensor | None = None  # (B,) degrees
+    center: Tensor | None = None  # (B, 2) pixels (x, y)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"eot": {k: v.cpu() for k, v in self.eot.to_dict().items()}}
+        for k in ("scene_index", "area", "angle", "center"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v.cpu()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Draw":
+        return cls(eot=EOTParams.from_dict(data["eot"]), **{k: v for k, v in data.items() if k != "eot"})
+
+
+# ------------------------------------------------------------------------------------------------ result
+@dataclass
+class PhysicalResult:
+    """What a patch / sticker attack returns (tensors on CPU, detached)."""
+
+    perturbation: Tensor  # patch: (1, 3, S, S) patch colours; sticker: (1, 3, H, W) mask * (sticker - sign)
+    adversarial: Tensor  # patch: the patch (same as perturbation); sticker: the stickered sign
+    mask: Tensor  # (1, 1, S, S) or (1, 1, H, W)
+    loss_history: list[float]  # total loss per step
+    success: Tensor  # (E,) bool over the fresh evaluation draws
+    predictions: Tensor  # (E,) predicted class per evaluation draw
+    initial_success: Tensor  # (E,) bool: the initial perturbation on the same evaluation draws
+    target: int | None
+    seed: int
+    eval_seed: int
+    config: dict[str, Any]
+    train_draws: list[dict[str, Any]] = field(default_factory=list)  # Draw.to_dict() per step
+    eval_draws: list[dict[str, Any]] = field(default_factory=list)  # Draw.to_dict() per evaluation chunk
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if self.success.numel() else float("nan")
+
+    @property
+    def initial_success_rate(self) -> float:
+        return float(self.initial_success.float().mean()) if self.initial_success.numel() else float("nan")
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "success_rate": self.success_rate,
+            "initial_success_rate": self.initial_success_rate,
+            "eval_samples": int(self.success.numel()),
+            "target": self.target,
+            "seed": self.seed,
+            "eval_seed": self.eval_seed,
+            "mask_fill": float(self.mask.float().mean()),  # of the mask's own canvas
+            "final_loss": self.loss_history[-1] if self.loss_history else None,
+            "steps": len(self.loss_history),
+            **{k: v for k, v in self.extras.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+        }
+
+
+# ------------------------------------------------------------------------------------------------ shared loop
+def _check_pos_int(name: str, v: Any, lo: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def _check_nonneg(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+
+
+def _logit(p: Tensor) -> Tensor:
+    p = p.clamp(1e-4, 1 - 1e-4)
+    return torch.log(p) - torch.log1p(-p)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _EOTAttack:
+    """Shared hyper-parameters and loop of the universal physical attacks."""
+
+    name: ClassVar[str] = "eot-attack"
+    default_eot: ClassVar[str] = "athalye-eot-2d"
+
+    eot: Any = None  # EOTConfig, preset name, dict; None: the class default preset
+    steps: int = 200
+    batch_size: int = 16  # EOT draws per step (one forward pass)
+    lr: float = 0.1  # Adam, on the logits of the colours
+    loss: Literal["ce", "cw"] = "ce"
+    kappa: float = 0.0
+    lambda_nps: float = 0.0
+    lambda_tv: float = 0.0
+    nps_kind: Literal["min", "product"] = "min"
+    palette: str | None = None  # palette JSON path; None: the default palette
+    init: Literal["random", "gray", "source"] = "random"
+    eval_samples: int = 1000
+    eval_batch_size: int = 100
+    seed: int = 0
+    eval_seed: int | None = None  # default: seed + 1_000_003 (a different generator)
+    checkpoint_every: int = 50
+    keep_draws: bool = True  # keep every training draw's parameters in the result
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eot", resolve_config(self.eot if self.eot is not None else self.default_eot))
+        self.validate()
+
+    def validate(self) -> None:
+        _check_pos_int("steps", self.steps, 0)
+        _check_pos_int("batch_size", self.batch_size)
+        _check_nonneg("lr", self.lr)
+        if self.loss not in LOSS_KINDS:
+            raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
+        for n in ("kappa", "lambda_nps", "lambda_tv"):
+            _check_nonneg(n, getattr(self, n))
+        if self.nps_kind not in ("min", "product"):
+            raise ConfigError(f"nps_kind must be min or product, got {self.nps_kind!r}")
+        if self.init not in ("random", "gray", "source"):
+            raise ConfigError(f"init must be random, gray or source, got {self.init!r}")
+        _check_pos_int("eval_samples", self.eval_samples, 0)
+        _check_pos_int("eval_batch_size", self.eval_batch_size)
+        _check_pos_int("seed", self.seed, 0)
+        if self.eval_seed is not None:
+            _check_pos_int("eval_seed", self.eval_seed, 0)
+            if self.eval_seed == self.seed:
+                raise ConfigError("eval_seed must differ from seed: evaluation draws must not be the optimisation's")
+        _check_pos_int("checkpoint_every", self.checkpoint_every)
+        if self.palette is not None:
+            resolve_palette(self.palette)
+
+    @property
+    def resolved_eval_seed(self) -> int:
+        return self.eval_seed if self.eval_seed is not None else self.seed + 1_000_003
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"attack": self.name}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
+        out["eval_seed"] = self.resolved_eval_seed
+        return out
+
+    def replace(self, **changes: Any) -> "_EOTAttack":
+        return dataclasses.replace(self, **changes)
+
+    # -- hooks
+    def _sample(self, n: int, generator: torch.Generator, device: torch.device) -> Draw:
+        raise NotImplementedError
+
+    def _render(self, colours: Tensor, draw: Draw) -> Tensor:
+        raise NotImplementedError
+
+    def _regularise(self, colours: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _goal(self, draw: Draw) -> Tensor:
+        raise NotImplementedError
+
+    # -- the loop
+    def _optimise(
+        self,
+        model: nn.Module,
+        w0: Tensor,
+        targeted: bool,
+        *,
+        run_dir: str | Path | None,
+        run_extra: dict[str, Any] | None,
+        progress: bool,
+        callback: Callable[[int, float], None] | None,
+    ) -> tuple[Tensor, list[float], list[dict[str, Any]], RunDir | None]:
+        device = w0.device
+        gen = torch.Generator().manual_seed(self.seed)  # CPU generator: same draws on any device
+        w = w0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=self.lr)
+        history: list[float] = []
+        draws: list[dict[str, Any]] = []
+        start = 0
+        run = None
+        if run_dir is not None:
+            run = RunDir(run_dir, {**self.config(), **(run_extra or {})}, ignore=("checkpoint_every",))
+            ckpt = run.latest_checkpoint()
+            if ckpt is not None:
+                with torch.no_grad():
+                    w.copy_(ckpt["w"].to(device))
+                opt.load_state_dict(ckpt["optimizer"])
+                gen.set_state(ckpt["generator"])
+                history = list(ckpt["history"])
+                draws = list(ckpt.get("draws", []))
+                start = int(ckpt["step"])
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps, initial=start, desc=self.name, unit="step")
+        for step in range(start, self.steps):
+            draw = self._sample(self.batch_size, gen, device)
+            colours = torch.sigmoid(w)
+            x = self._render(colours, draw)
+            logits = model(x)
+            cls = classification_loss(
+                logits, self._goal(draw), targeted=targeted, kind=self.loss, kappa=self.kappa
+            )
+            loss = cls + self._regularise(colours)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+            if self.keep_draws:
+                draws.append(draw.to_dict())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1]:.4f}")
+            done = step + 1
+            if run is not None and (done % self.checkpoint_every == 0 or done == self.steps):
+                run.save_checkpoint(
+                    {
+                        "w": w.detach().cpu(),
+                        "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(),
+                        "history": history,
+                        "draws": draws,
+                    },
+                    done,
+                )
+            if callback is not None:
+                callback(done, history[-1])
+        if bar is not None:
+            bar.close()
+        return w.detach(), history, draws, run
+
+    @torch.no_grad()
+    def _evaluate(
+        self, model: nn.Module, colours: Tensor, targeted: bool, device: torch.device
+    ) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+        """Success on ``eval_samples`` fresh draws from the evaluation generator."""
+        gen = torch.Generator().manual_seed(self.resolved_eval_seed)
+        succ, preds, draws = [], [], []
+        left = self.eval_samples
+        while left > 0:
+            n = min(self.eval_batch_size, left)
+            draw = self._sample(n, gen, device)
+            logits = model(self._render(colours, draw))
+            succ.append(is_adversarial(logits, self._goal(draw), targeted=targeted).cpu())
+            preds.append(logits.argmax(dim=1).cpu())
+            draws.append(draw.to_dict())
+            left -= n
+        if not succ:
+            return torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64), []
+        return torch.cat(succ), torch.cat(preds), draws
+
+    def _finish(self, model, w0, w, history, draws, run, targeted, target, extras) -> PhysicalResult:
+        device = w.device
+        t0 = time.perf_counter()
+        initial = torch.sigmoid(w0)
+        final = torch.sigmoid(w)
+        success, preds, eval_draws = self._evaluate(model, final, targeted, device)
+        init_success, _, _ = self._evaluate(model, initial, targeted, device)
+        extras = {**extras, "eval_seconds": time.perf_counter() - t0}
+        result = self._result(final, success, preds, init_success, history, draws, eval_draws, target, extras)
+        if run is not None:
+            run.save_image("perturbation", result.perturbation)
+            run.save_image("adversarial", result.adversarial)
+            run.save_image("mask", result.mask)
+            run.save_tensors("eval_draws", eval_draws)
+            if self.keep_draws:
+                run.save_tensors("train_draws", draws)
+            run.save_tensors("eval_success", {"success": success, "predictions": preds, "initial": init_success})
+            run.save_metrics(result.metrics())
+        return result
+
+    def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
+        raise NotImplementedError
+
+
+def _check_model_batch(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ImageError(f"{name} must be a float BCHW RGB tensor in [0, 1], got {shape}")
+    if x.dtype == torch.float64:
+        raise ImageError(f"{name} must be float32, got float64")
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise ImageError(f"{name} must lie in [0, 1]")
+    return x.detach()
+
+
+def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else fallback
+
+
+# ------------------------------------------------------------------------------------------------ patch
+@dataclass(frozen=True, kw_only=True)
+class UniversalPatch(_EOTAttack):
+    """Brown et al. 2017's universal adversarial patch under EOT (see the module docstring)."""
+
+    name: ClassVar[str] = "patch"
+    default_eot: ClassVar[str] = "athalye-eot-2d"
+
+    patch_size: int = 64  # resolution of the patch parameter (pixels per side)
+    shape: str = "circle"  # circle | square | path of a mask PNG
+    placement: Any = None  # PlacementConfig or dict; None: area 0.1, rotation 22.5
+
+    def __post_init__(self) -> None:
+        p = self.placement
+        if p is None:
+            p = PlacementConfig()
+        elif isinstance(p, dict):
+            p = PlacementConfig.from_dict(p)
+        elif not isinstance(p, PlacementConfig):
+            raise ConfigError(f"placement must be a PlacementConfig or a dict, got {type(p).__name__}")
+        object.__setattr__(self, "placement", p)
+        super().__post_init__()
+
+    def validate(self) -> None:
+        super().validate()
+        _check_pos_int("patch_size", self.patch_size, 2)
+        if self.init == "source":
+            raise ConfigError("a patch has no source image: init must be 'random' or 'gray'")
+        make_mask(self.shape, 4)  # validates the shape name / file
+
+    # state set per call (frozen dataclass: kept in a side dict)
+    def _state(self) -> dict[str, Any]:
+        st = self.__dict__.get("_call_state")
+        if st is None:
+            raise ConfigError("internal: call state missing")
+        return st
+
+    def __call__(
+        self,
+        model: nn.Module,
+        scenes: Tensor,
+        *,
+        target: int | None = None,
+        labels: Tensor | None = None,
+        run_dir: str | Path | None = None,
+        run_extra: dict[str, Any] | None = None,
+        progress: bool = False,
+        callback: Callable[[int, float], None] | None = None,
+    ) -> PhysicalResult:
+        """Optimise the patch over ``scenes`` (N, 3, H, W). Targeted: ``target`` class index; untargeted: pass
+        ``labels`` (N,), the scenes' true classes, to push away from."""
+        self._setup(model, scenes, target, labels)
+        device = self._state()["scenes"].device
+        scenes, labels = self._state()["scenes"], self._state()["labels"]
+        targeted = target is not None
+        try:
+            init_gen = torch.Generator().manual_seed(self.seed + 7)
+            if self.init == "random":
+                colours0 = torch.rand(1, 3, self.patch_size, self.patch_size, generator=init_gen)
+            else:
+                colours0 = torch.full((1, 3, self.patch_size, self.patch_size), 0.5)
+            w0 = _logit(colours0).to(device)
+            extra = {"scenes_shape": list(scenes.shape), "target": target,
+                     "labels": None if labels is None else labels.tolist(), **(run_extra or {})}
+            t0 = time.perf_counter()
+            w, history, draws, run = self._optimise(
+                model, w0, targeted, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback
+            )
+            extras = {"optimise_seconds": time.perf_counter() - t0}
+            return self._finish(model, w0, w, history, draws, run, targeted, target, extras)
+        finally:
+            object.__setattr__(self, "_call_state", None)
+
+    def _setup(self, model: nn.Module, scenes: Tensor, target: int | None, labels: Any) -> None:
+        scenes = _check_model_batch(scenes, "scenes")
+        device = _device_of(model, scenes.device)
+        scenes = scenes.to(device)
+        targeted = target is not None
+        if targeted:
+            if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+                raise ConfigError(f"target must be a class index >= 0, got {target!r}")
+            if labels is not None:
+                raise ConfigError("pass either target= (targeted) or labels= (untargeted), not both")
+        elif labels is None:
+            raise ConfigError("an untargeted patch needs labels= (the scenes' true classes)")
+        else:
+            labels = torch.as_tensor(labels, dtype=torch.int64, device=device)
+            if labels.shape != (scenes.shape[0],):
+                raise ConfigError(f"labels must have shape ({scenes.shape[0]},), got {tuple(labels.shape)}")
+        mask = make_mask(self.shape, self.patch_size).to(device)
+        object.__setattr__(
+            self,
+            "_call_state",
+            {
+                "scenes": scenes,
+                "mask": mask,
+                "fill": float(mask.mean()),
+                "target": target,
+                "labels": labels,
+                "transform": EOTTransform(self.eot),
+                "palette": resolve_palette(self.palette).to(device),
+            },
+        )
+
+    def evaluate(
+        self, model: nn.Module, scenes: Tensor, patch: Tensor, *, target: int | None = None, labels: Any = None
+    ) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+        """(success, predictions, draws) of a given patch (1, 3, S, S) over this attack's fresh evaluation draws."""
+        self._setup(model, scenes, target, labels)
+        try:
+            st = self._state()
+            if patch.shape != (1, 3, self.patch_size, self.patch_size):
+                raise ConfigError(f"patch must have shape (1, 3, {self.patch_size}, {self.patch_size}), got {tuple(patch.shape)}")
+            return self._evaluate(model, patch.to(st["scenes"].device).float(), target is not None, st["scenes"].device)
+        finally:
+            object.__setattr__(self, "_call_state", None)
+
+    def _sample(self, n: int, generator: torch.Generator, device: torch.device) -> Draw:
+        st = self._state()
+        scenes = st["scenes"]
+        h, w = scenes.shape[-2:]
+        pc: PlacementConfig = self.placement
+        u = torch.rand(n, 4, generator=generator)
+        scene_index = torch.randint(0, scenes.shape[0], (n,), generator=generator)
+        eot = st["transform"].sample(n, generator, device)
+        area = pc.area[0] + (pc.area[1] - pc.area[0]) * u[:, 0]
+        angle = (2 * u[:, 1] - 1) * pc.rotation
+        side = torch.sqrt(area * h * w / st["fill"])  # patch side in scene pixels
+        if pc.inside:
+            r = side * math.sqrt(2) / 2  # circumradius of the rotated square
+            lo_x, hi_x = r, (w - 1) - r
+            lo_y, hi_y = r, (h - 1) - r
+            cx = torch.where(hi_x > lo_x, lo_x + (hi_x - lo_x) * u[:, 2], torch.full_like(r, (w - 1) / 2))
+            cy = torch.where(hi_y > lo_y, lo_y + (hi_y - lo_y) * u[:, 3], torch.full_like(r, (h - 1) / 2))
+        else:
+            cx, cy = u[:, 2] * (w - 1), u[:, 3] * (h - 1)
+        return Draw(
+            eot=eot,
+            scene_index=scene_index.to(device),
+            area=area.to(device),
+            angle=angle.to(device),
+            center=torch.stack([cx, cy], dim=1).to(device),
+        )
+
+    def composite(self, colours: Tensor, draw: Draw, scenes: Tensor, mask: Tensor, transform: EOTTransform) -> Tensor:
+        """Paste the (printed) patch into the drawn scenes at the drawn place, size and rotation."""
+        import kornia.geometry.transform as KT
+
+        b = draw.eot.batch_size
+        s = colours.shape[-1]
+        h, w = scenes.shape[-2:]
+        printed = transform.apply_print(colours.expand(b, -1, -1, -1), draw.eot)
+        fill = float(mask.mean())
+        side = torch.sqrt(draw.area * h * w / fill)
+        k = side / s  # scene pixels per patch pixel
+        th = torch.deg2rad(draw.angle)
+        cos, sin = torch.cos(th) * k, torch.sin(th) * k
+        c0 = (s - 1) / 2
+        tx = draw.center[:, 0] - (cos * c0 - sin * c0)
+        ty = draw.center[:, 1] - (sin * c0 + cos * c0)
+        m = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(colours.dtype)
+        stack = torch.cat([printed * mask, mask.expand(b, -1, -1, -1)], dim=1)
+        warped = KT.warp_affine(stack, m, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
+        alpha = warped[:, 3:4]
+        return scenes[draw.scene_index] * (1 - alpha) + warped[:, :3]
+
+    def _render(self, colours: Tensor, draw: Draw) -> Tensor:
+        st = self._state()
+        t: EOTTransform = st["transform"]
+        x = self.composite(colours, draw, st["scenes"], st["mask"], t)
+        return t.apply(x, draw.eot, print_stage=False)
+
+    def _regularise(self, colours: Tensor) -> Tensor:
+        st = self._state()
+        out = colours.new_zeros(())
+        if self.lambda_nps > 0:
+            out = out + self.lambda_nps * nps(colours, st["palette"], mask=st["mask"], kind=self.nps_kind)
+        if self.lambda_tv > 0:
+            out = out + self.lambda_tv * total_variation(colours, mask=st["mask"])
+        return out
+
+    def _goal(self, draw: Draw) -> Tensor:
+        st = self._state()
+        if st["target"] is not None:
+            return torch.full((draw.eot.batch_size,), st["target"], dtype=torch.int64, device=draw.scene_index.device)
+        return st["labels"][draw.scene_index]
+
+    def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
+        st = self._state()
+        return PhysicalResult(
+            perturbation=final.detach().cpu(),
+            adversarial=final.detach().cpu(),
+            mask=st["mask"].cpu(),
+            loss_history=history,
+            success=success,
+            predictions=preds,
+            initial_success=init_success,
+            target=target,
+            seed=self.seed,
+            eval_seed=self.resolved_eval_seed,
+            config=self.config(),
+            train_draws=draws,
+            eval_draws=eval_draws,
+            extras=extras,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ sticker
+@dataclass(frozen=True, kw_only=True)
+class SignSticker(_EOTAttack):
+    """RP2 (Eykholt et al. 2018): a perturbation confined to a mask on a sign, optimised over EOT."""
+
+    name: ClassVar[str] = "sticker"
+    default_eot: ClassVar[str] = "rp2"
+
+    norm: Literal["l1", "l2"] = "l2"
+    lambda_norm: float = 0.0  # weight of ||mask * (sticker - sign)||_p (per image, in [0, 1] units)
+    init: Literal["random", "gray", "source"] = "random"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.norm not in ("l1", "l2"):
+            raise ConfigError(f"norm must be l1 or l2, got {self.norm!r}")
+        _check_nonneg("lambda_norm", self.lambda_norm)
+
+    def _state(self) -> dict[str, Any]:
+        st = self.__dict__.get("_call_state")
+        if st is None:
+            raise ConfigError("internal: call state missing")
+        return st
+
+    def __call__(
+        self,
+        model: nn.Module,
+        sign: Tensor,
+        mask: Tensor,
+        *,
+        target: int | None = None,
+        label: int | None = None,
+        run_dir: str | Path | None = None,
+        run_extra: dict[str, Any] | None = None,
+        progress: bool = False,
+        callback: Callable[[int, float], None] | None = None,
+    ) -> PhysicalResult:
+        """Optimise stickers (colours inside ``mask``, (1, 1, H, W) in [0, 1]) on ``sign`` (1, 3, H, W).
+        Targeted: ``target`` class; untargeted: ``label``, the sign's true class."""
+        sign = _check_model_batch(sign, "sign")
+        if sign.shape[0] != 1:
+            raise ConfigError(f"sign must be a single image (1, 3, H, W), got {tuple(sign.shape)}")
+        if not isinstance(mask, Tensor) or mask.shape != (1, 1, *sign.shape[-2:]):
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ConfigError(f"mask must have shape (1, 1, {sign.shape[-2]}, {sign.shape[-1]}), got {shape}")
+        if float(mask.min()) < 0 or float(mask.max()) > 1 or float(mask.max()) == 0:
+            raise ConfigError("mask values must lie in [0, 1] and not all be 0")
+        device = _device_of(model, sign.device)
+        sign, mask = sign.to(device), mask.float().to(device)
+        targeted = target is not None
+        if targeted == (label is not None):
+            raise ConfigError("pass exactly one of target= (targeted) or label= (untargeted)")
+        goal = target if targeted else label
+        if isinstance(goal, bool) or not isinstance(goal, int) or goal < 0:
+            raise ConfigError(f"target/label must be a class index >= 0, got {goal!r}")
+        object.__setattr__(
+            self,
+            "_call_state",
+            {"sign": sign, "mask": mask, "goal": goal, "transform": EOTTransform(self.eot),
+             "palette": resolve_palette(self.palette).to(device)},
+        )
+        try:
+            if self.init == "random":
+                colours0 = torch.rand(sign.shape, generator=torch.Generator().manual_seed(self.seed + 7)).to(device)
+            elif self.init == "gray":
+                colours0 = torch.full_like(sign, 0.5)
+            else:
+                colours0 = sign.clone()
+            w0 = _logit(colours0)
+            extra = {"sign_shape": list(sign.shape), "mask_fraction": float(mask.mean()), "target": target,
+                     "label": label, **(run_extra or {})}
+            t0 = time.perf_counter()
+            w, history, draws, run = self._optimise(
+                model, w0, targeted, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback
+            )
+            extras = {"optimise_seconds": time.perf_counter() - t0, "mask_fraction": float(mask.mean())}
+            return self._finish(model, w0, w, history, draws, run, targeted, target, extras)
+        finally:
+            object.__setattr__(self, "_call_state", None)
+
+    def stickered(self, colours: Tensor) -> Tensor:
+        st = self._state()
+        return st["sign"] * (1 - st["mask"]) + st["mask"] * colours
+
+    def _sample(self, n: int, generator: torch.Generator, device: torch.device) -> Draw:
+        return Draw(eot=self._state()["transform"].sample(n, generator, device))
+
+    def _render(self, colours: Tensor, draw: Draw) -> Tensor:
+        st = self._state()
+        t: EOTTransform = st["transform"]
+        b = draw.eot.batch_size
+        printed = t.apply_print(colours.expand(b, -1, -1, -1), draw.eot)
+        x = st["sign"] * (1 - st["mask"]) + st["mask"] * printed
+        return t.apply(x, draw.eot, print_stage=False)
+
+    def _regularise(self, colours: Tensor) -> Tensor:
+        st = self._state()
+        out = colours.new_zeros(())
+        if self.lambda_norm > 0:
+            delta = st["mask"] * (colours - st["sign"])
+            out = out + self.lambda_norm * lp_norm(delta, 1 if self.norm == "l1" else 2, reduction="mean")
+        if self.lambda_nps > 0:
+            out = out + self.lambda_nps * nps(colours, st["palette"], mask=st["mask"], kind=self.nps_kind)
+        if self.lambda_tv > 0:
+            out = out + self.lambda_tv * total_variation(colours, mask=st["mask"])
+        return out
+
+    def _goal(self, draw: Draw) -> Tensor:
+        st = self._state()
+        return torch.full((draw.eot.batch_size,), st["goal"], dtype=torch.int64, device=st["sign"].device)
+
+    def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
+        st = self._state()
+        adv = self.stickered(final).detach()
+        return PhysicalResult(
+            perturbation=(adv - st["sign"]).cpu(),
+            adversarial=adv.cpu(),
+            mask=st["mask"].cpu(),
+            loss_history=history,
+            success=success,
+            predictions=preds,
+            initial_success=init_success,
+            target=target,
+            seed=self.seed,
+            eval_seed=self.resolved_eval_seed,
+            config=self.config(),
+            train_draws=draws,
+            eval_draws=eval_draws,
+            extras=extras,
+        )
