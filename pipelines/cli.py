@@ -1,4 +1,4 @@
-"""CLI for the harness: ``testbed demo`` (the main job on built-in defaults)."""
+"""CLI for the harness: ``testbed demo``, ``testbed evaluate``, ``testbed report``, ``testbed live``."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,38 @@ from pathlib import Path
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick)
+    cfg = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick, eot=args.eot)
     report = run_demo(cfg)
     print(f"\nreport: {report}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.experiment import load_config, run_experiment
+
+    config = load_config(args.config)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    summary = run_experiment(config, out, progress=not args.no_progress)
+    print(f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} resumed from {out}; "
+          f"{summary.seconds:.0f} s\nreport: {out / 'report.md'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_report
+
+    print(f"report: {write_report(Path(args.run_dir))}")
+    return 0
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    from pipelines.live import LiveConfig, run_live
+
+    cfg = LiveConfig(source=args.source, model=args.model, out=Path(args.out), max_frames=args.max_frames,
+                     secure=args.secure, rectify=args.rectify, display=args.display, width=args.width,
+                     height=args.height, seconds=args.seconds)
+    summary = run_live(cfg)
+    print(f"{summary.frames} frames, {summary.fps:.1f} frames/s (pipeline), video {summary.video}, log {summary.log}")
     return 0
 
 
@@ -22,4 +51,29 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smaller budgets (for tests)")
+    p.add_argument("--eot", default="print-aware",
+                   help="EOT distribution of the patch: print-aware (default) or a physical.eot preset name")
     p.set_defaults(func=_cmd_demo)
+
+    p = subparsers.add_parser("evaluate", help="run (or resume) an experiment declared in YAML; writes a report")
+    p.add_argument("config", help="experiment YAML (see experiments/)")
+    p.add_argument("--out", help="run directory (default: runs/<name>); an existing one of the same config resumes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = subparsers.add_parser("report", help="(re)write report.md/.html/.json and plots of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_report)
+
+    p = subparsers.add_parser("live", help="live classification: capture -> [secure] -> [rectify] -> top-5 + FPS")
+    p.add_argument("source", help="webcam index, video file, image folder or stream URL (e.g. http://127.0.0.1:8080/)")
+    p.add_argument("--model", default="mobilenet_v2")
+    p.add_argument("--out", default="runs/live", help="folder for annotated.mp4 and log.jsonl (headless)")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--secure", action="store_true", help="route frames through camera.secure (sealed, authenticated)")
+    p.add_argument("--rectify", default=None, help="printout sidecar JSON: rectify frames to the printed object")
+    p.add_argument("--display", action="store_true", help="show a window (needs a display and a GUI OpenCV build)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.set_defaults(func=_cmd_live)

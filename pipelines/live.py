@@ -1,0 +1,207 @@
+"""Live evaluation: capture -> (secure path) -> (rectify) -> classify -> overlay of top-5 and frames/s.
+
+Headless (the default, and always on this machine's headless OpenCV), it writes ``annotated.mp4`` (the frames at
+``width`` x ``height`` with the overlay) and ``log.jsonl`` (one JSON object per frame: sequence number, top-5 with
+probabilities, latency, running frames/s, whether the frame was verified by the secure path and rectified).
+The video is written under a temporary name and renamed when the run ends, so an interrupted run never leaves a
+complete-looking video. With ``display=True`` it shows a window (needs a display and an OpenCV GUI build).
+
+OpenCV drawing and video encoding happen at this edge only (BGR uint8 via ``camera.sources.tensor_to_bgr``).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from testbed.errors import ConfigError, SourceError
+
+
+@dataclass
+class LiveConfig:
+    source: str | int
+    model: str = "mobilenet_v2"
+    out: Path = Path("runs/live")
+    max_frames: int | None = None
+    seconds: float | None = None
+    secure: bool = False
+    rectify: str | None = None  # a printout sidecar JSON: rectify each frame to the printed object
+    display: bool = False
+    width: int = 640
+    height: int = 480
+    video_fps: float = 15.0
+    timeout_s: float = 10.0
+
+    def validate(self) -> "LiveConfig":
+        if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
+            raise ConfigError(f"max_frames must be an integer >= 1, got {self.max_frames!r}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ConfigError(f"seconds must be > 0, got {self.seconds!r}")
+        if not (32 <= self.width <= 7680 and 32 <= self.height <= 4320):
+            raise ConfigError(f"width x height must be within 32..7680 x 32..4320, got {self.width}x{self.height}")
+        if self.display and not os.environ.get("DISPLAY") and os.name != "nt":
+            raise ConfigError("display=True but no display is available (DISPLAY is unset); run headless: the "
+                              "annotated video and log are written to the output folder")
+        return self
+
+
+@dataclass
+class LiveSummary:
+    frames: int
+    seconds: float
+    fps: float  # frames / wall time of the whole loop (capture + secure + rectify + classify + overlay + write)
+    classify_fps: float  # frames / time in the model only
+    video: Path
+    log: Path
+    rejected: int = 0
+    rectify_failures: int = 0
+    stages_ms: dict[str, float] = field(default_factory=dict)  # mean per frame
+
+
+def _plain_frames(source: Any, timeout_s: float) -> Iterator[tuple[torch.Tensor, int, bool]]:
+    from camera.sources import open_source
+
+    src = open_source(source, timeout_s=timeout_s) if not hasattr(source, "read") else source
+    with src:
+        for f in src:
+            yield f.image, f.seq, False
+
+
+def _source_factory(source: Any, timeout_s: float):
+    from camera.sources import open_source
+
+    return open_source(source, timeout_s=timeout_s)
+
+
+def _secure_frames(source: Any, timeout_s: float, max_frames: int | None) -> Iterator[tuple[torch.Tensor, int, bool]]:
+    from camera.secure.capture import CaptureConfig, FrameSourceAdapter
+    from camera.secure.consumer import SecureCapture
+
+    factory = FrameSourceAdapter(functools.partial(_source_factory, source, timeout_s))
+    with SecureCapture(factory, CaptureConfig(max_frames=max_frames), timeout_s=max(timeout_s, 30.0)) as cam:
+        for f in cam.frames():
+            yield f.to_tensor(), f.seq, True
+
+
+def _overlay(image: torch.Tensor, lines: list[str], width: int, height: int):
+    import cv2
+
+    from camera.sources import tensor_to_bgr
+
+    x = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True,
+                                        align_corners=False)
+    bgr = tensor_to_bgr(x)
+    box_h = 18 * len(lines) + 10
+    cv2.rectangle(bgr, (0, 0), (min(width, 420), box_h), (0, 0, 0), thickness=-1)
+    for i, t in enumerate(lines):
+        cv2.putText(bgr, t, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return bgr
+
+
+def run_live(cfg: LiveConfig) -> LiveSummary:
+    """Run the live loop until the source ends, ``max_frames`` or ``seconds``; returns its summary."""
+    import cv2
+
+    from testbed.models.registry import get_entry, get_model
+    from testbed.photos import imagenet_preprocess
+
+    cfg.validate()
+    entry = get_entry(cfg.model)
+    model = get_model(cfg.model)
+    dev = next(model.parameters()).device
+    spec = None
+    if cfg.rectify:
+        from camera.rectify import load_object_spec
+
+        spec = load_object_spec(cfg.rectify)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    video_tmp, video = out / ".annotated.partial.mp4", out / "annotated.mp4"
+    log_path = out / "log.jsonl"
+    writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), cfg.video_fps, (cfg.width, cfg.height))
+    if not writer.isOpened():
+        raise SourceError(f"could not open a video writer for {video_tmp} (mp4v)")
+    frames_iter = (_secure_frames(cfg.source, cfg.timeout_s, cfg.max_frames) if cfg.secure
+                   else _plain_frames(cfg.source, cfg.timeout_s))
+    n = rect_fail = 0
+    t_model = 0.0
+    stages = {"capture": 0.0, "rectify": 0.0, "classify": 0.0, "overlay_write": 0.0}
+    recent: list[float] = []
+    started = time.perf_counter()
+    last = started
+    ok = False
+    try:
+        with open(log_path, "w") as log:
+            while True:
+                if cfg.max_frames is not None and n >= cfg.max_frames:
+                    break
+                if cfg.seconds is not None and time.perf_counter() - started >= cfg.seconds:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    image, seq, verified = next(frames_iter)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                rectified, note = False, ""
+                if spec is not None:
+                    from camera.rectify import RectifyError, rectify
+
+                    try:
+                        image = rectify(image, spec, source=f"frame {seq}").image
+                        rectified = True
+                    except RectifyError as exc:
+                        rect_fail += 1
+                        note = f"not rectified: {type(exc).__name__}"
+                t2 = time.perf_counter()
+                x = imagenet_preprocess(image, entry.input_size[0]) if entry.input_size[0] == entry.input_size[1] \
+                    else torch.nn.functional.interpolate(image, size=tuple(entry.input_size), mode="bilinear")
+                with torch.no_grad():
+                    p = model(x.to(dev)).softmax(1)[0].cpu()
+                top = p.topk(min(5, p.numel()))
+                t3 = time.perf_counter()
+                t_model += t3 - t2
+                now = time.perf_counter()
+                recent.append(now - last)
+                last = now
+                recent = recent[-30:]
+                fps = len(recent) / sum(recent) if sum(recent) > 0 else 0.0
+                top5 = [[entry.labels[i], round(float(v), 4)] for v, i in zip(top.values, top.indices)]
+                lines = [f"{cfg.model}  {fps:5.1f} fps  frame {seq}" + ("  [secure]" if verified else "")
+                         + ("  [rectified]" if rectified else "") + (f"  [{note}]" if note else "")]
+                lines += [f"{100 * s:5.1f}%  {name[:40]}" for name, s in top5]
+                bgr = _overlay(image, lines, cfg.width, cfg.height)
+                writer.write(bgr)
+                if cfg.display:
+                    cv2.imshow("testbed live", bgr)
+                    if cv2.waitKey(1) & 0xFF == ord("q"):
+                        break
+                t4 = time.perf_counter()
+                stages["capture"] += t1 - t0; stages["rectify"] += t2 - t1
+                stages["classify"] += t3 - t2; stages["overlay_write"] += t4 - t3
+                log.write(json.dumps({"seq": seq, "t": round(now - started, 4), "top5": top5, "fps": round(fps, 2),
+                                      "latency_ms": round(1000 * (t3 - t0), 2), "secure": verified,
+                                      "rectified": rectified, "note": note}) + "\n")
+                log.flush()
+                n += 1
+        ok = True
+    finally:
+        writer.release()
+        close = getattr(frames_iter, "close", None)
+        if close:
+            close()
+        if ok and n > 0:
+            os.replace(video_tmp, video)
+        elif video_tmp.exists():
+            video_tmp.unlink()
+    if n == 0:
+        raise SourceError(f"live source {cfg.source!r} delivered no frame")
+    seconds = time.perf_counter() - started
+    return LiveSummary(n, seconds, n / seconds, n / t_model if t_model else 0.0, video, log_path,
+                       rectify_failures=rect_fail, stages_ms={k: round(1000 * v / n, 2) for k, v in stages.items()})
