@@ -5,54 +5,9 @@ Destruction rate follows Kurakin, Goodfellow & Bengio (2016), Eq. 1.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-
 import torch
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
-
-@dataclass(frozen=True)
-class Rate:
-    """``k`` successes out of ``n`` with a Wilson 95% interval."""
-
-    k: int
-    n: int
-    low: float
-    high: float
-
-    @property
-    def value(self) -> float:
-        return self.k / self.n if self.n else float("nan")
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "value": self.value}
-
-    def __str__(self) -> str:
-        if self.n == 0:
-            return "n/a (n=0)"
-        return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}] (n={self.n})"
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion; (nan, nan) when n = 0."""
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def rate(successes: torch.Tensor | list[bool]) -> Rate:
-    """A Rate from a boolean vector."""
-    s = torch.as_tensor(successes, dtype=torch.bool).flatten()
-    k, n = int(s.sum()), int(s.numel())
-    return Rate(k, n, *wilson_interval(k, n))
+from testbed.stats import Rate, rate, wilson, wilson_interval  # noqa: F401  (re-exported: the harness's rates)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:

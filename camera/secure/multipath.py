@@ -14,8 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from testbed.errors import ConfigError
-
-Z95 = 1.959963984540054
+from testbed.stats import Rate, wilson
 
 
 # ------------------------------------------------------------------------------------------- input transformations
@@ -170,50 +169,15 @@ class MultiPathPredictor:
 
 
 # ------------------------------------------------------------------------------------------------------- rates
-@dataclass(frozen=True)
-class RateCI:
-    """``k`` of ``n`` with a Wilson 95% interval."""
-
-    k: int
-    n: int
-    low: float
-    high: float
-
-    @property
-    def value(self) -> float:
-        return self.k / self.n if self.n else float("nan")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "n": self.n, "value": self.value, "low": self.low, "high": self.high}
-
-    def __str__(self) -> str:
-        if self.n == 0:
-            return "n/a (n=0)"
-        return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}] (k={self.k}, n={self.n})"
-
-
-def wilson(k: int, n: int, z: float = Z95) -> RateCI:
-    """Wilson score interval for k successes out of n (nan bounds when n = 0)."""
-    if n < 0 or k < 0 or k > n:
-        raise ConfigError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return RateCI(0, 0, float("nan"), float("nan"))
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return RateCI(k, n, 0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
-
-
 @dataclass
 class DetectionReport:
     """False-positive rate on clean frames; per attacked set, the flag rate over all frames (``detection``) and
     over the frames whose attack succeeded against the first path (``detection_on_fooled``, when labels given)."""
 
-    false_positive: RateCI
-    detection: dict[str, RateCI] = field(default_factory=dict)
-    detection_on_fooled: dict[str, RateCI] = field(default_factory=dict)
-    fooled_first_path: dict[str, RateCI] = field(default_factory=dict)
+    false_positive: Rate
+    detection: dict[str, Rate] = field(default_factory=dict)
+    detection_on_fooled: dict[str, Rate] = field(default_factory=dict)
+    fooled_first_path: dict[str, Rate] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"false_positive": self.false_positive.as_dict(),
@@ -272,4 +236,4 @@ def evaluate_detection(predictor: MultiPathPredictor, clean: Any, attacked: Mapp
 
 
 __all__ = ["Identity", "GaussianBlur", "Rescale", "BitDepth", "JPEG", "PredictionPath", "MultiPathDecision",
-           "MultiPathPredictor", "RateCI", "wilson", "DetectionReport", "evaluate_detection"]
+           "MultiPathPredictor", "Rate", "wilson", "DetectionReport", "evaluate_detection"]
