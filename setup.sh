@@ -12,15 +12,6 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 
-# tcmalloc keeps batched EOT steps from drowning in glibc malloc's system time (optional; Debian/Ubuntu only).
-if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal; then
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        (apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 \
-            || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; }) \
-            || echo "note: libtcmalloc-minimal4 not installed (optional)"
-    fi
-fi
-
 .venv/bin/testbed assets fetch
 .venv/bin/testbed assets verify
 
