@@ -1,7 +1,8 @@
 """``testbed patch`` and ``testbed sticker``: EOT-optimised universal patch and RP2 sign stickers.
 
     testbed patch --model mobilenet_v2 --target toaster --area 0.1 --steps 500 --out runs/patch1
-    testbed sticker --model sign-cnn --sign stop --target speed_limit_80 --mask rects --steps 300 --out runs/stk1
+    testbed sticker --model sign-cnn --sign stop --target no_entry --mask saliency --sign-size 128 --steps 300
+        --batch-size 32 --eval 1000 --out runs/stk1   (one line)
 
 Each writes a run directory (see ``physical.runs``): config.json/.yaml, checkpoints/, perturbation.png (16-bit)
 and perturbation_8bit.png, .pt, .npy, mask.png, adversarial.png, metrics.json, eval_draws.pt, train_draws.pt.
@@ -43,8 +44,19 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--sign", default="stop", help="sign class name to render (testbed.signs.render.class_names)")
     s.add_argument("--target", help="target class (label name or index); omit with --untargeted")
     s.add_argument("--untargeted", action="store_true", help="push the sign away from its true class")
-    s.add_argument("--mask", default="rects", help="rects, strokes, or a mask PNG path (white = sticker)")
+    s.add_argument("--mask", default="rects",
+                   help="rects (two bars above/below the legend), saliency (RP2: cells where the loss is most "
+                        "sensitive), strokes, or a mask PNG path (white = sticker)")
     s.add_argument("--strokes", type=int, default=4, help="number of strokes for --mask strokes")
+    s.add_argument("--sign-size", type=int, default=128,
+                   help="print resolution of the sign and sticker in pixels (each draw is resampled to the "
+                        "model's input size, as a camera would); default 128")
+    s.add_argument("--budget", type=float, default=0.095,
+                   help="fraction of the sign's own area that --mask rects/saliency may cover (default 0.095)")
+    s.add_argument("--max-mask-fraction", type=float, default=0.10,
+                   help="refuse a mask covering more than this fraction of the sign's area (default 0.10)")
+    s.add_argument("--cell", type=int, default=8, help="sticker cell size in pixels for --mask saliency")
+    s.add_argument("--saliency-samples", type=int, default=128, help="EOT draws for --mask saliency")
     s.add_argument("--background", default="0.5", help="grey level in [0, 1] or a shipped photo name")
     s.add_argument("--norm", choices=["l1", "l2"], default="l2")
     s.add_argument("--lambda-norm", type=float, default=0.0)
@@ -193,7 +205,9 @@ def run_patch(args: argparse.Namespace) -> int:
 
 
 def run_sticker(args: argparse.Namespace) -> int:
-    from physical.universal import SignSticker, load_mask, rp2_rectangles, strokes_mask
+    from physical.universal import (
+        SignSticker, load_mask, mask_fraction_of_sign, rp2_sign_rectangles, saliency_mask, strokes_mask,
+    )
     from testbed.models.registry import get_entry, get_model
     from testbed.signs.render import class_names, composite, render_sign
 
@@ -203,42 +217,56 @@ def run_sticker(args: argparse.Namespace) -> int:
     h, w = entry.input_size
     if args.sign not in class_names():
         raise ConfigError(f"--sign {args.sign!r} is not a sign class; known: {', '.join(class_names())}")
-    rgba = render_sign(args.sign, h)
-    if (h, w) != tuple(rgba.shape[-2:]):
-        rgba = torch.nn.functional.interpolate(rgba, size=(h, w), mode="bilinear", align_corners=False)
+    size = args.sign_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < min(h, w):
+        raise ConfigError(f"--sign-size must be an integer >= the model input size {min(h, w)}, got {size!r}")
+    rgba = render_sign(args.sign, size)  # the sign at print resolution; the camera resamples to (h, w)
     try:
         background: Any = float(args.background)
     except ValueError:
-        background = _load_scene(args.background, h)[..., :h, :w]
+        background = _load_scene(args.background, size)[..., :size, :size]
     sign = composite(rgba, background).clamp(0, 1)
     alpha = rgba[:, 3:4]
-    if args.mask == "rects":
-        mask = rp2_rectangles(h, w)
-    elif args.mask == "strokes":
-        mask = strokes_mask(h, w, torch.Generator().manual_seed(args.seed), strokes=args.strokes)
-    else:
-        mask = load_mask(args.mask, (h, w))
-    mask = mask * alpha  # stickers stay on the sign
-    mask_fraction = float(mask.sum() / alpha.sum())
     if args.untargeted == (args.target is not None):
         raise ConfigError("give exactly one of --target CLASS or --untargeted")
     label = resolve_class(args.sign, entry.labels) if args.sign in [str(n) for n in entry.labels] else None
     target = resolve_class(args.target, entry.labels) if args.target is not None else None
     if target is None and label is None:
         raise ConfigError(f"--untargeted needs the sign {args.sign!r} to be a label of model {args.model}")
-    attack = SignSticker(norm=args.norm, lambda_norm=args.lambda_norm, init=args.init, **_attack_kwargs(args))
+    attack = SignSticker(norm=args.norm, lambda_norm=args.lambda_norm, init=args.init, input_size=(h, w),
+                         max_mask_fraction=args.max_mask_fraction, **_attack_kwargs(args))
     t0 = time.perf_counter()
+    if args.mask == "rects":
+        mask = rp2_sign_rectangles(alpha, args.budget)
+    elif args.mask == "saliency":
+        if target is None:
+            raise ConfigError("--mask saliency needs --target (the saliency of the targeted loss)")
+        sal = attack.saliency(model, sign.to(device), target=target, samples=args.saliency_samples, alpha=alpha)
+        mask = saliency_mask(sal, alpha, args.budget, cell=args.cell)
+    elif args.mask == "strokes":
+        mask = strokes_mask(size, size, torch.Generator().manual_seed(args.seed), strokes=args.strokes) * alpha
+    else:
+        mask = load_mask(args.mask, (size, size)) * alpha  # stickers stay on the sign
+    mask_fraction = mask_fraction_of_sign(mask, alpha)
     result = attack(
-        model, sign, mask, target=target, label=None if target is not None else label, run_dir=args.out,
-        progress=not args.no_progress,
-        run_extra={"model": args.model, "sign": args.sign, "mask": args.mask, "background": args.background},
+        model, sign, mask, target=target, label=None if target is not None else label, alpha=alpha,
+        source_label=label, run_dir=args.out, progress=not args.no_progress,
+        run_extra={"model": args.model, "sign": args.sign, "mask": args.mask, "background": args.background,
+                   "sign_size": size, "budget": args.budget, "cell": args.cell,
+                   "saliency_samples": args.saliency_samples},
     )
     with torch.no_grad():
-        clean_pred = int(model(sign.to(device)).argmax(1))
+        small = torch.nn.functional.interpolate(sign, size=(h, w), mode="bilinear", align_corners=False,
+                                                antialias=True)
+        clean_pred = int(model(small.to(device)).argmax(1))
+    ex = result.extras
     return _report(
         "sticker", result, args, time.perf_counter() - t0, device,
         {"model": args.model, "sign": args.sign, "target": target,
          "target_name": None if target is None else str(entry.labels[target]),
          "clean_prediction": str(entry.labels[clean_pred]) if entry.labels else clean_pred,
-         "mask_fraction_of_sign": mask_fraction, "eot": args.eot},
+         "mask": args.mask, "sign_size": size, "model_input": [h, w],
+         "mask_fraction_of_sign": mask_fraction, "max_mask_fraction": args.max_mask_fraction,
+         "clean_accuracy": ex.get("clean_accuracy"), "clean_correct_count": ex.get("clean_correct_count"),
+         "success_rate_given_clean_correct": ex.get("success_rate_given_clean_correct"), "eot": args.eot},
     )

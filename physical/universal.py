@@ -6,7 +6,10 @@
   + lambda_nps * NPS + lambda_tv * TV.
 * ``SignSticker`` — Eykholt et al. 2018's RP2: the perturbation is confined to a mask on a sign image
   (rectangular stickers, graffiti-like strokes, a user mask PNG); loss = classification + lambda_norm * ||M delta||_p
-  + lambda_nps * NPS + lambda_tv * TV, over the EOT distribution (default preset "rp2").
+  + lambda_nps * NPS + lambda_tv * TV, over the EOT distribution (default preset "rp2"). The sign may be given at
+  print resolution (``input_size`` = the model's input: each draw is warped at print resolution and resampled
+  down, as a camera would); ``alpha=`` measures the sticker budget on the sign's own area (``max_mask_fraction``);
+  ``saliency`` + ``saliency_mask`` place sticker cells where the loss is most sensitive (RP2's mask step).
 
 Both are frozen dataclasses of hyper-parameters (model and data at call time). Every optimisation step draws
 ``batch_size`` transformations with the training generator (seeded ``seed``) and runs them in one forward pass;
@@ -99,6 +102,87 @@ def rp2_rectangles(height: int, width: int) -> Tensor:
     """Two horizontal bars above and below the sign's centre, like RP2's "subtle" black-and-white stickers
     (about 8% of the sign's bounding square)."""
     return rectangles_mask(height, width, [(0.25, 0.28, 0.75, 0.36), (0.25, 0.64, 0.75, 0.72)])
+
+
+def mask_fraction_of_sign(mask: Tensor, alpha: Tensor | None = None) -> float:
+    """The fraction of the sign's own area that the sticker mask covers: ``sum(mask * alpha) / sum(alpha)``
+    (``alpha`` = the sign's shape mask, (1, 1, H, W)); without ``alpha``, the fraction of the whole image."""
+    if alpha is None:
+        return float(mask.float().mean())
+    if alpha.shape != mask.shape:
+        raise ConfigError(f"sign alpha must have the mask's shape {tuple(mask.shape)}, got {tuple(alpha.shape)}")
+    area = float(alpha.sum())
+    if area <= 0:
+        raise ConfigError("sign alpha is empty (all zero): the sign has no area to measure the sticker against")
+    return float((mask * alpha).sum()) / area
+
+
+def rp2_sign_rectangles(
+    alpha: Tensor, budget: float = 0.095, *, x_range: tuple[float, float] = (0.18, 0.82),
+    legend: tuple[float, float] = (0.385, 0.615), gap: float = 0.02,
+) -> Tensor:
+    """RP2's two rectangular stickers, one above and one below the sign's legend (the stop sign's "STOP" spans
+    ``legend`` = (y0, y1) of the canvas), sized so that they cover at most ``budget`` of the sign's own area
+    (``alpha``, (1, 1, H, W)). The bars are ``x_range`` wide and as tall as the budget allows; (1, 1, H, W),
+    already multiplied by ``alpha`` (stickers stay on the sign)."""
+    if alpha.ndim != 4 or alpha.shape[:2] != (1, 1):
+        raise ConfigError(f"sign alpha must have shape (1, 1, H, W), got {tuple(alpha.shape)}")
+    if not 0 < budget <= 1:
+        raise ConfigError(f"sticker budget must be a fraction in (0, 1], got {budget!r}")
+    h, w = alpha.shape[-2:]
+    width = x_range[1] - x_range[0]
+    height = budget * float(alpha.mean()) / (2 * width)  # first guess, fraction of the canvas height
+    y_top, y_bot = legend[0] - gap, legend[1] + gap
+    best = None
+    for k in range(round(height * h) + 2, 0, -1):  # the tallest bars (whole pixels) within the budget
+        bh = k / h
+        if y_top - bh < 0 or y_bot + bh > 1:
+            continue
+        m = rectangles_mask(h, w, [(x_range[0], y_top - bh, x_range[1], y_top), (x_range[0], y_bot, x_range[1], y_bot + bh)])
+        m = m * alpha
+        if mask_fraction_of_sign(m, alpha) <= budget:
+            best = m
+            break
+    if best is None:
+        raise ConfigError(f"no rectangle sticker of at least one pixel fits a budget of {budget:.3f} of the sign "
+                          f"at {h}x{w} pixels; render the sign larger")
+    return best
+
+
+def saliency_mask(
+    saliency: Tensor, alpha: Tensor, budget: float = 0.095, *, cell: int = 8, inside: float = 0.999,
+) -> Tensor:
+    """RP2's mask placement: rectangular sticker cells where the attack loss is most sensitive. ``saliency``
+    (1, 1, H, W) is a non-negative map (e.g. ``SignSticker.saliency``: |d loss / d sign| summed over EOT
+    draws); the sign is cut into ``cell`` x ``cell`` pixel squares, only squares lying on the sign (mean alpha
+    >= ``inside``) are eligible, and squares are taken in decreasing mean saliency while the mask stays within
+    ``budget`` of the sign's own area. Returns (1, 1, H, W), multiplied by ``alpha``."""
+    if saliency.ndim != 4 or saliency.shape != alpha.shape or saliency.shape[:2] != (1, 1):
+        raise ConfigError(f"saliency and alpha must both be (1, 1, H, W), got {tuple(saliency.shape)} and "
+                          f"{tuple(alpha.shape)}")
+    _check_pos_int("cell", cell)
+    if not 0 < budget <= 1:
+        raise ConfigError(f"sticker budget must be a fraction in (0, 1], got {budget!r}")
+    h, w = alpha.shape[-2:]
+    if h % cell or w % cell:
+        raise ConfigError(f"sign size {h}x{w} must be a multiple of the cell size {cell}")
+    score = F.avg_pool2d(saliency.float(), cell) * (F.avg_pool2d(alpha.float(), cell) >= inside)
+    cell_area = F.avg_pool2d(alpha.float(), cell).flatten() * cell * cell
+    sign_area = float(alpha.sum())
+    order = score.flatten().argsort(descending=True, stable=True)
+    chosen = torch.zeros(score.numel())
+    used = 0.0
+    for i in order.tolist():
+        if float(score.flatten()[i]) <= 0:
+            break
+        if (used + float(cell_area[i])) / sign_area > budget:
+            break
+        chosen[i] = 1.0
+        used += float(cell_area[i])
+    if used == 0:
+        raise ConfigError(f"no {cell}x{cell} sticker cell fits a budget of {budget:.3f} of the sign")
+    m = F.interpolate(chosen.view_as(score), scale_factor=cell, mode="nearest") * alpha
+    return m
 
 
 def strokes_mask(
@@ -664,12 +748,39 @@ class SignSticker(_EOTAttack):
     norm: Literal["l1", "l2"] = "l2"
     lambda_norm: float = 0.0  # weight of ||mask * (sticker - sign)||_p (per image, in [0, 1] units)
     init: Literal["random", "gray", "source"] = "random"
+    # The model's input size (H, W). When the sign image is larger (rendered at print resolution), each draw is
+    # warped at that resolution and then area-resampled (antialiased) down to input_size, as a camera would
+    # image the physical sticker; light, blur (in input pixels), noise and JPEG then act on the camera image.
+    # None: the sign image is already the model's input size.
+    input_size: Any = None
+    # Sticker budget: the largest allowed fraction of the sign's own area (its alpha, passed as alpha=) that
+    # the mask may cover (without alpha=, of the whole image). None: no budget.
+    max_mask_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if size is not None:
+            if isinstance(size, int) and not isinstance(size, bool):
+                size = (size, size)
+            if not (isinstance(size, (tuple, list)) and len(size) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+                raise ConfigError(f"input_size must be an int or (H, W) of positive ints, got {self.input_size!r}")
+            object.__setattr__(self, "input_size", (int(size[0]), int(size[1])))
+        super().__post_init__()
 
     def validate(self) -> None:
         super().validate()
         if self.norm not in ("l1", "l2"):
             raise ConfigError(f"norm must be l1 or l2, got {self.norm!r}")
         _check_nonneg("lambda_norm", self.lambda_norm)
+        m = self.max_mask_fraction
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1):
+            raise ConfigError(f"max_mask_fraction must be a fraction in (0, 1] or None, got {m!r}")
+
+    def config(self) -> dict[str, Any]:
+        out = super().config()
+        out["input_size"] = None if self.input_size is None else list(self.input_size)
+        return out
 
     def _state(self) -> dict[str, Any]:
         st = self.__dict__.get("_call_state")
@@ -685,13 +796,21 @@ class SignSticker(_EOTAttack):
         *,
         target: int | None = None,
         label: int | None = None,
+        alpha: Tensor | None = None,
+        source_label: int | None = None,
         run_dir: str | Path | None = None,
         run_extra: dict[str, Any] | None = None,
         progress: bool = False,
         callback: Callable[[int, float], None] | None = None,
     ) -> PhysicalResult:
         """Optimise stickers (colours inside ``mask``, (1, 1, H, W) in [0, 1]) on ``sign`` (1, 3, H, W).
-        Targeted: ``target`` class; untargeted: ``label``, the sign's true class."""
+        Targeted: ``target`` class; untargeted: ``label``, the sign's true class.
+
+        ``alpha`` (1, 1, H, W): the sign's shape mask; the sticker's fraction of the sign is measured against
+        it (``extras["mask_fraction_of_sign"]``) and checked against ``max_mask_fraction``. ``source_label``
+        (targeted runs): the sign's true class; the clean sign is then scored on the same evaluation draws
+        (``extras["clean_accuracy"]``) and the success rate is also reported over the draws where the clean
+        sign is classified correctly (``extras["success_rate_given_clean_correct"]``)."""
         sign = _check_model_batch(sign, "sign")
         if sign.shape[0] != 1:
             raise ConfigError(f"sign must be a single image (1, 3, H, W), got {tuple(sign.shape)}")
@@ -700,6 +819,16 @@ class SignSticker(_EOTAttack):
             raise ConfigError(f"mask must have shape (1, 1, {sign.shape[-2]}, {sign.shape[-1]}), got {shape}")
         if float(mask.min()) < 0 or float(mask.max()) > 1 or float(mask.max()) == 0:
             raise ConfigError("mask values must lie in [0, 1] and not all be 0")
+        if alpha is not None:
+            if not isinstance(alpha, Tensor) or alpha.shape != mask.shape:
+                shape = tuple(alpha.shape) if isinstance(alpha, Tensor) else type(alpha).__name__
+                raise ConfigError(f"alpha must have the mask's shape {tuple(mask.shape)}, got {shape}")
+            alpha = alpha.detach().float().cpu()
+        fraction = mask_fraction_of_sign(mask.detach().float().cpu(), alpha)
+        if self.max_mask_fraction is not None and fraction > self.max_mask_fraction + 1e-9:
+            of = "the sign's area (its alpha)" if alpha is not None else "the image"
+            raise ConfigError(f"sticker mask covers {fraction:.2%} of {of}, over the budget of "
+                              f"{self.max_mask_fraction:.2%} (max_mask_fraction); use a smaller mask")
         device = _device_of(model, sign.device)
         sign, mask = sign.to(device), mask.float().to(device)
         targeted = target is not None
@@ -708,6 +837,11 @@ class SignSticker(_EOTAttack):
         goal = target if targeted else label
         if isinstance(goal, bool) or not isinstance(goal, int) or goal < 0:
             raise ConfigError(f"target/label must be a class index >= 0, got {goal!r}")
+        if source_label is not None and (isinstance(source_label, bool) or not isinstance(source_label, int)
+                                         or source_label < 0):
+            raise ConfigError(f"source_label must be a class index >= 0, got {source_label!r}")
+        if not targeted and source_label is None:
+            source_label = label
         object.__setattr__(
             self,
             "_call_state",
@@ -722,16 +856,69 @@ class SignSticker(_EOTAttack):
             else:
                 colours0 = sign.clone()
             w0 = _logit(colours0)
-            extra = {"sign_shape": list(sign.shape), "mask_fraction": float(mask.mean()), "target": target,
-                     "label": label, **(run_extra or {})}
+            extra = {"sign_shape": list(sign.shape), "mask_fraction": float(mask.mean()),
+                     "mask_fraction_of_sign": fraction, "target": target, "label": label,
+                     "source_label": source_label, **(run_extra or {})}
             t0 = time.perf_counter()
             w, history, draws, run = self._optimise(
                 model, w0, targeted, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback
             )
-            extras = {"optimise_seconds": time.perf_counter() - t0, "mask_fraction": float(mask.mean())}
-            return self._finish(model, w0, w, history, draws, run, targeted, target, extras)
+            extras: dict[str, Any] = {"optimise_seconds": time.perf_counter() - t0, "mask_fraction": float(mask.mean()),
+                                      "mask_fraction_of_sign": fraction}
+            if source_label is not None:
+                t1 = time.perf_counter()
+                _, clean_preds, _ = self._evaluate(model, None, targeted, device)  # the same evaluation draws
+                clean_correct = clean_preds == source_label
+                extras.update(clean_predictions=clean_preds, clean_correct=clean_correct,
+                              clean_accuracy=float(clean_correct.float().mean()) if clean_correct.numel() else float("nan"),
+                              clean_eval_seconds=time.perf_counter() - t1, source_label=source_label)
+            result = self._finish(model, w0, w, history, draws, run, targeted, target, extras)
+            if source_label is not None:
+                cc = result.extras["clean_correct"]
+                n = int(cc.sum())
+                result.extras["clean_correct_count"] = n
+                result.extras["success_rate_given_clean_correct"] = (
+                    float(result.success[cc].float().mean()) if n else float("nan"))
+                if run is not None:
+                    run.save_metrics(result.metrics())
+                    run.save_tensors("clean_eval", {"predictions": result.extras["clean_predictions"],
+                                                    "correct": cc})
+            return result
         finally:
             object.__setattr__(self, "_call_state", None)
+
+    def saliency(self, model: nn.Module, sign: Tensor, *, target: int, samples: int = 128,
+                 alpha: Tensor | None = None) -> Tensor:
+        """RP2's first stage: where on ``sign`` (1, 3, H, W) the targeted loss is most sensitive, as
+        sum over ``samples`` EOT draws (training generator, seed ``seed + 11``) of |d loss / d sign| summed over
+        channels; (1, 1, H, W) on CPU, times ``alpha`` when given. Feed it to ``saliency_mask``."""
+        sign = _check_model_batch(sign, "sign")
+        device = _device_of(model, sign.device)
+        sign = sign.to(device)
+        _check_pos_int("samples", samples)
+        ones = torch.ones(1, 1, *sign.shape[-2:], device=device)
+        object.__setattr__(self, "_call_state", {"sign": sign, "mask": ones, "transform": EOTTransform(self.eot)})
+        try:
+            gen = torch.Generator().manual_seed(self.seed + 11)
+            acc = torch.zeros(1, 1, *sign.shape[-2:], device=device)
+            left = samples
+            while left > 0:
+                n = min(self.batch_size, left)
+                x = sign.clone().requires_grad_(True)
+                draw = self._sample(n, gen, device)
+                st = self._state()
+                st["sign"] = x
+                logits = model(self._render(None, draw))
+                goal = torch.full((n,), target, dtype=torch.int64, device=device)
+                loss = classification_loss(logits, goal, targeted=True, kind=self.loss, kappa=self.kappa)
+                (grad,) = torch.autograd.grad(loss, x)
+                acc += grad.abs().sum(1, keepdim=True)
+                st["sign"] = sign
+                left -= n
+        finally:
+            object.__setattr__(self, "_call_state", None)
+        acc = acc.cpu()
+        return acc * alpha.cpu().float() if alpha is not None else acc
 
     def stickered(self, colours: Tensor) -> Tensor:
         st = self._state()
@@ -740,13 +927,39 @@ class SignSticker(_EOTAttack):
     def _sample(self, n: int, generator: torch.Generator, device: torch.device) -> Draw:
         return Draw(eot=self._state()["transform"].sample(n, generator, device))
 
-    def _render(self, colours: Tensor, draw: Draw) -> Tensor:
+    def _render(self, colours: Tensor | None, draw: Draw) -> Tensor:
+        """Print the sticker, put it on the sign, photograph the scene (``colours=None``: the clean sign)."""
         st = self._state()
         t: EOTTransform = st["transform"]
         b = draw.eot.batch_size
-        printed = t.apply_print(colours.expand(b, -1, -1, -1), draw.eot)
-        x = st["sign"] * (1 - st["mask"]) + st["mask"] * printed
-        return t.apply(x, draw.eot, print_stage=False)
+        if colours is None:
+            x = st["sign"].expand(b, -1, -1, -1)
+        else:
+            printed = t.apply_print(colours.expand(b, -1, -1, -1), draw.eot)
+            x = st["sign"] * (1 - st["mask"]) + st["mask"] * printed
+        if self.input_size is None or tuple(x.shape[-2:]) == tuple(self.input_size):
+            return t.apply(x, draw.eot, print_stage=False)
+        return self.photograph(x, draw.eot, t)
+
+    def photograph(self, x: Tensor, params: EOTParams, transform: EOTTransform) -> Tensor:
+        """The EOT stages with the camera's resampling between them: geometry at the print resolution, then an
+        antialiased resize to ``input_size``, then light, blur, noise, clamp and JPEG on the camera image."""
+        c = transform.cfg
+        p = params.to(x.device)
+        if c.geometry_enabled:
+            x = transform.apply_geometry(x, p)
+        x = F.interpolate(x, size=tuple(self.input_size), mode="bilinear", align_corners=False, antialias=True)
+        if c.light_enabled:
+            x = transform.apply_light(x, p)
+        if c.blur_enabled:
+            x = transform.apply_blur(x, p)
+        if c.noise_enabled:
+            x = transform.apply_noise(x, p)
+        if c.clamp or c.jpeg_enabled:
+            x = x.clamp(0.0, 1.0)
+        if c.jpeg_enabled:
+            x = transform.apply_jpeg(x, p)
+        return x
 
     def _regularise(self, colours: Tensor) -> Tensor:
         st = self._state()

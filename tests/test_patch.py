@@ -273,3 +273,96 @@ def test_cli_resolve_class():
         resolve_class("cat", labels)
     with pytest.raises(ConfigError, match="out of range"):
         resolve_class("7", labels)
+
+
+# ------------------------------------------------------------------------------------------------ RP2 on sign-cnn
+def _stop_sign(size: int):
+    from testbed.signs.render import composite, render_sign
+
+    rgba = render_sign("stop", size)
+    return composite(rgba, 0.5).clamp(0, 1), rgba[:, 3:4]
+
+
+def test_sticker_budget_is_measured_on_the_sign_and_enforced():
+    from physical.universal import mask_fraction_of_sign, rp2_sign_rectangles, saliency_mask
+
+    sign, alpha = _stop_sign(128)
+    bars = rp2_sign_rectangles(alpha, 0.095)
+    frac = mask_fraction_of_sign(bars, alpha)
+    assert 0.07 < frac <= 0.095  # of the octagon's own area, not of the square canvas
+    assert mask_fraction_of_sign(bars) < frac  # the canvas fraction is smaller (the octagon is 83% of it)
+    # saliency cells: the most salient eligible cell is taken first; the budget is respected
+    sal = torch.zeros(1, 1, 128, 128)
+    sal[..., 64:72, 64:72] = 5.0
+    sal[..., 40:48, 40:48] = 1.0
+    m = saliency_mask(sal, alpha, 0.05, cell=8)
+    assert float(m[..., 64:72, 64:72].min()) == 1.0 and float(m[..., 40:48, 40:48].min()) == 1.0
+    assert float(m.sum()) == 128.0  # only the two non-zero cells
+    cells = saliency_mask(sal + 1e-3, alpha, 0.05, cell=8)
+    assert mask_fraction_of_sign(cells, alpha) <= 0.05
+    # a mask over the budget is refused with a message naming the fraction and the budget
+    big = rectangles_mask(128, 128, [(0.2, 0.2, 0.8, 0.45)]) * alpha  # ~18% of the sign
+    attack = SignSticker(steps=1, batch_size=2, eval_samples=2, eot={}, input_size=32, max_mask_fraction=0.10)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4))
+    with pytest.raises(ConfigError, match=r"covers 1\d\.\d+% of the sign's area .* budget of 10\.00%"):
+        attack(model, sign, big, target=1, alpha=alpha)
+    with pytest.raises(ConfigError, match="max_mask_fraction"):
+        SignSticker(max_mask_fraction=1.5)
+    r = attack(model, sign, bars, target=1, alpha=alpha)
+    assert r.extras["mask_fraction_of_sign"] == pytest.approx(frac)
+
+
+def test_sign_sticker_short_run_raises_target_probability():
+    """RP2 on the real sign-cnn: 128-px print-resolution sign, saliency-placed cells within 9.5% of the sign,
+    resampled to the model's 32x32 input under the rp2 distribution; a tiny budget (12 steps x 8 draws)."""
+    from physical.eot import EOTTransform
+    from physical.universal import mask_fraction_of_sign, saliency_mask
+    from testbed.models.registry import get_entry, get_model
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model = get_model("sign-cnn", device="cpu")
+    labels = [str(n) for n in get_entry("sign-cnn").labels]
+    stop, target = labels.index("stop"), labels.index("no_entry")
+    sign, alpha = _stop_sign(128)
+    attack = SignSticker(eot="rp2", steps=12, batch_size=8, lr=0.1, init="gray", eval_samples=64,
+                         eval_batch_size=64, input_size=32, max_mask_fraction=0.10, seed=0)
+    sal = attack.saliency(model, sign, target=target, samples=16, alpha=alpha)
+    mask = saliency_mask(sal, alpha, 0.095, cell=8)
+    assert mask_fraction_of_sign(mask, alpha) <= 0.095
+    r = attack(model, sign, mask, target=target, alpha=alpha, source_label=stop)
+    assert r.adversarial.shape == (1, 3, 128, 128)
+    outside = (mask == 0).expand_as(sign)
+    assert torch.equal(r.adversarial[outside], sign[outside])
+    assert r.extras["clean_accuracy"] >= 0.9 and r.extras["clean_correct_count"] == int(r.extras["clean_correct"].sum())
+    assert 0.0 <= r.extras["success_rate_given_clean_correct"] <= 1.0
+    # mean target probability over 32 fixed draws (a third generator): gray sticker vs optimised sticker
+    t = EOTTransform("rp2")
+    params = t.sample(32, torch.Generator().manual_seed(123), "cpu")
+    object.__setattr__(attack, "_call_state", {"sign": sign, "mask": mask, "transform": t})
+    try:
+        with torch.no_grad():
+            gray = sign * (1 - mask) + mask * 0.5
+            p0 = model(attack.photograph(gray.expand(32, -1, -1, -1), params, t)).softmax(1)[:, target].mean()
+            p1 = model(attack.photograph(r.adversarial.expand(32, -1, -1, -1), params, t)).softmax(1)[:, target].mean()
+    finally:
+        object.__setattr__(attack, "_call_state", None)
+    assert float(p1) > float(p0) + 0.05, (float(p0), float(p1))
+
+
+def test_cli_sticker_reports_sign_fraction_and_refuses_over_budget(tmp_path, capsys):
+    from testbed.cli import main
+
+    out = tmp_path / "stk"
+    argv = ["sticker", "--model", "sign-cnn", "--sign", "stop", "--target", "no_entry", "--mask", "rects",
+            "--sign-size", "64", "--steps", "2", "--batch-size", "4", "--eval", "8", "--out", str(out),
+            "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sign_size"] == 64 and summary["model_input"] == [32, 32]
+    assert 0.05 < summary["mask_fraction_of_sign"] <= 0.095 and summary["max_mask_fraction"] == 0.1
+    assert summary["clean_correct_count"] is not None and 0 <= summary["clean_accuracy"] <= 1
+    assert main(argv) == 0  # same config: resumes (already finished), same mask and the same evaluation
+    again = json.loads(capsys.readouterr().out)
+    assert again["success_rate"] == summary["success_rate"] and again["clean_accuracy"] == summary["clean_accuracy"]
+    assert main(argv[:-5] + ["--out", str(tmp_path / "big"), "--budget", "0.2", "--no-progress", "--device", "cpu"]) == 2
+    assert "budget" in capsys.readouterr().err
