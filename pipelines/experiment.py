@@ -11,7 +11,7 @@ An experiment config (see ``experiments/*.yaml``)::
       - {name: bim, alpha: 0.00392156862745098}
     eps: [2, 4, 8, 16]       # L-inf budgets on the 0-255 scale
     images: {source: photos, kind: photo, crops_per_photo: 3}   # or {source: folder, folder: path/}
-    channel: {kind: simulated, preset: default, repetitions: 1} # none | simulated | folder | live
+    channel: {kind: simulated, preset: default, repetitions: 1} # none | simulated (camera.simulated) | folder | live
     batch_size: 16
     prefilter_confidence: 0.8
     examples: 4              # images per cell saved for the report (before/after the channel)
@@ -80,8 +80,7 @@ class ImageSetConfig:
 @dataclass(frozen=True)
 class ChannelConfig:
     kind: str = "simulated"
-    backend: str = "torch"  # simulated: "torch" (pipelines.channels.PrintPhotoSimulator) or "camera" (camera.simulated)
-    preset: str = "default"
+    preset: str = "default"  # simulated: camera.simulated preset (default | mild | harsh)
     repetitions: int = 1
     simulator: dict[str, Any] = field(default_factory=dict)
     folder: str | None = None
@@ -221,21 +220,16 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
 
     ch = _keys("channel", top.get("channel"), ChannelConfig.__dataclass_fields__)
     ckind = ch.get("kind", "simulated")
-    from pipelines.channels import CHANNEL_KINDS, SimulatorConfig
+    from pipelines.channels import CHANNEL_KINDS, SIMULATOR_KEYS
 
     if ckind not in CHANNEL_KINDS:
         raise ConfigError(f"config channel.kind must be one of {CHANNEL_KINDS}, got {ckind!r}")
     _int("channel.repetitions", ch.get("repetitions", 1), 1, 100)
-    backend = ch.get("backend", "torch")
-    if backend not in ("torch", "camera"):
-        raise ConfigError(f"config channel.backend must be 'torch' or 'camera', got {backend!r}")
-    if ckind == "simulated" and backend == "torch":
-        SimulatorConfig.preset(ch.get("preset", "default"))
-        sim = _keys("channel.simulator", ch.get("simulator") or {}, SimulatorConfig.__dataclass_fields__)
-        ch["simulator"] = sim
-    elif ckind == "simulated":
-        ch["simulator"] = _keys("channel.simulator (camera backend)", ch.get("simulator") or {},
-                                ["width_mm", "dpi", "frame_size", "max_tilt_deg", "halftone_cell", "sample_printer"])
+    if ckind == "simulated":  # camera.simulated: validate the preset and every simulator value now
+        from pipelines.channels import SimulatedChannel
+
+        ch["simulator"] = _keys("channel.simulator", ch.get("simulator") or {}, SIMULATOR_KEYS)
+        SimulatedChannel(0, ch.get("preset", "default"), **dict(ch["simulator"]))
     if ckind == "folder" and not ch.get("folder"):
         raise ConfigError("config channel.folder is required when channel.kind is 'folder'")
     if ckind == "live" and ch.get("source") is None:

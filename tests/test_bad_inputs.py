@@ -82,7 +82,8 @@ def test_unreadable_video(tmp_path, capsys):
     ({"eps": [2, 512]}, ["eps", "512", "(0, 255]"]),                                # eps out of range
     ({"attacks": ["fgsm", "deepfreeze"]}, ["unknown attack", "deepfreeze", "known attacks"]),
     ({"models": ["alexnet-9000"]}, ["unknown model", "alexnet-9000", "known models"]),
-    ({"channel": {"kind": "simulated", "backend": "camera", "simulator": {"dpi": 100000}}}, ["dpi", "impossible"]),
+    ({"channel": {"kind": "simulated", "simulator": {"dpi": 100000}}}, ["dpi", "impossible"]),
+    ({"channel": {"kind": "simulated", "backend": "torch"}}, ["channel", "backend"]),  # the removed torch simulator
 ])
 def test_bad_config(tmp_path, capsys, changes, words):
     register_tiny()
@@ -111,11 +112,11 @@ def test_unknown_target_class(tmp_path, capsys):
 
 
 def test_impossible_page_size():
-    from pipelines.channels import CameraSimChannel
+    from pipelines.channels import SimulatedChannel
     from testbed.errors import ConfigError
 
     with pytest.raises(ConfigError, match="dpi"):
-        CameraSimChannel(0, dpi=0)
+        SimulatedChannel(0, dpi=0)
     from printouts.sheets import page_size_mm
 
     with pytest.raises(ConfigError, match="impossible"):

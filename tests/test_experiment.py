@@ -57,11 +57,16 @@ def register_tiny() -> str:
     return TINY
 
 
+# camera.simulated at a small frame and page raster: the full print -> photo -> rectify loop, ~4x cheaper
+FAST_SIM = {"frame_size": [640, 480], "dpi": 150, "width_mm": 30}
+
+
 def tiny_config(**changes) -> dict:
     cfg = {"name": "tiny", "kind": "kurakin", "seed": 0, "models": [register_tiny()],
            "attacks": ["fgsm", "bim", "iter_ll"], "eps": [4, 16],
            "images": {"names": ["chelsea", "coffee"], "crops_per_photo": 2},
-           "channel": {"kind": "simulated", "repetitions": 2}, "batch_size": 4, "examples": 1}
+           "channel": {"kind": "simulated", "repetitions": 2, "simulator": FAST_SIM}, "batch_size": 4,
+           "examples": 1}
     cfg.update(changes)
     return cfg
 
@@ -95,6 +100,11 @@ def test_config_defaults_and_roundtrip(tmp_path):
     ({"prefilter_confidence": 2}, ["prefilter_confidence"]),
     ({"kind": "magic"}, ["kind", "magic"]),
     ({"channel": {"kind": "folder"}}, ["channel.folder"]),
+    ({"channel": {"kind": "simulated", "preset": "foggy"}}, ["preset", "foggy", "mild"]),
+    ({"channel": {"kind": "simulated", "simulator": {"zoom": 2}}}, ["channel.simulator", "zoom", "width_mm"]),
+    ({"channel": {"kind": "simulated", "simulator": {"width_mm": 2}}}, ["width_mm", "[5, 1000]"]),
+    ({"channel": {"kind": "simulated", "simulator": {"frame_size": [10, 10]}}}, ["frame_size"]),
+    ({"channel": {"kind": "simulated", "simulator": {"printer_dpi": 1e6}}}, ["printer dpi"]),
 ])
 def test_config_errors_name_the_problem(change, words):
     with pytest.raises(ConfigError) as exc:

@@ -1,9 +1,10 @@
-"""Kurakin metrics on hand-made cells, the image set, and the simulated channel's determinism and independence."""
+"""Kurakin metrics on hand-made cells, the image set, and the simulated channel (camera.simulated): determinism,
+pairing of clean / adversarial draws, independence of seeds, presets ordered by severity."""
 from __future__ import annotations
 
 import torch
 
-from pipelines.channels import SimulatedChannel, SimulatorConfig, derive_seed
+from pipelines.channels import SimulatedChannel, derive_seed, make_channel
 from pipelines.kurakin import PAPER_ACCURACY, PAPER_DESTRUCTION, build_image_set, crop_views, summarise
 from pipelines.experiment import ImageSetConfig
 
@@ -67,49 +68,69 @@ def test_image_set_crops():
     assert s.ids == ["chelsea-0", "chelsea-1", "coffee-0", "coffee-1"] and s.images.shape == (4, 3, 32, 32)
 
 
+FAST = {"frame_size": [640, 480], "dpi": 150, "width_mm": 30}
+
+
 def test_simulated_channel_is_replayable_and_paired():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 3, 48, 48, generator=g)
-    ch = SimulatedChannel(seed=7)
+    from camera.simulated import PrintPhotoConfig, replay_print_photograph
+    from testbed.photos import imagenet_view
+
+    x = torch.cat([imagenet_view(n, 48) for n in ("coffee", "chelsea", "rocket")])
+    ch = SimulatedChannel(seed=7, **FAST)
     a = ch.transmit(x, ["a", "b", "c"], rep=0, tag="clean")
     b = ch.transmit(x, ["a", "b", "c"], rep=0, tag="fgsm")  # same image id + rep -> same draw, whatever the cell
     c = ch.transmit(x, ["a", "b", "c"], rep=1)
     assert torch.equal(a.images, b.images) and a.params == b.params
     assert not torch.equal(a.images, c.images)
+    # the draw follows the id, not the position in the batch
+    d = ch.transmit(x[[2, 0]], ["c", "a"], rep=0)
+    assert torch.equal(d.images[0], a.images[2]) and torch.equal(d.images[1], a.images[0])
     assert a.images.shape == x.shape and 0 <= float(a.images.min()) and float(a.images.max()) <= 1
     # a real degradation, not a destruction: correlated with the input, but changed
     err = (a.images - x).abs().mean()
     assert 0.01 < float(err) < 0.35
+    for img, out, p in zip(x, a.images, a.params):
+        u, v = (t.flatten() - t.mean() for t in (img, out))
+        assert float(u @ v / (u.norm() * v.norm())) > 0.6, p["id"]
+        assert len(p["rectify"]["markers_used"]) >= 3 and p["rectify"]["reprojection_error_px"] < 4
+    # replay from the recorded (JSON) parameters
+    import json
+
+    rec = json.loads(json.dumps(a.params[1]))
+    assert torch.equal(replay_print_photograph(x[1:2], rec, ch.config), a.images[1:2])
+    assert ch.config == PrintPhotoConfig(**{**FAST, "frame_size": (640, 480)})
     # evaluation draws are seeded apart from anything else (namespace "channel")
     assert derive_seed(7, "channel", 0, "a") != derive_seed(7, "eot", 0, "a")
+    assert ch.describe()["backend"].startswith("camera.simulated")
 
 
 def test_mild_preset_degrades_less_than_harsh():
     from testbed.photos import imagenet_view
 
     x = imagenet_view("coffee", 64)
-    ids = [f"i{k}" for k in range(6)]
-    xs = x.repeat(6, 1, 1, 1)
-    mild = SimulatedChannel(0, "mild").transmit(xs, ids).images
-    harsh = SimulatedChannel(0, "harsh").transmit(xs, ids).images
+    ids = [f"i{k}" for k in range(4)]
+    xs = x.repeat(4, 1, 1, 1)
+    mild = SimulatedChannel(0, "mild", **FAST).transmit(xs, ids).images
+    harsh = SimulatedChannel(0, "harsh", **FAST).transmit(xs, ids).images
     assert (mild - xs).abs().mean() < (harsh - xs).abs().mean()
-    assert SimulatorConfig.preset("default") == SimulatorConfig()
 
 
-def test_camera_backend_full_loop_print_photo_rectify():
-    """backend: camera = printouts sheet -> camera.simulated photo -> camera.rectify -> the image's frame."""
-    from pipelines.channels import make_channel
+def test_make_channel_simulated_is_camera_simulated():
+    """kind: simulated = printouts sheet -> camera.simulated photo -> camera.rectify -> the image's frame."""
     from testbed.photos import imagenet_view
 
-    ch = make_channel({"kind": "simulated", "backend": "camera",
-                       "simulator": {"frame_size": [640, 480], "dpi": 150, "width_mm": 40, "max_tilt_deg": 15}}, 3)
+    ch = make_channel({"kind": "simulated", "simulator": {"frame_size": [640, 480], "dpi": 150, "width_mm": 40,
+                                                          "max_tilt_deg": 15}}, 3)
+    assert isinstance(ch, SimulatedChannel)
     x = imagenet_view("coffee", 64)
     out = ch.transmit(x, ["coffee-0"], rep=0)
     assert out.images.shape == x.shape and 0 <= float(out.images.min()) and float(out.images.max()) <= 1
     info = out.params[0]["rectify"]
     assert len(info["markers_used"]) >= 3 and info["reprojection_error_px"] < 4
-    # the rectified photo is the printed image, not something else: strongly correlated with the input
     a, b = (t.flatten() - t.mean() for t in (x, out.images))
     assert float((a @ b) / (a.norm() * b.norm())) > 0.6
     again = ch.transmit(x, ["coffee-0"], rep=0)
     assert torch.equal(again.images, out.images)  # replayable
+    import pipelines.channels as pc
+
+    assert not hasattr(pc, "PrintPhotoSimulator") and not hasattr(pc, "SimulatorConfig")  # one simulator

@@ -93,3 +93,104 @@ def test_simulated_camera_does_not_use_kornia():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ halftone at the printer's dot pitch
+def test_block_halftone_is_the_exact_area_mean_of_its_printer_dots():
+    """print_linear(page, b) = the b x b block mean of the binary dots of the pixel-replicated page (any b)."""
+    rng = np.random.default_rng(0)
+    pr = SimulatedPrinter(PrinterParams.sample(rng))
+    page = rng.uniform(size=(32, 24, 3)).astype(np.float32)
+    for b in (2, 3, 4, 5, 16):
+        dots = pr.print_linear(np.repeat(np.repeat(page, b, 0), b, 1), 1)
+        vals = np.unique(dots[..., 1])
+        assert all(np.isclose(v, pr.params.black[1]) or np.isclose(v, 1.0) for v in vals)  # binary dots
+        np.testing.assert_allclose(pr.print_linear(page, b), dots.reshape(32, b, 24, b, 3).mean((1, 3)), atol=3e-6)
+    # the 8-bit fast path (what the camera uses) is the same model
+    u8 = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    u8[:5] = 255
+    for b in (1, 2, 4):
+        np.testing.assert_allclose(pr.print_u8(u8, b), pr.print_linear(u8.astype(np.float32) / 255, b), atol=1e-6)
+    assert pr.dots_per_px(150) == 4 and pr.dots_per_px(300) == 2 and pr.dots_per_px(1200) == 1
+    with pytest.raises(ConfigError, match=r"printer dpi"):
+        PrinterParams(dpi=10).validate()
+
+
+def _uniform_patch_stats(page_dpi: float, seed: int = 3, frames: int = 3) -> list[tuple[float, float]]:
+    """Luminance / chroma std of a uniform colour patch as photographed (no noise, no JPEG, no blur)."""
+    import cv2
+
+    cfg = SimCameraConfig(frame_size=(1280, 720), blur_probs=(1, 0, 0), read_noise=(0, 0), shot_noise=(0, 0),
+                          jpeg_quality=(100, 100), gradient=(0, 0), scenes=("moon",))
+    k = page_dpi / 25.4
+    n = round(100 * k)
+    page = torch.ones(1, 3, n, n)
+    page[..., round(15 * k):round(85 * k), round(15 * k):round(85 * k)] = torch.tensor([0.5, 0.4, 0.6]).view(1, 3, 1, 1)
+    cam = SimulatedCamera(page, (100, 100), config=cfg, seed=seed, n_frames=frames, dpi=page_dpi)
+    out = []
+    for f in cam:
+        to_mm = np.array([[0.25, 0, 25], [0, 0.25, 25], [0, 0, 1.0]])  # the patch's inner 50 x 50 mm
+        img = f.image[0].permute(1, 2, 0).numpy()
+        reg = cv2.warpPerspective(img, np.asarray(f.meta["params"]["homography_mm"]) @ to_mm, (200, 200),
+                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        chroma = np.stack([reg[..., 0] - reg[..., 1], reg[..., 2] - reg[..., 1]])
+        out.append((float(reg.mean(2).std()), float(chroma.std(axis=(1, 2)).max())))
+    return out
+
+
+def test_halftone_shows_no_moire_at_the_cameras_sampling():
+    # the old model (16x16 Bayer on the 150-dpi raster, bilinear sampling) gave lum std ~0.09, chroma std ~0.04
+    for dpi in (150.0, 600.0):  # 4 x 4 dots per raster px, and a raster of single printer dots
+        for lum, chroma in _uniform_patch_stats(dpi, frames=2 if dpi == 600 else 3):
+            assert lum < 0.02 and chroma < 0.01, (dpi, lum, chroma)
+
+
+def test_print_photograph_batch_mode_is_seeded_per_image_and_replayable():
+    from camera.simulated import PrintPhotoConfig, print_photograph, replay_print_photograph
+    from testbed.errors import ImageError
+    from testbed.photos import imagenet_view
+
+    cfg = PrintPhotoConfig(frame_size=(640, 480), dpi=150, width_mm=30)
+    x = torch.cat([imagenet_view(n, 40) for n in ("coffee", "chelsea", "rocket")])
+    a = print_photograph(x, seed=1, rep=0, keys=[10, 11, 12], config=cfg)
+    assert a.images.shape == x.shape and 0 <= float(a.images.min()) <= float(a.images.max()) <= 1
+    assert [p["key"] for p in a.params] == [10, 11, 12] and all(p["dots_per_px"] == 4 for p in a.params)
+    # image i's draw depends on (seed, key, rep) only: a sub-batch in another order gives the same photos
+    b = print_photograph(x[[2, 1]], seed=1, rep=0, keys=[12, 11], config=cfg)
+    assert torch.equal(b.images[0], a.images[2]) and torch.equal(b.images[1], a.images[1])
+    assert b.params[0]["camera"] == a.params[2]["camera"]
+    c = print_photograph(x[:1], seed=1, rep=1, keys=[10], config=cfg)
+    assert c.params[0]["camera"] != a.params[0]["camera"] and not torch.equal(c.images[0], a.images[0])
+    for img, out, p in zip(x, a.images, a.params):
+        u, v = (t.flatten() - t.mean() for t in (img, out))
+        assert float(u @ v / (u.norm() * v.norm())) > 0.6
+        assert p["rectify"]["reprojection_error_px"] < 4 and len(p["rectify"]["markers_used"]) >= 3
+    rec = json.loads(json.dumps(a.params[1]))
+    assert torch.equal(replay_print_photograph(x[1:2], rec, cfg), a.images[1:2])
+    with pytest.raises(ImageError, match=r"within \[0, 1\]"):
+        print_photograph(x * 2, config=cfg)
+    with pytest.raises(ConfigError, match=r"3 images but 2 keys"):
+        print_photograph(x, keys=[1, 2], config=cfg)
+    with pytest.raises(ConfigError, match=r"unknown simulated-camera preset 'foggy'"):
+        PrintPhotoConfig(preset="foggy").validate()
+
+
+def test_printed_photographed_chelsea_is_still_a_cat():
+    """The moire of the old halftone made MobileNetV2 read this photo as 'window screen' (p=0.87)."""
+    from camera.simulated import print_photograph
+    from testbed.errors import AssetError
+    from testbed.models.registry import get_entry, get_model
+    from testbed.photos import imagenet_view
+
+    try:
+        model = get_model("mobilenet_v2", device="cpu")
+    except AssetError as exc:
+        pytest.skip(f"mobilenet_v2 weights not fetched: {exc}")
+    labels = get_entry("mobilenet_v2").labels
+    x = imagenet_view("chelsea", 224)
+    outs = torch.cat([print_photograph(x, seed=0, rep=r).images for r in range(2)])
+    with torch.no_grad():
+        p = model(torch.cat([x, outs])).softmax(-1)
+    preds = [labels[int(i)] for i in p.argmax(-1)]
+    assert preds[0] == "Egyptian cat" and preds[1:] == ["Egyptian cat"] * 2, preds
+    assert "window screen" not in preds
