@@ -1,4 +1,4 @@
-"""CLI for the harness: ``testbed demo``, ``testbed evaluate``, ``testbed report``, ``testbed live``."""
+"""CLI for the harness: ``testbed demo``, ``evaluate``, ``report``, ``live``, ``survival``."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,22 @@ def _cmd_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_survival(args: argparse.Namespace) -> int:
+    import sys
+
+    from pipelines.survival import SurvivalConfig, run_survival
+
+    runs = ([("patch", r) for r in args.patch or []] + [("sticker", r) for r in args.sticker or []]
+            + [("eyeglass", r) for r in args.eyeglass or []])
+    cfg = SurvivalConfig(photos=args.photos, seed=args.seed, preset=args.preset, patch_width_mm=args.patch_width_mm,
+                         sign_width_mm=args.sign_width_mm, face_width_mm=args.face_width_mm)
+    rows = run_survival(runs, cfg, args.out, log=lambda s: print(s, file=sys.stderr, flush=True))
+    for r in rows:
+        print(f"{r.kind:8s} {r.goal}: digital {r.digital}; after print + photo {r.printed}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -77,3 +93,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.set_defaults(func=_cmd_live)
+
+    p = subparsers.add_parser(
+        "survival", help="print + photograph finished patch / sticker / eyeglass runs: the survival table")
+    p.add_argument("--patch", nargs="+", help="run directories of `testbed patch`")
+    p.add_argument("--sticker", nargs="+", help="run directories of `testbed sticker`")
+    p.add_argument("--eyeglass", nargs="+", help="run directories of `testbed eyeglass`")
+    p.add_argument("--out", default="runs/survival", help="report folder (report.md, report.json, examples/)")
+    p.add_argument("--photos", type=int, default=100, help="simulated print + photo draws per run (default 100)")
+    p.add_argument("--seed", type=int, default=2026, help="print/photo and placement seed")
+    p.add_argument("--preset", default="default", help="camera.simulated preset: default, mild, harsh")
+    p.add_argument("--patch-width-mm", type=float, default=60.0)
+    p.add_argument("--sign-width-mm", type=float, default=120.0)
+    p.add_argument("--face-width-mm", type=float, default=150.0)
+    p.set_defaults(func=_cmd_survival)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,8 +96,8 @@ def _overlay(image: torch.Tensor, lines: list[str], width: int, height: int):
 
     from camera.sources import tensor_to_bgr
 
-    x = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True,
-                                        align_corners=False)
+    x = image if tuple(image.shape[-2:]) == (height, width) else torch.nn.functional.interpolate(
+        image, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     bgr = tensor_to_bgr(x)
     box_h = 18 * len(lines) + 10
     cv2.rectangle(bgr, (0, 0), (min(width, 420), box_h), (0, 0, 0), thickness=-1)
@@ -104,8 +106,42 @@ def _overlay(image: torch.Tensor, lines: list[str], width: int, height: int):
     return bgr
 
 
+_END = object()  # end-of-stream marker on the stage queues
+
+
+class _Stage(threading.Thread):
+    """A daemon thread that runs ``body`` and keeps the exception it raised (re-raised by the main loop)."""
+
+    def __init__(self, name: str, body) -> None:
+        super().__init__(name=name, daemon=True)
+        self.body, self.error = body, None
+
+    def run(self) -> None:
+        try:
+            self.body()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.error = exc
+
+
+def _put(q: "queue.Queue", item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` unless the loop is stopping; False when it stopped first."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def run_live(cfg: LiveConfig) -> LiveSummary:
-    """Run the live loop until the source ends, ``max_frames`` or ``seconds``; returns its summary."""
+    """Run the live loop until the source ends, ``max_frames`` or ``seconds``; returns its summary.
+
+    Three stages overlap (OpenCV decoding, AES-GCM and video encoding release the GIL): a capture thread (frames
+    from the source, or verified frames from the secure capture process), the main thread (rectify + classify +
+    log), and a writer thread (overlay + video). The queues are bounded and FIFO: every frame is processed, in
+    order (a file or a stream is never skipped); the capture side blocks while the model is busy.
+    """
     import cv2
 
     from testbed.models.registry import get_entry, get_model
@@ -129,25 +165,75 @@ def run_live(cfg: LiveConfig) -> LiveSummary:
         raise SourceError(f"could not open a video writer for {video_tmp} (mp4v)")
     frames_iter = (_secure_frames(cfg.source, cfg.timeout_s, cfg.max_frames) if cfg.secure
                    else _plain_frames(cfg.source, cfg.timeout_s))
+    stop = threading.Event()
+    captured: queue.Queue = queue.Queue(maxsize=2)
+    to_write: queue.Queue = queue.Queue(maxsize=4)
+    stages = {"capture": 0.0, "rectify": 0.0, "classify": 0.0, "overlay_write": 0.0}
+
+    def capture() -> None:
+        read = 0
+        try:
+            while not stop.is_set() and (cfg.max_frames is None or read < cfg.max_frames):
+                t0 = time.perf_counter()
+                try:
+                    item = next(frames_iter)
+                except StopIteration:
+                    break
+                stages["capture"] += time.perf_counter() - t0
+                read += 1
+                if not _put(captured, item, stop):
+                    break
+        finally:
+            close = getattr(frames_iter, "close", None)
+            if close:
+                close()
+            _put(captured, _END, stop)
+
+    def write() -> None:
+        while True:
+            item = to_write.get()
+            if item is _END:
+                return
+            t0 = time.perf_counter()
+            image, lines = item
+            bgr = _overlay(image, lines, cfg.width, cfg.height)
+            writer.write(bgr)
+            if cfg.display:
+                cv2.imshow("testbed live", bgr)
+                if cv2.waitKey(1) & 0xFF == ord("q"):
+                    stop.set()
+            stages["overlay_write"] += time.perf_counter() - t0
+
+    capture_thread, writer_thread = _Stage("live-capture", capture), _Stage("live-writer", write)
     n = rect_fail = 0
     t_model = 0.0
-    stages = {"capture": 0.0, "rectify": 0.0, "classify": 0.0, "overlay_write": 0.0}
     recent: list[float] = []
     started = time.perf_counter()
     last = started
-    ok = False
+    ok = source_ended = False
+    capture_thread.start()
+    writer_thread.start()
     try:
         with open(log_path, "w") as log:
-            while True:
+            while not stop.is_set():
                 if cfg.max_frames is not None and n >= cfg.max_frames:
                     break
                 if cfg.seconds is not None and time.perf_counter() - started >= cfg.seconds:
                     break
+                if writer_thread.error is not None:
+                    raise writer_thread.error
                 t0 = time.perf_counter()
                 try:
-                    image, seq, verified = next(frames_iter)
-                except StopIteration:
+                    item = captured.get(timeout=0.5)
+                except queue.Empty:
+                    if capture_thread.is_alive():
+                        continue
+                    source_ended = True
                     break
+                if item is _END:
+                    source_ended = True
+                    break
+                image, seq, verified = item
                 t1 = time.perf_counter()
                 rectified, note = False, ""
                 if spec is not None:
@@ -176,26 +262,34 @@ def run_live(cfg: LiveConfig) -> LiveSummary:
                 lines = [f"{cfg.model}  {fps:5.1f} fps  frame {seq}" + ("  [secure]" if verified else "")
                          + ("  [rectified]" if rectified else "") + (f"  [{note}]" if note else "")]
                 lines += [f"{100 * s:5.1f}%  {name[:40]}" for name, s in top5]
-                bgr = _overlay(image, lines, cfg.width, cfg.height)
-                writer.write(bgr)
-                if cfg.display:
-                    cv2.imshow("testbed live", bgr)
-                    if cv2.waitKey(1) & 0xFF == ord("q"):
-                        break
-                t4 = time.perf_counter()
-                stages["capture"] += t1 - t0; stages["rectify"] += t2 - t1
-                stages["classify"] += t3 - t2; stages["overlay_write"] += t4 - t3
+                if not _put(to_write, (image, lines), stop):
+                    break
+                stages["rectify"] += t2 - t1
+                stages["classify"] += t3 - t2
                 log.write(json.dumps({"seq": seq, "t": round(now - started, 4), "top5": top5, "fps": round(fps, 2),
                                       "latency_ms": round(1000 * (t3 - t0), 2), "secure": verified,
                                       "rectified": rectified, "note": note}) + "\n")
-                log.flush()
                 n += 1
+            log.flush()
+        stop.set()  # the capture thread stops reading ahead
+        to_write.put(_END)
+        writer_thread.join()
+        if writer_thread.error is not None:
+            raise writer_thread.error
+        capture_thread.join(timeout=0.5 if stop.is_set() else cfg.timeout_s + 5)
+        if capture_thread.error is not None and source_ended:  # the source failed: not a normal end
+            raise capture_thread.error
         ok = True
     finally:
+        stop.set()
+        if writer_thread.is_alive():  # an error in the main loop: let the writer end before releasing it
+            try:
+                to_write.put_nowait(_END)
+            except queue.Full:
+                pass
+            writer_thread.join(timeout=5)
+        capture_thread.join(timeout=cfg.timeout_s + 5)
         writer.release()
-        close = getattr(frames_iter, "close", None)
-        if close:
-            close()
         if ok and n > 0:
             os.replace(video_tmp, video)
         elif video_tmp.exists():
