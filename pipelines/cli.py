@@ -37,7 +37,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
 
     cfg = LiveConfig(source=args.source, model=args.model, out=Path(args.out), max_frames=args.max_frames,
                      secure=args.secure, rectify=args.rectify, display=args.display, width=args.width,
-                     height=args.height, seconds=args.seconds)
+                     height=args.height, seconds=args.seconds, torch_threads=args.threads or None)
     summary = run_live(cfg)
     print(f"{summary.frames} frames, {summary.fps:.1f} frames/s (pipeline), video {summary.video}, log {summary.log}")
     return 0
@@ -92,6 +92,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--display", action="store_true", help="show a window (needs a display and a GUI OpenCV build)")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the model (default 1: capture and video writing use the other cores; "
+                        "0 = leave torch's default)")
     p.set_defaults(func=_cmd_live)
 
     p = subparsers.add_parser(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,7 +124,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                             eval_batch_size=16, patch_size=64, shape="circle",
                             placement={"area": (cfg.patch_area, cfg.patch_area), "rotation": 22.5})
     t0 = time.time()
-    res = attack(model, scenes.to(device), target=target, progress=not cfg.quick)
+    res = attack(model, scenes.to(device), target=target, progress=not cfg.quick and sys.stderr.isatty())  # no bar flooding CI logs
     t_patch = time.time() - t0
     patch = res.perturbation.cpu()
     _save_png(patch, out / "patch.png")

@@ -87,3 +87,19 @@ def test_live_bad_inputs(tmp_path):
     with pytest.raises(SourceError, match="refused|connect"):
         run_live(LiveConfig(source="http://127.0.0.1:9/none.mjpg", model=TINY, out=tmp_path / "p", max_frames=1,
                             timeout_s=2))
+
+
+def test_stream_dying_mid_run_is_an_error_and_leaves_no_video(stream, tmp_path):
+    """The capture thread's failure reaches the caller; the frames classified before it are logged, the video is
+    not renamed into place, and torch's thread setting is restored."""
+    import torch
+
+    register_tiny()
+    before = torch.get_num_threads()
+    with pytest.raises(SourceError, match=f"stopped delivering frames after {N_FRAMES}"):
+        run_live(LiveConfig(source=stream, model=TINY, out=tmp_path, max_frames=N_FRAMES + 5, width=160, height=120,
+                            timeout_s=3))
+    assert not (tmp_path / "annotated.mp4").exists() and not list(tmp_path.glob(".annotated.partial*"))
+    seqs = [json.loads(line)["seq"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert seqs == list(range(N_FRAMES))
+    assert torch.get_num_threads() == before
