@@ -13,7 +13,8 @@ Stages, in physical order (one pass of each, batched, float32, no per-sample Pyt
 
 1. **print** (printer colour error): per-channel gain and offset, ``x -> g * x + o``.
 2. **geometry** (viewpoint): one homography per sample = translation . rotation . scale (about the image centre)
-   . perspective (corner displacement), applied with a single ``kornia.geometry.warp_perspective`` resampling.
+   . perspective (corner displacement), applied with a single bilinear resampling (``warp_pixels``: kornia's
+   ``warp_perspective`` sampling positions, one batched grid matmul + ``grid_sample``, ~3x cheaper).
 3. **light**: illuminant colour (per-channel gain, mean 1), contrast about ``contrast_pivot``, additive brightness,
    saturation. Stages 1 and 3 fold into one per-sample 3x3 colour matrix and bias (a broadcast multiply-add when
    saturation is off); no HSV round trip.
@@ -343,6 +344,62 @@ class EOTParams:
 
 
 _N_UNIFORMS = 29  # uniforms drawn per sample, in a fixed layout (see EOTTransform.sample)
+_BASE_GRIDS: dict[tuple[int, int, str, torch.dtype], Tensor] = {}
+
+
+def _base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(1, h*w, 3) homogeneous normalised coordinates (x, y, 1) of the output pixels (align_corners=True), cached."""
+    key = (h, w, str(device), dtype)
+    g = _BASE_GRIDS.get(key)
+    if g is None:
+        ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype) if h > 1 else torch.zeros(1, device=device, dtype=dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype) if w > 1 else torch.zeros(1, device=device, dtype=dtype)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        g = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, h * w, 3)
+        if len(_BASE_GRIDS) > 32:
+            _BASE_GRIDS.clear()
+        _BASE_GRIDS[key] = g
+    return g
+
+
+def _pixel_to_norm(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """3x3 map from pixel coordinates (0..w-1, 0..h-1) to [-1, 1] (align_corners=True)."""
+    sx = 2.0 / (w - 1) if w > 1 else 1.0
+    sy = 2.0 / (h - 1) if h > 1 else 1.0
+    return torch.tensor([[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], device=device, dtype=dtype)
+
+
+def warp_pixels(
+    x: Tensor, m: Tensor, size: tuple[int, int], padding: str = "zeros", *, affine: bool | None = None
+) -> Tensor:
+    """Warp ``x`` (B, C, H, W) by per-sample source -> destination pixel maps ``m`` ((B, 2, 3) affine or (B, 3, 3)
+    homography) into ``size`` = (h, w): bilinear, ``align_corners=True``, ``padding`` zeros / border / reflection.
+
+    The same sampling positions as ``kornia.geometry.warp_affine`` / ``warp_perspective`` (the matrix is moved to
+    normalised coordinates and inverted once per sample), but the grid is one batched matmul of a cached base grid
+    and one ``grid_sample``: about 3x cheaper on a CPU than kornia's per-pixel broadcasts."""
+    b = x.shape[0]
+    h, w = size
+    dev, dt = x.device, x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    if m.shape[-2:] == (2, 3):
+        last = torch.tensor([0.0, 0.0, 1.0], device=dev, dtype=dt).expand(m.shape[0], 1, 3)
+        m = torch.cat([m.to(dt), last], dim=1)
+        affine = True
+    m = m.to(device=dev, dtype=dt).expand(b, 3, 3)
+    n_dst = _pixel_to_norm(h, w, dev, dt)
+    n_src_inv = torch.linalg.inv(_pixel_to_norm(x.shape[-2], x.shape[-1], dev, dt))
+    src_from_dst = torch.linalg.inv(n_dst @ m @ n_src_inv)  # normalised destination -> normalised source
+    if affine is None:
+        affine = bool((m[:, 2, :2] == 0).all()) and bool((m[:, 2, 2] != 0).all())
+    base = _base_grid(h, w, dev, dt)
+    if affine:
+        src_from_dst = src_from_dst / src_from_dst[:, 2:3, 2:3]
+        grid = torch.matmul(base, src_from_dst[:, :2, :].transpose(1, 2))  # (B, h*w, 2)
+    else:
+        hom = torch.matmul(base, src_from_dst.transpose(1, 2))  # (B, h*w, 3)
+        grid = hom[..., :2] / hom[..., 2:3]
+    grid = grid.view(b, h, w, 2).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=True)
 _LUMA = (0.299, 0.587, 0.114)  # Rec. 601 luma weights for saturation
 
 
@@ -464,11 +521,9 @@ class EOTTransform:
         return affine if persp is None else affine @ persp
 
     def apply_geometry(self, x: Tensor, params: EOTParams) -> Tensor:
-        import kornia.geometry.transform as KT
-
         h, w = x.shape[-2:]
-        m = self.homography(params, h, w, x.dtype)
-        return KT.warp_perspective(x, m, (h, w), mode="bilinear", padding_mode=self.cfg.padding, align_corners=True)
+        m = self.homography(params, h, w, torch.float32)
+        return warp_pixels(x, m, (h, w), self.cfg.padding, affine=not self.cfg.perspective > 0)
 
     def colour_matrix(self, params: EOTParams, *, print_stage: bool = True, light: bool = True) -> tuple[Tensor, Tensor]:
         """(B, 3) diagonal gain ``a`` and (B, 3) bias ``b`` of print + light, before saturation: ``a * x + b``."""

@@ -11,6 +11,12 @@
   down, as a camera would); ``alpha=`` measures the sticker budget on the sign's own area (``max_mask_fraction``);
   ``saliency`` + ``saliency_mask`` place sticker cells where the loss is most sensitive (RP2's mask step).
 
+Speed settings (``precision``, ``channels_last``, ``compile``; see docs/performance.md): the model's weights are
+frozen for the call (their ``requires_grad`` flags are restored afterwards) and only the perturbation's gradient
+is computed; ``channels_last=True`` (default) runs the model in NHWC layout (restored afterwards);
+``precision="bf16"`` runs the optimisation's forward/backward under bfloat16 autocast (evaluation stays fp32);
+``compile=True`` wraps the model in ``torch.compile`` for the optimisation loop.
+
 Both are frozen dataclasses of hyper-parameters (model and data at call time). Every optimisation step draws
 ``batch_size`` transformations with the training generator (seeded ``seed``) and runs them in one forward pass;
 success is measured on ``eval_samples`` FRESH draws from a different generator (seeded ``eval_seed``), never the
@@ -19,6 +25,7 @@ perturbation and metrics, and resumes from its latest checkpoint after being kil
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -30,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physical.eot import EOTParams, EOTTransform, resolve_config
+from physical.eot import EOTParams, EOTTransform, resolve_config, warp_pixels
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
 from physical.regularizers import lp_norm, nps, resolve_palette, total_variation
 from physical.runs import RunDir
@@ -342,6 +349,14 @@ class _EOTAttack:
     eval_seed: int | None = None  # default: seed + 1_000_003 (a different generator)
     checkpoint_every: int = 50
     keep_draws: bool = True  # keep every training draw's parameters in the result
+    # speed settings (see docs/performance.md)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the optimisation's model forward/backward
+    channels_last: bool = True  # run the model in NHWC memory layout (faster convolutions on CPU and GPU)
+    compile: bool = False  # torch.compile the model for the optimisation loop (slow first step)
+
+    #: config keys that do not change the optimisation's arithmetic beyond rounding (a run may be resumed with
+    #: other values of them)
+    SPEED_KEYS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "compile")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eot", resolve_config(self.eot if self.eot is not None else self.default_eot))
@@ -367,6 +382,11 @@ class _EOTAttack:
             if self.eval_seed == self.seed:
                 raise ConfigError("eval_seed must differ from seed: evaluation draws must not be the optimisation's")
         _check_pos_int("checkpoint_every", self.checkpoint_every)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for n in ("channels_last", "compile"):
+            if not isinstance(getattr(self, n), bool):
+                raise ConfigError(f"{n} must be a bool, got {getattr(self, n)!r}")
         if self.palette is not None:
             resolve_palette(self.palette)
 
@@ -380,6 +400,8 @@ class _EOTAttack:
             v = getattr(self, f.name)
             out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
         out["eval_seed"] = self.resolved_eval_seed
+        if self.precision == "fp32":  # the default: left out, so run directories written before it still resume
+            out.pop("precision")
         return out
 
     def replace(self, **changes: Any) -> "_EOTAttack":
@@ -419,7 +441,7 @@ class _EOTAttack:
         start = 0
         run = None
         if run_dir is not None:
-            run = RunDir(run_dir, {**self.config(), **(run_extra or {})}, ignore=("checkpoint_every",))
+            run = RunDir(run_dir, {**self.config(), **(run_extra or {})}, ignore=self.SPEED_KEYS)
             ckpt = run.latest_checkpoint()
             if ckpt is not None:
                 with torch.no_grad():
@@ -434,38 +456,52 @@ class _EOTAttack:
             from tqdm import tqdm
 
             bar = tqdm(total=self.steps, initial=start, desc=self.name, unit="step")
-        for step in range(start, self.steps):
-            draw = self._sample(self.batch_size, gen, device)
-            colours = torch.sigmoid(w)
-            x = self._render(colours, draw)
-            logits = model(x)
-            cls = classification_loss(
-                logits, self._goal(draw), targeted=targeted, kind=self.loss, kappa=self.kappa
-            )
-            loss = cls + self._regularise(colours)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-            if self.keep_draws:
-                draws.append(draw.to_dict())
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]:.4f}")
-            done = step + 1
-            if run is not None and (done % self.checkpoint_every == 0 or done == self.steps):
-                run.save_checkpoint(
-                    {
-                        "w": w.detach().cpu(),
-                        "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(),
-                        "history": history,
-                        "draws": draws,
-                    },
-                    done,
+        pending: list[Tensor] = []  # losses not yet copied to the host (no device sync per step)
+
+        def flush() -> None:
+            if pending:
+                history.extend(torch.stack(pending).float().cpu().tolist())
+                pending.clear()
+
+        with _prepared_model(model, channels_last=self.channels_last, compile=self.compile) as net:
+            for step in range(start, self.steps):
+                draw = self._sample(self.batch_size, gen, device)
+                colours = torch.sigmoid(w)
+                x = self._render(colours, draw)
+                logits = self._forward(net, x, train=True)
+                cls = classification_loss(
+                    logits, self._goal(draw), targeted=targeted, kind=self.loss, kappa=self.kappa
                 )
-            if callback is not None:
-                callback(done, history[-1])
+                loss = cls + self._regularise(colours)
+                # only the perturbation's gradient: no weight gradients even when the caller's model has them on
+                (grad,) = torch.autograd.grad(loss, [w])
+                w.grad = grad
+                opt.step()
+                pending.append(loss.detach())
+                if self.keep_draws:
+                    draws.append(draw.to_dict())
+                done = step + 1
+                checkpoint = run is not None and (done % self.checkpoint_every == 0 or done == self.steps)
+                if callback is not None or checkpoint or (bar is not None and (done % 10 == 0 or done == self.steps)):
+                    flush()
+                if bar is not None:
+                    bar.update(1)
+                    if not pending:
+                        bar.set_postfix(loss=f"{history[-1]:.4f}")
+                if checkpoint:
+                    run.save_checkpoint(
+                        {
+                            "w": w.detach().cpu(),
+                            "optimizer": opt.state_dict(),
+                            "generator": gen.get_state(),
+                            "history": history,
+                            "draws": draws,
+                        },
+                        done,
+                    )
+                if callback is not None:
+                    callback(done, history[-1])
+        flush()
         if bar is not None:
             bar.close()
         return w.detach(), history, draws, run
@@ -478,14 +514,15 @@ class _EOTAttack:
         gen = torch.Generator().manual_seed(self.resolved_eval_seed)
         succ, preds, draws = [], [], []
         left = self.eval_samples
-        while left > 0:
-            n = min(self.eval_batch_size, left)
-            draw = self._sample(n, gen, device)
-            logits = model(self._render(colours, draw))
-            succ.append(is_adversarial(logits, self._goal(draw), targeted=targeted).cpu())
-            preds.append(logits.argmax(dim=1).cpu())
-            draws.append(draw.to_dict())
-            left -= n
+        with _prepared_model(model, channels_last=self.channels_last, compile=False) as net:
+            while left > 0:
+                n = min(self.eval_batch_size, left)
+                draw = self._sample(n, gen, device)
+                logits = self._forward(net, self._render(colours, draw), train=False)
+                succ.append(is_adversarial(logits, self._goal(draw), targeted=targeted).cpu())
+                preds.append(logits.argmax(dim=1).cpu())
+                draws.append(draw.to_dict())
+                left -= n
         if not succ:
             return torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64), []
         return torch.cat(succ), torch.cat(preds), draws
@@ -512,6 +549,40 @@ class _EOTAttack:
 
     def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
         raise NotImplementedError
+
+    def _forward(self, net: Callable[[Tensor], Tensor], x: Tensor, *, train: bool) -> Tensor:
+        """The model's float32 logits of ``x`` with the speed settings: NHWC input when ``channels_last``,
+        bfloat16 autocast in the optimisation when ``precision="bf16"`` (evaluation always runs in fp32)."""
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if train and self.precision == "bf16":
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                return net(x).float()
+        return net(x)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@contextlib.contextmanager
+def _prepared_model(model: nn.Module, *, channels_last: bool, compile: bool):
+    """The model for an attack's loop: weights frozen, NHWC layout when ``channels_last``, optionally compiled;
+    the caller's ``requires_grad`` flags and memory layout are restored on exit."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    convs = [t for t in [*params, *model.buffers()] if t.ndim == 4]
+    convert = channels_last and any(not t.is_contiguous(memory_format=torch.channels_last) for t in convs)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        if convert:
+            model.to(memory_format=torch.channels_last)
+        yield torch.compile(model) if compile else model
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        if convert:
+            model.to(memory_format=torch.contiguous_format)
 
 
 def _check_model_batch(x: Tensor, name: str) -> Tensor:
@@ -676,8 +747,6 @@ class UniversalPatch(_EOTAttack):
 
     def composite(self, colours: Tensor, draw: Draw, scenes: Tensor, mask: Tensor, transform: EOTTransform) -> Tensor:
         """Paste the (printed) patch into the drawn scenes at the drawn place, size and rotation."""
-        import kornia.geometry.transform as KT
-
         b = draw.eot.batch_size
         s = colours.shape[-1]
         h, w = scenes.shape[-2:]
@@ -690,11 +759,12 @@ class UniversalPatch(_EOTAttack):
         c0 = (s - 1) / 2
         tx = draw.center[:, 0] - (cos * c0 - sin * c0)
         ty = draw.center[:, 1] - (sin * c0 + cos * c0)
-        m = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(colours.dtype)
-        stack = torch.cat([printed * mask, mask.expand(b, -1, -1, -1)], dim=1)
-        warped = KT.warp_affine(stack, m, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
-        alpha = warped[:, 3:4]
-        return scenes[draw.scene_index] * (1 - alpha) + warped[:, :3]
+        m = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).float()
+        stack = torch.cat([printed * mask, mask.expand(b, -1, -1, -1).to(printed.dtype)], dim=1)
+        warped = warp_pixels(stack, m, (h, w), "zeros", affine=True)
+        with torch.no_grad():  # the scene and the mask's footprint are constants: no backward through them
+            background = scenes[draw.scene_index] * (1 - warped[:, 3:4])
+        return background + warped[:, :3]
 
     def _render(self, colours: Tensor, draw: Draw) -> Tensor:
         st = self._state()

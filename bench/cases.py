@@ -1,0 +1,404 @@
+"""One benchmark case per process: ``python -m bench.cases CASE [--quick] [--param k=v ...]`` prints one JSON line.
+
+``bench.run_all`` starts every case in its own subprocess (so that each reports its own peak RSS) with the
+chosen allocator preloaded; a case can also be run by hand. Every case returns a dict with ``seconds`` (the
+timed repetitions, one per unit of work: a step, a frame, an image) and the case's own extras; the wrapper adds
+``peak_rss_mb``, CPU user/system seconds, the allocator and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.common import (
+    Workload, active_allocator, build_resnet18, cpu_times, machine, median, peak_rss_mb, scenes, time_calls,
+)
+
+CASES: dict[str, Callable[..., dict[str, Any]]] = {}
+TARGET = 859  # ImageNet "toaster" (Brown et al.'s target)
+
+
+def case(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def _batch(w: Workload):
+    import torch
+
+    s = scenes(w.size)
+    return s.repeat(math.ceil(w.batch / s.shape[0]), 1, 1, 1)[: w.batch].contiguous(), torch.full((w.batch,), 1)
+
+
+# ------------------------------------------------------------------------------------------ model only / floor
+@case
+def model_fwdbwd(w: Workload, precision: str = "fp32", channels_last: bool = False) -> dict[str, Any]:
+    """The model's own forward + input-gradient backward on one batch (weights frozen), per batch."""
+    import torch
+    import torch.nn.functional as F
+
+    model = build_resnet18(channels_last=channels_last)
+    x, _ = _batch(w)
+    y = torch.full((w.batch,), TARGET)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        xx = x.detach().requires_grad_(True)
+        with torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16,
+                            enabled=precision == "bf16"):
+            logits = model(xx)
+        loss = F.cross_entropy(logits.float(), y)
+        torch.autograd.grad(loss, xx)
+
+    return {"seconds": time_calls(step, w.steps, warmup=2), "unit": "s/step"}
+
+
+@case
+def floor(w: Workload) -> dict[str, Any]:
+    """FLOPs of forward + input-gradient backward (torch.utils.flop_counter) and the measured matmul rate."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_resnet18()
+    x, _ = _batch(w)
+    xx = x.detach().requires_grad_(True)
+    with FlopCounterMode(display=False) as fc:
+        loss = F.cross_entropy(model(xx), torch.full((w.batch,), TARGET))
+        loss.backward()  # weights frozen: only the input gradient (FlopCounterMode refuses autograd.grad)
+    flops = fc.get_total_flops()
+    n = 512 if w.size < 224 else 2048
+    rates = {}
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n).to(dt)
+        b = torch.randn(n, n).to(dt)
+        ts = time_calls(lambda: a @ b, 5, warmup=2)
+        rates[name] = 2 * n**3 / median(ts) / 1e9
+    return {"seconds": [flops / (rates["fp32"] * 1e9)], "unit": "s/step", "flops_per_step": flops,
+            "gflop_per_image": flops / w.batch / 1e9, "matmul_gflops_fp32": rates["fp32"],
+            "matmul_gflops_bf16": rates["bf16"], "floor_s_fp32": flops / (rates["fp32"] * 1e9),
+            "floor_s_bf16": flops / (rates["bf16"] * 1e9)}
+
+
+# ------------------------------------------------------------------------------------------ patch
+def _patch_attack(w: Workload, steps: int, area: float = 0.1, **kw: Any):
+    from physical.universal import UniversalPatch, make_mask
+
+    fill = float(make_mask("circle", 64).mean())
+    size = max(8, round(math.sqrt(area * w.size * w.size / fill)))
+    return UniversalPatch(eot="athalye-eot-2d", steps=steps, batch_size=w.batch, patch_size=size, shape="circle",
+                          placement={"area": [area, area], "rotation": 22.5}, keep_draws=False, **kw)
+
+
+@case
+def patch(w: Workload, precision: str = "fp32", channels_last: bool = True, compile: bool = False) -> dict[str, Any]:
+    """The project's UniversalPatch: seconds per Adam step (placement + athalye-eot-2d + model fwd/bwd)."""
+    model = build_resnet18(frozen=False)  # as a user passes it: the engine freezes the weights itself
+    warm = 3 if compile else 1
+    stamps: list[float] = []
+    attack = _patch_attack(w, w.steps + warm, eval_samples=0, precision=precision, channels_last=channels_last,
+                           compile=compile)
+    t0 = time.perf_counter()
+    attack(model, scenes(w.size), target=TARGET, callback=lambda i, loss: stamps.append(time.perf_counter()))
+    diffs = [b - a for a, b in zip(stamps, stamps[1:])][warm - 1:]
+    return {"seconds": diffs, "unit": "s/step", "first_step_s": stamps[0] - t0,
+            "weights_still_trainable": all(p.requires_grad for p in model.parameters())}
+
+
+@case
+def patch_art(w: Workload) -> dict[str, Any]:
+    """ART 1.20 AdversarialPatchPyTorch on the same model, batch and image size: seconds per Adam step."""
+    import numpy as np
+    import torch
+    from art.attacks.evasion import AdversarialPatchPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    model = build_resnet18(frozen=False)  # ART's documented use: the model as it is (weights trainable)
+    clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, w.size, w.size),
+                            nb_classes=1000, clip_values=(0.0, 1.0), device_type="cpu" if not torch.cuda.is_available()
+                            else "gpu")
+    attack = AdversarialPatchPyTorch(clf, rotation_max=22.5, scale_min=0.1, scale_max=1.0, learning_rate=0.05,
+                                     max_iter=w.steps + 1, batch_size=w.batch, patch_shape=(3, w.size, w.size),
+                                     patch_type="circle", targeted=True, verbose=False)
+    stamps: list[float] = []
+    inner = attack._train_step
+
+    def timed(*a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        out = inner(*a, **k)
+        stamps.append(time.perf_counter() - t0)
+        return out
+
+    attack._train_step = timed
+    x, _ = _batch(w)
+    y = np.zeros((w.batch, 1000), dtype=np.float32)
+    y[:, TARGET] = 1
+    attack.generate(x=x.numpy(), y=y)
+    return {"seconds": stamps[1:], "unit": "s/step", "patch_dtype": str(attack._patch.dtype)}
+
+
+@case
+def patch_success(w: Workload, precision: str = "fp32", steps: int = 60, eval_samples: int = 300,
+                  area: float = 0.2) -> dict[str, Any]:
+    """Targeted success rate (fresh EOT draws, fp32 evaluation) of a patch trained in ``precision``:
+    mobilenet_v2 (real weights), the 6 shipped scenes, target 'toaster', circle covering ``area``,
+    athalye-eot-2d, Adam lr 0.1, the same seeds for both precisions."""
+    from testbed.models.registry import get_model
+
+    if w.size < 224:
+        steps, eval_samples = 2, 8
+    model = get_model("mobilenet_v2", device="cpu")
+    attack = _patch_attack(w, steps, area, eval_samples=eval_samples, eval_batch_size=50, precision=precision, lr=0.1)
+    t0 = time.perf_counter()
+    res = attack(model, scenes(w.size), target=TARGET)
+    return {"seconds": [res.extras["optimise_seconds"] / max(steps, 1)], "unit": "s/step",
+            "success_rate": res.success_rate, "initial_success_rate": res.initial_success_rate,
+            "eval_samples": int(res.success.numel()), "steps": steps, "total_s": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------ EOT-PGD
+def _kornia_aug():
+    """torchattacks' usual EOT: kornia.augmentation modules in the model, the athalye-eot-2d ranges."""
+    import kornia.augmentation as K
+    import torch
+
+    return torch.nn.Sequential(
+        K.RandomAffine(degrees=22.5, translate=(0.1, 0.1), scale=(0.9, 1.4), padding_mode="border", p=1.0),
+        K.ColorJiggle(brightness=0.05, p=1.0),
+        K.RandomGaussianNoise(mean=0.0, std=0.05, p=1.0),
+    )
+
+
+class _EOTModule:
+    """The project's EOTTransform as a model layer (for torchattacks): a fresh draw per forward."""
+
+    def __new__(cls, transform: Any, seed: int = 0):
+        import torch
+
+        class M(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.t, self.g = transform, torch.Generator().manual_seed(seed)
+
+            def forward(self, x):
+                return self.t(x, self.g)
+
+        return M()
+
+
+@case
+def eotpgd(w: Workload, impl: str = "project", transforms: str = "eot") -> dict[str, Any]:
+    """EOT-PGD (L∞ 8/255, α 2/255, random start), ``eot_samples`` draws of the athalye-eot-2d distribution per
+    step; seconds per step. impl=project: physical.attacks.PGD with one batched pass of S*B images;
+    impl=torchattacks: EOTPGD(eot_iter=S) on nn.Sequential(transforms, model) (S passes of B images);
+    transforms=eot: the project's EOTTransform; kornia: kornia.augmentation RandomAffine + ColorJiggle + noise."""
+    import torch
+
+    from physical.eot import EOTTransform
+
+    model = build_resnet18()
+    x, _ = _batch(w)
+    y = torch.full((w.batch,), 1)
+    steps = max(1, w.steps // 4)  # S x B images per step: fewer timed steps (after one warm-up step)
+    if impl == "project":
+        from physical.attacks import PGD
+
+        t = EOTTransform("athalye-eot-2d")
+        stamps: list[float] = []
+
+        def eot(images, generator):
+            stamps.append(time.perf_counter())
+            return t(images, generator)
+
+        attack = PGD(eps=8 / 255, alpha=2 / 255, steps=steps + 1, random_start=True, eot=eot,
+                     eot_samples=w.eot_samples)
+        t_end = [0.0]
+        attack(model, x, y, generator=torch.Generator().manual_seed(0))
+        t_end[0] = time.perf_counter()
+        stamps.append(t_end[0])
+        return {"seconds": [b - a for a, b in zip(stamps[1:], stamps[2:])], "unit": "s/step",
+                "images_per_step": w.batch * w.eot_samples}
+    import torchattacks
+
+    aug = _EOTModule(EOTTransform("athalye-eot-2d")) if transforms == "eot" else _kornia_aug()
+    wrapped = torch.nn.Sequential(aug, model).eval()
+    calls: list[float] = []
+    wrapped.register_forward_pre_hook(lambda m, a: calls.append(time.perf_counter()))
+    attack = torchattacks.EOTPGD(wrapped, eps=8 / 255, alpha=2 / 255, steps=steps + 1, eot_iter=w.eot_samples)
+    attack(x, y)
+    calls.append(time.perf_counter())
+    starts = calls[:: w.eot_samples]
+    per = [b - a for a, b in zip(starts, starts[1:])]
+    # the last recorded start is the end stamp only when calls == steps * eot_iter + 1
+    return {"seconds": per[1:], "unit": "s/step", "images_per_step": w.batch * w.eot_samples,
+            "transforms": transforms}
+
+
+# ------------------------------------------------------------------------------------------ FGSM / PGD
+@case
+def digital(w: Workload, impl: str = "project", attack: str = "pgd") -> dict[str, Any]:
+    """FGSM (1 step) or PGD (10 steps, no random start) on the batch: seconds per gradient step."""
+    import torch
+
+    model = build_resnet18()
+    x, _ = _batch(w)
+    y = torch.full((w.batch,), 1)
+    n = 1 if attack == "fgsm" else 10
+    if impl == "project":
+        from physical.attacks import FGSM, PGD
+
+        a = FGSM(eps=8 / 255) if attack == "fgsm" else PGD(eps=8 / 255, alpha=2 / 255, steps=n, random_start=False)
+        fn = lambda: a(model, x, y)  # noqa: E731
+    else:
+        import torchattacks as ta
+
+        a = ta.FGSM(model, eps=8 / 255) if attack == "fgsm" else ta.PGD(model, eps=8 / 255, alpha=2 / 255, steps=n,
+                                                                       random_start=False)
+        fn = lambda: a(x, y)  # noqa: E731
+    if attack == "fgsm":
+        times = time_calls(fn, max(2, w.steps), warmup=1)
+    else:  # one 10-step run, no warm-up (its first step's one-time costs are spread over 10 steps, both sides)
+        times = time_calls(fn, 1, warmup=0)
+    return {"seconds": [t / n for t in times], "unit": "s/step", "steps": n}
+
+
+# ------------------------------------------------------------------------------------------ camera / harness / live
+@case
+def simcam(w: Workload) -> dict[str, Any]:
+    """camera.simulated.SimulatedCamera frames/s: a printed A4 page photographed in a scene, default preset."""
+    import torch.nn.functional as F
+
+    from camera.simulated import SimCameraConfig, SimulatedCamera
+
+    page = F.interpolate(scenes(512, 1), size=(1169, 827), mode="bilinear")  # A4 at 100 dpi
+    frame = (1920, 1080) if w.size >= 224 else (320, 240)
+    n = 12 if w.size >= 224 else 2
+    t0 = time.perf_counter()
+    cam = SimulatedCamera(page, (210.0, 297.0), config=SimCameraConfig(frame_size=frame), seed=0, n_frames=n + 1)
+    setup = time.perf_counter() - t0
+    stamps = []
+    with cam:
+        for _ in cam:
+            stamps.append(time.perf_counter())
+    return {"seconds": [b - a for a, b in zip(stamps, stamps[1:])], "unit": "s/frame", "frame_size": list(frame),
+            "print_setup_s": setup}
+
+
+@case
+def harness(w: Workload) -> dict[str, Any]:
+    """The harness's per-image costs: the simulated channel (print -> photograph -> rectify, one image per call)
+    and classification (mobilenet_v2, batch of 16, no grad); seconds per image."""
+    import torch
+
+    from pipelines.channels import SimulatedChannel
+    from testbed.models.registry import get_model
+
+    imgs = scenes(w.size, 4 if w.size >= 224 else 2)
+    ch = SimulatedChannel(seed=0)
+    per_img = []
+    for i in range(imgs.shape[0]):
+        t0 = time.perf_counter()
+        ch.transmit(imgs[i: i + 1], [f"img{i}"])
+        per_img.append(time.perf_counter() - t0)
+    model = get_model("mobilenet_v2", device="cpu")
+    x, _ = _batch(w)
+    with torch.no_grad():
+        cls = time_calls(lambda: model(x), max(2, w.steps), warmup=1)
+    return {"seconds": per_img[1:] or per_img, "unit": "s/image", "classify_s_per_image": median(cls) / w.batch,
+            "channel": "simulated (default preset)"}
+
+
+@case
+def secure(w: Workload) -> dict[str, Any]:
+    """The secure capture path's overhead (camera.secure.benchmark, as bench/bench_secure.py), 640x480."""
+    from camera.secure.benchmark import measure_throughput
+
+    frames = 60 if w.size >= 224 else 5
+    rows = [measure_throughput(480, 640, frames)] + ([measure_throughput(1080, 1920, frames)] if w.size >= 224 else [])
+    r = rows[0]
+    return {"seconds": [1.0 / r.secure_fps], "unit": "s/frame", "rows": [x.as_dict() for x in rows],
+            "plain_fps": r.plain_fps, "secure_fps": r.secure_fps, "overhead_ms": r.overhead_ms}
+
+
+def _video(path: Path, n: int, width: int = 640, height: int = 480) -> Path:
+    import cv2
+    import numpy as np
+
+    from camera.sources import tensor_to_bgr
+
+    img = tensor_to_bgr(scenes(512, 1))
+    img = cv2.resize(img, (width + 64, height + 64))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (width, height))
+    for i in range(n):
+        dx = (3 * i) % 64
+        writer.write(np.ascontiguousarray(img[dx // 2: dx // 2 + height, dx: dx + width]))
+    writer.release()
+    return path
+
+
+@case
+def live(w: Workload, secure: bool = False) -> dict[str, Any]:
+    """pipelines.live.run_live at 640x480 on a video file (mp4v), mobilenet_v2; frames/s of the whole loop."""
+    from pipelines.live import LiveConfig, run_live
+
+    n = 90 if w.size >= 224 else 6
+    with tempfile.TemporaryDirectory() as tmp:
+        src = _video(Path(tmp) / "in.mp4", n)
+        s = run_live(LiveConfig(source=str(src), model="mobilenet_v2", out=Path(tmp) / "out", max_frames=n,
+                                secure=secure))
+    return {"seconds": [1.0 / s.fps], "unit": "s/frame", "fps": s.fps, "classify_fps": s.classify_fps,
+            "frames": s.frames, "stages_ms": s.stages_ms, "secure": secure}
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def _value(v: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def run_case(name: str, quick: bool, params: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    if name not in CASES:
+        raise SystemExit(f"unknown case {name!r}; known: {', '.join(CASES)}")
+    w = Workload.quick() if quick else Workload()
+    before = cpu_times()
+    t0 = time.perf_counter()
+    out = CASES[name](w, **params)
+    after = cpu_times()
+    out.update(case=name, params=params, quick=quick, median_s=median(out["seconds"]),
+               wall_s=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(), allocator=active_allocator(),
+               user_s=after["user_s"] - before["user_s"], sys_s=after["sys_s"] - before["sys_s"],
+               threads=torch.get_num_threads(), workload={"size": w.size, "batch": w.batch, "steps": w.steps,
+                                                          "eot_samples": w.eot_samples})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", choices=sorted(CASES))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--param", action="append", default=[], help="k=v keyword argument of the case")
+    ap.add_argument("--machine", action="store_true", help="also report the machine")
+    args = ap.parse_args(argv)
+    params = dict(p.split("=", 1) for p in args.param)
+    out = run_case(args.case, args.quick, {k: _value(v) for k, v in params.items()})
+    if args.machine:
+        out["machine"] = machine()
+    sys.stdout.write("BENCH-RESULT " + json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
