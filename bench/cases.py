@@ -196,7 +196,8 @@ class _EOTModule:
 @case
 def eotpgd(w: Workload, impl: str = "project", transforms: str = "eot") -> dict[str, Any]:
     """EOT-PGD (L∞ 8/255, α 2/255, random start), ``eot_samples`` draws of the athalye-eot-2d distribution per
-    step; seconds per step. impl=project: physical.attacks.PGD with one batched pass of S*B images;
+    step; seconds per step. impl=project: physical.attacks.PGD with eot_batch=1 (S passes of B images, gradients
+    summed, as torchattacks; channels_last=True, same fp32 arithmetic; eot_batch=None would run one pass of S*B images at S times the activation memory);
     impl=torchattacks: EOTPGD(eot_iter=S) on nn.Sequential(transforms, model) (S passes of B images);
     transforms=eot: the project's EOTTransform; kornia: kornia.augmentation RandomAffine + ColorJiggle + noise."""
     import torch
@@ -218,11 +219,11 @@ def eotpgd(w: Workload, impl: str = "project", transforms: str = "eot") -> dict[
             return t(images, generator)
 
         attack = PGD(eps=8 / 255, alpha=2 / 255, steps=steps + 1, random_start=True, eot=eot,
-                     eot_samples=w.eot_samples)
+                     eot_samples=w.eot_samples, eot_batch=1, channels_last=True)
         t_end = [0.0]
         attack(model, x, y, generator=torch.Generator().manual_seed(0))
         t_end[0] = time.perf_counter()
-        stamps.append(t_end[0])
+        stamps = stamps[::w.eot_samples] + [t_end[0]]  # one eot call per pass: a step starts every S calls
         return {"seconds": [b - a for a, b in zip(stamps[1:], stamps[2:])], "unit": "s/step",
                 "images_per_step": w.batch * w.eot_samples}
     import torchattacks

@@ -5,7 +5,6 @@ Nothing here is imported by the library; the benchmarks are scripts (``python -m
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import platform
 import resource
@@ -15,27 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from testbed.allocator import TCMALLOC_GLOBS, find_tcmalloc  # noqa: F401  (re-exported for the cases)
+
 #: where Debian / Ubuntu / Fedora put the tcmalloc shared library (``libtcmalloc-minimal4`` on Debian)
-TCMALLOC_GLOBS = (
-    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so*",
-    "/usr/lib64/libtcmalloc_minimal.so*",
-    "/usr/lib/libtcmalloc_minimal.so*",
-    "/usr/lib/*-linux-gnu/libtcmalloc.so*",
-)
 
-
-def find_tcmalloc() -> str | None:
-    """Path of the tcmalloc library (``$TESTBED_TCMALLOC`` first), or None when it is not installed."""
-    env = os.environ.get("TESTBED_TCMALLOC")
-    if env:
-        return env if Path(env).is_file() else None
-    for pattern in TCMALLOC_GLOBS:
-        hits = sorted(p for p in glob.glob(pattern) if "debug" not in p)
-        if hits:
-            return hits[0]
-    return None
 
 
 def allocator_env(allocator: str) -> dict[str, str]:

@@ -54,7 +54,7 @@ SPECS: tuple[Spec, ...] = (
          {"precision": "bf16", "channels_last": True}, allocator="glibc", full_only=True),
     Spec("success-fp32", "patch_success", "patch trained fp32 (mobilenet_v2)", {"precision": "fp32"}),
     Spec("success-bf16", "patch_success", "patch trained bf16 (mobilenet_v2)", {"precision": "bf16"}),
-    Spec("eotpgd", "eotpgd", "testbed PGD + EOTTransform (one batched pass)", {"impl": "project"}),
+    Spec("eotpgd", "eotpgd", "testbed PGD + EOTTransform (eot_batch=1, channels_last)", {"impl": "project"}),
     Spec("ta-eotpgd-eot", "eotpgd", "torchattacks EOTPGD, EOTTransform in the model",
          {"impl": "torchattacks", "transforms": "eot"}),
     Spec("ta-eotpgd-kornia", "eotpgd", "torchattacks EOTPGD, kornia.augmentation in the model",

@@ -15,7 +15,6 @@ re-executes the command once with Debian's libtcmalloc-minimal4 preloaded when i
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from testbed.allocator import find_tcmalloc, tcmalloc_loaded
 from testbed.errors import ConfigError
 
 
@@ -102,32 +102,7 @@ def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int,
                          "(bash setup.sh installs libtcmalloc-minimal4); tcmalloc: require it; glibc: as started")
 
 
-TCMALLOC_GLOBS = (
-    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so*",
-    "/usr/lib64/libtcmalloc_minimal.so*",
-    "/usr/lib/libtcmalloc_minimal.so*",
-)
 
-
-def find_tcmalloc() -> str | None:
-    """Path of the tcmalloc shared library (``$TESTBED_TCMALLOC`` first), or None when it is not installed."""
-    env = os.environ.get("TESTBED_TCMALLOC")
-    if env:
-        return env if os.path.isfile(env) else None
-    for pattern in TCMALLOC_GLOBS:
-        hits = sorted(p for p in glob.glob(pattern) if "debug" not in p)
-        if hits:
-            return hits[0]
-    return None
-
-
-def tcmalloc_loaded() -> bool:
-    try:
-        with open("/proc/self/maps") as fh:
-            return "tcmalloc" in fh.read()
-    except OSError:
-        return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
 
 
 def ensure_allocator(choice: str) -> None:

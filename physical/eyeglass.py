@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from physical.eot import EOTParams, EOTTransform, resolve_config
+from physical.hyper import RunHyperParams, check_int, check_nonneg
 from physical.regularizers import nps, resolve_palette, total_variation
 from physical.runs import RunDir
 from testbed.errors import ConfigError, ImageError
@@ -339,14 +340,7 @@ def _rate(x: Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ attack
-def _check_pos_int(name: str, v: Any, lo: int = 1) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-
-def _check_nonneg(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+_check_pos_int, _check_nonneg = check_int, check_nonneg
 
 
 def _check_chips(x: Tensor, name: str) -> Tensor:
@@ -378,7 +372,7 @@ def _logit(p: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EyeglassFrame:
+class EyeglassFrame(RunHyperParams):
     """Sharif et al.'s adversarial eyeglass frame under EOT (see the module docstring).
 
     Hyper-parameters only; call with the face descriptor, the wearer's aligned chips, the enrolled descriptor and
@@ -433,29 +427,9 @@ class EyeglassFrame:
             raise ConfigError(f"init must be one of {(*INIT_COLOURS, 'uniform', 'random')}, got {self.init!r}")
         _check_pos_int("eval_samples", self.eval_samples, 0)
         _check_pos_int("eval_batch_size", self.eval_batch_size)
-        _check_pos_int("seed", self.seed, 0)
-        if self.eval_seed is not None:
-            _check_pos_int("eval_seed", self.eval_seed, 0)
-            if self.eval_seed == self.seed:
-                raise ConfigError("eval_seed must differ from seed: evaluation draws must not be the optimisation's")
-        _check_pos_int("checkpoint_every", self.checkpoint_every)
+        self.validate_run()
         if self.palette is not None:
             resolve_palette(self.palette)
-
-    @property
-    def resolved_eval_seed(self) -> int:
-        return self.eval_seed if self.eval_seed is not None else self.seed + 1_000_003
-
-    def config(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"attack": self.name}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
-        out["eval_seed"] = self.resolved_eval_seed
-        return out
-
-    def replace(self, **changes: Any) -> "EyeglassFrame":
-        return dataclasses.replace(self, **changes)
 
     # -- pieces
     def initial_texture(self, size: int = DEFAULT_SIZE) -> Tensor:

@@ -25,7 +25,6 @@ perturbation and metrics, and resumes from its latest checkpoint after being kil
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -39,8 +38,10 @@ from torch import Tensor, nn
 
 from physical.eot import EOTParams, EOTTransform, resolve_config, warp_pixels
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
+from physical.hyper import RunHyperParams, check_int, check_nonneg
 from physical.regularizers import lp_norm, nps, resolve_palette, total_variation
 from physical.runs import RunDir
+from physical.speed import prepared_model as _prepared_model
 from testbed.errors import ConfigError, ImageError
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -310,14 +311,7 @@ class PhysicalResult:
 
 
 # ------------------------------------------------------------------------------------------------ shared loop
-def _check_pos_int(name: str, v: Any, lo: int = 1) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-
-def _check_nonneg(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+_check_pos_int, _check_nonneg = check_int, check_nonneg
 
 
 def _logit(p: Tensor) -> Tensor:
@@ -326,7 +320,7 @@ def _logit(p: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _EOTAttack:
+class _EOTAttack(RunHyperParams):
     """Shared hyper-parameters and loop of the universal physical attacks."""
 
     name: ClassVar[str] = "eot-attack"
@@ -376,12 +370,7 @@ class _EOTAttack:
             raise ConfigError(f"init must be random, gray or source, got {self.init!r}")
         _check_pos_int("eval_samples", self.eval_samples, 0)
         _check_pos_int("eval_batch_size", self.eval_batch_size)
-        _check_pos_int("seed", self.seed, 0)
-        if self.eval_seed is not None:
-            _check_pos_int("eval_seed", self.eval_seed, 0)
-            if self.eval_seed == self.seed:
-                raise ConfigError("eval_seed must differ from seed: evaluation draws must not be the optimisation's")
-        _check_pos_int("checkpoint_every", self.checkpoint_every)
+        self.validate_run()
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for n in ("channels_last", "compile"):
@@ -390,22 +379,11 @@ class _EOTAttack:
         if self.palette is not None:
             resolve_palette(self.palette)
 
-    @property
-    def resolved_eval_seed(self) -> int:
-        return self.eval_seed if self.eval_seed is not None else self.seed + 1_000_003
-
     def config(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"attack": self.name}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
-        out["eval_seed"] = self.resolved_eval_seed
+        out = super().config()
         if self.precision == "fp32":  # the default: left out, so run directories written before it still resume
             out.pop("precision")
         return out
-
-    def replace(self, **changes: Any) -> "_EOTAttack":
-        return dataclasses.replace(self, **changes)
 
     # -- hooks
     def _sample(self, n: int, generator: torch.Generator, device: torch.device) -> Draw:
@@ -550,6 +528,25 @@ class _EOTAttack:
     def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
         raise NotImplementedError
 
+    def _physical_result(self, perturbation, adversarial, success, preds, init_success, history, draws, eval_draws,
+                         target, extras) -> PhysicalResult:
+        return PhysicalResult(
+            perturbation=perturbation,
+            adversarial=adversarial,
+            mask=self._state()["mask"].cpu(),
+            loss_history=history,
+            success=success,
+            predictions=preds,
+            initial_success=init_success,
+            target=target,
+            seed=self.seed,
+            eval_seed=self.resolved_eval_seed,
+            config=self.config(),
+            train_draws=draws,
+            eval_draws=eval_draws,
+            extras=extras,
+        )
+
     def _forward(self, net: Callable[[Tensor], Tensor], x: Tensor, *, train: bool) -> Tensor:
         """The model's float32 logits of ``x`` with the speed settings: NHWC input when ``channels_last``,
         bfloat16 autocast in the optimisation when ``precision="bf16"`` (evaluation always runs in fp32)."""
@@ -562,27 +559,6 @@ class _EOTAttack:
 
 
 PRECISIONS = ("fp32", "bf16")
-
-
-@contextlib.contextmanager
-def _prepared_model(model: nn.Module, *, channels_last: bool, compile: bool):
-    """The model for an attack's loop: weights frozen, NHWC layout when ``channels_last``, optionally compiled;
-    the caller's ``requires_grad`` flags and memory layout are restored on exit."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    convs = [t for t in [*params, *model.buffers()] if t.ndim == 4]
-    convert = channels_last and any(not t.is_contiguous(memory_format=torch.channels_last) for t in convs)
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        if convert:
-            model.to(memory_format=torch.channels_last)
-        yield torch.compile(model) if compile else model
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-        if convert:
-            model.to(memory_format=torch.contiguous_format)
 
 
 def _check_model_batch(x: Tensor, name: str) -> Tensor:
@@ -788,23 +764,9 @@ class UniversalPatch(_EOTAttack):
         return st["labels"][draw.scene_index]
 
     def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
-        st = self._state()
-        return PhysicalResult(
-            perturbation=final.detach().cpu(),
-            adversarial=final.detach().cpu(),
-            mask=st["mask"].cpu(),
-            loss_history=history,
-            success=success,
-            predictions=preds,
-            initial_success=init_success,
-            target=target,
-            seed=self.seed,
-            eval_seed=self.resolved_eval_seed,
-            config=self.config(),
-            train_draws=draws,
-            eval_draws=eval_draws,
-            extras=extras,
-        )
+        patch = final.detach().cpu()
+        return self._physical_result(patch, patch, success, preds, init_success, history, draws, eval_draws, target,
+                                     extras)
 
 
 # ------------------------------------------------------------------------------------------------ sticker
@@ -1048,21 +1010,6 @@ class SignSticker(_EOTAttack):
         return torch.full((draw.eot.batch_size,), st["goal"], dtype=torch.int64, device=st["sign"].device)
 
     def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
-        st = self._state()
         adv = self.stickered(final).detach()
-        return PhysicalResult(
-            perturbation=(adv - st["sign"]).cpu(),
-            adversarial=adv.cpu(),
-            mask=st["mask"].cpu(),
-            loss_history=history,
-            success=success,
-            predictions=preds,
-            initial_success=init_success,
-            target=target,
-            seed=self.seed,
-            eval_seed=self.resolved_eval_seed,
-            config=self.config(),
-            train_draws=draws,
-            eval_draws=eval_draws,
-            extras=extras,
-        )
+        return self._physical_result((adv - self._state()["sign"]).cpu(), adv.cpu(), success, preds, init_success,
+                                     history, draws, eval_draws, target, extras)

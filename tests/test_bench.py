@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is a script folder, not an installed package
-from bench import run_all  # noqa: E402
-from bench.common import allocator_env, find_tcmalloc  # noqa: E402
+from bench import run_all  # bench/ is importable through pytest's pythonpath = ["."] (pyproject.toml)
+from bench.common import allocator_env, find_tcmalloc
 
 
 def _row(key: str, median_s: float, rss: float = 1000.0, **extra):
@@ -50,7 +47,7 @@ def test_tables_compute_ratios_from_rows():
     assert patch["ART AdversarialPatchPyTorch (fp64 patch)"][4] is None  # no ratio of ART to itself
     eot = {r[0]: r for r in tables[3].rows}
     assert math.isclose(eot["torchattacks EOTPGD, EOTTransform in the model"][4], 5.0 / 4.0)
-    assert math.isclose(eot["testbed PGD + EOTTransform (one batched pass)"][5], 4.0 / (8 * 1.0))
+    assert math.isclose(eot["testbed PGD + EOTTransform (eot_batch=1, channels_last)"][5], 4.0 / (8 * 1.0))
     pgd = [r for r in tables[4].rows if r[0] == "PGD"]
     assert pgd == [["PGD", None, None, None, None]]  # failed and missing rows print as —
     head = run_all.headline(rows)

@@ -392,6 +392,43 @@ def test_eot_gradient_is_an_average_and_replayable(tiny):
         assert r.adversarial.shape == x[:4].shape and torch.isfinite(r.adversarial).all()
 
 
+class FixedCopies:
+    """A deterministic 'transform': the i-th copy of the batch (of 16) seen since the last reset is scaled by
+    (1 - 0.05 * (i mod 4)), whatever the split, so one pass of S*B images and S passes of B see the same copies."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        k = (self.seen + torch.arange(x.shape[0]) // 16) % 4
+        self.seen += x.shape[0] // 16
+        return x * (1 - 0.05 * k.float()).view(-1, 1, 1, 1)
+
+
+def test_eot_batch_micro_batches_and_keeps_the_gradient(tiny):
+    """eot_batch=k runs S/k passes of k*B images and sums their gradients: the same loss and gradient as one pass
+    of S*B images (torchattacks' EOTPGD does S passes of B), at a fraction of the peak memory."""
+    model, x, y = tiny
+    counting = CountingModel(model)
+    copies = FixedCopies()
+    full = PGD(eps=8 / 255, steps=1, random_start=False, eot=copies, eot_samples=4)
+    g = torch.Generator().manual_seed(0)
+    loss_full, grad_full = full.loss_and_grad(counting, x, y, False, g)
+    assert counting.batch_sizes == [64]
+    assert not torch.allclose(grad_full, PGD(eps=8 / 255, steps=1, random_start=False).loss_and_grad(
+        model, x, y, False, g)[1], atol=1e-7)  # the copies differ from the plain image
+    for k, passes in ((1, [16, 16, 16, 16]), (2, [32, 32])):
+        counting.batch_sizes.clear()
+        copies.seen = 0
+        loss_k, grad_k = full.replace(eot_batch=k).loss_and_grad(counting, x, y, False, g)
+        assert counting.batch_sizes == passes
+        assert torch.allclose(loss_k, loss_full, atol=1e-6) and torch.allclose(grad_k, grad_full, atol=1e-7)
+    with pytest.raises(ConfigError, match="eot_batch=3 must divide eot_samples=4"):
+        full.replace(eot_batch=3)
+    with pytest.raises(ConfigError, match="eot_batch"):
+        full.replace(eot_batch=0)
+
+
 def test_eot_attack_survives_transforms_better(tiny):
     """An L∞ PGD under EOT fools more fresh transformed copies than the same PGD without it."""
     model, x, y = tiny
@@ -553,3 +590,19 @@ def test_cli_attack_digital(tmp_path):
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         bad = parser.parse_args(["attack", "digital", "--attack", "pgd", "--image", "x", "--out", str(out), "--param", "oops"])
         bad.func(bad)
+
+
+def test_channels_last_same_result_and_model_restored(tiny):
+    """channels_last=True runs the model in NHWC during the attack: the same adversarial images (up to float
+    rounding), and the caller's model comes back with its layout and requires_grad flags."""
+    model, x, y = tiny
+    flags = [p.requires_grad for p in model.parameters()]
+    a = PGD(eps=8 / 255, alpha=2 / 255, steps=3, random_start=False)
+    r0 = a(model, x, y)
+    r1 = a.replace(channels_last=True)(model, x, y)
+    assert (r0.adversarial - r1.adversarial).abs().max() <= 2 / 255 + 1e-6  # at most one step apart anywhere
+    assert (r0.adversarial != r1.adversarial).float().mean() < 0.01
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.is_contiguous() for p in model.parameters())
+    with pytest.raises(ConfigError, match="channels_last must be True or False"):
+        PGD(channels_last="yes")

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
+from physical.speed import prepared_model
 from testbed.errors import ConfigError, ImageError
 from testbed.imageio import check_images
 
@@ -137,6 +138,9 @@ class Attack:
     target_mode: ClassVar[str] = "optional"
 
     seed: int = 0
+    # Run the model in NHWC layout during the attack (faster convolutions; restored afterwards). The weights are
+    # always frozen during the call (only input gradients are needed) and their flags restored.
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -144,6 +148,8 @@ class Attack:
     def validate(self) -> None:
         """Check the hyper-parameters (raise ConfigError naming the bad value)."""
         check_int("seed", self.seed, 0)
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"channels_last must be True or False, got {self.channels_last!r}")
 
     def config(self) -> dict[str, Any]:
         """The attack's name and hyper-parameters, JSON-serialisable."""
@@ -183,7 +189,8 @@ class Attack:
                 raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
             seed = generator.initial_seed()
         state = generator.get_state().clone()
-        result = self._run(model, images, labels, target, generator)
+        with prepared_model(model, channels_last=self.channels_last, compile=False) as net:
+            result = self._run(net, images, labels, target, generator)
         result.seed = seed
         result.generator_state = state
         return result
@@ -273,6 +280,10 @@ class GradientAttack(Attack):
     kappa: float = 0.0
     eot: EOTCallable | None = None
     eot_samples: int = 1
+    # EOT copies per forward pass: None = all ``eot_samples`` copies in one pass of S*B images; k = passes of k*B
+    # images whose input gradients are summed (same expectation, peak memory / (S/k); the draws then come from
+    # S/k calls of ``eot`` on the same generator, so the result differs from eot_batch=None draw for draw).
+    eot_batch: int | None = None
     record_transforms: bool = False  # keep ``eot.last_params`` after each draw (when the transform has it)
 
     def validate(self) -> None:
@@ -284,14 +295,20 @@ class GradientAttack(Attack):
             raise ConfigError(f"eot must be a callable (images, generator) -> images, got {type(self.eot).__name__}")
         if self.eot is None and self.eot_samples != 1:
             raise ConfigError(f"eot_samples={self.eot_samples} needs an eot transform (eot is None)")
+        if self.eot_batch is not None:
+            check_int("eot_batch", self.eot_batch, 1)
+            if self.eot_samples % self.eot_batch:
+                raise ConfigError(f"eot_batch={self.eot_batch} must divide eot_samples={self.eot_samples}")
 
     def forward_logits(
-        self, model: nn.Module, x: Tensor, generator: torch.Generator, params_log: list[Any] | None = None
+        self, model: nn.Module, x: Tensor, generator: torch.Generator, params_log: list[Any] | None = None,
+        copies: int | None = None,
     ) -> Tensor:
-        """Logits of ``x`` (B rows), or of ``eot_samples`` transformed copies stacked sample-major (S*B rows)."""
+        """Logits of ``x`` (B rows), or of ``copies`` (default ``eot_samples``) transformed copies stacked
+        sample-major (S*B rows)."""
         if self.eot is None:
             return _logits(model, x)
-        xs = x.repeat(self.eot_samples, 1, 1, 1)
+        xs = x.repeat(copies or self.eot_samples, 1, 1, 1)
         xt = self.eot(xs, generator)
         if not isinstance(xt, Tensor) or xt.shape[0] != xs.shape[0]:
             shape = tuple(xt.shape) if isinstance(xt, Tensor) else type(xt).__name__
@@ -320,6 +337,15 @@ class GradientAttack(Attack):
     ) -> tuple[Tensor, Tensor]:
         """(batch-mean loss, d loss / d x), the loss being the attacker's (minimised)."""
         x = x.detach().requires_grad_(True)
+        chunk = self.eot_batch
+        if self.eot is not None and chunk is not None and chunk < self.eot_samples:
+            total, grad = torch.zeros((), device=x.device), torch.zeros_like(x)
+            for _ in range(self.eot_samples // chunk):
+                logits = self.forward_logits(model, x, generator, params_log, copies=chunk)
+                part = self.per_sample_loss(logits, labels, targeted).mean() * (chunk / self.eot_samples)
+                (g,) = torch.autograd.grad(part, x)
+                total, grad = total + part.detach(), grad + g
+            return total, grad
         logits = self.forward_logits(model, x, generator, params_log)
         if self.eot is None:
             # Batch mean straight from F.cross_entropy(reduction="mean"): equal to torchattacks bit for bit.
