@@ -207,7 +207,9 @@ def patch_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None =
     destroyed = rate((d & ~p)[d]) if bool(d.any()) else wilson(0, 0)
     label = str(entry.labels[target]) if entry.labels else str(target)
     return SurvivalRow(
-        "patch", str(run), model_name, f"target '{label}' (patch {area:.0%} of the scene)", recorded, printed,
+        "patch", str(run), model_name,
+        f"target '{label}' (patch {area:.0%} of the scene; EOT {Path(str(metrics.get('eot'))).stem}, "
+        f"{config.get('steps')} steps)", recorded, printed,
         rate(torch.stack(clean_ok).flatten()),
         _ratio(printed, recorded),
         {"digital_same_placements": rate(d), "destruction_rate": destroyed, "photos": cfg.photos,

@@ -18,8 +18,9 @@ _PART_CLIS = (
     "camera.cli",  # capture, rectify
     "camera.secure.cli",  # secure
     "testbed.signs.cli",  # signs
-    "pipelines.cli",  # evaluate, live, demo
+    "pipelines.cli",  # evaluate, report, live, survival, demo
     "pipelines.cli_secure",  # secure-eval
+    "pipelines.defences.cli",  # defences
 )
 
 
