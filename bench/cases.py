@@ -355,6 +355,7 @@ def live(w: Workload, secure: bool = False) -> dict[str, Any]:
         s = run_live(LiveConfig(source=str(src), model="mobilenet_v2", out=Path(tmp) / "out", max_frames=n,
                                 secure=secure))
     return {"seconds": [1.0 / s.fps], "unit": "s/frame", "fps": s.fps, "classify_fps": s.classify_fps,
+            "steady_fps": s.steady_fps, "startup_s": s.startup_s,
             "frames": s.frames, "stages_ms": s.stages_ms, "secure": secure}
 
 

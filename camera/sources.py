@@ -24,6 +24,7 @@ import torch
 from testbed.errors import SourceError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+RGB8_KEY = "_rgb8"  # a _read() may hand FrameSource.read the uint8 RGB pixels under this meta key (-> Frame.rgb8)
 STREAM_SCHEMES = ("http", "https", "rtsp", "rtsps", "rtmp", "udp", "tcp")
 
 
@@ -36,6 +37,9 @@ class Frame:
     seq: int  # 0-based sequence number within the source
     source: str
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. file name, simulated-camera parameters
+    # The same pixels as uint8 HxWx3 RGB when the source decoded 8-bit colour (image == rgb8 / 255 exactly);
+    # the secure capture seals these without a float round trip. None for other sources.
+    rgb8: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def bgr_to_tensor(bgr: np.ndarray) -> torch.Tensor:
@@ -97,7 +101,8 @@ class FrameSource(ABC):
         if self.max_frames is not None and self._seq >= self.max_frames:
             raise StopIteration
         image, meta = self._read()
-        frame = Frame(image=image, timestamp=time.monotonic(), seq=self._seq, source=self.name, meta=meta)
+        rgb8 = meta.pop(RGB8_KEY, None)
+        frame = Frame(image=image, timestamp=time.monotonic(), seq=self._seq, source=self.name, meta=meta, rgb8=rgb8)
         self._seq += 1
         return frame
 
@@ -197,6 +202,8 @@ class VideoCaptureSource(FrameSource):
         meta: dict[str, Any] = {}
         if self.kind == "file":
             meta["pos_msec"] = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
+        if bgr.dtype == np.uint8 and bgr.ndim == 3 and bgr.shape[2] == 3:
+            meta[RGB8_KEY] = bgr[..., ::-1]
         return _bgr_any_to_tensor(bgr, self.name, convert=True), meta
 
     def _close(self) -> None:

@@ -52,6 +52,7 @@ def test_live_headless_writes_video_and_log(stream, tmp_path):
     register_tiny()
     s = run_live(LiveConfig(source=stream, model=TINY, out=tmp_path, max_frames=N_FRAMES, width=160, height=120))
     assert s.frames == N_FRAMES and s.fps > 0 and s.classify_fps > 0
+    assert s.startup_s >= 0 and s.steady_fps >= s.fps * 0.5  # the steady rate excludes opening the source
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["seq"] for r in lines] == list(range(N_FRAMES))
     for r in lines:

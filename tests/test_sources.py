@@ -212,3 +212,28 @@ def test_grayscale_rgba_16bit_refused_or_converted_explicitly(tmp_path):
     xa = _collect(ImageSequenceSource(tmp_path / "rgba.png", convert=True))[0].image
     assert torch.allclose(xa[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))  # opaque red
     assert torch.allclose(xa[0, :, 0, 79], torch.tensor([1.0, 1.0, 1.0]))  # transparent -> white paper
+
+
+def test_video_frames_carry_their_8bit_pixels_for_the_secure_capture(tmp_path):
+    """A decoded 8-bit frame keeps its uint8 RGB pixels (Frame.rgb8): exactly rint(image * 255), so the secure
+    capture seals the same bytes without a float round trip."""
+    import cv2
+    import numpy as np
+
+    from camera.secure.capture import to_uint8_frame
+    from camera.secure.frames import quantize_frame
+    from camera.sources import open_source
+
+    path = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        w.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    w.release()
+    with open_source(str(path)) as src:
+        frames = list(src)
+    assert len(frames) == 3
+    for f in frames:
+        assert f.rgb8 is not None and f.rgb8.dtype == np.uint8 and f.rgb8.shape == (48, 64, 3)
+        assert np.array_equal(to_uint8_frame(f), quantize_frame(f.image))
+        assert "_rgb8" not in f.meta

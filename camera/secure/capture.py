@@ -150,7 +150,11 @@ class FrameSourceAdapter:
 
 
 def to_uint8_frame(f: Any) -> np.ndarray:
-    """Any supported frame object as a uint8 HxWx3 RGB array."""
+    """Any supported frame object as a uint8 HxWx3 RGB array (a ``Frame``'s decoded 8-bit pixels when it has them:
+    no float round trip; they equal ``rint(image * 255)`` exactly)."""
+    raw = getattr(f, "rgb8", None)
+    if raw is not None:
+        return quantize_frame(raw)
     image = getattr(f, "image", f)
     return quantize_frame(image)
 
@@ -255,6 +259,18 @@ def _child_main() -> None:
     """
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
+    try:  # the capture process only decodes and converts frames: one thread, the other cores stay the model's
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency of the sources, not of the sealing
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
     source_factory, config = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
     capture_main(sock, source_factory, config)
