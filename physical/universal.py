@@ -528,6 +528,13 @@ class _EOTAttack(RunHyperParams):
     def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
         raise NotImplementedError
 
+    def _state(self) -> dict[str, Any]:
+        """The state set per call (a frozen dataclass keeps it in a side dict)."""
+        st = self.__dict__.get("_call_state")
+        if st is None:
+            raise ConfigError("internal: call state missing")
+        return st
+
     def _physical_result(self, perturbation, adversarial, success, preds, init_success, history, draws, eval_draws,
                          target, extras) -> PhysicalResult:
         return PhysicalResult(
@@ -606,13 +613,6 @@ class UniversalPatch(_EOTAttack):
         if self.init == "source":
             raise ConfigError("a patch has no source image: init must be 'random' or 'gray'")
         make_mask(self.shape, 4)  # validates the shape name / file
-
-    # state set per call (frozen dataclass: kept in a side dict)
-    def _state(self) -> dict[str, Any]:
-        st = self.__dict__.get("_call_state")
-        if st is None:
-            raise ConfigError("internal: call state missing")
-        return st
 
     def __call__(
         self,
@@ -813,12 +813,6 @@ class SignSticker(_EOTAttack):
         out = super().config()
         out["input_size"] = None if self.input_size is None else list(self.input_size)
         return out
-
-    def _state(self) -> dict[str, Any]:
-        st = self.__dict__.get("_call_state")
-        if st is None:
-            raise ConfigError("internal: call state missing")
-        return st
 
     def __call__(
         self,
