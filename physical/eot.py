@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from physical.hyper import check_known_keys
 from testbed.errors import ConfigError
 
 Range = tuple[float, float]
@@ -179,10 +180,7 @@ class EOTConfig:
         base: dict[str, Any] = {}
         if "preset" in data:
             base = preset(data.pop("preset")).to_dict()
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown EOT config key(s) {unknown}; known keys: {sorted(known)}")
+        check_known_keys(cls, data, "EOT config")
         base.update(data)
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in base.items()})
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from physical.eot import EOTParams, EOTTransform, resolve_config
-from physical.hyper import RunHyperParams, check_int, check_nonneg
+from physical.hyper import RunHyperParams, check_int, check_known_keys, check_nonneg
 from physical.regularizers import nps, resolve_palette, total_variation
 from physical.runs import RunDir
 from testbed.errors import ConfigError, ImageError
@@ -106,10 +106,7 @@ class FrameGeometry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FrameGeometry":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown frame geometry key(s) {unknown}; known: {sorted(known)}")
+        check_known_keys(cls, data, "frame geometry")
         return cls(**data)
 
 

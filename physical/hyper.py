@@ -21,6 +21,14 @@ def check_nonneg(name: str, v: Any) -> None:
         raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
+def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
+    """Refuse keys of ``data`` that are not fields of the dataclass ``cls`` (a ConfigError naming them)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
+
+
 class RunHyperParams:
     """Mixin for a frozen dataclass with ``seed``, ``eval_seed`` (None = seed + EVAL_SEED_OFFSET) and
     ``checkpoint_every`` fields: their validation, the resolved evaluation seed, ``config()`` and ``replace()``."""

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from physical.eot import EOTParams, EOTTransform, resolve_config, warp_pixels
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
-from physical.hyper import RunHyperParams, check_int, check_nonneg
+from physical.hyper import RunHyperParams, check_int, check_known_keys, check_nonneg
 from physical.regularizers import lp_norm, nps, resolve_palette, total_variation
 from physical.runs import RunDir
 from physical.speed import prepared_model as _prepared_model
@@ -237,10 +237,7 @@ class PlacementConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PlacementConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown placement key(s) {unknown}; known: {sorted(known)}")
+        check_known_keys(cls, data, "placement")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
 
 
@@ -528,6 +525,16 @@ class _EOTAttack(RunHyperParams):
     def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
         raise NotImplementedError
 
+    def _printability(self, colours: Tensor) -> Tensor:
+        """lambda_nps * NPS (against the palette) + lambda_tv * TV, both over the mask of this call."""
+        st = self._state()
+        out = colours.new_zeros(())
+        if self.lambda_nps > 0:
+            out = out + self.lambda_nps * nps(colours, st["palette"], mask=st["mask"], kind=self.nps_kind)
+        if self.lambda_tv > 0:
+            out = out + self.lambda_tv * total_variation(colours, mask=st["mask"])
+        return out
+
     def _state(self) -> dict[str, Any]:
         """The state set per call (a frozen dataclass keeps it in a side dict)."""
         st = self.__dict__.get("_call_state")
@@ -749,13 +756,7 @@ class UniversalPatch(_EOTAttack):
         return t.apply(x, draw.eot, print_stage=False)
 
     def _regularise(self, colours: Tensor) -> Tensor:
-        st = self._state()
-        out = colours.new_zeros(())
-        if self.lambda_nps > 0:
-            out = out + self.lambda_nps * nps(colours, st["palette"], mask=st["mask"], kind=self.nps_kind)
-        if self.lambda_tv > 0:
-            out = out + self.lambda_tv * total_variation(colours, mask=st["mask"])
-        return out
+        return self._printability(colours)
 
     def _goal(self, draw: Draw) -> Tensor:
         st = self._state()
@@ -993,11 +994,7 @@ class SignSticker(_EOTAttack):
         if self.lambda_norm > 0:
             delta = st["mask"] * (colours - st["sign"])
             out = out + self.lambda_norm * lp_norm(delta, 1 if self.norm == "l1" else 2, reduction="mean")
-        if self.lambda_nps > 0:
-            out = out + self.lambda_nps * nps(colours, st["palette"], mask=st["mask"], kind=self.nps_kind)
-        if self.lambda_tv > 0:
-            out = out + self.lambda_tv * total_variation(colours, mask=st["mask"])
-        return out
+        return out + self._printability(colours)
 
     def _goal(self, draw: Draw) -> Tensor:
         st = self._state()
