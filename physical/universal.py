@@ -25,7 +25,6 @@ perturbation and metrics, and resumes from its latest checkpoint after being kil
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
