@@ -12,6 +12,7 @@ import sys
 import time
 
 from camera.secure.benchmark import format_table, measure_throughput
+from testbed.machine import machine_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     rows = [measure_throughput(480, 640, args.frames), measure_throughput(1080, 1920, args.frames)]
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), Python "
+    print(f"# {machine_line()}, Python "
           f"{platform.python_version()}; {args.frames} frames per cell; {time.perf_counter() - t0:.1f} s total")
     print(format_table(rows))
     if args.json:

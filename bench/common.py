@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import resource
 import statistics
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from testbed.allocator import TCMALLOC_GLOBS, find_tcmalloc  # noqa: F401  (re-exported for the cases)
+from testbed.machine import machine_info
 
 #: where Debian / Ubuntu / Fedora put the tcmalloc shared library (``libtcmalloc-minimal4`` on Debian)
 
@@ -114,27 +114,9 @@ def scenes(size: int, n: int = 6):
 
 
 def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    flags = ""
-    with contextlib.suppress(OSError):
-        flags = Path("/proc/cpuinfo").read_text()
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "amx_bf16": "amx_bf16" in flags,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average": list(os.getloadavg()),
-    }
+    """The machine (testbed.machine) plus the versions of the peers compared against."""
+    info = machine_info()
+    info["cuda"] = info["gpu"]  # the key older bench JSON files use
     from importlib.metadata import PackageNotFoundError, version
 
     for key, dist in (("torchvision", "torchvision"), ("kornia", "kornia"), ("art", "adversarial-robustness-toolbox"),

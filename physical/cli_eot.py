@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,9 @@ from typing import Any
 import torch
 
 from testbed.allocator import find_tcmalloc, tcmalloc_loaded
+from testbed import cli_types
 from testbed.errors import ConfigError
+from testbed.machine import machine_line
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,11 +39,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--untargeted", action="store_true", help="push each scene away from its clean top-1 class")
     p.add_argument("--scenes", default="astronaut,chelsea,coffee,rocket,motorcycle_left,grace_hopper",
                    help="comma-separated shipped photo names or image paths")
-    p.add_argument("--area", type=float, default=0.1, help="max fraction of the image the patch covers")
-    p.add_argument("--area-min", type=float, help="min fraction (default: --area, a fixed size)")
-    p.add_argument("--rotation", type=float, default=22.5, help="max patch rotation, degrees")
+    p.add_argument("--area", type=cli_types.fraction, default=0.1,
+                   help="max fraction of the image the patch covers, in (0, 1]")
+    p.add_argument("--area-min", type=cli_types.fraction, help="min fraction (default: --area, a fixed size)")
+    p.add_argument("--rotation", type=cli_types.number(0.0, 180.0), default=22.5,
+                   help="max patch rotation, degrees in [0, 180]")
     p.add_argument("--shape", default="circle", help="circle, square, or a mask PNG path")
-    p.add_argument("--patch-size", type=int, help="patch resolution in pixels (default: its size in the image)")
+    p.add_argument("--patch-size", type=cli_types.pixels,
+                   help="patch resolution in pixels (default: its size in the image)")
     _common(p, default_eot="athalye-eot-2d", default_steps=500, default_lr=0.05)
     p.set_defaults(func=run_patch)
 
@@ -54,19 +58,19 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--mask", default="rects",
                    help="rects (two bars above/below the legend), saliency (RP2: cells where the loss is most "
                         "sensitive), strokes, or a mask PNG path (white = sticker)")
-    s.add_argument("--strokes", type=int, default=4, help="number of strokes for --mask strokes")
-    s.add_argument("--sign-size", type=int, default=128,
+    s.add_argument("--strokes", type=cli_types.count(1000), default=4, help="number of strokes for --mask strokes")
+    s.add_argument("--sign-size", type=cli_types.pixels, default=128,
                    help="print resolution of the sign and sticker in pixels (each draw is resampled to the "
                         "model's input size, as a camera would); default 128")
-    s.add_argument("--budget", type=float, default=0.095,
+    s.add_argument("--budget", type=cli_types.fraction, default=0.095,
                    help="fraction of the sign's own area that --mask rects/saliency may cover (default 0.095)")
-    s.add_argument("--max-mask-fraction", type=float, default=0.10,
+    s.add_argument("--max-mask-fraction", type=cli_types.fraction, default=0.10,
                    help="refuse a mask covering more than this fraction of the sign's area (default 0.10)")
-    s.add_argument("--cell", type=int, default=8, help="sticker cell size in pixels for --mask saliency")
-    s.add_argument("--saliency-samples", type=int, default=128, help="EOT draws for --mask saliency")
+    s.add_argument("--cell", type=cli_types.pixels, default=8, help="sticker cell size in pixels for --mask saliency")
+    s.add_argument("--saliency-samples", type=cli_types.count(), default=128, help="EOT draws for --mask saliency")
     s.add_argument("--background", default="0.5", help="grey level in [0, 1] or a shipped photo name")
     s.add_argument("--norm", choices=["l1", "l2"], default="l2")
-    s.add_argument("--lambda-norm", type=float, default=0.0)
+    s.add_argument("--lambda-norm", type=cli_types.non_negative, default=0.0)
     s.add_argument("--init", choices=["random", "gray", "source"], default="random")
     _common(s, default_eot="rp2", default_steps=300, default_lr=0.1)
     s.set_defaults(func=run_sticker)
@@ -74,21 +78,23 @@ def add_parser(subparsers: Any) -> None:
 
 def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int, default_lr: float) -> None:
     p.add_argument("--eot", default=default_eot, help="EOT preset name, or a JSON/YAML EOT config file")
-    p.add_argument("--steps", type=int, default=default_steps)
-    p.add_argument("--batch-size", type=int, default=16, help="EOT draws per step (one forward pass)")
-    p.add_argument("--lr", type=float, default=default_lr, help="Adam learning rate (on colour logits)")
+    p.add_argument("--steps", type=cli_types.count(), default=default_steps,
+                   help=f"optimisation steps, >= 1 (default {default_steps})")
+    p.add_argument("--batch-size", type=cli_types.batch, default=16, help="EOT draws per step (one forward pass)")
+    p.add_argument("--lr", type=cli_types.positive, default=default_lr, help="Adam learning rate (on colour logits)")
     p.add_argument("--loss", choices=["ce", "cw"], default="ce")
-    p.add_argument("--kappa", type=float, default=0.0)
-    p.add_argument("--lambda-nps", type=float, default=0.0)
-    p.add_argument("--lambda-tv", type=float, default=0.0)
+    p.add_argument("--kappa", type=cli_types.non_negative, default=0.0)
+    p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0)
+    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0)
     p.add_argument("--palette", help="palette JSON ({\"colors\": [[r,g,b],...]}); default: built-in")
-    p.add_argument("--eval", type=int, default=1000, help="fresh EOT draws for the success rate")
-    p.add_argument("--eval-batch-size", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-seed", type=int, help="evaluation generator seed (default: seed + 1000003)")
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--device", help="cpu / cuda (default: CUDA when available)")
-    p.add_argument("--out", required=True, help="run directory (resumed if it exists with the same config)")
+    p.add_argument("--eval", type=cli_types.count(), default=1000, help="fresh EOT draws for the success rate, >= 1")
+    p.add_argument("--eval-batch-size", type=cli_types.batch, default=100)
+    p.add_argument("--seed", type=cli_types.seed, default=0)
+    p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default: seed + 1000003)")
+    p.add_argument("--checkpoint-every", type=cli_types.count(), default=50)
+    p.add_argument("--device", type=cli_types.device, help="cpu / cuda / cuda:N (default: CUDA when available)")
+    p.add_argument("--out", required=True, type=cli_types.output_dir,
+                   help="run directory (resumed if it exists with the same config)")
     p.add_argument("--no-progress", action="store_true")
     sp = p.add_argument_group("speed (docs/performance.md)")
     sp.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -161,18 +167,18 @@ def resolve_class(value: str, labels: Any) -> int:
     return idx
 
 
-def _machine(device: torch.device) -> str:
-    import os
-
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA), {os.cpu_count()} CPU cores"
-    return f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU"
-
-
 def _device(args: argparse.Namespace) -> torch.device:
-    from testbed.device import default_device
+    from testbed.device import resolve_device
 
-    return torch.device(args.device) if args.device else default_device()
+    return resolve_device(args.device)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _load_scene(name: str, size: int) -> torch.Tensor:
@@ -201,15 +207,18 @@ def _report(kind: str, result: Any, args: argparse.Namespace, seconds: float, de
         "initial_success_rate": result.initial_success_rate,
         "eval_samples": int(result.success.numel()),
         "seconds": round(seconds, 1),
-        "machine": _machine(device),
+        "machine": machine_line(),
         "allocator": "tcmalloc" if tcmalloc_loaded() else "glibc",
         "precision": getattr(args, "precision", "fp32"),
         **extra,
     }
     from physical.runs import atomic_write_json
+    from testbed.inputs import load_json
 
     metrics_path = Path(args.out) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = load_json(metrics_path, what="run metrics file") if metrics_path.is_file() else {}
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"run metrics file {metrics_path} must hold a JSON object")
     atomic_write_json(metrics_path, {**metrics, **summary})
     print(json.dumps(summary, indent=2))
     return 0
@@ -219,31 +228,36 @@ def run_patch(args: argparse.Namespace) -> int:
     from physical.universal import UniversalPatch, make_mask
     from testbed.models.registry import get_entry, get_model
 
-    ensure_allocator(getattr(args, "allocator", "glibc"))
+    # Every option, file and class name is checked before the model is loaded or anything is written.
     entry = get_entry(args.model)
     device = _device(args)
-    model = get_model(args.model, device=device)
     size = entry.input_size[0]
+    if args.untargeted == (args.target is not None):
+        raise ConfigError("give exactly one of --target CLASS or --untargeted")
+    target = resolve_class(args.target, entry.labels) if args.target is not None else None
+    area_max = args.area
+    area_min = args.area_min if args.area_min is not None else area_max
+    if area_min > area_max:
+        raise ConfigError(f"--area-min {area_min:g} is larger than --area {area_max:g}")
     names = [n for n in args.scenes.split(",") if n]
     if not names:
         raise ConfigError("--scenes is empty")
-    scenes = torch.cat([_load_scene(n, size) for n in names]).to(device)
-    area_max = args.area
-    area_min = args.area_min if args.area_min is not None else area_max
     patch_size = args.patch_size
     if patch_size is None:
         fill = float(make_mask(args.shape, 64).mean())
+        if fill <= 0:
+            raise ConfigError(f"--shape {args.shape}: the mask is empty (no white pixel)")
         patch_size = max(8, round(math.sqrt(area_max * size * size / fill)))
-    if args.untargeted == (args.target is not None):
-        raise ConfigError("give exactly one of --target CLASS or --untargeted")
     attack = UniversalPatch(
         patch_size=patch_size, shape=args.shape,
         placement={"area": [area_min, area_max], "rotation": args.rotation}, **_attack_kwargs(args),
     )
-    target = labels = None
-    if args.target is not None:
-        target = resolve_class(args.target, entry.labels)
-    else:
+    scenes = torch.cat([_load_scene(n, size) for n in names])
+    ensure_allocator(getattr(args, "allocator", "glibc"))
+    model = get_model(args.model, device=device)
+    scenes = scenes.to(device)
+    labels = None
+    if target is None:
         with torch.no_grad():
             labels = model(scenes).argmax(1)
     t0 = time.perf_counter()
@@ -265,37 +279,42 @@ def run_sticker(args: argparse.Namespace) -> int:
     from testbed.models.registry import get_entry, get_model
     from testbed.signs.render import class_names, composite, render_sign
 
-    ensure_allocator(getattr(args, "allocator", "glibc"))
+    # Every option, file and class name is checked before the model is loaded or anything is written.
     entry = get_entry(args.model)
     device = _device(args)
-    model = get_model(args.model, device=device)
     h, w = entry.input_size
     if args.sign not in class_names():
         raise ConfigError(f"--sign {args.sign!r} is not a sign class; known: {', '.join(class_names())}")
     size = args.sign_size
     if isinstance(size, bool) or not isinstance(size, int) or size < min(h, w):
         raise ConfigError(f"--sign-size must be an integer >= the model input size {min(h, w)}, got {size!r}")
-    rgba = render_sign(args.sign, size)  # the sign at print resolution; the camera resamples to (h, w)
-    try:
-        background: Any = float(args.background)
-    except ValueError:
-        background = _load_scene(args.background, size)[..., :size, :size]
-    sign = composite(rgba, background).clamp(0, 1)
-    alpha = rgba[:, 3:4]
     if args.untargeted == (args.target is not None):
         raise ConfigError("give exactly one of --target CLASS or --untargeted")
     label = resolve_class(args.sign, entry.labels) if args.sign in [str(n) for n in entry.labels] else None
     target = resolve_class(args.target, entry.labels) if args.target is not None else None
     if target is None and label is None:
         raise ConfigError(f"--untargeted needs the sign {args.sign!r} to be a label of model {args.model}")
+    if args.mask == "saliency" and target is None:
+        raise ConfigError("--mask saliency needs --target (the saliency of the targeted loss)")
+    if args.mask not in ("rects", "saliency", "strokes"):
+        load_mask(args.mask, (size, size))  # a bad mask file is refused before the model is loaded
+    try:
+        background: Any = cli_types.unit_interval(args.background)
+    except argparse.ArgumentTypeError as exc:
+        if _is_number(args.background):
+            raise ConfigError(f"--background {args.background}: {exc}") from None
+        background = _load_scene(args.background, size)[..., :size, :size]
     attack = SignSticker(norm=args.norm, lambda_norm=args.lambda_norm, init=args.init, input_size=(h, w),
                          max_mask_fraction=args.max_mask_fraction, **_attack_kwargs(args))
+    rgba = render_sign(args.sign, size)  # the sign at print resolution; the camera resamples to (h, w)
+    sign = composite(rgba, background).clamp(0, 1)
+    alpha = rgba[:, 3:4]
+    ensure_allocator(getattr(args, "allocator", "glibc"))
+    model = get_model(args.model, device=device)
     t0 = time.perf_counter()
     if args.mask == "rects":
         mask = rp2_sign_rectangles(alpha, args.budget)
     elif args.mask == "saliency":
-        if target is None:
-            raise ConfigError("--mask saliency needs --target (the saliency of the targeted loss)")
         sal = attack.saliency(model, sign.to(device), target=target, samples=args.saliency_samples, alpha=alpha)
         mask = saliency_mask(sal, alpha, args.budget, cell=args.cell)
     elif args.mask == "strokes":

@@ -14,14 +14,14 @@ width in result.json) and result.json (metrics, timings, machine, and a re-detec
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import ConfigError, TestbedError
+from testbed import cli_types
+from testbed.errors import ConfigError
+from testbed.machine import machine_info
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,25 +32,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--wearer", nargs="+", required=True, help="photo name(s) or image file(s) of the wearer")
     p.add_argument("--mode", choices=("dodge", "impersonate"), default="dodge")
     p.add_argument("--target", nargs="+", help="impersonation: photo name(s) or file(s) of the face to impersonate")
-    p.add_argument("--out", required=True, help="run folder (created; rerun the same command to resume)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16, help="EOT draws per step")
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--out", required=True, type=cli_types.output_dir,
+                   help="run folder (created; rerun the same command to resume)")
+    p.add_argument("--steps", type=cli_types.count(), default=300, help="optimisation steps, >= 1")
+    p.add_argument("--batch-size", type=cli_types.batch, default=16, help="EOT draws per step")
+    p.add_argument("--lr", type=cli_types.positive, default=0.05)
     p.add_argument("--loss", choices=("hinge", "distance"), default="hinge")
-    p.add_argument("--margin", type=float, default=0.15)
-    p.add_argument("--lambda-own", type=float, default=1.0)
-    p.add_argument("--lambda-tv", type=float, default=0.0)
-    p.add_argument("--lambda-nps", type=float, default=0.0)
+    p.add_argument("--margin", type=cli_types.non_negative, default=0.15)
+    p.add_argument("--lambda-own", type=cli_types.non_negative, default=1.0)
+    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0)
+    p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0)
     p.add_argument("--palette", help="palette JSON for NPS (default: the built-in palette)")
     p.add_argument("--init", default="brown", help="brown, gray, black, uniform or random")
     p.add_argument("--eot", default="sharif", help="EOT preset name, or a JSON/YAML EOT config file")
-    p.add_argument("--eval-samples", type=int, default=1000, help="fresh transformations for the success rate")
-    p.add_argument("--eval-batch-size", type=int, default=100)
-    p.add_argument("--enroll-views", type=int, default=0,
+    p.add_argument("--eval-samples", type=cli_types.count(), default=1000,
+                   help="fresh transformations for the success rate, >= 1")
+    p.add_argument("--eval-batch-size", type=cli_types.batch, default=100)
+    p.add_argument("--enroll-views", type=cli_types.count_or_zero, default=0,
                    help="also average this many clean augmented views into the enrolled descriptor")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-seed", type=int, help="evaluation generator seed (default seed + 1000003)")
-    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--seed", type=cli_types.seed, default=0)
+    p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default seed + 1000003)")
+    p.add_argument("--checkpoint-every", type=cli_types.count(), default=25)
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run_eyeglass)
     return p
@@ -96,19 +98,18 @@ def run_eyeglass(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
         checkpoint_every=args.checkpoint_every,
     )  # hyper-parameters are validated before anything is loaded
-    if args.enroll_views < 0:
-        raise ConfigError(f"--enroll-views must be >= 0, got {args.enroll_views}")
     t_start = time.perf_counter()
+    photos = [_load(w) for w in args.wearer]  # every photo is read (and refused by name) before the model loads
+    target_photos = [_load(t) for t in args.target or []]
     model = load_face_descriptor()
     device = next(model.parameters()).device
-    photos = [_load(w) for w in args.wearer]
     chips, faces = align_wearer(photos)
     chips = chips.to(device)
     enrolled = enroll(model, chips, views=args.enroll_views,
                       generator=torch.Generator().manual_seed(args.seed + 17) if args.enroll_views else None)
     target = None
     if args.target:
-        t_chips, _ = align_wearer([_load(t) for t in args.target])
+        t_chips, _ = align_wearer(target_photos)
         target = enroll(model, t_chips.to(device))
     run_extra = {"wearer": list(args.wearer), "target": list(args.target or []), "enroll_views": args.enroll_views}
     result = attack(model, chips, enrolled, target=target, run_dir=args.out, run_extra=run_extra,
@@ -142,8 +143,7 @@ def run_eyeglass(args: argparse.Namespace) -> int:
         "metrics": m,
         "seconds_total": round(elapsed, 1),
         "device": str(device),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "cuda": torch.cuda.is_available()},
+        "machine": machine_info(),
         "full_photo_recheck": recheck,
         "print": {"width_mm": crop.width_mm, "box": list(crop.box)},
         "loss_history": result.loss_history,
@@ -159,16 +159,10 @@ def run_eyeglass(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the subcommand standalone: ``python -m physical.cli_eyeglass --wearer ...``."""
-    parser = argparse.ArgumentParser(prog="testbed")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["eyeglass", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return int(args.func(args) or 0)
-    except TestbedError as exc:
-        print(f"testbed eyeglass: error: {exc}", file=sys.stderr)
-        return 2
+    """Run the subcommand standalone: ``python -m physical.cli_eyeglass --wearer ...`` (= ``testbed eyeglass``)."""
+    from testbed.cli import main as testbed_main
+
+    return testbed_main(["eyeglass", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

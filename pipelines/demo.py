@@ -13,8 +13,6 @@ the simulated camera -> rectification -> a report with the before / after table.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 
 from pipelines.experiment import write_atomic
 from pipelines.metrics import rate
+from testbed.machine import machine_line
 from testbed.models.registry import get_entry, get_model, list_models
 from testbed.photos import imagenet_view, list_photos
 
@@ -86,8 +85,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     steps = cfg.steps if cfg.steps is not None else (12 if cfg.quick else 150)
     n_frames = cfg.frames if cfg.frames is not None else (2 if cfg.quick else 6)
     lines = ["# testbed demo: adversarial patch -> printout -> simulated camera", "",
-             f"seed {cfg.seed}; machine: {platform.machine()}, {os.cpu_count()} CPU cores; torch {torch.__version__}; "
-             f"CUDA: {torch.cuda.is_available()}; quick: {cfg.quick}", ""]
+             f"seed {cfg.seed}; machine: {machine_line()}; quick: {cfg.quick}", ""]
     results: dict = {"config": {k: str(v) for k, v in asdict(cfg).items()}}
 
     # 1. what the models see

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,7 @@ import torch
 import yaml
 
 from testbed.errors import ConfigError, TestbedError
+from testbed.machine import machine_info
 
 EXPERIMENT_KINDS = ("kurakin", "transfer")
 IMAGE_SOURCES = ("photos", "folder")
@@ -307,11 +307,6 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return path
-
-
-def machine_info() -> dict[str, Any]:
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
 class RunDir:

@@ -46,9 +46,9 @@ from pipelines.experiment import write_atomic
 from pipelines.metrics import Rate, rate, wilson_interval
 from testbed.device import default_device
 from testbed.errors import ConfigError
+from testbed.machine import machine_line
 from testbed.photos import list_photos, load_photo, resize
 
-MACHINE = "2-core CPU, no GPU"
 CONFIDENT = 0.5  # frames whose clean top-1 probability is at least this form the "confident" subset
 FRAME_SIZE = 224
 
@@ -573,7 +573,7 @@ def run_secure_eval(cfg: SecureEvalConfig = SecureEvalConfig(), *, device: torch
     timing["multipath"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - t_all
 
-    env = {"machine": MACHINE, "platform": platform.platform(), "python": platform.python_version(),
+    env = {"machine": machine_line(), "platform": platform.platform(), "python": platform.python_version(),
            "torch": torch.__version__, "device": str(device), "torch_threads": torch.get_num_threads(),
            "load_average_at_end": list(os.getloadavg()), "classifier_cache": {"hits": cached.hits,
                                                                               "misses": cached.misses}}
@@ -599,7 +599,7 @@ def render_report(d: dict[str, Any], command: str) -> str:
     cfg, up, pr, pa, mp = d["config"], d["unprotected"], d["protected"], d["patch"], d["multipath"]
     L = ["# Secure capture path — end-to-end evaluation on MobileNetV2", "",
          f"Command: `{command}`  ", f"Seed: {cfg['seed']}; started {d['run']['started']}; wall time "
-         f"{d['timing_s']['total']:.0f} s; machine: {MACHINE} (shared, load average at end "
+         f"{d['timing_s']['total']:.0f} s; machine: {d['environment']['machine']} (shared, load average at end "
          f"{d['environment']['load_average_at_end'][0]:.1f}).", "",
          f"Frames: {len(d['frames'])} frames of 224x224 cut from the {len(d['clean']['by_photo'])} shipped colour "
          "photos (several crops/scales/flips per photo, `pipelines.secure_eval.VIEWS`). **Labels are the clean "
@@ -695,7 +695,7 @@ def write_results(result: SecureEvalResult, artefacts: dict[str, Any], out: str 
     """Write results.json, report.md, patch.png and examples.jpg into ``out`` (each atomically)."""
     out = Path(out)
     d = result.as_dict()
-    d["run"] = {"command": command, "argv": sys.argv, "started": started, "machine": MACHINE}
+    d["run"] = {"command": command, "argv": sys.argv, "started": started, "machine": machine_line()}
     write_atomic(out / "results.json", json.dumps(d, indent=1) + "\n")
     write_atomic(out / "report.md", render_report(d, command))
     patch = artefacts.get("patch")
@@ -715,4 +715,4 @@ def write_results(result: SecureEvalResult, artefacts: dict[str, Any], out: str 
 __all__ = ["SecureEvalConfig", "SecureEvalResult", "FrameInfo", "VIEWS", "build_frames", "view_of", "to_batch",
            "CachedClassifier", "PGDPerturb", "masked_pgd_patch", "universal_patch_frames", "masked_patch_frames",
            "build_paths", "multipath_rates", "mixed_plan", "run_secure_eval", "render_report", "write_results",
-           "rate_of", "MACHINE"]
+           "rate_of"]

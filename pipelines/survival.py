@@ -23,8 +23,6 @@ held-out EOT success (fresh kornia draws, as recorded in its ``metrics.json``).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from testbed.errors import ConfigError
+from testbed.machine import machine_line
 from testbed.stats import Rate, rate, wilson
 
 ATTACK_KINDS = ("patch", "sticker", "eyeglass")
@@ -372,11 +371,6 @@ def run_survival(runs: list[tuple[str, str]], cfg: SurvivalConfig, out: str | Pa
     write_atomic(out / "report.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
     write_atomic(out / "report.md", render_markdown(rows, cfg, data))
     return rows
-
-
-def machine_line() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}"
 
 
 def _fmt(r: Rate) -> str:

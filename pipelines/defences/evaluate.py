@@ -11,10 +11,8 @@ what it finished. Every rate is ``testbed.stats.Rate`` (k, n, Wilson 95% interva
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +24,8 @@ from pipelines.defences import DefenceError
 from pipelines.defences.adaptive import (AttackSpec, MaskingReport, batched_attack, detector_aware_pgd, fgsm,
                                          masking_checks, pgd)
 from pipelines.defences.training import DEFAULT_CACHE, heldout_data, load_defence
-from testbed.stats import Rate, wilson
+from testbed.stats import wilson
+from testbed.machine import machine_line
 
 SECTIONS = ("table", "masking", "smoothing", "detectors", "channel", "sticker")
 
@@ -187,7 +186,7 @@ def _distillation(out: dict[str, Defence], cfg: EvalConfig, cache_dir: Path, sta
 
     steps = cfg.steps
     student = load_defence("distill_student", cache_dir)
-    T = float(torch.load(Path(cache_dir) / "distill_student.pt", weights_only=False)["config"]["temperature"])
+    T = float(_load_cache(Path(cache_dir) / "distill_student.pt", "defence model cache")["config"]["temperature"])
     n, _ = standard(student)
     scaled = TemperatureScaled(student, T)
     out["distillation"] = Defence(
@@ -373,8 +372,7 @@ def section_smoothing(cfg: EvalConfig, data: dict[str, Any], cache_dir: Path,
 
 def section_detectors(cfg: EvalConfig, data: dict[str, Any], cache_dir: Path,
                       log: Callable[[str], None]) -> dict[str, Any]:
-    from pipelines.defences.detectors import (FeatureSqueezing, MCDropoutUncertainty, detection_rates,
-                                              threshold_at_fpr)
+    from pipelines.defences.detectors import (FeatureSqueezing, MCDropoutUncertainty, threshold_at_fpr)
     from testbed.models.registry import get_model
 
     x, y = data["x_attack"], data["y_attack"]
@@ -523,11 +521,6 @@ def section_sticker(cfg: EvalConfig, defences: dict[str, Defence], log: Callable
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core CPU ({platform.machine()}), {gpu}, shared with other jobs"
-
-
 def run_report(cfg: EvalConfig, out_dir: Path, *, cache_dir: Path = DEFAULT_CACHE, command: str = "",
                log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate every defence and write ``out_dir/report.json``, ``report.md`` and plots after each section."""
@@ -542,7 +535,7 @@ def run_report(cfg: EvalConfig, out_dir: Path, *, cache_dir: Path = DEFAULT_CACH
     t_start = time.time()
     suite = default_suite()
     report: dict[str, Any] = {
-        "command": command, "config": asdict(cfg), "machine": machine(), "torch": torch.__version__,
+        "command": command, "config": asdict(cfg), "machine": machine_line(), "torch": torch.__version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "sections": {},
         "training": {}, "wall_seconds": 0.0,
     }
@@ -550,7 +543,7 @@ def run_report(cfg: EvalConfig, out_dir: Path, *, cache_dir: Path = DEFAULT_CACH
         for n, c in suite.items():
             p = Path(cache_dir) / f"{n}.pt"
             if p.is_file():
-                ck = torch.load(p, map_location="cpu", weights_only=False)
+                ck = _load_cache(p, "defence model cache")
                 report["training"][n] = {"config": ck["config"], "history": ck.get("history"),
                                          "train_seconds": round(ck.get("train_seconds", 0.0), 1),
                                          "bytes": p.stat().st_size}

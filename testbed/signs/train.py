@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from torch import nn
 
 from testbed.device import default_device
 from testbed.errors import ConfigError
+from testbed.machine import machine_line
 from testbed.signs.dataset import DatasetConfig, generate_dataset
 from testbed.signs.render import GTSRB_CLASS_NAMES, SIGN_CLASSES, class_names
 
@@ -92,11 +92,6 @@ class TrainResult:
     train_seconds: float
     total_seconds: float
     card: dict
-
-
-def machine_description() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core CPU ({platform.machine()}), {gpu}"
 
 
 @torch.no_grad()
@@ -247,7 +242,7 @@ def train(config: TrainConfig, *, progress: bool = False, log: Callable[[str], N
         "history": history,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(total_seconds, 1),
-        "machine": machine_description(),
+        "machine": machine_line(),
         "torch": torch.__version__,
         "command": DEFAULT_COMMAND if config == TrainConfig() else None,
     }
