@@ -1,32 +1,57 @@
-"""Run directories: resolved config, lossless perturbations, metrics, atomic checkpoints, exact resume.
+"""Run directories: resolved config, lossless perturbations, metrics, checksummed checkpoints, exact resume.
 
 Layout of a run directory::
 
+    testbed-run.json   marker: {"kind": "patch" | "sticker" | "eyeglass" | ..., "format": 1}
     config.json        the resolved configuration (also config.yaml, for reading)
-    checkpoints/       step_00000100.pt ... (optimiser state, parameters, generator state, history)
+    checkpoints/       step_00000100.pt ... (optimiser state, parameters, generator state, history), checksummed
     <name>.png         the perturbation, 16-bit PNG (lossless for float data at 1/65535) and <name>_8bit.png
-    <name>.pt/.npy     the perturbation as float32 tensor / array (exact)
+    <name>.pt/.npy     the perturbation as float32 tensor / array (exact; plain ``torch.save``, tensors only)
     metrics.json       final metrics
 
 Every file is written to a temporary name and moved into place with ``os.replace`` (never half-written).
-A run directory written with a different configuration is refused (``ConfigError`` naming the differing keys).
+A run directory written with a different configuration is refused (``ConfigError`` naming the differing keys);
+so is a non-empty folder that is not a run directory, and a run directory of another kind (``--out`` rule).
+
+Checkpoints and caches go through :func:`save_checked` / :func:`load_checked`: tensors and plain data only, behind
+a one-line header carrying the sha256 and length of the payload. The header is checked before anything is
+unpickled, and the payload is then read with ``torch.load(..., weights_only=True)``, so nothing in a run
+directory or cache can execute code (see docs/safety.md).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import os
+import re
+import shutil
+import sys
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, IntegrityError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
+RUN_MARKER = "testbed-run.json"
+EXPERIMENT_CONFIG_FILE = "config.resolved.yaml"  # pipelines.experiment's run directories (kind "experiment")
+MAX_JSON_BYTES = 16 * 1024 * 1024  # config/marker/metrics files are small; a bigger one is refused, not parsed
+
+CHECKED_MAGIC = b"TESTBED-CHECKED"
+_CHECKED_HEADER = re.compile(rb"TESTBED-CHECKED v1 sha256=([0-9a-f]{64}) bytes=([0-9]{1,15})\n")
+_HEADER_MAX = 128
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (the CLI's convention for things the user must know but that do not stop it)."""
+    print(f"testbed: warning: {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ atomic writes
@@ -54,9 +79,101 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` of tensors and plain data (checked), written atomically; loadable with ``weights_only=True``."""
+    check_plain_data(obj)
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------ checked files
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_plain_data(obj: Any, where: str = "") -> None:
+    """Raise TypeError unless ``obj`` is tensors and plain data only (dict/list/tuple of str, int, float, bool,
+    None and plain tensors): what ``torch.load(weights_only=True)`` reads back unchanged."""
+    if type(obj) in _PLAIN_SCALARS:  # exact types: a str subclass (e.g. torch.__version__) is not plain data
+        return
+    if type(obj) in (torch.Tensor, torch.nn.Parameter):
+        return
+    if isinstance(obj, (dict, OrderedDict)) and type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint data at {where or '<root>'}: key {k!r} is not a str or int")
+            check_plain_data(v, f"{where}.{k}" if where else str(k))
+        return
+    if type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            check_plain_data(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"checkpoint data at {where or '<root>'} is a {type(obj).__name__}: only tensors and plain "
+                    "data (dict, list, tuple, str, int, float, bool, None) may be stored")
+
+
+def checked_bytes(obj: Any) -> bytes:
+    """The bytes :func:`save_checked` writes: a one-line header (sha256 and length of the payload), then the
+    payload (``torch.save`` of ``obj``, which must be tensors and plain data)."""
+    check_plain_data(obj)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    header = b"%s v1 sha256=%s bytes=%d\n" % (CHECKED_MAGIC, hashlib.sha256(payload).hexdigest().encode(), len(payload))
+    return header + payload
+
+
+def save_checked(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` (tensors and plain data only) to ``path`` atomically, with a checksum header."""
+    return atomic_write_bytes(path, checked_bytes(obj))
+
+
+def _unsafe_reason(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Unsupported global" in ln or "Unsupported operand" in ln:
+            return ln[:200]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def load_checked(path: str | Path, *, what: str = "file", expect: type | None = None) -> Any:
+    """Read a file written by :func:`save_checked`: the header's length and sha256 are checked before any byte is
+    unpickled, then the payload is loaded with ``weights_only=True`` (tensors and plain data, no code).
+
+    Raises IntegrityError naming the file: ``damaged=True`` for a truncated / altered / badly-headed file of ours,
+    ``damaged=False`` for a file without our header (older testbed, or planted) or whose content is not plain data.
+    ``expect``: the type the top-level object must have (e.g. ``dict``)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise IntegrityError(f"{what} {p} could not be read ({exc.strerror or exc})", path=p) from None
+    if not data.startswith(CHECKED_MAGIC):
+        raise IntegrityError(
+            f"{what} {p} has no testbed checksum header: it was written by an older testbed or by someone else, "
+            "and was not loaded (nothing in it ran); delete it to rebuild it", path=p)
+    newline = data.find(b"\n", 0, _HEADER_MAX)
+    m = _CHECKED_HEADER.fullmatch(data[: newline + 1]) if newline >= 0 else None
+    if m is None:
+        raise IntegrityError(f"{what} {p} is damaged (its checksum header is unreadable); it was not loaded",
+                             path=p, damaged=True)
+    payload = memoryview(data)[newline + 1:]
+    expected = int(m.group(2))
+    if len(payload) != expected:
+        how = (f"truncated: {len(payload)} of {expected} bytes" if len(payload) < expected
+               else f"{len(payload) - expected} bytes longer than written")
+        raise IntegrityError(f"{what} {p} is damaged ({how}); it was not loaded", path=p, damaged=True)
+    if hashlib.sha256(payload).hexdigest().encode() != m.group(1):
+        raise IntegrityError(f"{what} {p} is damaged (sha256 mismatch: its content changed after it was written); "
+                             "it was not loaded", path=p, damaged=True)
+    try:
+        obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the safe unpickler refused it (or torch could not parse it)
+        raise IntegrityError(f"{what} {p} holds something other than tensors and plain data and was not loaded "
+                             f"({_unsafe_reason(exc)})", path=p) from None
+    if expect is not None and not isinstance(obj, expect):
+        raise IntegrityError(f"{what} {p} holds a {type(obj).__name__}, expected a {expect.__name__}; it was not "
+                             "loaded", path=p)
+    return obj
 
 
 def _jsonable(x: Any) -> Any:
@@ -73,6 +190,99 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """A small JSON file of ours (config, marker, metrics): size-bounded, UTF-8, nesting-bounded; ConfigError
+    naming the file otherwise."""
+    from testbed.inputs import load_json  # the one input boundary (no FIFO blocks, strict UTF-8, bounded nesting)
+
+    return load_json(Path(path), what=what, max_bytes=MAX_JSON_BYTES)
+
+
+# ------------------------------------------------------------------------------------------------ --out rule
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _os_reason(exc: OSError, path: Path) -> str:
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    return {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only file system", errno.ENOSPC: "disk full",
+            errno.ENAMETOOLONG: "name too long"}.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def run_dir_kind(path: str | Path) -> str | None:
+    """The kind of run directory ``path`` is (``"patch"``, ``"sticker"``, ``"eyeglass"``, ``"experiment"`` ...),
+    from its marker, or for one written before markers existed from its config file; None if it is not one."""
+    p = Path(path)
+    marker = p / RUN_MARKER
+    if marker.is_file():
+        data = read_json_file(marker, "run-directory marker")
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if not isinstance(kind, str) or not kind:
+            raise ConfigError(f"run-directory marker {marker} names no kind; use a new --out folder")
+        return kind
+    if (p / CONFIG_FILE).is_file():
+        try:
+            cfg = read_json_file(p / CONFIG_FILE, "run configuration")
+        except ConfigError:
+            return None  # someone else's config.json
+        if isinstance(cfg, dict) and isinstance(cfg.get("attack"), str):
+            return cfg["attack"]  # a run directory written before the marker existed
+        return None
+    if (p / EXPERIMENT_CONFIG_FILE).is_file():
+        return "experiment"
+    return None
+
+
+def claim_run_dir(path: str | Path, kind: str, *, error: type[ConfigError] = ConfigError) -> bool:
+    """Apply the ``--out`` rule and make ``path`` a run directory of ``kind``.
+
+    Returns True when ``path`` already is a run directory of this kind (resume), False when it was missing or
+    empty (created, marker written). Raises ``error`` naming the folder, with nothing written, when ``path`` is a
+    file, a non-empty folder that is not a run directory, a run directory of another kind, or cannot be created
+    or written (parent is a file, no permission)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise error(f"--out {p} exists and is a file, not a folder; give a new or empty folder")
+    if p.is_dir():
+        found = run_dir_kind(p)
+        if found is not None:
+            if found != kind:
+                raise error(f"--out {p} is {_article(found)} {found} run directory, not {_article(kind)} {kind} "
+                            f"one; use a new --out folder (or the {found} command to resume it)")
+            if not (p / RUN_MARKER).is_file():  # an older run directory of this kind: adopt it
+                _write_marker(p, kind, error)
+            return True
+        try:
+            entries = next(os.scandir(p), None)
+        except OSError as exc:
+            raise error(f"--out {p} cannot be read ({_os_reason(exc, p)}); give a folder you can write") from None
+        if entries is not None:
+            raise error(f"--out {p} is not empty and is not {_article(kind)} {kind} run directory (no {RUN_MARKER}); "
+                        "give a new or empty folder — nothing was written there")
+    created = next((a for a in reversed([p, *p.parents]) if not a.exists()), None)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot create run directory {p}: {_os_reason(exc, p)}; nothing was written") from None
+    try:
+        _write_marker(p, kind, error)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return False
+
+
+def _write_marker(path: Path, kind: str, error: type[ConfigError]) -> None:
+    try:
+        atomic_write_json(path / RUN_MARKER, {"kind": kind, "format": 1, "written_by": "testbed"})
+    except OSError as exc:
+        raise error(f"cannot write to run directory {path}: {_os_reason(exc, path)}; nothing was written") from None
 
 
 # ------------------------------------------------------------------------------------------------ config diff
@@ -98,24 +308,29 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()
 
 
 # ------------------------------------------------------------------------------------------------ run dir
-class RunDir:
-    """A run directory bound to one resolved configuration.
+_STEP_NAME = re.compile(r"step_([0-9]{8,})\.pt")
 
-    ``RunDir(path, config)`` creates it (writing ``config.json``/``config.yaml``) or reopens it; reopening with a
-    configuration that differs in any key other than ``ignore`` raises ConfigError naming the keys.
+
+class RunDir:
+    """A run directory bound to one resolved configuration and one kind of run.
+
+    ``RunDir(path, config)`` creates it (marker, ``config.json``/``config.yaml``) or reopens it; ``kind`` defaults to
+    ``config["attack"]`` (``patch``, ``sticker``, ``eyeglass``). Refused with ConfigError, nothing written: a
+    non-empty folder that is not a run directory, a run directory of another kind, an uncreatable path, and
+    reopening with a configuration that differs in any key other than ``ignore`` (the message names the keys).
     """
 
-    def __init__(self, path: str | Path, config: dict[str, Any], *, ignore: Iterable[str] = ()) -> None:
+    def __init__(self, path: str | Path, config: dict[str, Any], *, ignore: Iterable[str] = (),
+                 kind: str | None = None) -> None:
         self.path = Path(path)
         self.config = json.loads(json.dumps(_jsonable(config)))
+        self.kind = kind or str(self.config.get("attack") or "run")
         cfg_file = self.path / CONFIG_FILE
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"run directory {self.path} exists and is not a folder")
+        claim_run_dir(self.path, self.kind)
         if cfg_file.is_file():
-            try:
-                old = json.loads(cfg_file.read_text())
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{cfg_file} is not valid JSON ({exc}); use a fresh run directory") from None
+            old = read_json_file(cfg_file, "run configuration")
+            if not isinstance(old, dict):
+                raise ConfigError(f"run configuration {cfg_file} is not a JSON object; use a fresh --out directory")
             diff = config_diff(old, self.config, ignore)
             if diff:
                 shown = ", ".join(f"{k} ({flatten(old).get(k, '<absent>')!r} -> {flatten(self.config).get(k, '<absent>')!r})" for k in diff[:10])
@@ -124,7 +339,6 @@ class RunDir:
                     "Use a fresh --out directory, or the same configuration to resume"
                 )
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_json(cfg_file, self.config)
             try:
                 import yaml
@@ -144,19 +358,44 @@ class RunDir:
         return sorted(self.checkpoint_dir.glob("step_*.pt"))
 
     def save_checkpoint(self, state: dict[str, Any], step: int, *, keep: int = 2) -> Path:
-        """Write ``state`` as checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
-        path = atomic_torch_save({"step": int(step), **state}, self.checkpoint_dir / f"step_{int(step):08d}.pt")
+        """Write ``state`` (tensors and plain data) as checkpoint ``step``, checksummed and atomically; keep the
+        newest ``keep`` checkpoints."""
+        path = save_checked({"step": int(step), **state}, self.checkpoint_dir / f"step_{int(step):08d}.pt")
         for old in self.checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
         return path
 
-    def latest_checkpoint(self) -> dict[str, Any] | None:
-        """The newest readable checkpoint, or None."""
+    def latest_checkpoint(self, *, announce: Callable[[str], None] = warn) -> dict[str, Any] | None:
+        """The newest intact checkpoint, or None when there is none.
+
+        A damaged checkpoint (truncated, altered: checksum or length mismatch) is announced by name through
+        ``announce`` (a warning line on stderr) and the previous one is tried; the fallback is announced too. When
+        checkpoints exist but none is intact, IntegrityError (no silent restart from step 0). A file that is not a
+        checkpoint of ours (no checksum header: an older testbed's, or planted) or whose content is not tensors and
+        plain data raises IntegrityError at once: it is never unpickled with code execution allowed."""
+        damaged: list[IntegrityError] = []
         for path in reversed(self.checkpoints()):
             try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:  # noqa: BLE001 - a corrupt checkpoint: fall back to the previous one
+                state = load_checked(path, what="checkpoint", expect=dict)
+            except IntegrityError as exc:
+                if not exc.damaged:
+                    raise IntegrityError(f"{exc}. Remove it (or the whole {self.checkpoint_dir} folder to restart "
+                                         "from step 0), or use a new --out folder", path=path) from None
+                damaged.append(exc)
+                announce(f"{exc}; trying the previous checkpoint")
                 continue
+            m = _STEP_NAME.fullmatch(path.name)
+            if m is None or state.get("step") != int(m.group(1)):
+                raise IntegrityError(f"checkpoint {path} says step {state.get('step')!r}, which does not match its "
+                                     "name; it was not used. Remove it, or use a new --out folder", path=path)
+            if damaged:
+                announce(f"resuming {self.path} from {path.name} (step {state['step']}) instead of the damaged "
+                         f"{', '.join(Path(str(e.path)).name for e in damaged)}")
+            return state
+        if damaged:
+            raise IntegrityError(
+                f"no intact checkpoint in {self.checkpoint_dir} ({'; '.join(str(e) for e in damaged)}). Delete that "
+                "folder to restart from step 0, or use a new --out folder", path=self.checkpoint_dir, damaged=True)
         return None
 
     # -- outputs
@@ -179,6 +418,7 @@ class RunDir:
         return out
 
     def save_tensors(self, name: str, data: Any) -> Path:
+        """An output file ``<name>.pt`` (plain ``torch.save`` of tensors and plain data; never loaded back here)."""
         return atomic_torch_save(data, self.path / f"{name}.pt")
 
     def save_metrics(self, metrics: dict[str, Any]) -> Path:
@@ -186,7 +426,7 @@ class RunDir:
 
     def load_metrics(self) -> dict[str, Any] | None:
         p = self.path / METRICS_FILE
-        return json.loads(p.read_text()) if p.is_file() else None
+        return read_json_file(p, "metrics file") if p.is_file() else None
 
 
 def generator_state(generator: torch.Generator) -> torch.Tensor:

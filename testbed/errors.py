@@ -32,3 +32,18 @@ class ConfigError(TestbedError, ValueError):
 
 class SourceError(TestbedError, RuntimeError):
     """A frame source could not be opened or read."""
+
+
+class IntegrityError(TestbedError, ValueError):
+    """A checkpoint or cache file failed its integrity check and was not loaded.
+
+    ``damaged`` is true when the file carries the testbed's checksum header but its content no longer matches it
+    (truncated, bit-flipped, damaged header): a resume may fall back to an older checkpoint. It is false for a file
+    that never carried the header (an older testbed's file, or a planted one) or whose checksummed content is not
+    tensors and plain data: those are refused outright. ``path`` names the file.
+    """
+
+    def __init__(self, message: str, *, path: object = None, damaged: bool = False) -> None:
+        super().__init__(message)
+        self.path = path
+        self.damaged = damaged

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from pipelines.defences import DefenceError
 from pipelines.defences.adaptive import (AttackSpec, MaskingReport, batched_attack, detector_aware_pgd, fgsm,
                                          masking_checks, pgd)
-from pipelines.defences.training import DEFAULT_CACHE, heldout_data, load_defence
+from pipelines.defences.training import DEFAULT_CACHE, _load_cache, heldout_data, load_defence
 from testbed.stats import wilson
 from testbed.machine import machine_line
 

@@ -23,11 +23,9 @@ Methods (``method=``):
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,7 +179,7 @@ def training_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[T
 
     path = Path(cache_dir) / f"data_train_n{n}_s{seed}.pt"
     if path.is_file():
-        d = torch.load(path, weights_only=True)
+        d = _load_cache(path, "defence training-data cache")
         return d["images"], d["labels"]
     ds = generate_dataset(DatasetConfig(n=n, split="train", seed=seed))
     _atomic_save({"images": ds.images, "labels": ds.labels}, path)
@@ -194,7 +192,7 @@ def heldout_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Te
 
     path = Path(cache_dir) / f"data_heldout_n{n}_s{seed}.pt"
     if path.is_file():
-        d = torch.load(path, weights_only=True)
+        d = _load_cache(path, "defence held-out-data cache")
         return d["images"], d["labels"]
     ds = generate_dataset(DatasetConfig(n=n, split="heldout", seed=seed))
     _atomic_save({"images": ds.images, "labels": ds.labels}, path)
@@ -202,17 +200,22 @@ def heldout_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Te
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    os.close(fd)
+    """A cache file: tensors and plain data behind a checksum header, written atomically (physical.runs)."""
+    from physical.runs import save_checked
+
+    save_checked(obj, path)
+
+
+def _load_cache(path: Path, what: str) -> dict[str, Any]:
+    """A cache file written by :func:`_atomic_save`: checksum checked before unpickling, then loaded with
+    ``weights_only=True``; IntegrityError naming the file (and saying to delete it) otherwise."""
+    from physical.runs import load_checked
+    from testbed.errors import IntegrityError
+
     try:
-        Path(tmp).write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return load_checked(path, what=what, expect=dict)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}. Delete it to rebuild the cache", path=exc.path, damaged=exc.damaged) from None
 
 
 # ------------------------------------------------------------------------------------------------ inner attacks
@@ -330,7 +333,7 @@ def train_defence(name: str, config: DefenceTrainConfig, *, cache_dir: Path = DE
     cache_dir = Path(cache_dir)
     path = cache_dir / f"{name}.pt"
     if path.is_file() and not force:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = _load_cache(path, "defence model cache")
         if ckpt.get("config") == config.to_dict():
             model = _model_from_ckpt(ckpt)
             return TrainedDefence(name, model, config, ckpt.get("history", []), ckpt.get("train_seconds", 0.0),
@@ -386,7 +389,7 @@ def train_defence(name: str, config: DefenceTrainConfig, *, cache_dir: Path = DE
     model = model.cpu().eval()
     seconds = time.time() - t0
     _atomic_save({"state_dict": model.state_dict(), "config": config.to_dict(), "history": history,
-                  "train_seconds": seconds, "torch": torch.__version__}, path)
+                  "train_seconds": seconds, "torch": str(torch.__version__)}, path)
     return TrainedDefence(name, model, config, history, seconds, path)
 
 
@@ -451,7 +454,7 @@ def load_defence(name: str, cache_dir: Path = DEFAULT_CACHE) -> nn.Module:
     path = Path(cache_dir) / f"{name}.pt"
     if not path.is_file():
         raise DefenceError(f"defended model {name!r} not found at {path}; train it with `testbed defences train`")
-    model = _model_from_ckpt(torch.load(path, map_location="cpu", weights_only=False))
+    model = _model_from_ckpt(_load_cache(path, "defence model cache"))
     for p in model.parameters():
         p.requires_grad_(False)
     return model
