@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import ConfigError, TestbedError
+from testbed import cli_types
+from testbed.errors import ConfigError, SourceError, TestbedError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,13 +19,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "rtsp://...). With --simulate SHEET.json, photograph that printout with the simulated camera.")
     p.add_argument("source", nargs="?", help="device index, file, folder, glob or URL")
     p.add_argument("--simulate", metavar="SHEET_JSON", help="printout sidecar to photograph with the simulated camera")
-    p.add_argument("--page", type=int, default=0, help="--simulate: page index of the sheet")
-    p.add_argument("--seed", type=int, default=0, help="--simulate: seed of the camera draws")
-    p.add_argument("--render-dpi", type=float, default=150.0, help="--simulate: dpi to rasterise the PDF at")
-    p.add_argument("--out", required=True, help="folder for frame_NNNNNN.png and frames.json")
-    p.add_argument("--frames", type=int, default=10, help="number of frames to save (0: until the source ends)")
-    p.add_argument("--every-s", type=float, default=0.0, help="minimum seconds between saved frames")
-    p.add_argument("--timeout-s", type=float, default=10.0, help="open/read timeout for devices and streams")
+    p.add_argument("--page", type=cli_types.integer(0, 10_000), default=0, help="--simulate: page index of the sheet")
+    p.add_argument("--seed", type=cli_types.seed, default=0, help="--simulate: seed of the camera draws")
+    p.add_argument("--render-dpi", type=cli_types.number(0.0, 1200.0, lo_open=True), default=150.0,
+                   help="--simulate: dpi to rasterise the PDF at, in (0, 1200]")
+    p.add_argument("--out", required=True, type=cli_types.output_dir,
+                   help="folder for frame_NNNNNN.png and frames.json")
+    p.add_argument("--frames", type=cli_types.count_or_zero, default=10,
+                   help="number of frames to save (0: until the source ends)")
+    p.add_argument("--every-s", type=cli_types.number(0.0, cli_types.MAX_SECONDS), default=0.0,
+                   help="minimum seconds between saved frames")
+    p.add_argument("--timeout-s", type=cli_types.seconds, default=10.0,
+                   help="open/read timeout for devices and streams")
     p.add_argument("--convert-images", action="store_true", help="convert grayscale/RGBA/16-bit explicitly")
     p.set_defaults(func=run_capture)
 
@@ -35,13 +41,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("inputs", nargs="+", help="photos: files, folders or globs")
     r.add_argument("--sheet", required=True, help="printout sidecar JSON (from `testbed print`)")
     r.add_argument("--object", help="object name in the sidecar (default: the first)")
-    r.add_argument("--out", required=True)
-    r.add_argument("--px-per-mm", type=float, help="output resolution (default: the object's own pixels)")
-    r.add_argument("--min-markers", type=int, default=3)
-    r.add_argument("--max-tilt-deg", type=float, default=70.0)
-    r.add_argument("--palette-out", help="chart only: write the measured palette here (.json or .csv)")
+    r.add_argument("--out", required=True, type=cli_types.output_dir)
+    r.add_argument("--px-per-mm", type=cli_types.number(0.0, 100.0, lo_open=True),
+                   help="output resolution in (0, 100] (default: the object's own pixels)")
+    r.add_argument("--min-markers", type=cli_types.integer(1, 4), default=3, help="1..4 (default 3)")
+    r.add_argument("--max-tilt-deg", type=cli_types.number(0.0, 90.0, lo_open=True, hi_open=True), default=70.0,
+                   help="in (0, 90) degrees")
+    r.add_argument("--palette-out", type=_palette_out,
+                   help="chart only: write the measured palette here (.json or .csv)")
     r.add_argument("--convert-images", action="store_true")
     r.set_defaults(func=run_rectify)
+
+
+def _palette_out(text: str) -> str:
+    if Path(text).suffix.lower() not in (".json", ".csv"):
+        raise argparse.ArgumentTypeError(f"must end in .json or .csv, got {text!r}")
+    return cli_types.output_file(text)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -53,56 +68,77 @@ def _write_json(path: Path, obj: Any) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _simulated_source(args: argparse.Namespace):
+def _simulated_source(args: argparse.Namespace, n_frames: int | None):
     from camera.simulated import SimulatedCamera
     from printouts.sheets import rasterize_pdf
 
+    from camera.rectify import load_sheet, sheet_pdf
+
     side_path = Path(args.simulate)
-    if not side_path.is_file():
-        raise ConfigError(f"sheet sidecar {side_path} does not exist")
-    side = json.loads(side_path.read_text())
-    pdf = side_path.parent / side.get("files", {}).get("pdf", "")
-    if not pdf.is_file():
-        raise ConfigError(f"{side_path} names PDF {pdf}, which does not exist next to it")
+    side = load_sheet(side_path, need=("objects", "page", "files"))  # the input boundary: every key checked
+    pdf = sheet_pdf(side_path, side)  # refuses a PDF whose sha256 differs from the sidecar's
     pages = side["page"]["pages"]
     if not 0 <= args.page < len(pages):
         raise ConfigError(f"--page {args.page}: the sheet has {len(pages)} page(s)")
     pg = pages[args.page]
     raster = rasterize_pdf(pdf, args.render_dpi, args.page)
     return SimulatedCamera(raster, (pg["width_mm"], pg["height_mm"]), seed=args.seed,
-                           n_frames=args.frames or None, objects=side["objects"], dpi=args.render_dpi,
+                           n_frames=n_frames, objects=side["objects"], dpi=args.render_dpi,
                            page_index=args.page)
 
 
 def run_capture(args: argparse.Namespace) -> int:
+    """Handler of ``testbed capture``: save ``--frames`` frames (counted as saved, after ``--every-s``).
+
+    frames.json always lists exactly the PNGs saved: after a normal end, and also when the source fails or the
+    command is interrupted part-way (then with ``"complete": false`` and the reason), so the saved frames stay
+    usable; a failing source then exits with status 2 naming the failure.
+    """
     from camera.sources import open_source
     from testbed.imageio import save_image
 
     if (args.source is None) == (args.simulate is None):
         raise ConfigError("give exactly one of SOURCE or --simulate SHEET_JSON")
-    if args.frames < 0:
-        raise ConfigError(f"--frames must be >= 0, got {args.frames}")
+    # The source may deliver more frames than are saved (--every-s skips some): it is never capped by --frames.
+    read_cap = (args.frames or None) if args.every_s == 0 else None
     if args.simulate:
-        src = _simulated_source(args)
+        src = _simulated_source(args, read_cap)
     else:
-        src = open_source(args.source, convert=args.convert_images, max_frames=args.frames or None,
-                          timeout_s=args.timeout_s)
+        src = open_source(args.source, convert=args.convert_images, max_frames=read_cap, timeout_s=args.timeout_s)
     src.open()  # fail before creating the output folder
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    index, last = [], -1e9
-    with src:
-        for frame in src:
-            if args.every_s > 0 and frame.timestamp - last < args.every_s:
-                continue
-            last = frame.timestamp
-            name = f"frame_{len(index):06d}.png"
-            save_image(frame.image, out / name)
-            index.append({"file": name, "seq": frame.seq, "timestamp": frame.timestamp, "source": frame.source,
-                          "meta": frame.meta})
-    _write_json(out / "frames.json", {"source": src.name, "frames": index, "saved_at": time.time()})
-    print(f"saved {len(index)} frame(s) from {src.name} to {out}")
-    return 0
+    index: list[dict[str, Any]] = []
+    last = -1e18
+    failure: BaseException | None = None
+    try:
+        with src:
+            for frame in src:
+                if args.every_s > 0 and frame.timestamp - last < args.every_s:
+                    continue
+                last = frame.timestamp
+                name = f"frame_{len(index):06d}.png"
+                save_image(frame.image, out / name)
+                index.append({"file": name, "seq": frame.seq, "timestamp": frame.timestamp, "source": frame.source,
+                              "meta": frame.meta})
+                if args.frames and len(index) >= args.frames:
+                    break
+    except (TestbedError, KeyboardInterrupt) as exc:
+        failure = exc
+    record: dict[str, Any] = {"source": src.name, "frames": index, "saved_at": time.time(),
+                              "complete": failure is None}
+    if failure is not None:
+        record["error"] = "interrupted" if isinstance(failure, KeyboardInterrupt) else cli_types.one_line(failure)
+    _write_json(out / "frames.json", record)
+    if failure is None:
+        print(f"saved {len(index)} frame(s) from {src.name} to {out}")
+        return 0
+    print(f"saved {len(index)} frame(s) from {src.name} to {out} before the source stopped (listed in "
+          f"{out / 'frames.json'})")
+    if isinstance(failure, KeyboardInterrupt):
+        raise failure
+    raise SourceError(f"{cli_types.one_line(failure)} (the {len(index)} frame(s) saved before it are kept and "
+                      f"listed in {out / 'frames.json'})") from None
 
 
 def run_rectify(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from testbed import cli_types
 from testbed.errors import ConfigError
 
 LINF_ATTACKS = ("fgsm", "step_ll", "bim", "iter_ll", "pgd")
@@ -31,13 +32,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--attack", required=True, help="attack name (see physical.attacks.list_attacks())")
     d.add_argument("--model", default="mobilenet_v2", help="registered model name (testbed models list)")
     d.add_argument("--image", required=True, help="image file or shipped photo name (e.g. chelsea)")
-    d.add_argument("--out", required=True, help="output folder (created)")
-    d.add_argument("--eps", type=float, help="budget: 0-255 scale for L∞ attacks; L2 radius for pgd_l2")
-    d.add_argument("--alpha", type=float, help="step size: 0-255 scale for L∞ attacks; L2 for pgd_l2")
-    d.add_argument("--steps", type=int, help="number of steps")
+    d.add_argument("--out", required=True, type=cli_types.output_dir, help="output folder (created)")
+    d.add_argument("--eps", type=cli_types.positive, help="budget: 0-255 scale for L∞ attacks; L2 radius for pgd_l2")
+    d.add_argument("--alpha", type=cli_types.positive, help="step size: 0-255 scale for L∞ attacks; L2 for pgd_l2")
+    d.add_argument("--steps", type=cli_types.count(), help="number of steps")
     d.add_argument("--target", help="target class (index or label name) for a targeted attack")
-    d.add_argument("--label", type=int, help="true label index (default: the model's clean prediction)")
-    d.add_argument("--seed", type=int, default=0, help="generator seed (random start, EOT)")
+    d.add_argument("--label", type=cli_types.count_or_zero,
+                   help="true label index (default: the model's clean prediction)")
+    d.add_argument("--seed", type=cli_types.seed, default=0, help="generator seed (random start, EOT)")
     d.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="other hyper-parameter (JSON value)")
     d.set_defaults(func=run_digital)
     return p
@@ -53,11 +55,17 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw  # a bare string such as norm=l2
+        except RecursionError:
+            raise ConfigError(f"--param {key}: the JSON value nests too deeply") from None
+        except ValueError:  # e.g. an integer of more than 4300 digits
+            raise ConfigError(f"--param {key}: the JSON value cannot be read (a number far too large?)") from None
     return out
 
 
 def _resolve_class(value: str, labels: Any) -> int:
     if value.lstrip("-").isdigit():
+        if len(value) > 12:
+            raise ConfigError(f"--target {value[:20]}... is not a class index of this model")
         idx = int(value)
     else:
         names = [str(n) for n in labels]
@@ -81,6 +89,13 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def _check_out(out: Path) -> None:
+    """Refuse a non-empty --out that holds no earlier digital-attack result (the user's own files stay untouched)."""
+    if out.is_dir() and not (out / "result.json").is_file() and next(out.iterdir(), None) is not None:
+        raise ConfigError(f"--out {out} is not empty and holds no earlier `testbed attack digital` result; give a new "
+                          "or empty folder (nothing was written there)")
+
+
 def run_digital(args: argparse.Namespace) -> int:
     """Handler of ``testbed attack digital``."""
     import numpy as np
@@ -94,6 +109,9 @@ def run_digital(args: argparse.Namespace) -> int:
 
     hp = _parse_params(args.param)
     scale = 1.0 if args.attack not in LINF_ATTACKS else 1.0 / 255.0
+    for opt, value in (("--eps", args.eps), ("--alpha", args.alpha)):
+        if value is not None and args.attack in LINF_ATTACKS and value > 255:
+            raise ConfigError(f"{opt} {value:g} is out of range for {args.attack}: give it on the 0-255 scale, in (0, 255]")
     if args.eps is not None:
         hp["eps"] = args.eps * scale
     if args.alpha is not None:
@@ -104,10 +122,14 @@ def run_digital(args: argparse.Namespace) -> int:
     attack = get_attack(args.attack, **hp)  # hyper-parameters are checked before the model is loaded
 
     entry = get_entry(args.model)
-    model = get_model(args.model)
+    target_index = _resolve_class(args.target, entry.labels) if args.target is not None else None
+    if args.label is not None and entry.labels and args.label >= len(entry.labels):
+        raise ConfigError(f"--label {args.label} is out of range [0, {len(entry.labels) - 1}]")
+    x = load_photo(args.image) if args.image in list_photos() else load_image(args.image)
+    _check_out(Path(args.out))
+    model = get_model(args.model)  # only once every option and the image are known to be good
     device = next(model.parameters()).device
 
-    x = load_photo(args.image) if args.image in list_photos() else load_image(args.image)
     h = entry.input_size[0]
     x = F.interpolate(x, size=round(h * 256 / 224), mode="bilinear", antialias=True).clamp(0, 1)
     x = center_crop(x, h).contiguous().to(device)
@@ -116,8 +138,8 @@ def run_digital(args: argparse.Namespace) -> int:
         clean_logits = model(x)
     label = torch.tensor([args.label if args.label is not None else int(clean_logits.argmax(1))], device=device)
     target = None
-    if args.target is not None:
-        target = torch.tensor([_resolve_class(args.target, entry.labels)], device=device)
+    if target_index is not None:
+        target = torch.tensor([target_index], device=device)
 
     t0 = time.perf_counter()
     result = attack(model, x, label, target=target, generator=torch.Generator().manual_seed(args.seed))

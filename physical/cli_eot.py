@@ -253,6 +253,7 @@ def run_patch(args: argparse.Namespace) -> int:
         placement={"area": [area_min, area_max], "rotation": args.rotation}, **_attack_kwargs(args),
     )
     scenes = torch.cat([_load_scene(n, size) for n in names])
+    cli_types.check_run_out(args.out, "patch")
     ensure_allocator(getattr(args, "allocator", "glibc"))
     model = get_model(args.model, device=device)
     scenes = scenes.to(device)
@@ -309,6 +310,7 @@ def run_sticker(args: argparse.Namespace) -> int:
     rgba = render_sign(args.sign, size)  # the sign at print resolution; the camera resamples to (h, w)
     sign = composite(rgba, background).clamp(0, 1)
     alpha = rgba[:, 3:4]
+    cli_types.check_run_out(args.out, "sticker")
     ensure_allocator(getattr(args, "allocator", "glibc"))
     model = get_model(args.model, device=device)
     t0 = time.perf_counter()

@@ -101,6 +101,7 @@ def run_eyeglass(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     photos = [_load(w) for w in args.wearer]  # every photo is read (and refused by name) before the model loads
     target_photos = [_load(t) for t in args.target or []]
+    cli_types.check_run_out(args.out, "eyeglass")
     model = load_face_descriptor()
     device = next(model.parameters()).device
     chips, faces = align_wearer(photos)

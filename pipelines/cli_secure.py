@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
+
+from testbed import cli_types
 
 
 def _cmd_secure_eval(args: argparse.Namespace) -> int:
@@ -31,26 +32,32 @@ def add_parser(subparsers) -> None:
         "secure-eval",
         help="secure capture path end to end on MobileNetV2: tamperer with/without protection, patch, multi-path",
     )
-    p.add_argument("--frames", type=int, default=50, help="frames cut from the shipped photos (default 50, max 80)")
-    p.add_argument("--eps", type=float, default=8.0, help="PGD L-inf budget on the 0-255 scale (default 8)")
-    p.add_argument("--steps", type=int, default=5, help="PGD steps (step 2/255; default 5)")
+    p.add_argument("--frames", type=cli_types.count(80), default=50,
+                   help="frames cut from the shipped photos (default 50, max 80)")
+    p.add_argument("--eps", type=cli_types.number(0.0, 255.0, lo_open=True), default=8.0,
+                   help="PGD L-inf budget on the 0-255 scale, in (0, 255] (default 8)")
+    p.add_argument("--steps", type=cli_types.count(), default=5, help="PGD steps (step 2/255; default 5)")
     p.add_argument("--patch", choices=("universal", "masked-pgd", "none"), default="universal",
                    help="patch in the scene: EOT UniversalPatch, per-frame masked PGD (fallback), or none")
-    p.add_argument("--patch-steps", type=int, default=60, help="patch optimisation steps (default 60)")
-    p.add_argument("--patch-batch", type=int, default=8, help="universal patch: EOT draws per step (default 8)")
-    p.add_argument("--patch-area", type=float, default=0.12, help="fraction of the frame the patch covers")
+    p.add_argument("--patch-steps", type=cli_types.count(), default=60, help="patch optimisation steps (default 60)")
+    p.add_argument("--patch-batch", type=cli_types.batch, default=8,
+                   help="universal patch: EOT draws per step (default 8)")
+    p.add_argument("--patch-area", type=cli_types.fraction, default=0.12,
+                   help="fraction of the frame the patch covers, in (0, 1]")
     p.add_argument("--no-multipath", action="store_true", help="skip the multi-path experiment")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="docs/reports/secure-path", help="output folder (default docs/reports/secure-path)")
+    p.add_argument("--seed", type=cli_types.seed, default=0)
+    p.add_argument("--out", default="docs/reports/secure-path", type=cli_types.output_dir,
+                   help="output folder (default docs/reports/secure-path)")
     p.set_defaults(func=_cmd_secure_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.cli_secure secure-eval ...`` (the same as ``testbed secure-eval ...``)."""
-    parser = argparse.ArgumentParser(prog="testbed")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    import sys
+
+    from testbed.cli import main as testbed_main
+
+    return testbed_main(argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from testbed import cli_types
 from testbed.errors import ConfigError
 
 KINDS = ("patch", "stickers", "glasses", "poster", "chart")
@@ -18,21 +18,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--image", help="perturbation: lossless PNG or .pt tensor (1x3xHxW in [0, 1])")
     p.add_argument("--mask", help="mask PNG (white = sticker/frame pixels), same size as --image")
-    p.add_argument("--width-mm", type=float, help="printed width (patch/glasses/poster); glasses default 140, "
-                                                     "poster default 750")
-    p.add_argument("--height-mm", type=float, help="printed height (default: keep aspect)")
-    p.add_argument("--sign-width-mm", type=float, help="stickers: width of the whole sign the image covers")
-    p.add_argument("--overlap-mm", type=float, default=15.0, help="poster: tile overlap")
-    p.add_argument("--levels", type=int, default=5, help="chart: RGB cube levels per channel")
-    p.add_argument("--patch-mm", type=float, default=10.0, help="chart: patch side")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--name", help="file stem (default: the kind)")
-    p.add_argument("--dpi", type=float, default=300.0)
+    p.add_argument("--width-mm", type=cli_types.millimetres,
+                   help="printed width (patch/glasses/poster); glasses default 140, poster default 750")
+    p.add_argument("--height-mm", type=cli_types.millimetres, help="printed height (default: keep aspect)")
+    p.add_argument("--sign-width-mm", type=cli_types.millimetres,
+                   help="stickers: width of the whole sign the image covers")
+    p.add_argument("--overlap-mm", type=cli_types.millimetres_or_zero, default=15.0, help="poster: tile overlap")
+    p.add_argument("--levels", type=cli_types.integer(2, 16), default=5,
+                   help="chart: RGB cube levels per channel, 2..16")
+    p.add_argument("--patch-mm", type=cli_types.millimetres, default=10.0, help="chart: patch side")
+    p.add_argument("--out", required=True, type=cli_types.output_dir, help="output folder")
+    p.add_argument("--name", type=cli_types.file_name, help="file stem (default: the kind)")
+    p.add_argument("--dpi", type=cli_types.number(0.0, 2400.0, lo_open=True), default=300.0,
+                   help="PNG resolution, in (0, 2400]")
     p.add_argument("--page", default="A4", help="A4, Letter, A3, ... or WIDTHxHEIGHT in mm")
-    p.add_argument("--margin-mm", type=float, default=10.0)
-    p.add_argument("--marker-mm", type=float, help="ArUco marker side (default: from the object size)")
-    p.add_argument("--marker-id-base", type=int, help="first marker id (default 0; chart 4)")
-    p.add_argument("--seed", type=int, help="seed of the run that made the perturbation (provenance)")
+    p.add_argument("--margin-mm", type=cli_types.millimetres_or_zero, default=10.0)
+    p.add_argument("--marker-mm", type=cli_types.millimetres, help="ArUco marker side (default: from the object size)")
+    p.add_argument("--marker-id-base", type=cli_types.integer(0, 1_000_000),
+                   help="first marker id (default 0; chart 4)")
+    p.add_argument("--seed", type=cli_types.seed, help="seed of the run that made the perturbation (provenance)")
     p.add_argument("--palette", help="palette used by the NPS loss (provenance)")
     p.add_argument("--no-png", action="store_true", help="write only the PDF and sidecar")
     p.set_defaults(func=run)
@@ -40,14 +44,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _seed_from_run(image: Path) -> int | None:
+    """The seed recorded in the run folder the image comes from (provenance only: an unreadable file is skipped)."""
+    from testbed.inputs import load_json
+
     for name in ("config.json", "run.json"):
         f = image.parent / name
         if f.is_file():
             try:
-                seed = json.loads(f.read_text()).get("seed")
-            except (json.JSONDecodeError, AttributeError):
+                data = load_json(f, what="run file")
+            except ConfigError:
                 continue
-            if isinstance(seed, int):
+            seed = data.get("seed") if isinstance(data, dict) else None
+            if isinstance(seed, int) and not isinstance(seed, bool):
                 return seed
     return None
 
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     seed = args.seed
     image = None
+    sheets.page_size_mm(args.page)  # a bad --page is refused before any image is read
     if args.kind != "chart":
         if not args.image:
             raise ConfigError(f"`print {args.kind}` needs --image (the perturbation PNG or .pt)")

