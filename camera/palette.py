@@ -80,31 +80,51 @@ def _check_colors(arr: np.ndarray, where: str) -> np.ndarray:
 
 
 def read_palette(path: str | Path) -> Palette:
-    """Read a palette JSON/CSV file."""
+    """Read a palette JSON/CSV file (through ``testbed.inputs``: size, UTF-8, nesting and every colour checked)."""
+    from testbed.inputs import color_triples, load_json, read_text
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"palette file {p} does not exist")
-    if p.suffix.lower() == ".json":
+    where = f"palette file {p}"
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        doc = load_json(p, what="palette file")
+        if isinstance(doc, dict):
+            if "colors" not in doc:
+                raise ConfigError(f"{where} has no 'colors' list")
+            cols, intended, meta = doc["colors"], doc.get("intended"), doc.get("meta", {})
+        elif isinstance(doc, list):
+            cols, intended, meta = doc, None, {}
+        else:
+            raise ConfigError(f"{where} must hold a JSON object with a 'colors' list (or a list of [r, g, b]), "
+                              f"got {type(doc).__name__}")
+        colors = _check_colors(color_triples(cols, where=where), where)
+        if intended is not None:
+            intended = color_triples(intended, where=where, key="intended").astype(np.float32)
+            if len(intended) != len(colors):
+                raise ConfigError(f"{where}: 'intended' has {len(intended)} colours but 'colors' has {len(colors)}")
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
+        return Palette(colors, intended, meta)
+    if suffix == ".csv":
+        text = read_text(p, what="palette file")
         try:
-            doc = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"palette file {p} is not valid JSON: {exc}") from None
-        cols = doc.get("colors") if isinstance(doc, dict) else doc
-        if cols is None:
-            raise ConfigError(f"palette file {p} has no 'colors' list")
-        intended = doc.get("intended") if isinstance(doc, dict) else None
-        return Palette(_check_colors(np.asarray(cols, np.float64), str(p)),
-                       None if intended is None else np.asarray(intended, np.float32),
-                       doc.get("meta", {}) if isinstance(doc, dict) else {})
-    if p.suffix.lower() == ".csv":
-        rows = list(csv.reader(p.read_text().splitlines()))
-        if rows and rows[0][:3] == ["r", "g", "b"]:
+            rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), 1) if r]
+        except csv.Error as exc:
+            raise ConfigError(f"{where} is not valid CSV: {exc}") from None
+        if rows and [v.strip().lower() for v in rows[0][1][:3]] == ["r", "g", "b"]:
             rows = rows[1:]
-        try:
-            arr = np.asarray([[float(v) for v in r[:3]] for r in rows if r], np.float64)
-        except ValueError as exc:
-            raise ConfigError(f"palette file {p}: {exc}") from None
-        return Palette(_check_colors(arr, str(p)))
+        values = []
+        for n, r in rows:
+            if len(r) < 3:
+                raise ConfigError(f"{where} line {n}: {len(r)} value(s); each row needs r,g,b")
+            row = []
+            for v in r[:3]:
+                try:
+                    row.append(float(v))
+                except ValueError:
+                    raise ConfigError(f"{where} line {n}: {v.strip()[:30]!r} is not a number") from None
+            values.append(row)
+        return Palette(_check_colors(color_triples(values, where=where), where))
     raise ConfigError(f"palette file {p} must end in .json or .csv")
 
 

@@ -6,7 +6,6 @@ when the view is too oblique (estimated tilt from the homography's local anisotr
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,37 +45,190 @@ class ObjectSpec:
     record: dict[str, Any] = field(default_factory=dict)  # the full sidecar object record
 
     @staticmethod
-    def from_record(rec: dict[str, Any]) -> "ObjectSpec":
-        try:
-            markers = {int(m["id"]): np.asarray(m["corners_mm"], np.float64).reshape(4, 2) for m in rec["markers"]}
-            return ObjectSpec(str(rec["name"]), float(rec["width_mm"]), float(rec["height_mm"]),
-                              int(rec["width_px"]), int(rec["height_px"]), str(rec["dictionary"]), markers, rec)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"sheet object record is malformed ({exc!r}); expected a printouts sidecar") from None
+    def from_record(rec: dict[str, Any], where: str = "sheet object record") -> "ObjectSpec":
+        """An ObjectSpec from a sidecar object record, every field checked (ConfigError names the field)."""
+        rec = check_object_record(rec, where)
+        markers = {int(m["id"]): np.asarray(m["corners_mm"], np.float64).reshape(4, 2) for m in rec["markers"]}
+        return ObjectSpec(str(rec["name"]), float(rec["width_mm"]), float(rec["height_mm"]),
+                          int(rec["width_px"]), int(rec["height_px"]), str(rec["dictionary"]), markers, rec)
+
+
+#: Largest printed object accepted from a sidecar, in mm (a 10 m poster).
+MAX_OBJECT_MM = 10_000.0
+#: Largest object pixel size accepted from a sidecar (the rectified output is this large).
+MAX_OBJECT_PX = 100_000
+#: Most markers / chart patches an object record may list.
+MAX_RECORD_ITEMS = 100_000
+
+
+def _num(where: str, rec: dict[str, Any], key: str, *, lo: float | None = None, lo_open: bool = False,
+         hi: float | None = None) -> float:
+    from testbed.inputs import finite_float
+
+    if key not in rec:
+        raise ConfigError(f"{where} has no '{key}'; expected a printouts sidecar")
+    return finite_float(f"{where}: '{key}'", rec[key], lo=lo, hi=hi, lo_open=lo_open)
+
+
+def _items(where: str, rec: dict[str, Any], key: str) -> list[Any]:
+    if key not in rec:
+        raise ConfigError(f"{where} has no '{key}'; expected a printouts sidecar")
+    v = rec[key]
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{where}: '{key}' must be a non-empty list, got {type(v).__name__}")
+    if len(v) > MAX_RECORD_ITEMS:
+        raise ConfigError(f"{where}: '{key}' has {len(v)} entries, more than the limit of {MAX_RECORD_ITEMS}")
+    return v
+
+
+def check_object_record(rec: Any, where: str = "sheet object record") -> dict[str, Any]:
+    """Validate one sidecar object record (name, sizes, pixels, dictionary, markers, chart patches)."""
+    from testbed.inputs import bounded_int, check_pixels, finite_float
+
+    if not isinstance(rec, dict):
+        raise ConfigError(f"{where} must be an object, got {type(rec).__name__}; expected a printouts sidecar")
+    if not isinstance(rec.get("name"), str) or not rec.get("name"):
+        raise ConfigError(f"{where} has no 'name' (a non-empty string); expected a printouts sidecar")
+    where = f"{where} '{rec['name']}'"
+    for k in ("width_mm", "height_mm"):
+        _num(where, rec, k, lo=0.0, lo_open=True, hi=MAX_OBJECT_MM)
+    for k in ("x_mm", "y_mm"):
+        if k in rec:
+            _num(where, rec, k, lo=-MAX_OBJECT_MM, hi=MAX_OBJECT_MM)
+    for k in ("width_px", "height_px"):
+        if k not in rec:
+            raise ConfigError(f"{where} has no '{k}'; expected a printouts sidecar")
+        bounded_int(f"{where}: '{k}'", rec[k], 1, MAX_OBJECT_PX)
+    check_pixels(int(rec["width_px"]), int(rec["height_px"]), what=where, source="(width_px x height_px)",
+                 error=ConfigError)
+    if "page" in rec and rec["page"] is not None:
+        bounded_int(f"{where}: 'page'", rec["page"], 0, 10_000)
+    if not isinstance(rec.get("dictionary"), str):
+        raise ConfigError(f"{where} has no 'dictionary' (an ArUco dictionary name); expected a printouts sidecar")
+    if not hasattr(cv2.aruco, rec["dictionary"]) or not rec["dictionary"].startswith("DICT_"):
+        raise ConfigError(f"{where}: unknown ArUco dictionary {rec['dictionary'][:40]!r}")
+    seen: set[int] = set()
+    for i, m in enumerate(_items(where, rec, "markers")):
+        mw = f"{where}: markers[{i}]"
+        if not isinstance(m, dict) or "id" not in m or "corners_mm" not in m:
+            raise ConfigError(f"{mw} must be an object with 'id' and 'corners_mm'")
+        mid = bounded_int(f"{mw}: 'id'", m["id"], 0, 2**20)
+        if mid in seen:
+            raise ConfigError(f"{mw}: marker id {mid} appears twice")
+        seen.add(mid)
+        c = m["corners_mm"]
+        if not (isinstance(c, list) and len(c) == 4 and all(isinstance(q, list) and len(q) == 2 for q in c)):
+            raise ConfigError(f"{mw}: 'corners_mm' must be 4 [x, y] points in mm")
+        for q in c:
+            for v in q:
+                finite_float(f"{mw}: 'corners_mm'", v, lo=-2 * MAX_OBJECT_MM, hi=2 * MAX_OBJECT_MM)
+    if "patches" in rec:
+        _num(where, rec, "gap_mm", lo=0.0, lo_open=True, hi=MAX_OBJECT_MM)
+        for i, p in enumerate(_items(where, rec, "patches")):
+            pw = f"{where}: patches[{i}]"
+            if not isinstance(p, dict):
+                raise ConfigError(f"{pw} must be an object, got {type(p).__name__}")
+            for k in ("x_mm", "y_mm"):
+                _num(pw, p, k, lo=-MAX_OBJECT_MM, hi=MAX_OBJECT_MM)
+            for k in ("w_mm", "h_mm"):
+                _num(pw, p, k, lo=0.0, lo_open=True, hi=MAX_OBJECT_MM)
+            if "index" not in p:
+                raise ConfigError(f"{pw} has no 'index'")
+            bounded_int(f"{pw}: 'index'", p["index"], 0, MAX_RECORD_ITEMS)
+            rgb = p.get("rgb")
+            if not (isinstance(rgb, list) and len(rgb) == 3):
+                raise ConfigError(f"{pw}: 'rgb' must be 3 whole numbers in [0, 255], got {str(rgb)[:40]}")
+            for v in rgb:
+                bounded_int(f"{pw}: 'rgb'", v, 0, 255)
+    return rec
+
+
+def load_sheet(path: str | Path, *, need: tuple[str, ...] = ("objects",)) -> dict[str, Any]:
+    """A printouts sidecar JSON read through the input boundary, with the keys in ``need`` checked.
+
+    ``need`` may include "objects" (each record checked), "page" (``page.pages`` with positive sizes) and
+    "files" (``files.pdf``, a plain file name next to the sidecar, and ``files.pdf_sha256``).
+    """
+    from testbed.inputs import finite_float, load_json
+
+    p = Path(path)
+    where = f"sheet sidecar {p}"
+    data = load_json(p, what="sheet sidecar")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a JSON object, got {type(data).__name__}: not a printouts sidecar")
+    if "objects" in need:
+        objs = data.get("objects")
+        if not objs:
+            raise ConfigError(f"{where} has no 'objects': not a printouts sidecar")
+        if not isinstance(objs, list):
+            raise ConfigError(f"{where}: 'objects' must be a list, got {type(objs).__name__}")
+        for i, o in enumerate(objs):
+            check_object_record(o, f"{where}: objects[{i}]")
+    if "page" in need:
+        page = data.get("page")
+        if not isinstance(page, dict) or "pages" not in page:
+            raise ConfigError(f"{where} has no 'page' with a 'pages' list: not a printouts sidecar")
+        pages = page["pages"]
+        if not isinstance(pages, list) or not pages:
+            raise ConfigError(f"{where}: 'page.pages' must be a non-empty list of page sizes")
+        for i, pg in enumerate(pages):
+            if not isinstance(pg, dict) or "width_mm" not in pg or "height_mm" not in pg:
+                raise ConfigError(f"{where}: page.pages[{i}] must have 'width_mm' and 'height_mm'")
+            for k in ("width_mm", "height_mm"):
+                finite_float(f"{where}: page.pages[{i}].{k}", pg[k], lo=0.0, lo_open=True, hi=MAX_OBJECT_MM)
+    if "files" in need:
+        files = data.get("files")
+        if not isinstance(files, dict) or not isinstance(files.get("pdf"), str) or not files["pdf"]:
+            raise ConfigError(f"{where} has no 'files.pdf' (the PDF it describes): not a printouts sidecar")
+        name = files["pdf"]
+        if Path(name).name != name or name in (".", "..") or "\\" in name:
+            raise ConfigError(f"{where}: 'files.pdf' must be a file name next to the sidecar, got {name[:80]!r}")
+        sha = files.get("pdf_sha256")
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise ConfigError(f"{where} has no valid 'files.pdf_sha256': the PDF it describes cannot be checked")
+    return data
+
+
+#: Largest sheet PDF read, in bytes.
+MAX_PDF_BYTES = 256 * 2**20
+
+
+def sheet_pdf(sidecar: str | Path, data: dict[str, Any]) -> Path:
+    """The PDF a sidecar describes (``files.pdf`` next to it), refused unless its sha256 matches the sidecar's."""
+    import hashlib
+
+    from testbed.inputs import read_bytes
+
+    side = Path(sidecar)
+    pdf = side.parent / data["files"]["pdf"]
+    blob = read_bytes(pdf, what=f"PDF named by {side}:", max_bytes=MAX_PDF_BYTES)
+    digest = hashlib.sha256(blob).hexdigest()
+    want = data["files"]["pdf_sha256"]
+    if digest != want:
+        raise ConfigError(f"{pdf} is not the PDF that sheet sidecar {side} describes: its sha256 is "
+                          f"{digest[:12]}..., the sidecar records {want[:12]}...; regenerate the sheet with "
+                          "`testbed print` or use the matching sidecar")
+    return pdf
 
 
 def load_object_spec(sidecar: str | Path | dict[str, Any], name: str | None = None) -> ObjectSpec:
     """The object ``name`` (default: the only/first one) from a printouts JSON sidecar (path or dict)."""
     if isinstance(sidecar, dict):
         data, where = sidecar, "sidecar"
+        objs = data.get("objects")
+        if not objs or not isinstance(objs, list):
+            raise ConfigError(f"{where} has no 'objects': not a printouts sidecar")
     else:
-        p = Path(sidecar)
-        if not p.is_file():
-            raise ConfigError(f"sheet sidecar {p} does not exist")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"sheet sidecar {p} is not valid JSON: {exc}") from None
-        where = str(p)
-    objs = data.get("objects") if isinstance(data, dict) else None
-    if not objs:
-        raise ConfigError(f"{where} has no 'objects': not a printouts sidecar")
+        where = str(sidecar)
+        data = load_sheet(sidecar)
+        objs = data["objects"]
     if name is None:
-        return ObjectSpec.from_record(objs[0])
-    for o in objs:
-        if o.get("name") == name:
-            return ObjectSpec.from_record(o)
-    raise ConfigError(f"{where} has no object {name!r}; it has {', '.join(o.get('name', '?') for o in objs)}")
+        return ObjectSpec.from_record(objs[0], f"{where}: objects[0]")
+    for i, o in enumerate(objs):
+        if isinstance(o, dict) and o.get("name") == name:
+            return ObjectSpec.from_record(o, f"{where}: objects[{i}]")
+    names = ", ".join(str(o.get("name", "?")) if isinstance(o, dict) else "?" for o in objs)
+    raise ConfigError(f"{where} has no object {name!r}; it has {names}")
 
 
 @dataclass

@@ -178,6 +178,14 @@ class VideoCaptureSource(FrameSource):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"{self.name}: cannot open: {why}")
+        from testbed.inputs import check_frame_size
+
+        try:  # a stream or file declaring frames above the pixel limit is refused before any frame is decoded
+            check_frame_size(cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT),
+                             what="video frames of", source=self.name, error=SourceError)
+        except SourceError:
+            cap.release()
+            raise
         self._cap = cap
         n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(n) if self.kind == "file" and n and n > 0 else None
@@ -279,6 +287,9 @@ def decode_image_bytes(data: bytes, where: str, *, convert: bool = False) -> tor
     """Decode an encoded image strictly: truncated JPEG/PNG and undecodable data raise SourceError."""
     if len(data) == 0:
         raise SourceError(f"{where}: empty file")
+    from testbed.inputs import check_image_bytes
+
+    check_image_bytes(data, what="image", source=where)  # refuses a decompression bomb before cv2 decodes it
     if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-64:]:
         raise SourceError(f"{where}: truncated JPEG (no end-of-image marker)")
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
@@ -335,10 +346,10 @@ class ImageSequenceSource(FrameSource):
         if self._seq >= len(self.paths):
             raise StopIteration
         p = self.paths[self._seq]
-        try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise SourceError(f"{self.name}: frame {self._seq} ({p}) could not be read: {exc}") from None
+        from testbed.inputs import MAX_IMAGE_BYTES, read_bytes
+
+        data = read_bytes(p, what=f"{self.name}: frame {self._seq}:", max_bytes=MAX_IMAGE_BYTES,
+                          error=SourceError)  # no FIFO blocks, no unbounded read
         img = decode_image_bytes(data, f"{self.name}: frame {self._seq} ({p})", convert=self.convert)
         return img, {"path": str(p)}
 

@@ -202,20 +202,16 @@ class EOTConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "EOTConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"EOT config file {p} does not exist")
-        text = p.read_text()
-        try:
-            if p.suffix.lower() in (".yaml", ".yml"):
-                import yaml
+        from testbed.inputs import load_config_file
 
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - parse errors of either library
-            raise ConfigError(f"EOT config file {p} could not be parsed: {exc}") from None
-        return cls.from_dict(data)
+        p = Path(path)
+        data = load_config_file(p, what="EOT config file")  # size, UTF-8, nesting, parse errors: ConfigError
+        if not isinstance(data, dict):
+            raise ConfigError(f"EOT config file {p} must hold a mapping of settings, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"EOT config file {p}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ presets

@@ -14,7 +14,6 @@ Palettes are ``(K, 3)`` float tensors in [0, 1] RGB. Files use the format the ca
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -49,22 +48,14 @@ def check_palette(palette: Tensor, source: str = "palette") -> Tensor:
 
 
 def load_palette(path: str | Path) -> Tensor:
-    """Read a palette file: JSON ``{"colors": [[r, g, b], ...]}`` in [0, 1]."""
+    """Read a palette file: JSON ``{"colors": [[r, g, b], ...]}`` in [0, 1] (through ``testbed.inputs``)."""
+    from testbed.inputs import color_triples, load_json
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"palette file {p} does not exist")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"palette file {p} is not valid JSON: {exc}") from None
+    data = load_json(p, what="palette file")
     if not isinstance(data, dict) or "colors" not in data:
         raise ConfigError(f'palette file {p} must hold a JSON object with a "colors" list of [r, g, b] in [0, 1]')
-    colors = data["colors"]
-    if not isinstance(colors, list) or not all(
-        isinstance(c, list) and len(c) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c)
-        for c in colors
-    ):
-        raise ConfigError(f'palette file {p}: "colors" must be a list of [r, g, b] number triples')
+    colors = color_triples(data["colors"], where=f"palette file {p}")
     return check_palette(torch.tensor(colors, dtype=torch.float32), str(p))
 
 

@@ -147,10 +147,13 @@ def load_checked(path: str | Path, *, what: str = "file", expect: type | None = 
         data = p.read_bytes()
     except OSError as exc:
         raise IntegrityError(f"{what} {p} could not be read ({exc.strerror or exc})", path=p) from None
+    if len(data) < len(CHECKED_MAGIC) and CHECKED_MAGIC.startswith(data):
+        raise IntegrityError(f"{what} {p} is damaged (truncated: {len(data)} bytes, not even its header); it was not "
+                             "loaded", path=p, damaged=True)
     if not data.startswith(CHECKED_MAGIC):
         raise IntegrityError(
             f"{what} {p} has no testbed checksum header: it was written by an older testbed or by someone else, "
-            "and was not loaded (nothing in it ran); delete it to rebuild it", path=p)
+            "and was not loaded (nothing in it ran)", path=p)
     newline = data.find(b"\n", 0, _HEADER_MAX)
     m = _CHECKED_HEADER.fullmatch(data[: newline + 1]) if newline >= 0 else None
     if m is None:

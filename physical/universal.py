@@ -59,18 +59,13 @@ def square_mask(size: int) -> Tensor:
 
 def load_mask(path: str | Path, size: tuple[int, int] | int | None = None) -> Tensor:
     """A mask PNG as (1, 1, H, W) in [0, 1]: the alpha channel if there is one, else the grey level."""
-    from PIL import Image
+    from testbed.inputs import decode_checked, open_image_checked
 
     p = Path(path)
-    if not p.is_file():
-        raise ImageError(f"mask file {p} does not exist")
-    try:
-        with Image.open(p) as img:
-            img.load()
-            arr = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
-            m = torch.frombuffer(bytearray(arr.tobytes()), dtype=torch.uint8).view(arr.size[1], arr.size[0])
-    except OSError as exc:
-        raise ImageError(f"mask file {p} could not be read: {exc}") from None
+    with open_image_checked(p, what="mask file") as img:  # missing/special/empty/oversized: ImageError
+        decode_checked(img, what="mask file", source=str(p))
+        arr = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
+        m = torch.frombuffer(bytearray(arr.tobytes()), dtype=torch.uint8).view(arr.size[1], arr.size[0])
     m = m.float().div(255.0)[None, None]
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)

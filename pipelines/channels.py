@@ -155,13 +155,15 @@ class FolderChannel(Channel):
 
     def transmit(self, images: Tensor, ids: Sequence[str], *, rep: int = 0, tag: str = "") -> ChannelOutput:
         from camera.sources import decode_image_bytes
+        from testbed.inputs import MAX_IMAGE_BYTES, read_bytes
 
         check_images(images)
         h, w = images.shape[-2:]
         outs, params = [], []
         for iid in ids:
             path = self.path_for(tag, rep, iid)
-            photo = decode_image_bytes(path.read_bytes(), str(path))  # grayscale / RGBA / 16-bit refused there
+            data = read_bytes(path, what="photo", max_bytes=MAX_IMAGE_BYTES, error=SourceError)
+            photo = decode_image_bytes(data, str(path))  # grayscale / RGBA / 16-bit / too many pixels refused there
             if self.rectify is not None:
                 photo = self.rectify(photo, iid)
             outs.append(F.interpolate(photo, size=(h, w), mode="bilinear", antialias=True, align_corners=False))

@@ -40,6 +40,7 @@ import torch
 import yaml
 
 from testbed.errors import ConfigError, TestbedError
+from testbed.inputs import load_json
 from testbed.machine import machine_info
 
 EXPERIMENT_KINDS = ("kurakin", "transfer")
@@ -261,13 +262,10 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
 
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment YAML file."""
+    from testbed.inputs import load_yaml
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"experiment config {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"experiment config {p} is not valid YAML: {exc}") from None
+    data = load_yaml(p, what="experiment config")  # size, UTF-8, nesting, aliases, parse errors: ConfigError
     if not isinstance(data, dict):
         raise ConfigError(f"experiment config {p} must be a YAML mapping, got {type(data).__name__}")
     try:
@@ -320,11 +318,16 @@ class RunDir:
         cfg_file = self.path / self.CONFIG
         digest = config.sha256()
         if cfg_file.exists():
+            from testbed.inputs import load_yaml
+
             try:
-                old = yaml.safe_load(cfg_file.read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
+                old = load_yaml(cfg_file, what="run configuration") or {}
+            except ConfigError as exc:
                 raise RunDirError(f"run directory {self.path}: its {self.CONFIG} is unreadable ({exc}); "
                                   "use a new run directory") from None
+            if not isinstance(old, dict):
+                raise RunDirError(f"run directory {self.path}: its {self.CONFIG} is not a mapping; "
+                                  "use a new run directory")
             if old.get("sha256") != digest:
                 changed = _diff(old.get("config", {}), config.to_dict())
                 raise RunDirError(f"run directory {self.path} holds results of a different config "
@@ -347,12 +350,16 @@ class RunDir:
         if not p.is_file():
             return False
         try:
-            return json.loads(p.read_text()).get("key") == key
-        except (OSError, ValueError):
+            d = load_json(p, what="result cell")
+        except ConfigError:
             return False  # an unreadable cell is recomputed
+        return isinstance(d, dict) and d.get("key") == key
 
     def load_cell(self, key: str) -> dict[str, Any]:
-        return json.loads(self.cell_path(key).read_text())
+        d = load_json(self.cell_path(key), what="result cell")
+        if not isinstance(d, dict):
+            raise RunDirError(f"result cell {self.cell_path(key)} is not a JSON object; delete it to recompute")
+        return d
 
     def save_cell(self, key: str, data: dict[str, Any]) -> Path:
         return write_atomic(self.cell_path(key), json.dumps({"key": key, **data}))
@@ -360,7 +367,9 @@ class RunDir:
     def cells(self) -> dict[str, dict[str, Any]]:
         out = {}
         for p in sorted((self.path / "cells").glob("*.json")):
-            d = json.loads(p.read_text())
+            d = load_json(p, what="result cell")
+            if not isinstance(d, dict) or not isinstance(d.get("key"), str):
+                raise RunDirError(f"result cell {p} has no 'key'; delete it to recompute")
             out[d["key"]] = d
         return out
 

@@ -13,7 +13,6 @@ not 100% by construction. A folder of images may bring its own labels (JSON ``{f
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,10 +117,11 @@ def build_image_set(cfg: ImageSetConfig, size: tuple[int, int]) -> ImageSet:
 
 
 def _read_labels(path: Path, files: list[Path]) -> dict[str, int]:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"labels file {path} is unreadable: {exc}") from None
+    from testbed.inputs import load_json
+
+    raw = load_json(path, what="labels file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"labels file {path} must hold a JSON object mapping image names to labels")
     out = {}
     for p in files:
         v = raw.get(p.name, raw.get(p.stem))

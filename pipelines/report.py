@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipelines.experiment import write_atomic
 from pipelines.metrics import Rate
 from testbed.errors import ConfigError
+from testbed.imageio import load_image
+from testbed.inputs import load_json, load_yaml
 
 
 def _pct(r: Rate | None) -> str:
@@ -119,7 +119,6 @@ def plot_examples(run_dir: Path, cells: dict[str, dict], path: Path, per_row: in
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     rows = []
     clean = {c["model"]: c for c in cells.values() if c.get("kind") == "clean"}
@@ -141,7 +140,7 @@ def plot_examples(run_dir: Path, cells: dict[str, dict], path: Path, per_row: in
     for i, (name, files) in enumerate(rows):
         for j, (f, t) in enumerate(zip(files, ("clean", "clean → channel", "adversarial", "adversarial → channel"))):
             ax = axes[i][j]
-            ax.imshow(Image.open(run_dir / f))
+            ax.imshow(load_image(run_dir / f, convert=True)[0].permute(1, 2, 0).numpy())
             ax.set_xticks([]); ax.set_yticks([])
             if i == 0:
                 ax.set_title(t, fontsize=8)
@@ -323,13 +322,19 @@ def write_report(run_dir: str | Path) -> Path:
     cfg_file = run_dir / RunDir.CONFIG
     if not cfg_file.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no {RunDir.CONFIG})")
-    resolved = yaml.safe_load(cfg_file.read_text())
+    resolved = load_yaml(cfg_file, what="run configuration")
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("config"), dict):
+        raise ConfigError(f"run configuration {cfg_file} has no 'config' mapping; is {run_dir} a run directory?")
     cfg = resolved["config"]
     cells = {}
     for p in sorted((run_dir / "cells").glob("*.json")):
-        d = json.loads(p.read_text())
+        d = load_json(p, what="result cell")
+        if not isinstance(d, dict) or not isinstance(d.get("key"), str):
+            raise ConfigError(f"result cell {p} has no 'key'; delete it to recompute")
         cells[d["key"]] = d
-    meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    meta = load_json(run_dir / "run.json", what="run file") if (run_dir / "run.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise ConfigError(f"run file {run_dir / 'run.json'} must hold a JSON object")
     lines = [f"# Experiment report: {cfg['name']}", "",
              f"Kind: {cfg['kind']}; seed {cfg['seed']}; models {', '.join(cfg['models'])}; "
              f"attacks {', '.join(a['name'] for a in cfg['attacks'])}; ε {', '.join(f'{e:g}' for e in cfg['eps'])} "

@@ -96,18 +96,29 @@ class SurvivalRow:
 
 # ------------------------------------------------------------------------------------------------ run loading
 def _read_json(path: Path) -> dict[str, Any]:
+    from testbed.inputs import load_json
+
     if not path.is_file():
         raise ConfigError(f"{path} is missing: is {path.parent} a finished attack run directory?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc})") from None
+    data = load_json(path, what="run file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"run file {path} must hold a JSON object")
+    return data
 
 
 def _load_tensor(path: Path) -> Tensor:
+    from testbed.inputs import MAX_IMAGE_BYTES, check_input_file
+
     if not path.is_file():
         raise ConfigError(f"{path} is missing: is {path.parent} a finished attack run directory?")
-    return torch.load(path, map_location="cpu", weights_only=True).float()
+    check_input_file(path, what="run tensor file", max_bytes=MAX_IMAGE_BYTES)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: pickle/zip errors of any kind
+        raise ConfigError(f"run tensor file {path} is not readable ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(obj, Tensor):
+        raise ConfigError(f"run tensor file {path} does not hold a tensor")
+    return obj.float()
 
 
 def load_run(run_dir: str | Path, expected: str) -> tuple[dict[str, Any], dict[str, Any]]:

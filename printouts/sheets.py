@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from testbed.errors import ConfigError, ImageError
+from testbed.inputs import check_pixels
 
 MAX_DPI = 2400.0
+MAX_PDF_BYTES = 256 * 2**20  # largest sheet PDF rasterised
 PAGE_SIZES_MM: dict[str, tuple[float, float]] = {
     "A5": (148.0, 210.0),
     "A4": (210.0, 297.0),
@@ -850,12 +852,16 @@ def chart_digital(obj: dict[str, Any], px_per_mm: float = 4.0) -> torch.Tensor:
 def load_perturbation(path: str | Path) -> torch.Tensor:
     """A perturbation from a lossless PNG or a ``.pt`` tensor (1x3xHxW or 3xHxW in [0, 1])."""
     from testbed.imageio import load_image
+    from testbed.inputs import MAX_IMAGE_BYTES, check_input_file
 
     p = Path(path)
-    if p.suffix == ".pt":
-        if not p.is_file():
-            raise ImageError(f"perturbation file {p} does not exist")
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+    if p.suffix.lower() == ".pt":
+        check_input_file(p, what="perturbation file", max_bytes=MAX_IMAGE_BYTES, error=ImageError)
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
+        except Exception as exc:  # noqa: BLE001 - pickle/zip errors of a damaged or foreign file
+            raise ImageError(f"perturbation file {p} is not a readable tensor file "
+                             f"({' '.join(str(exc).split())[:160]})") from None
         if isinstance(obj, dict):
             for key in ("perturbation", "patch", "delta", "image"):
                 if key in obj and isinstance(obj[key], torch.Tensor):
@@ -863,22 +869,25 @@ def load_perturbation(path: str | Path) -> torch.Tensor:
                     break
         if not isinstance(obj, torch.Tensor):
             raise ImageError(f"{p} does not hold a tensor (or a dict with 'perturbation'/'patch')")
+        if obj.ndim == 3:
+            obj = obj[None]
+        if obj.ndim != 4 or obj.shape[0] != 1 or obj.shape[1] != 3:
+            raise ImageError(f"{p}: a perturbation must be 1x3xHxW or 3xHxW, got shape {tuple(obj.shape)}")
+        check_pixels(int(obj.shape[2]), int(obj.shape[3]), what="perturbation file", source=str(p))
         x = obj.float()
-        if x.ndim == 3:
-            x = x[None]
         _to_rgb_uint8(x, str(p))
         return x
-    return load_image(p)
+    return load_image(p, what="perturbation file")
 
 
 def rasterize_pdf(pdf_path: str | Path, dpi: float, page: int = 0) -> torch.Tensor:
     """Render one page of a PDF with a real PDF renderer (pypdfium2) as a 1x3xHxW RGB tensor in [0, 1]."""
     import pypdfium2 as pdfium
 
+    from testbed.inputs import check_input_file
+
     check_dpi(dpi)
-    p = Path(pdf_path)
-    if not p.is_file():
-        raise ImageError(f"PDF {p} does not exist")
+    p = check_input_file(pdf_path, what="PDF", max_bytes=MAX_PDF_BYTES, error=ImageError)
     try:
         doc = pdfium.PdfDocument(str(p))
     except pdfium.PdfiumError as exc:
@@ -886,6 +895,9 @@ def rasterize_pdf(pdf_path: str | Path, dpi: float, page: int = 0) -> torch.Tens
     try:
         if not 0 <= page < len(doc):
             raise ImageError(f"{p} has {len(doc)} page(s); page index {page} does not exist")
+        w_pt, h_pt = doc[page].get_size()  # refuse a page that would rasterise above the pixel limit
+        check_pixels(max(1, math.ceil(w_pt * dpi / 72.0)), max(1, math.ceil(h_pt * dpi / 72.0)),
+                     what=f"PDF page {page} at {dpi:g} dpi of", source=str(p))
         bitmap = doc[page].render(scale=dpi / 72.0)
         rgb = np.array(bitmap.to_pil().convert("RGB"))
     finally:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from testbed.errors import ImageError
+from testbed.inputs import decode_checked, open_image_checked
 
 
 def _describe_mode(img: Image.Image) -> str:
@@ -40,25 +41,21 @@ def pil_to_tensor(img: Image.Image, *, convert: bool = False, source: str = "ima
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(white, rgba)
         img = img.convert("RGB")
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div_(255.0)
+    arr = np.array(img, dtype=np.uint8)  # one writable copy (asarray + copy made two)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-def load_image(path: str | Path, *, convert: bool = False) -> torch.Tensor:
-    """Read an image file as a 1x3xHxW float32 RGB tensor in [0, 1] (see ``pil_to_tensor`` for modes)."""
+def load_image(path: str | Path, *, convert: bool = False, what: str = "image file") -> torch.Tensor:
+    """Read an image file as a 1x3xHxW float32 RGB tensor in [0, 1] (see ``pil_to_tensor`` for modes).
+
+    Goes through the input boundary (``testbed.inputs.open_image_checked``): missing, folder, special, empty
+    or oversized files and images declaring more than ``max_image_pixels()`` pixels are refused with an
+    ImageError before anything is decoded.
+    """
     p = Path(path)
-    if not p.exists():
-        raise ImageError(f"image file {p} does not exist")
-    if p.is_dir():
-        raise ImageError(f"{p} is a folder, not an image file")
-    try:
-        with Image.open(p) as img:
-            img.load()
-            return pil_to_tensor(img, convert=convert, source=str(p))
-    except UnidentifiedImageError:
-        raise ImageError(f"{p} is not a readable image (corrupt or unknown format)") from None
-    except (OSError, SyntaxError) as exc:  # truncated files raise OSError on load()
-        raise ImageError(f"{p} could not be decoded: {exc}") from None
+    with open_image_checked(p, what=what) as img:
+        decode_checked(img, what=what, source=str(p))
+        return pil_to_tensor(img, convert=convert, source=str(p))
 
 
 def check_images(x: torch.Tensor, *, name: str = "images") -> torch.Tensor:

@@ -126,7 +126,10 @@ class FolderFrames:
         if not files:
             raise SourceError(f"image folder {root} holds no images with extensions {', '.join(self.extensions)}")
         for p in files:
-            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            from testbed.inputs import check_image_file
+
+            data = check_image_file(p)  # regular file, size and decompression-bomb limits before decoding
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise SourceError(f"{p} could not be decoded by OpenCV")
             yield np.ascontiguousarray(bgr[:, :, ::-1])

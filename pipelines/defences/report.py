@@ -257,7 +257,13 @@ def merge_reports(parts: list[Path], out_dir: Path, command: str = "") -> dict[s
 
     The first part's header is kept; sections come from every part (a later part wins); wall time is the
     longest part's (they ran at the same time); ``command`` lists every command."""
-    reports = [json.loads((Path(p) / "report.json").read_text()) for p in parts]
+    from testbed.errors import ConfigError
+    from testbed.inputs import load_json
+
+    reports = [load_json(Path(p) / "report.json", what="defence report") for p in parts]
+    for p, r in zip(parts, reports):
+        if not isinstance(r, dict) or not isinstance(r.get("sections"), dict):
+            raise ConfigError(f"defence report {Path(p) / 'report.json'} has no 'sections': not a defence report")
     out = dict(reports[0])
     out["sections"] = {}
     out["section_seconds"] = {}

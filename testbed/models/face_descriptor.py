@@ -19,7 +19,6 @@ dequantised like ``tf.io.decodeWeights`` (``q * scale + min`` in double precisio
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -32,6 +31,9 @@ from torch import nn
 from testbed.device import default_device
 from testbed.errors import AssetError, ConfigError
 from testbed.models.registry import Normalize
+
+#: Largest tfjs weights shard read (face-api's descriptor shard is about 6 MB).
+MAX_SHARD_BYTES = 512 * 2**20
 
 INPUT_SIZE = 150
 DESCRIPTOR_DIM = 128
@@ -220,10 +222,12 @@ def read_tfjs_weights(manifest_path: Path, bin_paths: Mapping[str, Path] | None 
     ``bin_paths`` maps each shard name listed in the manifest to a file (default: next to the manifest).
     Dequantisation follows ``tf.io.decodeWeights``: ``q * scale + min`` (float64), stored as float32.
     """
+    from testbed.inputs import load_json, read_bytes
+
     try:
-        manifest = json.loads(Path(manifest_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise AssetError(f"cannot read tfjs weights manifest {manifest_path}: {exc}") from exc
+        manifest = load_json(manifest_path, what="tfjs weights manifest")
+    except ConfigError as exc:
+        raise AssetError(f"cannot read tfjs weights manifest: {exc}") from None
     if not isinstance(manifest, list):
         raise AssetError(f"tfjs weights manifest {manifest_path} is not a list of weight groups")
     out: dict[str, np.ndarray] = {}
@@ -231,10 +235,8 @@ def read_tfjs_weights(manifest_path: Path, bin_paths: Mapping[str, Path] | None 
         chunks = []
         for shard in group["paths"]:
             path = (bin_paths or {}).get(shard, Path(manifest_path).parent / shard)
-            try:
-                chunks.append(Path(path).read_bytes())
-            except OSError as exc:
-                raise AssetError(f"cannot read tfjs weights shard {shard!r} at {path}: {exc}") from exc
+            chunks.append(read_bytes(path, what=f"tfjs weights shard {shard!r} at", max_bytes=MAX_SHARD_BYTES,
+                                     error=AssetError))
         buffer = b"".join(chunks)
         offset = 0
         for raw in group["weights"]:
@@ -273,8 +275,13 @@ def _decode(spec: WeightSpec, buffer: bytes, offset: int, source: Path) -> tuple
 
 def build_face_descriptor(manifest_path: Path, weights_path: Path) -> FaceDescriptorNet:
     """A FaceDescriptorNet with weights read from a face-api manifest + ``.bin`` (on CPU, eval mode)."""
-    manifest = json.loads(Path(manifest_path).read_text())
-    shards = [p for group in manifest for p in group["paths"]]
+    from testbed.inputs import load_json
+
+    try:
+        manifest = load_json(manifest_path, what="tfjs weights manifest")
+        shards = [p for group in manifest for p in group["paths"]]
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise AssetError(f"tfjs weights manifest {manifest_path} is not a face-api manifest ({exc})") from None
     if len(shards) != 1:
         raise AssetError(f"{manifest_path}: expected one weights shard, the manifest lists {shards}")
     net = FaceDescriptorNet()
