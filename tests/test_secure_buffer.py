@@ -21,7 +21,8 @@ from camera.secure.capture import (
     start_capture,
 )
 from camera.secure.consumer import CaptureProtocolError, SecureCapture
-from camera.secure.frames import FrameRejected, FrameSealer, FrameVerifier, Rejection, SessionKey, VerifyPolicy
+from camera.secure.frames import (HEADER_SIZE, FrameRejected, FrameSealer, FrameVerifier, Rejection, SessionKey,
+                                   VerifyPolicy)
 from camera.secure.ringbuffer import (
     REQUIRED_SEALS,
     RingBufferError,
@@ -141,7 +142,8 @@ def test_buffer_rewritten_after_verification_leaves_the_verified_copy_intact():
         v = FrameVerifier(key.verify_key(), sealer.stream_id)
         frame = v.verify(reader.read(ref))
         before = frame.image.copy()
-        ring.scribble(0, b"\xff" * (len(record) - 200), at=100)  # the producer rewrites the slot in place
+        start = HEADER_SIZE + 16  # the first pixel byte (after the header and its tag)
+        ring.scribble(0, b"\xff" * (len(record) - start - 100), at=start)  # the producer rewrites the slot in place
         assert np.array_equal(frame.image, before) and np.array_equal(frame.image, SRC.frame(0))
         with pytest.raises(ValueError):
             frame.image[0, 0, 0] = 1  # the verified copy is read-only as well as private

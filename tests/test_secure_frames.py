@@ -188,16 +188,16 @@ def test_wrong_key_unknown_key_and_keyring(setup):
 
 def test_spliced_from_another_stream(setup):
     key, sealer, records, verifier, clock = setup
-    other = FrameSealer(key, clock=clock)  # same key (shared nonce counter), another stream
+    other = FrameSealer(key, clock=clock)  # same session key, another stream (and its own derived GCM key)
     foreign = other.seal(SRC.frame(1))
     assert reasons_and_accepted(verifier(), [records[0], foreign, records[1]]) == ([Rejection.WRONG_STREAM], [0, 1])
     # claiming our stream id in the foreign header breaks its tag
     with pytest.raises(FrameRejected) as e:
         verifier().verify(rewrite_field(foreign, "stream_id", sealer.stream_id))
     assert e.value.reason is Rejection.BAD_HEADER_TAG
-    # the nonce counter is per key: the two streams never reuse a nonce
-    nonces = [read_header(r).nonce for r in records] + [read_header(foreign).nonce]
-    assert len(set(nonces)) == len(nonces)
+    # each sealer derives its own GCM key from a random salt: the two streams never reuse a (key, nonce) pair
+    pairs = [(read_header(r).key_salt, read_header(r).nonce) for r in records + [foreign]]
+    assert len(set(pairs)) == len(pairs) and read_header(foreign).key_salt != sealer.key_salt
 
 
 def test_truncated_and_oversized(setup):
@@ -256,7 +256,8 @@ def test_stale_and_future(setup):
 
 def test_bad_header_fields(setup):
     *_, records, verifier, _ = setup
-    for field, value in (("magic", b"XXXX"), ("version", 2), ("flags", 1), ("channels", 4), ("dtype", 2)):
+    for field, value in (("magic", b"XXXX"), ("version", 1), ("version", 3), ("flags", 1), ("channels", 4),
+                         ("dtype", 2)):
         with pytest.raises(FrameRejected) as e:
             verifier().verify(rewrite_field(records[0], field, value))
         assert e.value.reason is Rejection.BAD_HEADER, field
@@ -305,9 +306,9 @@ def test_ctr_malleability_is_caught_by_the_tag(setup):
     adv[5:10, 5:10] = 0
     forged = ctr_substitute(records[0], clean, adv)
     # decrypt WITHOUT tag check: GCM's keystream for a 96-bit nonce starts at counter 2
-    from camera.secure.frames import _hkdf
+    from camera.secure.frames import _hkdf, derive_payload_key
 
-    k = _hkdf(key.secret, b"payload-aes-256-gcm", 32)
+    k = derive_payload_key(_hkdf(key.secret, b"payload-master", 32), read_header(forged).key_salt)
     nonce = read_header(forged).nonce
     dec = Cipher(algorithms.AES(k), modes.CTR(nonce + b"\x00\x00\x00\x02")).decryptor()
     body = forged[payload_offset(): len(forged) - 16]
@@ -316,16 +317,17 @@ def test_ctr_malleability_is_caught_by_the_tag(setup):
 
 
 def test_nonce_counter_refuses_to_wrap():
-    key = SessionKey(1, b"\x01" * 32, first_counter=MAX_NONCE_COUNTER - 2)
-    sealer = FrameSealer(key)
+    key = SessionKey(1, b"\x01" * 32)
+    sealer = FrameSealer(key, first_counter=MAX_NONCE_COUNTER - 2)
     a, b = sealer.seal(SRC.frame(0)), sealer.seal(SRC.frame(1))
     assert read_header(a).nonce[4:] == (MAX_NONCE_COUNTER - 2).to_bytes(8, "little")
     assert read_header(b).nonce[4:] == (MAX_NONCE_COUNTER - 1).to_bytes(8, "little")
     with pytest.raises(NonceExhausted, match="exhausted"):
         sealer.seal(SRC.frame(2))
     with pytest.raises(NonceExhausted):  # and it stays refused
-        key.next_nonce()
-    assert sealer.next_seq == 2 and key.frames_left == 0
+        sealer.next_nonce()
+    assert sealer.next_seq == 2 and sealer.frames_left == 0
+    assert FrameSealer(key).frames_left == MAX_NONCE_COUNTER  # a new sealer: a fresh key, a fresh counter
 
 
 def test_sealer_input_validation_and_key_hygiene():
@@ -374,11 +376,13 @@ def test_tcp_length_prefix_bound_and_truncation():
     import socket
     import struct
 
+    from camera.secure.errors import StreamFailure
+
     key = SessionKey.generate()
     sealer = FrameSealer(key)
     policy = VerifyPolicy(max_height=H, max_width=W, max_age_s=5)
-    for payload, reason in ((struct.pack("<I", 0xFFFFFFF0), Rejection.OVERSIZED),
-                            (struct.pack("<I", 2000) + b"\x00" * 100, Rejection.TRUNCATED)):
+    for payload, reason in ((struct.pack("<I", 0xFFFFFFF0), StreamFailure.OVERSIZED),
+                            (struct.pack("<I", 2000) + b"\x00" * 100, StreamFailure.TRUNCATED)):
         rx = SealedStreamReceiver(FrameVerifier(key.verify_key(), sealer.stream_id, policy))
         with socket.create_connection(rx.address) as s:
             s.sendall(payload)
@@ -444,10 +448,10 @@ def test_threat_matrix_table_and_cli(capsys):
     from testbed.cli import main
 
     rows = run_threat_matrix(16, 16)
-    assert len(rows) == 13 and all(r.passed for r in rows), [(r.name, r.got) for r in rows if not r.passed]
-    assert len({r.name for r in rows}) == 13
+    assert len(rows) == 15 and all(r.passed for r in rows), [(r.name, r.got) for r in rows if not r.passed]
+    assert len({r.name for r in rows}) == 15
     assert main(["secure", "matrix"]) == 0
-    assert "13/13 cases rejected" in capsys.readouterr().out
+    assert "15/15 cases rejected" in capsys.readouterr().out
 
 
 def test_secure_benchmark_reports_rates():

@@ -12,6 +12,7 @@ from camera.secure.frames import (
     HEADER_STRUCT,
     MAGIC,
     OVERHEAD,
+    VERSION,
     FrameRejected,
     FrameSealer,
     FrameVerifier,
@@ -55,7 +56,7 @@ def test_random_bytes_are_rejected(data: bytes):
 @fuzz(2500)
 @given(st.binary(min_size=0, max_size=len(RECORD)))
 def test_random_bytes_behind_a_valid_magic_are_rejected(tail: bytes):
-    _must_reject(MAGIC + b"\x01\x00\x03\x01" + tail)
+    _must_reject(MAGIC + bytes([VERSION, 0, 3, 1]) + tail)
 
 
 @fuzz(3000)
@@ -79,14 +80,15 @@ def test_mutated_records_are_rejected(edits, resize):
        width=st.one_of(st.integers(0, 70), st.integers(0, 2**32 - 1)),
        payload_len=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
        key_id=st.sampled_from([42, 0, 2**32 - 1]), body=st.integers(0, 300), seq=st.integers(0, 2**64 - 1),
-       version=st.sampled_from([1, 1, 1, 0, 2, 255]), channels=st.sampled_from([3, 3, 0, 1, 4]))
-def test_structured_headers_are_rejected(height, width, payload_len, key_id, body, seq, version, channels):
+       version=st.sampled_from([VERSION, VERSION, VERSION, 0, 1, 255]), channels=st.sampled_from([3, 3, 0, 1, 4]),
+       salt=st.sampled_from([bytes(16), bytes(range(16))]))
+def test_structured_headers_are_rejected(height, width, payload_len, key_id, body, seq, version, channels, salt):
     """Well-formed-looking headers with arbitrary shapes (including absurd ones) and bodies: never accepted, never
     anything but FrameRejected, and no allocation from the declared shape (a 2**32 x 2**32 shape must not OOM)."""
     if payload_len is None:
         payload_len = (height * width * 3) & 0xFFFFFFFF
-    header = HEADER_STRUCT.pack(MAGIC, version, 0, channels, 1, STREAM, key_id, KEY.commitment, seq, 123456789,
-                                height, width, payload_len, b"\x00" * 12)
+    header = HEADER_STRUCT.pack(MAGIC, version, 0, channels, 1, STREAM, key_id, KEY.commitment, salt, seq,
+                                123456789, height, width, payload_len, b"\x00" * 12)
     _must_reject(header + bytes(16) + bytes(body))
 
 

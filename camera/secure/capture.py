@@ -6,7 +6,13 @@ capture process with one end. The capture process opens the source, creates and 
 stream id and the ring geometry, with the ring's read-only descriptor attached as ``SCM_RIGHTS``. The key never
 travels through the environment, the command line or a file. Then, per frame: seal, write into a free slot, send
 FRAME(slot, generation, length). The consumer returns slots with RELEASE once it has copied the record out
-(credit-based flow control, so a slow model never loses frames to overwriting). END closes the stream.
+(credit-based flow control, so a slow model never loses frames to overwriting).
+
+A clean end is explicit: the capture process sends END when its source is exhausted (or ``max_frames`` is reached)
+and a failure is explicit too: ERROR with a one-line message (e.g. the source stream died). After either it keeps
+the socket open until the consumer hangs up, so the consumer reads the message before any reset. A capture process
+that vanishes without END or ERROR (a signal, a crash) is therefore told apart by the consumer:
+:class:`~camera.secure.errors.CaptureProcessDied`, naming the signal.
 
 Sources: any picklable callable returning an iterable of frames, each a uint8 HxWx3 RGB array, a float (1x)3xHxW
 tensor/array in [0, 1], or an object with such an ``.image`` (``camera.sources.FrameSource`` frames). Built-ins:
@@ -172,8 +178,49 @@ def _harden() -> None:
         pass
 
 
+class _ConsumerGone(Exception):
+    """The consumer closed or reset the control socket: stop quietly (it is no longer listening)."""
+
+
+_SOCKET_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
 def _send(sock: socket.socket, msg: bytes) -> None:
-    sock.send(msg)
+    try:
+        sock.send(msg)
+    except _SOCKET_GONE as exc:
+        raise _ConsumerGone() from exc
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(MAX_CONTROL_MESSAGE)
+    except _SOCKET_GONE as exc:
+        raise _ConsumerGone() from exc
+
+
+def _linger(sock: socket.socket, timeout_s: float | None) -> None:
+    """After END or ERROR: keep the socket (and the ring) open until the consumer hangs up or says STOP, reading
+    what it sends, so that closing here never resets the consumer's socket before it read our last message."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            return
+        ready, _, _ = select.select([sock], [], [], wait)
+        if ready and not _handle_control(_recv(sock), deque(), 0):
+            return
+
+
+def _limit_threads() -> None:
+    """One torch/OpenCV thread in the capture process, where the source imported them (the other cores stay the
+    model's). Not imported here otherwise: importing torch costs seconds and the sealing does not need it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.setNumThreads(1)
 
 
 def _handle_control(msg: bytes, free: deque[int], n_slots: int) -> bool:
@@ -187,13 +234,19 @@ def _handle_control(msg: bytes, free: deque[int], n_slots: int) -> bool:
     return True
 
 
-def capture_main(sock: socket.socket, source_factory: Callable[[], Iterable[Any]], config: CaptureConfig) -> None:
+ERROR_LINGER_S = 30.0  # how long a failed capture process waits for the consumer to read its ERROR
+
+
+def capture_main(sock: socket.socket, source_factory: Callable[[], Iterable[Any]], config: CaptureConfig, *,
+                 limit_threads: bool = False) -> None:
     """Body of the capture process (runs in the child)."""
     _harden()
     ring = None
     try:
         frames = iter(source_factory())
         first = next(frames, None)
+        if limit_threads:
+            _limit_threads()
         if first is None:
             raise SourceError("the frame source produced no frames")
         first = to_uint8_frame(first)
@@ -205,7 +258,10 @@ def capture_main(sock: socket.socket, source_factory: Callable[[], Iterable[Any]
         ring = SealedRing(config.n_slots, record_size(h, w))
         hello = HELLO.pack(MSG_HELLO, key.key_id, key.secret, sealer.stream_id, config.n_slots, ring.capacity,
                            h, w, os.getpid())
-        socket.send_fds(sock, [hello], [ring.readonly_fd])
+        try:
+            socket.send_fds(sock, [hello], [ring.readonly_fd])
+        except _SOCKET_GONE as exc:
+            raise _ConsumerGone() from exc
         ring.close_readonly_fd()
         free: deque[int] = deque(range(config.n_slots))
         period = None if config.fps is None else 1.0 / config.fps
@@ -220,7 +276,7 @@ def capture_main(sock: socket.socket, source_factory: Callable[[], Iterable[Any]
                 ready, _, _ = select.select([sock], [], [], 0 if free else None)
                 if not ready:
                     break
-                if not _handle_control(sock.recv(MAX_CONTROL_MESSAGE), free, config.n_slots):
+                if not _handle_control(_recv(sock), free, config.n_slots):
                     return
             if period is not None:
                 delay = next_t - time.monotonic()
@@ -236,14 +292,15 @@ def capture_main(sock: socket.socket, source_factory: Callable[[], Iterable[Any]
                 break
         _send(sock, MSG_END)
         # Keep the process (and its mapping) alive until the consumer hangs up, so late reads still succeed.
-        while _handle_control(sock.recv(MAX_CONTROL_MESSAGE), deque(), 0):
-            pass
-    except (BrokenPipeError, ConnectionResetError):
-        return
-    except BaseException as exc:  # report every failure to the consumer, then exit non-zero
+        _linger(sock, None)
+    except _ConsumerGone:
+        return  # the consumer hung up: nobody to report to
+    except BaseException as exc:  # report every failure to the consumer (one line), then exit non-zero
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
         try:
-            _send(sock, MSG_ERROR + f"{type(exc).__name__}: {exc}".encode()[:MAX_CONTROL_MESSAGE - 1])
-        except OSError:
+            _send(sock, MSG_ERROR + text.encode()[:MAX_CONTROL_MESSAGE - 1])
+            _linger(sock, ERROR_LINGER_S)
+        except (_ConsumerGone, OSError):
             pass
         if not isinstance(exc, (SourceError, ConfigError)):
             traceback.print_exc()
@@ -262,21 +319,9 @@ def _child_main() -> None:
     """
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
-    try:  # the capture process only decodes and converts frames: one thread, the other cores stay the model's
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency of the sources, not of the sealing
-        pass
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
     source_factory, config = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
-    capture_main(sock, source_factory, config)
+    capture_main(sock, source_factory, config, limit_threads=True)
 
 
 @dataclass

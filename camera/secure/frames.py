@@ -2,23 +2,29 @@
 
 A record carries one uint8 HWC RGB frame (the camera edge) and is laid out as::
 
-    header (84 bytes) | header tag (16) | ciphertext (H*W*3) | GCM tag (16)
+    header (100 bytes) | header tag (16) | ciphertext (H*W*3) | GCM tag (16)
 
-Header fields (little-endian, ``HEADER_STRUCT``): magic ``SFR1``, version, flags (0), channels (3), dtype (1 =
-uint8), stream id (16 bytes), key id (u32), key commitment (16 bytes), sequence number (u64), monotonic capture time
-(ns, u64), height (u32), width (u32), payload length (u32), nonce (12 bytes).
+Header fields (little-endian, ``HEADER_STRUCT``): magic ``SFR1``, version (2), flags (0), channels (3), dtype (1 =
+uint8), stream id (16 bytes), key id (u32), key commitment (16 bytes), sealer salt (16 bytes), sequence number
+(u64), monotonic capture time (ns, u64), height (u32), width (u32), payload length (u32), nonce (12 bytes).
 
-Keys. A 256-bit session secret is expanded with HKDF-SHA256 into three independent values: the AES-256-GCM payload
-key, an HMAC-SHA256 header key and a 16-byte key commitment that is written into every header. The payload is
-encrypted with AES-256-GCM under a counter nonce (4 zero bytes || 64-bit counter, unique per key: the counter lives
-in the :class:`SessionKey` object and sealing is refused before it would wrap) with the whole header as associated
-data. The header tag (HMAC, truncated to 16 bytes) lets a forged header be refused after hashing 84 bytes instead of
-decrypting megabytes, and tells a rewritten header apart from a flipped pixel.
+Keys. A 256-bit session secret is expanded with HKDF-SHA256 into an HMAC-SHA256 header key, a 16-byte key
+commitment written into every header, and a payload master key. The session secret is never used to encrypt:
+every :class:`FrameSealer` draws a fresh random 128-bit *sealer salt* and derives its own AES-256-GCM key from the
+payload master key and that salt (HKDF-SHA256, salt = sealer salt). The salt travels in every header (covered by
+the header tag and by GCM as associated data), so the verifier derives the same key. The GCM nonce is a counter
+(4 zero bytes || 64-bit counter) owned by that one sealer, over that sealer's own key; sealing is refused before
+it would wrap. Two sealers built from the same stored secret therefore never share a GCM key (barring a 128-bit
+salt collision), and a (key, nonce) pair can never repeat -- by construction, not by bookkeeping.
+
+The payload is encrypted with the whole header as associated data. The header tag (HMAC, truncated to 16 bytes)
+lets a forged header be refused after hashing 100 bytes instead of decrypting megabytes (no key derivation happens
+for a header that fails it), and tells a rewritten header apart from a flipped pixel.
 
 Verification order (fail closed, one named :class:`Rejection` per failure, nothing allocated from untrusted sizes
-before the bound checks): length, header, shape bound, exact length, key id / key commitment / stream id, header
-tag, payload tag; only then sequence (replay, reorder), capture time (stale, future) and gaps (drop policy).
-The verifier's state is updated only by authentic frames.
+before the bound checks): length, header, shape bound, exact length, key id (retired / unknown) / key commitment /
+stream id, header tag, payload tag; only then sequence (replay, reorder), capture time (stale, future) and gaps
+(drop policy). The verifier's state is updated only by authentic frames.
 """
 from __future__ import annotations
 
@@ -27,9 +33,10 @@ import hashlib
 import hmac
 import os
 import struct
+import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -42,16 +49,17 @@ from cryptography.exceptions import InvalidTag
 from testbed.errors import ConfigError, TestbedError
 
 MAGIC = b"SFR1"
-VERSION = 1
+VERSION = 2  # version 1 (84-byte header, nonce counter per SessionKey object) is refused: BAD_HEADER
 CHANNELS = 3
 DTYPE_UINT8 = 1
-HEADER_STRUCT = struct.Struct("<4sBBBB16sI16sQQIII12s")
-HEADER_SIZE = HEADER_STRUCT.size  # 84
+HEADER_STRUCT = struct.Struct("<4sBBBB16sI16s16sQQIII12s")
+HEADER_SIZE = HEADER_STRUCT.size  # 100
 HEADER_TAG_SIZE = 16
 GCM_TAG_SIZE = 16
 OVERHEAD = HEADER_SIZE + HEADER_TAG_SIZE + GCM_TAG_SIZE
 SECRET_SIZE = 32
 STREAM_ID_SIZE = 16
+SALT_SIZE = 16  # the per-sealer random salt from which the sealer's own GCM key is derived
 NONCE_PREFIX = b"\x00\x00\x00\x00"
 MAX_NONCE_COUNTER = (1 << 64) - 1  # the counter value that must never be used (it would wrap next)
 
@@ -59,7 +67,7 @@ MAX_NONCE_COUNTER = (1 << 64) - 1  # the counter value that must never be used (
 HEADER_FIELDS: dict[str, tuple[int, int]] = {}
 _off = 0
 for _name, _size in (("magic", 4), ("version", 1), ("flags", 1), ("channels", 1), ("dtype", 1), ("stream_id", 16),
-                     ("key_id", 4), ("key_commit", 16), ("seq", 8), ("capture_ns", 8), ("height", 4), ("width", 4),
+                     ("key_id", 4), ("key_commit", 16), ("key_salt", 16), ("seq", 8), ("capture_ns", 8), ("height", 4), ("width", 4),
                      ("payload_len", 4), ("nonce", 12)):
     HEADER_FIELDS[_name] = (_off, _size)
     _off += _size
@@ -73,6 +81,7 @@ class Rejection(str, enum.Enum):
     OVERSIZED = "oversized"  # longer than the bound or than the declared payload
     BAD_HEADER = "bad_header"  # magic, version, flags, channels, dtype or length field invalid
     SHAPE_BOUND = "shape_bound"  # declared height/width outside the configured bound
+    RETIRED_KEY = "retired_key"  # key id retired from the consumer's keyring (Keyring.retire)
     UNKNOWN_KEY = "unknown_key"  # key id not in the consumer's keyring
     WRONG_KEY = "wrong_key"  # key id known but the commitment differs: the consumer holds another key
     WRONG_STREAM = "wrong_stream"  # authentic-looking frame of another stream (splice)
@@ -99,49 +108,81 @@ class FrameRejected(TestbedError):
 
 
 class NonceExhausted(TestbedError):
-    """The per-key nonce counter would wrap: the key must be replaced before sealing more frames."""
+    """The sealer's nonce counter would wrap: start a new sealer (it derives a fresh key) before sealing more."""
 
 
 class SealError(TestbedError, ValueError):
     """A frame cannot be sealed (wrong dtype/shape, larger than the bound)."""
 
 
-def _hkdf(secret: bytes, info: bytes, length: int) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=b"testbed-secure-frames-v1", info=info).derive(secret)
+def _hkdf(secret: bytes, info: bytes, length: int, salt: bytes = b"testbed-secure-frames-v1") -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+def derive_payload_key(payload_master: bytes, key_salt: bytes) -> bytes:
+    """The AES-256-GCM key of one sealer: HKDF-SHA256 of the key's payload master key, salted with the sealer's
+    random 128-bit salt. Distinct salts give independent keys, so sealers never share a (key, nonce) pair."""
+    if len(key_salt) != SALT_SIZE:
+        raise ConfigError(f"sealer salt must be {SALT_SIZE} bytes, got {len(key_salt)}")
+    return _hkdf(payload_master, b"sealer-payload-aes-256-gcm", 32, salt=bytes(key_salt))
 
 
 class VerifyKey:
-    """The consumer's view of a session key: it can verify and decrypt, never seal (no nonce state to reuse)."""
+    """The consumer's view of a session key: it verifies and decrypts, never seals (it has no nonce counter).
+
+    It keeps the header key, the commitment and the payload master key (not the raw secret); the GCM key of each
+    sealer is derived on demand from the sealer salt of an *authentic* header and cached (a few sealers per key).
+    """
+
+    _CACHE = 16  # derived sealer keys kept per key
 
     def __init__(self, key_id: int, secret: bytes) -> None:
-        if not isinstance(key_id, int) or not 0 <= key_id < 2**32:
+        if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 <= key_id < 2**32:
             raise ConfigError(f"key_id must be an int in [0, 2**32), got {key_id!r}")
         if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_SIZE:
             raise ConfigError(f"session secret must be {SECRET_SIZE} bytes, got "
                               f"{len(secret) if isinstance(secret, (bytes, bytearray)) else type(secret).__name__}")
         self.key_id = key_id
         secret = bytes(secret)
-        self._aead = AESGCM(_hkdf(secret, b"payload-aes-256-gcm", 32))
+        self._payload_master = _hkdf(secret, b"payload-master", 32)
         self._hkey = _hkdf(secret, b"header-hmac-sha256", 32)
         self.commitment = _hkdf(secret, b"key-commitment", 16)
+        self._sealer_keys: OrderedDict[bytes, AESGCM] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def header_tag(self, header: bytes) -> bytes:
         return hmac.digest(self._hkey, header, hashlib.sha256)[:HEADER_TAG_SIZE]
+
+    def payload_aead(self, key_salt: bytes) -> AESGCM:
+        """The AES-GCM object of the sealer with this salt (call only after the header tag verified)."""
+        key_salt = bytes(key_salt)
+        with self._cache_lock:
+            aead = self._sealer_keys.get(key_salt)
+            if aead is not None:
+                self._sealer_keys.move_to_end(key_salt)
+                return aead
+        aead = AESGCM(derive_payload_key(self._payload_master, key_salt))
+        with self._cache_lock:
+            self._sealer_keys[key_salt] = aead
+            while len(self._sealer_keys) > self._CACHE:
+                self._sealer_keys.popitem(last=False)
+        return aead
 
     def __repr__(self) -> str:  # never print key material
         return f"{type(self).__name__}(key_id={self.key_id}, commitment={self.commitment.hex()[:8]}...)"
 
 
 class SessionKey(VerifyKey):
-    """A sealing key: the secret plus the per-key nonce counter (shared by every stream sealed with it)."""
+    """A session key that may seal: the secret and its key id. It holds no nonce state and never encrypts itself.
 
-    def __init__(self, key_id: int, secret: bytes, *, first_counter: int = 0) -> None:
+    Every :class:`FrameSealer` built from it derives its own GCM key from a fresh random salt, so building
+    ``SessionKey(kid, secret)`` again from a stored secret -- or building many sealers from one key -- can never
+    repeat a (key, nonce) pair.
+    """
+
+    def __init__(self, key_id: int, secret: bytes) -> None:
         super().__init__(key_id, secret)
-        if not 0 <= first_counter <= MAX_NONCE_COUNTER:
-            raise ConfigError(f"first_counter must lie in [0, 2**64 - 1], got {first_counter}")
         self._secret = bytes(secret)
-        self._counter = first_counter
-        self._lock = threading.Lock()
 
     @classmethod
     def generate(cls, key_id: int | None = None) -> "SessionKey":
@@ -158,24 +199,6 @@ class SessionKey(VerifyKey):
     def verify_key(self) -> VerifyKey:
         return VerifyKey(self.key_id, self._secret)
 
-    @property
-    def frames_left(self) -> int:
-        return MAX_NONCE_COUNTER - self._counter
-
-    def next_nonce(self) -> bytes:
-        """The next 96-bit nonce; raises :class:`NonceExhausted` instead of ever wrapping."""
-        with self._lock:
-            if self._counter >= MAX_NONCE_COUNTER:
-                raise NonceExhausted(
-                    f"nonce counter of key {self.key_id} is exhausted (2**64 - 1 frames sealed); "
-                    "start a new capture session to get a fresh key")
-            n = self._counter
-            self._counter += 1
-        return NONCE_PREFIX + n.to_bytes(8, "little")
-
-    def seal_payload(self, nonce: bytes, payload: Any, header: bytes) -> bytes:
-        return self._aead.encrypt(nonce, payload, header)
-
 
 @dataclass(frozen=True)
 class FrameHeader:
@@ -184,6 +207,7 @@ class FrameHeader:
     stream_id: bytes
     key_id: int
     key_commit: bytes
+    key_salt: bytes
     seq: int
     capture_ns: int
     height: int
@@ -197,7 +221,7 @@ class FrameHeader:
 
     def pack(self) -> bytes:
         return HEADER_STRUCT.pack(MAGIC, self.version, self.flags, self.channels, self.dtype, self.stream_id,
-                                  self.key_id, self.key_commit, self.seq, self.capture_ns, self.height, self.width,
+                                  self.key_id, self.key_commit, self.key_salt, self.seq, self.capture_ns, self.height, self.width,
                                   self.payload_len, self.nonce)
 
     @property
@@ -255,24 +279,51 @@ class VerifyPolicy:
 class FrameSealer:
     """Seals frames of one stream: assigns sequence numbers and capture times, encrypts and authenticates.
 
-    Only the capture process holds one. ``max_height``/``max_width`` refuse frames a consumer would refuse anyway.
+    Only the capture process holds one. On construction it draws a random 128-bit salt and derives its own GCM key
+    from the session key; the nonce counter belongs to this sealer alone, over that key, so no other sealer -- even
+    one built from the same stored secret with the same stream id -- can reuse a nonce under it.
+    ``max_height``/``max_width`` refuse frames a consumer would refuse anyway. ``first_counter`` starts the nonce
+    counter elsewhere than 0 (to test exhaustion; it cannot cause reuse: the key is this sealer's own).
     """
 
     def __init__(self, key: SessionKey, stream_id: bytes | None = None, *,
                  clock: Callable[[], int] = time.monotonic_ns, first_seq: int = 0,
-                 max_height: int = 4320, max_width: int = 7680) -> None:
+                 max_height: int = 4320, max_width: int = 7680, first_counter: int = 0) -> None:
         if not isinstance(key, SessionKey):
             raise ConfigError(f"FrameSealer needs a SessionKey (a VerifyKey cannot seal), got {type(key).__name__}")
         if stream_id is None:
             stream_id = os.urandom(STREAM_ID_SIZE)
         if not isinstance(stream_id, bytes) or len(stream_id) != STREAM_ID_SIZE:
             raise ConfigError(f"stream_id must be {STREAM_ID_SIZE} bytes, got {stream_id!r}")
+        if isinstance(first_counter, bool) or not isinstance(first_counter, int) \
+                or not 0 <= first_counter <= MAX_NONCE_COUNTER:
+            raise ConfigError(f"first_counter must be an int in [0, 2**64 - 1], got {first_counter!r}")
         self.key = key
         self.stream_id = stream_id
         self.clock = clock
         self.next_seq = first_seq
         self.max_height = max_height
         self.max_width = max_width
+        self.key_salt = os.urandom(SALT_SIZE)
+        self._aead = AESGCM(derive_payload_key(key._payload_master, self.key_salt))
+        self._counter = first_counter
+        self._lock = threading.Lock()
+
+    @property
+    def frames_left(self) -> int:
+        """How many more frames this sealer may seal before its nonce counter is exhausted."""
+        return MAX_NONCE_COUNTER - self._counter
+
+    def next_nonce(self) -> bytes:
+        """The next 96-bit nonce of this sealer; raises :class:`NonceExhausted` instead of ever wrapping."""
+        with self._lock:
+            if self._counter >= MAX_NONCE_COUNTER:
+                raise NonceExhausted(
+                    f"nonce counter of this sealer (key {self.key.key_id}) is exhausted (2**64 - 1 frames sealed); "
+                    "start a new sealer or capture session: it derives a fresh key")
+            n = self._counter
+            self._counter += 1
+        return NONCE_PREFIX + n.to_bytes(8, "little")
 
     def seal(self, frame: np.ndarray, *, capture_ns: int | None = None) -> bytes:
         """Seal one uint8 HxWx3 RGB frame into a record (bytes)."""
@@ -285,11 +336,11 @@ class FrameSealer:
         if self.next_seq >= 2**64:
             raise SealError("sequence number space of this stream is exhausted")
         frame = np.ascontiguousarray(frame)
-        nonce = self.key.next_nonce()
-        header = FrameHeader(self.stream_id, self.key.key_id, self.key.commitment, self.next_seq,
+        nonce = self.next_nonce()
+        header = FrameHeader(self.stream_id, self.key.key_id, self.key.commitment, self.key_salt, self.next_seq,
                              self.clock() if capture_ns is None else int(capture_ns), h, w, h * w * CHANNELS,
                              nonce).pack()
-        body = self.key.seal_payload(nonce, memoryview(frame).cast("B"), header)
+        body = self._aead.encrypt(nonce, memoryview(frame).cast("B"), header)
         self.next_seq += 1
         return b"".join((header, self.key.header_tag(header), body))
 
@@ -305,7 +356,7 @@ def parse_header(record: bytes | bytearray | memoryview, policy: VerifyPolicy = 
     if n > policy.max_record_bytes:
         raise FrameRejected(Rejection.OVERSIZED, f"record of {n} bytes exceeds the bound of "
                                                  f"{policy.max_record_bytes} bytes")
-    (magic, version, flags, channels, dtype, stream_id, key_id, key_commit, seq, capture_ns, height, width,
+    (magic, version, flags, channels, dtype, stream_id, key_id, key_commit, key_salt, seq, capture_ns, height, width,
      payload_len, nonce) = HEADER_STRUCT.unpack_from(record, 0)
     if magic != MAGIC:
         raise FrameRejected(Rejection.BAD_HEADER, f"magic {magic!r}, expected {MAGIC!r}")
@@ -325,8 +376,8 @@ def parse_header(record: bytes | bytearray | memoryview, policy: VerifyPolicy = 
         raise FrameRejected(Rejection.TRUNCATED, f"record of {n} bytes, header declares {expected}")
     if n > expected:
         raise FrameRejected(Rejection.OVERSIZED, f"record of {n} bytes, header declares {expected}")
-    return FrameHeader(stream_id, key_id, key_commit, seq, capture_ns, height, width, payload_len, nonce, version,
-                       flags, channels, dtype)
+    return FrameHeader(stream_id, key_id, key_commit, key_salt, seq, capture_ns, height, width, payload_len, nonce,
+                       version, flags, channels, dtype)
 
 
 @dataclass(frozen=True)
@@ -352,19 +403,38 @@ class VerifiedFrame:
 
 
 class Keyring:
-    """Verify keys by key id (the consumer side)."""
+    """Verify keys by key id (the consumer side). A key can be retired: its frames are then refused with
+    ``RETIRED_KEY``, its key material is dropped, and its key id can never be added again."""
 
     def __init__(self, keys: Iterable[VerifyKey] = ()) -> None:
         self._keys: dict[int, VerifyKey] = {}
+        self._retired: set[int] = set()
         for k in keys:
             self.add(k)
 
     def add(self, key: VerifyKey) -> None:
+        if not isinstance(key, VerifyKey):
+            raise ConfigError(f"a keyring holds VerifyKey objects, got {type(key).__name__}")
         if isinstance(key, SessionKey):  # keep only verification capability on the consumer side
             key = key.verify_key()
+        if key.key_id in self._retired:
+            raise ConfigError(f"key id {key.key_id} was retired from this keyring; a new key needs a new key id")
         if key.key_id in self._keys:
             raise ConfigError(f"key id {key.key_id} is already in the keyring")
         self._keys[key.key_id] = key
+
+    def retire(self, key_id: int) -> None:
+        """Retire a key: every later frame under it is refused (``RETIRED_KEY``), also by verifiers already running
+        with this keyring."""
+        if key_id in self._retired:
+            return
+        if key_id not in self._keys:
+            raise ConfigError(f"key id {key_id} is not in the keyring; nothing to retire")
+        del self._keys[key_id]
+        self._retired.add(key_id)
+
+    def is_retired(self, key_id: int) -> bool:
+        return key_id in self._retired
 
     def get(self, key_id: int) -> VerifyKey | None:
         return self._keys.get(key_id)
@@ -426,6 +496,8 @@ class FrameVerifier:
             raise
         key = self.keys.get(hdr.key_id)
         if key is None:
+            if self.keys.is_retired(hdr.key_id):
+                raise self._reject(Rejection.RETIRED_KEY, f"key id {hdr.key_id} was retired")
             raise self._reject(Rejection.UNKNOWN_KEY, f"key id {hdr.key_id} is not in the keyring")
         if not hmac.compare_digest(key.commitment, hdr.key_commit):
             raise self._reject(Rejection.WRONG_KEY, f"key id {hdr.key_id}: the frame's key commitment does not "
@@ -437,8 +509,9 @@ class FrameVerifier:
                                    record[HEADER_SIZE:HEADER_SIZE + HEADER_TAG_SIZE]):
             raise self._reject(Rejection.BAD_HEADER_TAG, f"header tag mismatch (seq field {hdr.seq})")
         try:
-            plain = key._aead.decrypt(hdr.nonce, memoryview(record)[HEADER_SIZE + HEADER_TAG_SIZE:],
-                                      memoryview(record)[:HEADER_SIZE])
+            aead = key.payload_aead(hdr.key_salt)  # only now: the salt is authentic (header tag checked)
+            plain = aead.decrypt(hdr.nonce, memoryview(record)[HEADER_SIZE + HEADER_TAG_SIZE:],
+                                 memoryview(record)[:HEADER_SIZE])
         except InvalidTag:
             raise self._reject(Rejection.BAD_PAYLOAD_TAG, f"payload tag mismatch (seq {hdr.seq})") from None
         # Authentic from here on: stream policy.
@@ -473,10 +546,7 @@ def quantize_frame(x: Any) -> np.ndarray:
         if x.ndim != 3 or x.shape[2] != 3:
             raise SealError(f"uint8 frames must be HxWx3 RGB, got shape {x.shape}")
         return np.ascontiguousarray(x)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        torch = None
+    torch = sys.modules.get("torch")  # a tensor implies torch is imported; never import it here (seconds)
     if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().cpu().float().numpy()
     x = np.asarray(x)
@@ -526,7 +596,7 @@ def verify_stream(verifier: FrameVerifier, records: Iterable[bytes]) -> StreamOu
 
 
 __all__ = [
-    "MAGIC", "HEADER_SIZE", "HEADER_FIELDS", "OVERHEAD", "Rejection", "FrameRejected", "NonceExhausted",
+    "MAGIC", "VERSION", "HEADER_SIZE", "HEADER_FIELDS", "OVERHEAD", "SALT_SIZE", "derive_payload_key", "Rejection", "FrameRejected", "NonceExhausted",
     "SealError", "VerifyKey", "SessionKey", "FrameHeader", "VerifyPolicy", "FrameSealer", "FrameVerifier",
     "Keyring", "VerifiedFrame", "VerifierStats", "parse_header", "record_size", "quantize_frame",
     "frame_to_tensor", "verify_stream", "StreamOutcome",

@@ -90,7 +90,7 @@ def pad(record: bytes, n_bytes: int, fill: bytes = b"\x00") -> bytes:
 def read_header(record: bytes) -> FrameHeader:
     """The header fields of a record, without any check (attacker's view; the format is public)."""
     f = HEADER_STRUCT.unpack_from(record, 0)
-    return FrameHeader(f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13], f[1], f[2], f[3], f[4])
+    return FrameHeader(*f[5:15], f[1], f[2], f[3], f[4])
 
 
 def ctr_substitute(record: bytes, known_plain: np.ndarray, new_plain: np.ndarray) -> bytes:
@@ -125,6 +125,80 @@ def forge_record(template: bytes, frame: np.ndarray, *, seq: int | None = None, 
     # Re-tag the patched header with the attacker's header key (a correct-looking but wrong tag).
     header = rec[:HEADER_SIZE]
     return header + attacker.header_tag(header) + rec[HEADER_SIZE + HEADER_TAG_SIZE:]
+
+
+# ------------------------------------------------------------------------------- nonce reuse: the forbidden attack
+_GCM_R = 0xE1 << 120
+
+
+def _gf_mul(x: int, y: int) -> int:
+    """Product in GCM's GF(2^128) (NIST SP 800-38D, algorithm 1; blocks as big-endian 128-bit integers)."""
+    z, v = 0, y
+    for i in range(127, -1, -1):
+        if (x >> i) & 1:
+            z ^= v
+        v = (v >> 1) ^ _GCM_R if v & 1 else v >> 1
+    return z
+
+
+def _gf_pow(x: int, e: int) -> int:
+    r = 1 << 127  # the field's one
+    while e:
+        if e & 1:
+            r = _gf_mul(r, x)
+        x = _gf_mul(x, x)
+        e >>= 1
+    return r
+
+
+def _blocks(data: bytes) -> list[int]:
+    data = data + b"\x00" * (-len(data) % 16)
+    return [int.from_bytes(data[i:i + 16], "big") for i in range(0, len(data), 16)]
+
+
+def ghash(h: int, aad: bytes, ciphertext: bytes) -> int:
+    """GHASH_H(A, C) as GCM computes it (the tag is GHASH xor E_K(J0))."""
+    y = 0
+    lengths = ((8 * len(aad)) << 64) | (8 * len(ciphertext))
+    for b in _blocks(aad) + _blocks(ciphertext) + [lengths]:
+        y = _gf_mul(y ^ b, h)
+    return y
+
+
+def nonce_reuse_forgery(record_a: bytes, plain_a: np.ndarray, record_b: bytes, new_plain: np.ndarray) -> bytes:
+    """Forge a record from two records sealed under the same GCM key, nonce and header (Joux's "forbidden attack",
+    in its simplest instance).
+
+    When the frames of the two records differ only inside the last 16-byte block of the payload, the tag difference
+    is ``(C_a ^ C_b)[last block] * H^2`` in GF(2^128): the attacker solves for the hash key H (a square root is
+    x^(2^127)), recovers the tag mask ``E_K(J0) = T_a ^ GHASH_H(A, C_a)``, XORs ``plain_a ^ new_plain`` into the
+    ciphertext (counter mode) and computes a valid tag for it. The result keeps ``record_a``'s header and header
+    tag. Against the version-1 key API (a nonce counter per ``SessionKey`` object: two objects from one stored
+    secret restart at 0) this forgery verified. With per-sealer keys the two records never share a GCM key, and
+    the forged tag is wrong: ``bad_payload_tag``.
+    """
+    start = payload_offset()
+    ha, hb = read_header(record_a), read_header(record_b)
+    if len(record_a) != len(record_b) or ha.nonce != hb.nonce:
+        raise ConfigError("the nonce-reuse forgery needs two records of equal length under the same nonce")
+    body_a, tag_a = record_a[start:-16], int.from_bytes(record_a[-16:], "big")
+    body_b, tag_b = record_b[start:-16], int.from_bytes(record_b[-16:], "big")
+    blocks_a, blocks_b = _blocks(body_a), _blocks(body_b)
+    if blocks_a[-1] == blocks_b[-1]:
+        raise ConfigError("this instance of the attack needs payloads whose last 16-byte blocks differ")
+    # (If the two ciphertexts also differ before their last block, the records were not sealed under one key with
+    # plaintexts differing only at the end: the attacker's H is then wrong and so is the forged tag.)
+    h_squared = _gf_mul(tag_a ^ tag_b, _gf_pow(blocks_a[-1] ^ blocks_b[-1], (1 << 128) - 2))
+    h = _gf_pow(h_squared, 1 << 127)
+    aad = record_a[:HEADER_SIZE]
+    mask = tag_a ^ ghash(h, aad, body_a)
+    a = np.ascontiguousarray(plain_a, dtype=np.uint8).reshape(-1)
+    b = np.ascontiguousarray(new_plain, dtype=np.uint8).reshape(-1)
+    if a.size != len(body_a) or b.size != len(body_a):
+        raise ConfigError(f"plaintexts of {a.size}/{b.size} bytes do not match the {len(body_a)}-byte payload")
+    forged_body = (np.frombuffer(body_a, np.uint8) ^ a ^ b).tobytes()
+    tag = (ghash(h, aad, forged_body) ^ mask).to_bytes(16, "big")
+    return record_a[:start] + forged_body + tag
 
 
 # ---------------------------------------------------------------------------------------------- stream-level plan
@@ -367,6 +441,21 @@ def run_tamper_experiment(frames: Sequence[Any], labels: Sequence[int], model: C
         plan=tamperer.plan.to_dict())
 
 
-__all__ = ["TamperPlan", "Tamperer", "Delivered", "TamperExperimentResult", "run_tamper_experiment", "flip_bit",
-           "rewrite_field", "set_shape", "truncate", "pad", "read_header", "ctr_substitute", "forge_record",
-           "payload_offset"]
+__all__ = [
+    "Delivered",
+    "TamperExperimentResult",
+    "TamperPlan",
+    "Tamperer",
+    "ctr_substitute",
+    "flip_bit",
+    "forge_record",
+    "ghash",
+    "nonce_reuse_forgery",
+    "pad",
+    "payload_offset",
+    "read_header",
+    "rewrite_field",
+    "run_tamper_experiment",
+    "set_shape",
+    "truncate",
+]

@@ -15,12 +15,23 @@ from camera.secure.frames import (
     FrameRejected,
     FrameSealer,
     FrameVerifier,
+    Keyring,
     Rejection,
     SessionKey,
     VerifyKey,
     VerifyPolicy,
 )
-from camera.secure.tamper import flip_bit, forge_record, pad, payload_offset, rewrite_field, set_shape, truncate
+from camera.secure.tamper import (
+    flip_bit,
+    forge_record,
+    nonce_reuse_forgery,
+    pad,
+    payload_offset,
+    read_header,
+    rewrite_field,
+    set_shape,
+    truncate,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,21 @@ def run_threat_matrix(height: int = 48, width: int = 64) -> list[ThreatCase]:
         v.verify(recs[0])
         return v
 
+    def retired() -> FrameVerifier:
+        ring = Keyring([key])
+        v = FrameVerifier(ring, sealer.stream_id, policy, clock=clock)
+        ring.retire(key.key_id)
+        return v
+
+    def rebuilt_sealer_forgery() -> bytes:
+        # The capture side rebuilds a sealer from the stored secret, same stream id and clock, and seals a frame
+        # that differs from frame 0 only in its last bytes: under a shared (key, nonce) this gives the GCM hash key.
+        twin = src.frame(0).copy()
+        twin[-1, -1] ^= 0x5A
+        rebuilt = FrameSealer(SessionKey(key.key_id, key.secret), sealer.stream_id, clock=clock)
+        rec = rebuilt.seal(twin, capture_ns=read_header(recs[0]).capture_ns)
+        return nonce_reuse_forgery(recs[0], src.frame(0), rec, np.zeros((height, width, 3), np.uint8))
+
     def stale() -> bytes:
         t[0] += 10**9
         return recs[1]
@@ -71,6 +97,8 @@ def run_threat_matrix(height: int = 48, width: int = 64) -> list[ThreatCase]:
         ("consumer with the wrong key", Rejection.WRONG_KEY, lambda: fresh(VerifyKey(1, b"\x07" * 32)),
          lambda: recs[0]),
         ("unknown key id", Rejection.UNKNOWN_KEY, fresh, lambda: rewrite_field(recs[0], "key_id", 2)),
+        ("key retired by the consumer", Rejection.RETIRED_KEY, retired, lambda: recs[0]),
+        ("nonce-reuse forgery, rebuilt sealer", Rejection.BAD_PAYLOAD_TAG, fresh, rebuilt_sealer_forgery),
         ("spliced from another stream", Rejection.WRONG_STREAM, fresh, lambda: other_stream),
         ("truncated record", Rejection.TRUNCATED, fresh, lambda: truncate(recs[0], 1)),
         ("oversized record", Rejection.OVERSIZED, fresh, lambda: pad(recs[0], 1)),
@@ -109,4 +137,4 @@ def format_matrix(rows: list[ThreatCase]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ThreatCase", "run_threat_matrix", "format_matrix"]
+__all__ = ["ThreatCase", "format_matrix", "run_threat_matrix"]
