@@ -169,6 +169,39 @@ def patch_success(w: Workload, precision: str = "fp32", steps: int = 60, eval_sa
             "eval_samples": int(res.success.numel()), "steps": steps, "total_s": time.perf_counter() - t0}
 
 
+# ------------------------------------------------------------------------------------------ eyeglass
+EYEGLASS_WARMUP = 3  # steps run and discarded before timing the eyeglass (the first steps carry one-time costs)
+
+
+@case
+def eyeglass(w: Workload, precision: str = "fp32", channels_last: bool = False, eot_batch: int = 0
+             ) -> dict[str, Any]:
+    """The project's EyeglassFrame (Sharif et al.) in the shared physical-attack loop: seconds per Adam step and
+    steps/s (frame composite + sharif EOT + dlib face descriptor fwd/bwd on ``w.batch`` 150x150 chips of the
+    shipped astronaut photo, dodging, hinge loss, TV + NPS on); ``eot_batch`` 0 = one pass."""
+    import torch
+
+    from physical.eyeglass import EyeglassFrame, align_wearer, enroll
+    from testbed.models.face_descriptor import load_face_descriptor
+    from testbed.photos import load_photo
+
+    net = load_face_descriptor()  # CUDA when available, as the CLI runs it
+    dev = next(net.parameters()).device
+    chips, _ = align_wearer([load_photo("astronaut")])
+    chips = chips.to(dev)
+    enrolled = enroll(net, chips)
+    stamps: list[float] = []
+    attack = EyeglassFrame(mode="dodge", steps=w.steps + EYEGLASS_WARMUP, batch_size=w.batch, eval_samples=0,
+                           lambda_tv=0.1, lambda_nps=0.1, keep_draws=False, precision=precision,
+                           channels_last=channels_last, eot_batch=eot_batch or None)
+    t0 = time.perf_counter()
+    attack(net, chips, enrolled, callback=lambda i, loss: stamps.append(time.perf_counter()))
+    diffs = [b - a for a, b in zip(stamps, stamps[1:])][EYEGLASS_WARMUP - 1:]
+    return {"seconds": diffs, "unit": "s/step", "steps_per_s": 1.0 / median(diffs), "first_step_s": stamps[0] - t0,
+            "images_per_step": w.batch, "chip": int(chips.shape[-1]), "device": str(dev),
+            "weights_still_trainable": all(p.requires_grad for p in net.parameters())}
+
+
 # ------------------------------------------------------------------------------------------ EOT-PGD
 def _kornia_aug():
     """torchattacks' usual EOT: kornia.augmentation modules in the model, the athalye-eot-2d ranges."""

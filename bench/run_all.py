@@ -54,6 +54,10 @@ SPECS: tuple[Spec, ...] = (
          {"precision": "bf16", "channels_last": True}, allocator="glibc", full_only=True),
     Spec("success-fp32", "patch_success", "patch trained fp32 (mobilenet_v2)", {"precision": "fp32"}),
     Spec("success-bf16", "patch_success", "patch trained bf16 (mobilenet_v2)", {"precision": "bf16"}),
+    Spec("eyeglass-fp32", "eyeglass", "testbed eyeglass fp32 NCHW", {"precision": "fp32", "channels_last": False}),
+    Spec("eyeglass-fp32-cl", "eyeglass", "testbed eyeglass fp32 channels_last",
+         {"precision": "fp32", "channels_last": True}),
+    Spec("eyeglass-bf16", "eyeglass", "testbed eyeglass bf16 NCHW", {"precision": "bf16", "channels_last": False}),
     Spec("eotpgd", "eotpgd", "testbed PGD + EOTTransform (eot_batch=1, channels_last)", {"impl": "project"}),
     Spec("ta-eotpgd-eot", "eotpgd", "torchattacks EOTPGD, EOTTransform in the model",
          {"impl": "torchattacks", "transforms": "eot"}),
@@ -244,6 +248,16 @@ def build_tables(rows: dict[str, dict[str, Any]]) -> list[Table]:
                           f"after the first frame {_f(get(k, 'steady_fps'), 1)} fps (start-up "
                           f"{_f(get(k, 'startup_s'), 2)} s); classify alone {_f(get(k, 'classify_fps'), 1)} fps; "
                           f"stages ms {get(k, 'stages_ms')}"])
+    # 7. eyeglass (only when its rows ran)
+    eye = [k for k in ("eyeglass-fp32", "eyeglass-fp32-cl", "eyeglass-bf16") if k in rows]
+    if eye:
+        tables.append(Table(
+            "Eyeglass attack: seconds per Adam step and steps/s (face descriptor, 150x150 chips)",
+            ["case", "s/step", "steps/s", "peak RSS MiB", "time / fp32 NCHW"],
+            [[BY_KEY[k].label, get(k), _r(1.0, get(k)), _i(get(k, "peak_rss_mb")), _r(get(k), get("eyeglass-fp32"))]
+             for k in eye],
+            ["EyeglassFrame (dodge, hinge, TV + NPS, EOT preset sharif) in the shared loop (physical.loop), batch "
+             "of w.batch draws of the astronaut chip per step; steps after a 3-step warm-up."]))
     tables.append(Table("Camera, harness, secure path and live loop", ["case", "rate", "unit", "detail"], srows,
                         ["issue-7 goal: live loop >= 25 frames/s with the secure path. 'rate' is frames / whole run (90 frames, "
                          "start-up included: the secure path starts a capture process and exchanges its key, ~1.4 s); "

@@ -96,13 +96,23 @@ def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int,
     p.add_argument("--out", required=True, type=cli_types.output_dir,
                    help="run directory (resumed if it exists with the same config)")
     p.add_argument("--no-progress", action="store_true")
+    add_speed_options(p, channels_last=True)
+
+
+def add_speed_options(p: argparse.ArgumentParser, *, channels_last: bool) -> None:
+    """The speed options of every physical attack (``physical.loop``): --precision, --channels-last /
+    --no-channels-last (default ``channels_last``), --compile, --eot-batch, --allocator."""
     sp = p.add_argument_group("speed (docs/performance.md)")
     sp.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="bf16: bfloat16 autocast of the optimisation's forward/backward (evaluation stays fp32); "
-                         "about 2x faster on CPUs with AMX/AVX512-BF16 and on GPUs")
-    sp.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                    help="keep the model in NCHW layout (default: channels_last, faster convolutions)")
+                         "faster on CPUs with AMX/AVX512-BF16 and on GPUs, slower on CPUs without them")
+    sp.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
+                    default=channels_last,
+                    help=f"run the model in NHWC layout (default: {'on' if channels_last else 'off'})")
     sp.add_argument("--compile", action="store_true", help="torch.compile the model for the optimisation loop")
+    sp.add_argument("--eot-batch", type=cli_types.batch, default=None,
+                    help="EOT draws per model pass within a step (default: all --batch-size draws in one pass); "
+                         "the same gradient up to rounding, less activation memory")
     sp.add_argument("--allocator", choices=["auto", "tcmalloc", "glibc"], default="auto",
                     help="auto (default): re-run this command with tcmalloc preloaded when it is installed "
                          "(bash setup.sh installs libtcmalloc-minimal4); tcmalloc: require it; glibc: as started")
@@ -139,7 +149,7 @@ def ensure_allocator(choice: str) -> None:
 
 def _speed_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(precision=getattr(args, "precision", "fp32"), channels_last=getattr(args, "channels_last", True),
-                compile=getattr(args, "compile", False))
+                compile=getattr(args, "compile", False), eot_batch=getattr(args, "eot_batch", None))
 
 
 def _eot_arg(value: str) -> Any:

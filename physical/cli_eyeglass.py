@@ -54,6 +54,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default seed + 1000003)")
     p.add_argument("--checkpoint-every", type=cli_types.count(), default=25)
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    from physical.cli_eot import add_speed_options
+
+    # NCHW by default for the face descriptor (faster on the CPU it was measured on; docs/eyeglass.md)
+    add_speed_options(p, channels_last=False)
     p.set_defaults(func=run_eyeglass)
     return p
 
@@ -81,6 +85,7 @@ def run_eyeglass(args: argparse.Namespace) -> int:
     """Handler of ``testbed eyeglass``."""
     import torch
 
+    from physical.cli_eot import _speed_kwargs, ensure_allocator
     from physical.eyeglass import EyeglassFrame, align_wearer, enroll, print_crop, wear
     from physical.runs import atomic_write_json
     from testbed.faces import detect_and_align
@@ -96,12 +101,13 @@ def run_eyeglass(args: argparse.Namespace) -> int:
         margin=args.margin, lambda_own=args.lambda_own, lambda_tv=args.lambda_tv, lambda_nps=args.lambda_nps,
         palette=args.palette, init=args.init, eot=_eot_arg(args.eot), eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, **_speed_kwargs(args),
     )  # hyper-parameters are validated before anything is loaded
     t_start = time.perf_counter()
     photos = [_load(w) for w in args.wearer]  # every photo is read (and refused by name) before the model loads
     target_photos = [_load(t) for t in args.target or []]
     cli_types.check_run_out(args.out, "eyeglass")
+    ensure_allocator(getattr(args, "allocator", "glibc"))
     model = load_face_descriptor()
     device = next(model.parameters()).device
     chips, faces = align_wearer(photos)

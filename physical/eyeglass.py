@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -42,8 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from physical.eot import EOTParams, EOTTransform, resolve_config
-from physical.hyper import RunHyperParams, check_int, check_known_keys, check_nonneg
-from physical.regularizers import nps, resolve_palette, total_variation
+from physical.hyper import check_known_keys, check_nonneg
+from physical.loop import AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, device_of, logit
+from physical.regularizers import resolve_palette
 from physical.runs import RunDir
 from testbed.errors import ConfigError, ImageError
 from testbed.faces import (
@@ -264,7 +264,7 @@ def enroll(model: nn.Module, chips: Tensor, *, views: int = 0, eot: Any = "shari
     """The enrolled descriptor (128,): the mean descriptor of the clean chips, and of ``views`` clean
     augmented views of them (EOT draws from ``generator``) when ``views > 0``."""
     chips = _check_chips(chips, "chips")
-    dev = _device_of(model, chips.device)
+    dev = device_of(model, chips.device)
     chips = chips.to(dev)
     descs = [model(chips)]
     if views > 0:
@@ -277,69 +277,7 @@ def enroll(model: nn.Module, chips: Tensor, *, views: int = 0, eot: Any = "shari
     return torch.cat(descs).mean(dim=0)
 
 
-# ------------------------------------------------------------------------------------------------ result
-@dataclass
-class EyeglassResult:
-    """What ``EyeglassFrame`` returns (tensors on CPU, detached). E = number of fresh evaluation draws."""
-
-    mode: str
-    texture: Tensor  # (1, 3, S, S) frame colours in chip space (meaningful where mask > 0)
-    mask: Tensor  # (1, 1, S, S) in [0, 1]
-    adversarial: Tensor  # (N, 3, S, S) the wearer's chips wearing the frame (untransformed)
-    loss_history: list[float]
-    success: Tensor  # (E,) bool, the optimised frame on the fresh draws
-    initial_success: Tensor  # (E,) the unoptimised (solid) frame on the same draws
-    clean_success: Tensor  # (E,) no frame at all on the same draws
-    distances: dict[str, Tensor]  # "enrolled", "target" (impersonation), and "initial_*", "clean_*": (E,)
-    seed: int
-    eval_seed: int
-    config: dict[str, Any]
-    train_draws: list[dict[str, Any]] = field(default_factory=list)
-    eval_draws: list[dict[str, Any]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def success_rate(self) -> float:
-        return _rate(self.success)
-
-    @property
-    def initial_success_rate(self) -> float:
-        return _rate(self.initial_success)
-
-    @property
-    def clean_success_rate(self) -> float:
-        return _rate(self.clean_success)
-
-    def metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "mode": self.mode,
-            "success_rate": self.success_rate,
-            "initial_success_rate": self.initial_success_rate,
-            "clean_success_rate": self.clean_success_rate,
-            "eval_samples": int(self.success.numel()),
-            "seed": self.seed,
-            "eval_seed": self.eval_seed,
-            "mask_fraction": float(self.mask.mean()),
-            "final_loss": self.loss_history[-1] if self.loss_history else None,
-            "steps": len(self.loss_history),
-        }
-        for k, v in self.distances.items():
-            if v.numel():
-                out[f"distance_{k}_mean"] = float(v.mean())
-                out[f"distance_{k}_min"] = float(v.min())
-                out[f"distance_{k}_max"] = float(v.max())
-        out.update({k: v for k, v in self.extras.items() if isinstance(v, (int, float, str, bool, list, type(None)))})
-        return out
-
-
-def _rate(x: Tensor) -> float:
-    return float(x.float().mean()) if x.numel() else float("nan")
-
-
 # ------------------------------------------------------------------------------------------------ attack
-_check_pos_int, _check_nonneg = check_int, check_nonneg
-
-
 def _check_chips(x: Tensor, name: str) -> Tensor:
     if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
         raise ImageError(f"{name} must be a float N x 3 x S x S batch of face chips, got {getattr(x, 'shape', type(x))}")
@@ -350,11 +288,6 @@ def _check_chips(x: Tensor, name: str) -> Tensor:
     return x.detach().float()
 
 
-def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else fallback
-
-
 def _descriptor(d: Tensor | None, name: str, device: torch.device) -> Tensor | None:
     if d is None:
         return None
@@ -363,72 +296,81 @@ def _descriptor(d: Tensor | None, name: str, device: torch.device) -> Tensor | N
     return d.detach().reshape(128).float().to(device)
 
 
-def _logit(p: Tensor) -> Tensor:
-    p = p.clamp(1e-4, 1 - 1e-4)
-    return torch.log(p) - torch.log1p(-p)
+@dataclass
+class FrameDraw:
+    """One batch of eyeglass draws: which of the wearer's chips, and the EOT parameters."""
+
+    chip_index: Tensor  # (B,) int64
+    eot: EOTParams
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chip_index": self.chip_index.cpu(), "eot": self.eot.to("cpu").to_dict()}
+
+
+@dataclass(kw_only=True)
+class FrameContext(AttackContext):
+    """One call of ``EyeglassFrame``: the wearer's chips, the enrolled and (impersonation) target descriptors."""
+
+    chips: Tensor  # (N, 3, S, S) on ``device``
+    enrolled: Tensor  # (128,)
+    target: Tensor | None = None  # (128,)
+
+
+def _worn(transform: EOTTransform, texture: Tensor, mask: Tensor | None, chips: Tensor, idx: Tensor,
+          params: EOTParams) -> Tensor:
+    """The drawn chips wearing the printed frame (``mask=None``: no frame), photographed through the draw."""
+    x = chips[idx]
+    if mask is not None:
+        printed = transform.apply_print(texture.expand(len(idx), -1, -1, -1), params)
+        x = mask * printed + (1 - mask) * x
+    return transform.apply(x, params, print_stage=False)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EyeglassFrame(RunHyperParams):
-    """Sharif et al.'s adversarial eyeglass frame under EOT (see the module docstring).
+class EyeglassFrame(PhysicalAttack):
+    """Sharif et al.'s adversarial eyeglass frame under EOT (see the module docstring): a configuration of the
+    shared physical-attack loop (``physical.loop``), so it has its speed settings (``channels_last``,
+    ``precision``, ``compile``, ``eot_batch``), checkpoint / resume and fresh-draw evaluation.
 
     Hyper-parameters only; call with the face descriptor, the wearer's aligned chips, the enrolled descriptor and
     (impersonation) the target descriptor.
     """
 
     name: ClassVar[str] = "eyeglass"
+    default_eot: ClassVar[str] = "sharif"
+    # tv_kind was always in the eyeglass's config: kept there at every value (run directories resume)
+    CONFIG_OMIT_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32", "eot_batch": None}
 
     mode: Mode = "dodge"
     steps: int = 300
-    batch_size: int = 16  # EOT draws per step, one forward pass
     lr: float = 0.05  # Adam on the colour logits
     loss: Literal["hinge", "distance"] = "hinge"
     margin: float = 0.15
     threshold: float = MATCH_THRESHOLD
     lambda_own: float = 1.0  # impersonation: weight of the hinge "closer to the target than to oneself"
-    lambda_tv: float = 0.0
-    lambda_nps: float = 0.0
-    tv_kind: Literal["l1", "l2", "isotropic"] = "l1"
-    nps_kind: Literal["min", "product"] = "min"
-    palette: str | None = None  # palette JSON; None: the default palette
     init: Literal["brown", "gray", "black", "uniform", "random"] = "brown"
-    eot: Any = None  # EOTConfig, preset name or dict; None: "sharif"
     geometry: Any = None  # FrameGeometry or dict; None: the default frame
-    eval_samples: int = 1000
-    eval_batch_size: int = 100
-    seed: int = 0
-    eval_seed: int | None = None  # default seed + 1_000_003
     checkpoint_every: int = 25
-    keep_draws: bool = True
+    # NCHW by default: the face descriptor's fwd+bwd measured 1.9 s NCHW vs 4.6 s NHWC per 16 chips on the 2-core
+    # AMD EPYC CPU (docs/eyeglass.md); channels_last=True is there for machines where NHWC is faster
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "eot", resolve_config(self.eot if self.eot is not None else "sharif"))
         object.__setattr__(self, "geometry", _resolve_geometry(self.geometry))
-        self.validate()
+        super().__post_init__()
 
     def validate(self) -> None:
         if self.mode not in ("dodge", "impersonate"):
             raise ConfigError(f"mode must be 'dodge' or 'impersonate', got {self.mode!r}")
-        _check_pos_int("steps", self.steps, 0)
-        _check_pos_int("batch_size", self.batch_size)
-        _check_nonneg("lr", self.lr)
         if self.loss not in ("hinge", "distance"):
             raise ConfigError(f"loss must be 'hinge' or 'distance', got {self.loss!r}")
-        for n in ("margin", "threshold", "lambda_own", "lambda_tv", "lambda_nps"):
-            _check_nonneg(n, getattr(self, n))
-        if self.tv_kind not in ("l1", "l2", "isotropic"):
-            raise ConfigError(f"tv_kind must be l1, l2 or isotropic, got {self.tv_kind!r}")
-        if self.nps_kind not in ("min", "product"):
-            raise ConfigError(f"nps_kind must be min or product, got {self.nps_kind!r}")
+        for n in ("margin", "threshold", "lambda_own"):
+            check_nonneg(n, getattr(self, n))
         if self.init not in (*INIT_COLOURS, "uniform", "random"):
             raise ConfigError(f"init must be one of {(*INIT_COLOURS, 'uniform', 'random')}, got {self.init!r}")
-        _check_pos_int("eval_samples", self.eval_samples, 0)
-        _check_pos_int("eval_batch_size", self.eval_batch_size)
-        self.validate_run()
-        if self.palette is not None:
-            resolve_palette(self.palette)
+        super().validate()
 
-    # -- pieces
+    # -- pieces (public)
     def initial_texture(self, size: int = DEFAULT_SIZE) -> Tensor:
         """The starting colours (1, 3, size, size), from ``init`` (and ``seed`` for the random ones)."""
         g = torch.Generator().manual_seed(self.seed + 7)
@@ -440,18 +382,18 @@ class EyeglassFrame(RunHyperParams):
 
     def sample(self, n: int, n_chips: int, generator: torch.Generator, device: torch.device) -> tuple[Tensor, EOTParams]:
         """Draw ``n`` (chip index, EOT parameters) pairs."""
+        return self._draw(EOTTransform(self.eot), n, n_chips, generator, device)
+
+    @staticmethod
+    def _draw(transform: EOTTransform, n: int, n_chips: int, generator: torch.Generator,
+              device: torch.device) -> tuple[Tensor, EOTParams]:
         idx = torch.randint(0, n_chips, (n,), generator=generator)
-        return idx.to(device), EOTTransform(self.eot).sample(n, generator, device)
+        return idx.to(device), transform.sample(n, generator, device)
 
     def render(self, texture: Tensor, mask: Tensor | None, chips: Tensor, idx: Tensor, params: EOTParams) -> Tensor:
         """Composite the (printed) frame onto the drawn chips and photograph them through the EOT draw.
         ``mask=None`` renders the chips without a frame."""
-        t = EOTTransform(self.eot)
-        x = chips[idx]
-        if mask is not None:
-            printed = t.apply_print(texture.expand(len(idx), -1, -1, -1), params)
-            x = mask * printed + (1 - mask) * x
-        return t.apply(x, params, print_stage=False)
+        return _worn(EOTTransform(self.eot), texture, mask, chips, idx, params)
 
     def objective(self, emb: Tensor, enrolled: Tensor, target: Tensor | None) -> Tensor:
         """Per-sample attack loss (B,) from descriptors (B, 128)."""
@@ -473,13 +415,53 @@ class EyeglassFrame(RunHyperParams):
         assert d_t is not None
         return (d_t < self.threshold) & (d_t < d_e)
 
-    def _regularise(self, colours: Tensor, mask: Tensor, palette: Tensor) -> Tensor:
-        out = colours.new_zeros(())
-        if self.lambda_tv > 0:
-            out = out + self.lambda_tv * total_variation(colours, mask=mask, kind=self.tv_kind)
-        if self.lambda_nps > 0:
-            out = out + self.lambda_nps * nps(colours, palette, mask=mask, kind=self.nps_kind)
+    def context(self, model: nn.Module, chips: Tensor, enrolled: Tensor, target: Tensor | None = None, *,
+                mask: Tensor | None = None) -> FrameContext:
+        """The per-call context: chips, descriptors, the frame mask (default ``frame_mask``), EOT and palette, on
+        the model's device (arguments checked; ConfigError / ImageError naming the bad one)."""
+        chips = _check_chips(chips, "chips")
+        device = device_of(model, chips.device)
+        enrolled_d = _descriptor(enrolled, "enrolled", device)
+        target_d = _descriptor(target, "target", device)
+        if mask is None:
+            mask = frame_mask(int(chips.shape[-1]), geometry=self.geometry)
+        return FrameContext(model=model, device=device, mask=mask.float().to(device), transform=EOTTransform(self.eot),
+                            palette=resolve_palette(self.palette).to(device), targeted=self.mode == "impersonate",
+                            chips=chips.to(device), enrolled=enrolled_d, target=target_d)
+
+    # -- the loop's hooks
+    def _sample(self, ctx: FrameContext, n: int, generator: torch.Generator) -> FrameDraw:
+        idx, params = self._draw(ctx.transform, n, len(ctx.chips), generator, ctx.device)
+        return FrameDraw(idx, params)
+
+    def _render(self, ctx: FrameContext, colours: Tensor | None, draw: FrameDraw) -> Tensor:
+        return _worn(ctx.transform, colours, None if colours is None else ctx.mask, ctx.chips, draw.chip_index,
+                     draw.eot)
+
+    def _attack_loss(self, ctx: FrameContext, outputs: Tensor, goal: Tensor | None) -> Tensor:
+        return self.objective(outputs, ctx.enrolled, ctx.target).mean()
+
+    def _score(self, ctx: FrameContext, outputs: Tensor, goal: Tensor | None) -> dict[str, Tensor]:
+        d_e = face_distance(outputs, ctx.enrolled)
+        out = {"enrolled": d_e}
+        d_t = None
+        if ctx.target is not None:
+            d_t = out["target"] = face_distance(outputs, ctx.target)
+        out["success"] = self.is_success(d_e, d_t)
         return out
+
+    def _result(self, ctx: FrameContext, run: LoopOutcome) -> PhysicalResult:
+        texture = run.colours
+        adversarial = ctx.mask * texture + (1 - ctx.mask) * ctx.chips
+        clean = model_eval(ctx.model, ctx.chips)  # the wearer's chips as they are, no frame, no transformation
+        extras: dict[str, Any] = {"mode": self.mode, "mask_fraction": float(ctx.mask.mean()),
+                                  "clean_distance_enrolled": float(face_distance(clean, ctx.enrolled).mean())}
+        if ctx.target is not None:
+            extras["clean_distance_target"] = float(face_distance(clean, ctx.target).mean())
+        return self._physical_result(ctx, run, perturbation=texture, adversarial=adversarial, extras=extras)
+
+    def _save(self, run: RunDir, result: PhysicalResult) -> None:
+        save_result(run, result)
 
     # -- the attack
     def __call__(
@@ -493,88 +475,19 @@ class EyeglassFrame(RunHyperParams):
         run_extra: dict[str, Any] | None = None,
         progress: bool = False,
         callback: Callable[[int, float], None] | None = None,
-    ) -> EyeglassResult:
+    ) -> PhysicalResult:
         """Optimise the frame for the wearer's aligned ``chips`` (N, 3, S, S), against the ``enrolled``
         descriptor (128,) and, for impersonation, the ``target`` descriptor (128,)."""
-        chips = _check_chips(chips, "chips")
-        device = _device_of(model, chips.device)
-        chips = chips.to(device)
-        enrolled_d = _descriptor(enrolled, "enrolled", device)
-        target_d = _descriptor(target, "target", device)
-        if self.mode == "impersonate" and target_d is None:
+        ctx = self.context(model, chips, enrolled, target)
+        if self.mode == "impersonate" and ctx.target is None:
             raise ConfigError("impersonation needs target= (the descriptor of the face to impersonate)")
-        if self.mode == "dodge" and target_d is not None:
+        if self.mode == "dodge" and ctx.target is not None:
             raise ConfigError("dodging takes no target=; use mode='impersonate' to impersonate someone")
-        size = int(chips.shape[-1])
-        mask = frame_mask(size, geometry=self.geometry).to(device)
-        palette = resolve_palette(self.palette).to(device)
-        w0 = _logit(self.initial_texture(size)).to(device)
+        w0 = logit(self.initial_texture(int(ctx.chips.shape[-1]))).to(ctx.device)
+        extra = {"chips_shape": list(ctx.chips.shape), "mask_fraction": float(ctx.mask.mean()), **(run_extra or {})}
+        return self._attack(ctx, w0, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback,
+                            score_clean=True)
 
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(self.seed)  # CPU generator: same draws on any device
-        w = w0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([w], lr=self.lr)
-        history: list[float] = []
-        draws: list[dict[str, Any]] = []
-        start, run = 0, None
-        if run_dir is not None:
-            extra = {"chips_shape": list(chips.shape), "mask_fraction": float(mask.mean()), **(run_extra or {})}
-            run = RunDir(run_dir, {**self.config(), **extra}, ignore=("checkpoint_every",))
-            ckpt = run.latest_checkpoint()
-            if ckpt is not None:
-                with torch.no_grad():
-                    w.copy_(ckpt["w"].to(device))
-                opt.load_state_dict(ckpt["optimizer"])
-                gen.set_state(ckpt["generator"])
-                history, draws, start = list(ckpt["history"]), list(ckpt.get("draws", [])), int(ckpt["step"])
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.steps, initial=start, desc=f"eyeglass-{self.mode}", unit="step")
-        for step in range(start, self.steps):
-            idx, params = self.sample(self.batch_size, len(chips), gen, device)
-            colours = torch.sigmoid(w)
-            emb = model(self.render(colours, mask, chips, idx, params))
-            loss = self.objective(emb, enrolled_d, target_d).mean() + self._regularise(colours, mask, palette)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-            if self.keep_draws:
-                draws.append({"chip_index": idx.cpu(), "eot": {k: v.cpu() for k, v in params.to_dict().items()}})
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]:.4f}")
-            if run is not None and (done % self.checkpoint_every == 0 or done == self.steps):
-                run.save_checkpoint({"w": w.detach().cpu(), "optimizer": opt.state_dict(),
-                                     "generator": gen.get_state(), "history": history, "draws": draws}, done)
-            if callback is not None:
-                callback(done, history[-1])
-        if bar is not None:
-            bar.close()
-        optimise_s = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        texture = torch.sigmoid(w.detach())
-        ev = self.evaluate(model, texture, chips, enrolled_d, target_d, mask=mask, baselines=torch.sigmoid(w0))
-        extras = {"optimise_seconds": optimise_s, "eval_seconds": time.perf_counter() - t1,
-                  "clean_distance_enrolled": float(face_distance(model_eval(model, chips), enrolled_d).mean())}
-        if target_d is not None:
-            extras["clean_distance_target"] = float(face_distance(model_eval(model, chips), target_d).mean())
-        adv = (mask * texture + (1 - mask) * chips).detach()
-        result = EyeglassResult(
-            mode=self.mode, texture=texture.cpu(), mask=mask.cpu(), adversarial=adv.cpu(), loss_history=history,
-            success=ev["success"], initial_success=ev["initial_success"], clean_success=ev["clean_success"],
-            distances=ev["distances"], seed=self.seed, eval_seed=self.resolved_eval_seed, config=self.config(),
-            train_draws=draws, eval_draws=ev["draws"], extras=extras,
-        )
-        if run is not None:
-            save_result(run, result)
-        return result
-
-    @torch.no_grad()
     def evaluate(
         self,
         model: nn.Module,
@@ -591,39 +504,18 @@ class EyeglassFrame(RunHyperParams):
         Returns success (E,), distances {"enrolled", "target"} and, with ``baselines`` (an initial texture), the
         same for that texture ("initial_*") and for the chips without a frame ("clean_*") on the same draws.
         """
-        chips = _check_chips(chips, "chips")
-        device = _device_of(model, chips.device)
-        chips, texture = chips.to(device), texture.to(device)
-        enrolled_d = _descriptor(enrolled, "enrolled", device)
-        target_d = _descriptor(target, "target", device)
-        if mask is None:
-            mask = frame_mask(int(chips.shape[-1]), geometry=self.geometry)
-        mask = mask.to(device)
-        gen = torch.Generator().manual_seed(self.resolved_eval_seed)
-        variants: dict[str, tuple[Tensor, Tensor | None]] = {"": (texture, mask)}
+        ctx = self.context(model, chips, enrolled, target, mask=mask)
+        variants: dict[str, Tensor | None] = {"final": texture.to(ctx.device)}
         if baselines is not None:
-            variants["initial_"] = (baselines.to(device), mask)
-            variants["clean_"] = (texture, None)
-        dist: dict[str, list[Tensor]] = {}
-        draws: list[dict[str, Any]] = []
-        left = self.eval_samples
-        while left > 0:
-            n = min(self.eval_batch_size, left)
-            idx, params = self.sample(n, len(chips), gen, device)
-            draws.append({"chip_index": idx.cpu(), "eot": {k: v.cpu() for k, v in params.to_dict().items()}})
-            for prefix, (tex, m) in variants.items():
-                emb = model(self.render(tex, m, chips, idx, params))
-                dist.setdefault(prefix + "enrolled", []).append(face_distance(emb, enrolled_d).cpu())
-                if target_d is not None:
-                    dist.setdefault(prefix + "target", []).append(face_distance(emb, target_d).cpu())
-            left -= n
-        distances = {k: torch.cat(v) for k, v in dist.items()}
+            variants["initial"] = baselines.to(ctx.device)
+            variants["clean"] = None
+        scores, draws = self._evaluate(ctx, variants)
+        distances: dict[str, Tensor] = {}
         out: dict[str, Any] = {"distances": distances, "draws": draws}
-        for prefix, key in (("", "success"), ("initial_", "initial_success"), ("clean_", "clean_success")):
-            if prefix + "enrolled" in distances:
-                out[key] = self.is_success(distances[prefix + "enrolled"], distances.get(prefix + "target"))
-            else:
-                out[key] = torch.zeros(0, dtype=torch.bool)
+        for variant, prefix in (("final", ""), ("initial", "initial_"), ("clean", "clean_")):
+            s = scores.get(variant, {})
+            distances.update({prefix + k: v for k, v in s.items() if k != "success"})
+            out[prefix + "success" if prefix else "success"] = s.get("success", torch.zeros(0, dtype=torch.bool))
         return out
 
 
@@ -632,7 +524,7 @@ def model_eval(model: nn.Module, x: Tensor) -> Tensor:
     return model(x)
 
 
-def save_result(run: RunDir, result: EyeglassResult) -> None:
+def save_result(run: RunDir, result: PhysicalResult) -> None:
     """Write the frame (lossless), the mask, the chips wearing it, the draws and the metrics."""
     run.save_image("texture", result.texture)
     run.save_image("frame", result.texture * result.mask + (1 - result.mask))  # white outside the frame

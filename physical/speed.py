@@ -1,11 +1,15 @@
 """Speed settings shared by the attacks: the model prepared for an attack's loop (weights frozen, NHWC layout,
-optionally compiled), restored as the caller gave it."""
+optionally compiled), restored as the caller gave it; and one forward pass with the layout / precision settings."""
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+#: the optimisation precisions: fp32, or bfloat16 autocast of the forward/backward (outputs returned as float32)
+PRECISIONS = ("fp32", "bf16")
 
 
 @contextlib.contextmanager
@@ -27,3 +31,14 @@ def prepared_model(model: nn.Module, *, channels_last: bool, compile: bool):
             p.requires_grad_(f)
         if convert:
             model.to(memory_format=torch.contiguous_format)
+
+
+def model_outputs(net: Callable[[Tensor], Tensor], x: Tensor, *, channels_last: bool, bf16: bool) -> Tensor:
+    """``net(x)`` as float32: the input in NHWC layout when ``channels_last``, the pass under bfloat16 autocast
+    when ``bf16`` (on the input's device type)."""
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if bf16:
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            return net(x).float()
+    return net(x)

@@ -11,23 +11,18 @@
   down, as a camera would); ``alpha=`` measures the sticker budget on the sign's own area (``max_mask_fraction``);
   ``saliency`` + ``saliency_mask`` place sticker cells where the loss is most sensitive (RP2's mask step).
 
-Speed settings (``precision``, ``channels_last``, ``compile``; see docs/performance.md): the model's weights are
-frozen for the call (their ``requires_grad`` flags are restored afterwards) and only the perturbation's gradient
-is computed; ``channels_last=True`` (default) runs the model in NHWC layout (restored afterwards);
-``precision="bf16"`` runs the optimisation's forward/backward under bfloat16 autocast (evaluation stays fp32);
-``compile=True`` wraps the model in ``torch.compile`` for the optimisation loop.
-
-Both are frozen dataclasses of hyper-parameters (model and data at call time). Every optimisation step draws
-``batch_size`` transformations with the training generator (seeded ``seed``) and runs them in one forward pass;
-success is measured on ``eval_samples`` FRESH draws from a different generator (seeded ``eval_seed``), never the
-optimisation's. With ``run_dir=`` the run writes config, checkpoints (with the generator state), the
-perturbation and metrics, and resumes from its latest checkpoint after being killed.
+Both are configurations of the one physical-attack loop (``physical.loop.PhysicalAttack``): frozen dataclasses of
+hyper-parameters whose hooks say how the perturbation enters the scene (``_render``), which class each draw aims
+at (``_goal``) and how a draw is scored; the model and the data come at call time in an explicit per-call context
+(``PatchContext``, ``StickerContext``). The loop owns the speed settings (``precision``, ``channels_last``,
+``compile``, ``eot_batch``; docs/performance.md), checkpoint / resume through ``run_dir=``, progress, and the
+success measured on ``eval_samples`` FRESH draws from a different generator (seeded ``eval_seed``), never the
+optimisation's. Both return a ``physical.loop.PhysicalResult``.
 """
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -35,12 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physical.eot import EOTParams, EOTTransform, resolve_config, warp_pixels
+from physical.eot import EOTParams, EOTTransform, warp_pixels
+from physical.hyper import check_int, check_known_keys, check_nonneg
+from physical.loop import (  # noqa: F401 - PhysicalResult is re-exported: the attacks' result type
+    AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, device_of, logit, replace_context,
+)
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
-from physical.hyper import RunHyperParams, check_int, check_known_keys, check_nonneg
-from physical.regularizers import lp_norm, nps, resolve_palette, total_variation
+from physical.regularizers import lp_norm, resolve_palette
 from physical.runs import RunDir
-from physical.speed import prepared_model as _prepared_model
 from testbed.errors import ConfigError, ImageError
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -258,315 +255,43 @@ class Draw:
         return cls(eot=EOTParams.from_dict(data["eot"]), **{k: v for k, v in data.items() if k != "eot"})
 
 
-# ------------------------------------------------------------------------------------------------ result
-@dataclass
-class PhysicalResult:
-    """What a patch / sticker attack returns (tensors on CPU, detached)."""
-
-    perturbation: Tensor  # patch: (1, 3, S, S) patch colours; sticker: (1, 3, H, W) mask * (sticker - sign)
-    adversarial: Tensor  # patch: the patch (same as perturbation); sticker: the stickered sign
-    mask: Tensor  # (1, 1, S, S) or (1, 1, H, W)
-    loss_history: list[float]  # total loss per step
-    success: Tensor  # (E,) bool over the fresh evaluation draws
-    predictions: Tensor  # (E,) predicted class per evaluation draw
-    initial_success: Tensor  # (E,) bool: the initial perturbation on the same evaluation draws
-    target: int | None
-    seed: int
-    eval_seed: int
-    config: dict[str, Any]
-    train_draws: list[dict[str, Any]] = field(default_factory=list)  # Draw.to_dict() per step
-    eval_draws: list[dict[str, Any]] = field(default_factory=list)  # Draw.to_dict() per evaluation chunk
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def success_rate(self) -> float:
-        return float(self.success.float().mean()) if self.success.numel() else float("nan")
-
-    @property
-    def initial_success_rate(self) -> float:
-        return float(self.initial_success.float().mean()) if self.initial_success.numel() else float("nan")
-
-    def metrics(self) -> dict[str, Any]:
-        return {
-            "success_rate": self.success_rate,
-            "initial_success_rate": self.initial_success_rate,
-            "eval_samples": int(self.success.numel()),
-            "target": self.target,
-            "seed": self.seed,
-            "eval_seed": self.eval_seed,
-            "mask_fill": float(self.mask.float().mean()),  # of the mask's own canvas
-            "final_loss": self.loss_history[-1] if self.loss_history else None,
-            "steps": len(self.loss_history),
-            **{k: v for k, v in self.extras.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
-        }
-
-
-# ------------------------------------------------------------------------------------------------ shared loop
+# ------------------------------------------------------------------------------------------------ classifier layer
 _check_pos_int, _check_nonneg = check_int, check_nonneg
 
 
-def _logit(p: Tensor) -> Tensor:
-    p = p.clamp(1e-4, 1 - 1e-4)
-    return torch.log(p) - torch.log1p(-p)
-
-
 @dataclass(frozen=True, kw_only=True)
-class _EOTAttack(RunHyperParams):
-    """Shared hyper-parameters and loop of the universal physical attacks."""
+class _EOTAttack(PhysicalAttack):
+    """The classifier layer of the shared loop (``physical.loop.PhysicalAttack``) for the patch and the sticker: a
+    classification loss (CE or C&W margin) towards / away from a per-draw goal class; success = the prediction is
+    the target (targeted) or not the label (untargeted)."""
 
     name: ClassVar[str] = "eot-attack"
     default_eot: ClassVar[str] = "athalye-eot-2d"
 
-    eot: Any = None  # EOTConfig, preset name, dict; None: the class default preset
-    steps: int = 200
-    batch_size: int = 16  # EOT draws per step (one forward pass)
-    lr: float = 0.1  # Adam, on the logits of the colours
     loss: Literal["ce", "cw"] = "ce"
     kappa: float = 0.0
-    lambda_nps: float = 0.0
-    lambda_tv: float = 0.0
-    nps_kind: Literal["min", "product"] = "min"
-    palette: str | None = None  # palette JSON path; None: the default palette
     init: Literal["random", "gray", "source"] = "random"
-    eval_samples: int = 1000
-    eval_batch_size: int = 100
-    seed: int = 0
-    eval_seed: int | None = None  # default: seed + 1_000_003 (a different generator)
-    checkpoint_every: int = 50
-    keep_draws: bool = True  # keep every training draw's parameters in the result
-    # speed settings (see docs/performance.md)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the optimisation's model forward/backward
-    channels_last: bool = True  # run the model in NHWC memory layout (faster convolutions on CPU and GPU)
-    compile: bool = False  # torch.compile the model for the optimisation loop (slow first step)
-
-    #: config keys that do not change the optimisation's arithmetic beyond rounding (a run may be resumed with
-    #: other values of them)
-    SPEED_KEYS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "compile")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "eot", resolve_config(self.eot if self.eot is not None else self.default_eot))
-        self.validate()
 
     def validate(self) -> None:
-        _check_pos_int("steps", self.steps, 0)
-        _check_pos_int("batch_size", self.batch_size)
-        _check_nonneg("lr", self.lr)
         if self.loss not in LOSS_KINDS:
             raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
-        for n in ("kappa", "lambda_nps", "lambda_tv"):
-            _check_nonneg(n, getattr(self, n))
-        if self.nps_kind not in ("min", "product"):
-            raise ConfigError(f"nps_kind must be min or product, got {self.nps_kind!r}")
+        _check_nonneg("kappa", self.kappa)
         if self.init not in ("random", "gray", "source"):
             raise ConfigError(f"init must be random, gray or source, got {self.init!r}")
-        _check_pos_int("eval_samples", self.eval_samples, 0)
-        _check_pos_int("eval_batch_size", self.eval_batch_size)
-        self.validate_run()
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for n in ("channels_last", "compile"):
-            if not isinstance(getattr(self, n), bool):
-                raise ConfigError(f"{n} must be a bool, got {getattr(self, n)!r}")
-        if self.palette is not None:
-            resolve_palette(self.palette)
+        super().validate()
 
-    def config(self) -> dict[str, Any]:
-        out = super().config()
-        if self.precision == "fp32":  # the default: left out, so run directories written before it still resume
-            out.pop("precision")
-        return out
+    # -- the loop's hooks shared by the classifier attacks
+    def _attack_loss(self, ctx: AttackContext, outputs: Tensor, goal: Tensor | None) -> Tensor:
+        return classification_loss(outputs, goal, targeted=ctx.targeted, kind=self.loss, kappa=self.kappa)
 
-    # -- hooks
-    def _sample(self, n: int, generator: torch.Generator, device: torch.device) -> Draw:
-        raise NotImplementedError
+    def _score(self, ctx: AttackContext, outputs: Tensor, goal: Tensor | None) -> dict[str, Tensor]:
+        return {"success": is_adversarial(outputs, goal, targeted=ctx.targeted), "predictions": outputs.argmax(dim=1)}
 
-    def _render(self, colours: Tensor, draw: Draw) -> Tensor:
-        raise NotImplementedError
-
-    def _regularise(self, colours: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _goal(self, draw: Draw) -> Tensor:
-        raise NotImplementedError
-
-    # -- the loop
-    def _optimise(
-        self,
-        model: nn.Module,
-        w0: Tensor,
-        targeted: bool,
-        *,
-        run_dir: str | Path | None,
-        run_extra: dict[str, Any] | None,
-        progress: bool,
-        callback: Callable[[int, float], None] | None,
-    ) -> tuple[Tensor, list[float], list[dict[str, Any]], RunDir | None]:
-        device = w0.device
-        gen = torch.Generator().manual_seed(self.seed)  # CPU generator: same draws on any device
-        w = w0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([w], lr=self.lr)
-        history: list[float] = []
-        draws: list[dict[str, Any]] = []
-        start = 0
-        run = None
-        if run_dir is not None:
-            run = RunDir(run_dir, {**self.config(), **(run_extra or {})}, ignore=self.SPEED_KEYS)
-            ckpt = run.latest_checkpoint()
-            if ckpt is not None:
-                with torch.no_grad():
-                    w.copy_(ckpt["w"].to(device))
-                opt.load_state_dict(ckpt["optimizer"])
-                gen.set_state(ckpt["generator"])
-                history = list(ckpt["history"])
-                draws = list(ckpt.get("draws", []))
-                start = int(ckpt["step"])
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.steps, initial=start, desc=self.name, unit="step")
-        pending: list[Tensor] = []  # losses not yet copied to the host (no device sync per step)
-
-        def flush() -> None:
-            if pending:
-                history.extend(torch.stack(pending).float().cpu().tolist())
-                pending.clear()
-
-        with _prepared_model(model, channels_last=self.channels_last, compile=self.compile) as net:
-            for step in range(start, self.steps):
-                draw = self._sample(self.batch_size, gen, device)
-                colours = torch.sigmoid(w)
-                x = self._render(colours, draw)
-                logits = self._forward(net, x, train=True)
-                cls = classification_loss(
-                    logits, self._goal(draw), targeted=targeted, kind=self.loss, kappa=self.kappa
-                )
-                loss = cls + self._regularise(colours)
-                # only the perturbation's gradient: no weight gradients even when the caller's model has them on
-                (grad,) = torch.autograd.grad(loss, [w])
-                w.grad = grad
-                opt.step()
-                pending.append(loss.detach())
-                if self.keep_draws:
-                    draws.append(draw.to_dict())
-                done = step + 1
-                checkpoint = run is not None and (done % self.checkpoint_every == 0 or done == self.steps)
-                if callback is not None or checkpoint or (bar is not None and (done % 10 == 0 or done == self.steps)):
-                    flush()
-                if bar is not None:
-                    bar.update(1)
-                    if not pending:
-                        bar.set_postfix(loss=f"{history[-1]:.4f}")
-                if checkpoint:
-                    run.save_checkpoint(
-                        {
-                            "w": w.detach().cpu(),
-                            "optimizer": opt.state_dict(),
-                            "generator": gen.get_state(),
-                            "history": history,
-                            "draws": draws,
-                        },
-                        done,
-                    )
-                if callback is not None:
-                    callback(done, history[-1])
-        flush()
-        if bar is not None:
-            bar.close()
-        return w.detach(), history, draws, run
-
-    @torch.no_grad()
-    def _evaluate(
-        self, model: nn.Module, colours: Tensor, targeted: bool, device: torch.device
-    ) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
-        """Success on ``eval_samples`` fresh draws from the evaluation generator."""
-        gen = torch.Generator().manual_seed(self.resolved_eval_seed)
-        succ, preds, draws = [], [], []
-        left = self.eval_samples
-        with _prepared_model(model, channels_last=self.channels_last, compile=False) as net:
-            while left > 0:
-                n = min(self.eval_batch_size, left)
-                draw = self._sample(n, gen, device)
-                logits = self._forward(net, self._render(colours, draw), train=False)
-                succ.append(is_adversarial(logits, self._goal(draw), targeted=targeted).cpu())
-                preds.append(logits.argmax(dim=1).cpu())
-                draws.append(draw.to_dict())
-                left -= n
-        if not succ:
-            return torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64), []
-        return torch.cat(succ), torch.cat(preds), draws
-
-    def _finish(self, model, w0, w, history, draws, run, targeted, target, extras) -> PhysicalResult:
-        device = w.device
-        t0 = time.perf_counter()
-        initial = torch.sigmoid(w0)
-        final = torch.sigmoid(w)
-        success, preds, eval_draws = self._evaluate(model, final, targeted, device)
-        init_success, _, _ = self._evaluate(model, initial, targeted, device)
-        extras = {**extras, "eval_seconds": time.perf_counter() - t0}
-        result = self._result(final, success, preds, init_success, history, draws, eval_draws, target, extras)
-        if run is not None:
-            run.save_image("perturbation", result.perturbation)
-            run.save_image("adversarial", result.adversarial)
-            run.save_image("mask", result.mask)
-            run.save_tensors("eval_draws", eval_draws)
-            if self.keep_draws:
-                run.save_tensors("train_draws", draws)
-            run.save_tensors("eval_success", {"success": success, "predictions": preds, "initial": init_success})
-            run.save_metrics(result.metrics())
-        return result
-
-    def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
-        raise NotImplementedError
-
-    def _printability(self, colours: Tensor) -> Tensor:
-        """lambda_nps * NPS (against the palette) + lambda_tv * TV, both over the mask of this call."""
-        st = self._state()
-        out = colours.new_zeros(())
-        if self.lambda_nps > 0:
-            out = out + self.lambda_nps * nps(colours, st["palette"], mask=st["mask"], kind=self.nps_kind)
-        if self.lambda_tv > 0:
-            out = out + self.lambda_tv * total_variation(colours, mask=st["mask"])
-        return out
-
-    def _state(self) -> dict[str, Any]:
-        """The state set per call (a frozen dataclass keeps it in a side dict)."""
-        st = self.__dict__.get("_call_state")
-        if st is None:
-            raise ConfigError("internal: call state missing")
-        return st
-
-    def _physical_result(self, perturbation, adversarial, success, preds, init_success, history, draws, eval_draws,
-                         target, extras) -> PhysicalResult:
-        return PhysicalResult(
-            perturbation=perturbation,
-            adversarial=adversarial,
-            mask=self._state()["mask"].cpu(),
-            loss_history=history,
-            success=success,
-            predictions=preds,
-            initial_success=init_success,
-            target=target,
-            seed=self.seed,
-            eval_seed=self.resolved_eval_seed,
-            config=self.config(),
-            train_draws=draws,
-            eval_draws=eval_draws,
-            extras=extras,
-        )
-
-    def _forward(self, net: Callable[[Tensor], Tensor], x: Tensor, *, train: bool) -> Tensor:
-        """The model's float32 logits of ``x`` with the speed settings: NHWC input when ``channels_last``,
-        bfloat16 autocast in the optimisation when ``precision="bf16"`` (evaluation always runs in fp32)."""
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if train and self.precision == "bf16":
-            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                return net(x).float()
-        return net(x)
-
-
-PRECISIONS = ("fp32", "bf16")
+    def _save_scores(self, run: RunDir, result: PhysicalResult) -> None:
+        preds = result.predictions
+        run.save_tensors("eval_success", {
+            "success": result.success, "initial": result.initial_success,
+            "predictions": preds if preds is not None else torch.zeros(0, dtype=torch.int64)})
 
 
 def _check_model_batch(x: Tensor, name: str) -> Tensor:
@@ -578,11 +303,6 @@ def _check_model_batch(x: Tensor, name: str) -> Tensor:
     if float(x.min()) < 0 or float(x.max()) > 1:
         raise ImageError(f"{name} must lie in [0, 1]")
     return x.detach()
-
-
-def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else fallback
 
 
 # ------------------------------------------------------------------------------------------------ patch
@@ -629,31 +349,23 @@ class UniversalPatch(_EOTAttack):
     ) -> PhysicalResult:
         """Optimise the patch over ``scenes`` (N, 3, H, W). Targeted: ``target`` class index; untargeted: pass
         ``labels`` (N,), the scenes' true classes, to push away from."""
-        self._setup(model, scenes, target, labels)
-        device = self._state()["scenes"].device
-        scenes, labels = self._state()["scenes"], self._state()["labels"]
-        targeted = target is not None
-        try:
-            init_gen = torch.Generator().manual_seed(self.seed + 7)
-            if self.init == "random":
-                colours0 = torch.rand(1, 3, self.patch_size, self.patch_size, generator=init_gen)
-            else:
-                colours0 = torch.full((1, 3, self.patch_size, self.patch_size), 0.5)
-            w0 = _logit(colours0).to(device)
-            extra = {"scenes_shape": list(scenes.shape), "target": target,
-                     "labels": None if labels is None else labels.tolist(), **(run_extra or {})}
-            t0 = time.perf_counter()
-            w, history, draws, run = self._optimise(
-                model, w0, targeted, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback
-            )
-            extras = {"optimise_seconds": time.perf_counter() - t0}
-            return self._finish(model, w0, w, history, draws, run, targeted, target, extras)
-        finally:
-            object.__setattr__(self, "_call_state", None)
+        ctx = self.context(model, scenes, target=target, labels=labels)
+        init_gen = torch.Generator().manual_seed(self.seed + 7)
+        if self.init == "random":
+            colours0 = torch.rand(1, 3, self.patch_size, self.patch_size, generator=init_gen)
+        else:
+            colours0 = torch.full((1, 3, self.patch_size, self.patch_size), 0.5)
+        w0 = logit(colours0).to(ctx.device)
+        extra = {"scenes_shape": list(ctx.scenes.shape), "target": target,
+                 "labels": None if ctx.labels is None else ctx.labels.tolist(), **(run_extra or {})}
+        return self._attack(ctx, w0, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback)
 
-    def _setup(self, model: nn.Module, scenes: Tensor, target: int | None, labels: Any) -> None:
+    def context(self, model: nn.Module, scenes: Tensor, *, target: int | None = None, labels: Any = None
+                ) -> PatchContext:
+        """The per-call context: the scenes and goal on the model's device, the patch mask, EOT and palette
+        (arguments checked; ConfigError / ImageError naming the bad one)."""
         scenes = _check_model_batch(scenes, "scenes")
-        device = _device_of(model, scenes.device)
+        device = device_of(model, scenes.device)
         scenes = scenes.to(device)
         targeted = target is not None
         if targeted:
@@ -668,44 +380,32 @@ class UniversalPatch(_EOTAttack):
             if labels.shape != (scenes.shape[0],):
                 raise ConfigError(f"labels must have shape ({scenes.shape[0]},), got {tuple(labels.shape)}")
         mask = make_mask(self.shape, self.patch_size).to(device)
-        object.__setattr__(
-            self,
-            "_call_state",
-            {
-                "scenes": scenes,
-                "mask": mask,
-                "fill": float(mask.mean()),
-                "target": target,
-                "labels": labels,
-                "transform": EOTTransform(self.eot),
-                "palette": resolve_palette(self.palette).to(device),
-            },
-        )
+        return PatchContext(model=model, device=device, mask=mask, transform=EOTTransform(self.eot),
+                            palette=resolve_palette(self.palette).to(device), targeted=targeted, scenes=scenes,
+                            labels=labels, target=target, fill=float(mask.mean()))
 
     def evaluate(
         self, model: nn.Module, scenes: Tensor, patch: Tensor, *, target: int | None = None, labels: Any = None
     ) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
         """(success, predictions, draws) of a given patch (1, 3, S, S) over this attack's fresh evaluation draws."""
-        self._setup(model, scenes, target, labels)
-        try:
-            st = self._state()
-            if patch.shape != (1, 3, self.patch_size, self.patch_size):
-                raise ConfigError(f"patch must have shape (1, 3, {self.patch_size}, {self.patch_size}), got {tuple(patch.shape)}")
-            return self._evaluate(model, patch.to(st["scenes"].device).float(), target is not None, st["scenes"].device)
-        finally:
-            object.__setattr__(self, "_call_state", None)
+        ctx = self.context(model, scenes, target=target, labels=labels)
+        if patch.shape != (1, 3, self.patch_size, self.patch_size):
+            raise ConfigError(f"patch must have shape (1, 3, {self.patch_size}, {self.patch_size}), got {tuple(patch.shape)}")
+        scores, draws = self._evaluate(ctx, {"final": patch.to(ctx.device).float()})
+        s = scores["final"]
+        return s["success"], s.get("predictions", torch.zeros(0, dtype=torch.int64)), draws
 
-    def _sample(self, n: int, generator: torch.Generator, device: torch.device) -> Draw:
-        st = self._state()
-        scenes = st["scenes"]
+    def _sample(self, ctx: PatchContext, n: int, generator: torch.Generator) -> Draw:
+        device = ctx.device
+        scenes = ctx.scenes
         h, w = scenes.shape[-2:]
         pc: PlacementConfig = self.placement
         u = torch.rand(n, 4, generator=generator)
         scene_index = torch.randint(0, scenes.shape[0], (n,), generator=generator)
-        eot = st["transform"].sample(n, generator, device)
+        eot = ctx.transform.sample(n, generator, device)
         area = pc.area[0] + (pc.area[1] - pc.area[0]) * u[:, 0]
         angle = (2 * u[:, 1] - 1) * pc.rotation
-        side = torch.sqrt(area * h * w / st["fill"])  # patch side in scene pixels
+        side = torch.sqrt(area * h * w / ctx.fill)  # patch side in scene pixels
         if pc.inside:
             r = side * math.sqrt(2) / 2  # circumradius of the rotated square
             lo_x, hi_x = r, (w - 1) - r
@@ -743,25 +443,34 @@ class UniversalPatch(_EOTAttack):
             background = scenes[draw.scene_index] * (1 - warped[:, 3:4])
         return background + warped[:, :3]
 
-    def _render(self, colours: Tensor, draw: Draw) -> Tensor:
-        st = self._state()
-        t: EOTTransform = st["transform"]
-        x = self.composite(colours, draw, st["scenes"], st["mask"], t)
+    def _render(self, ctx: PatchContext, colours: Tensor | None, draw: Draw) -> Tensor:
+        """The drawn scenes with the printed patch at the drawn place (``colours=None``: without the patch),
+        photographed through the EOT draw."""
+        t = ctx.transform
+        if colours is None:
+            x = ctx.scenes[draw.scene_index]
+        else:
+            x = self.composite(colours, draw, ctx.scenes, ctx.mask, t)
         return t.apply(x, draw.eot, print_stage=False)
 
-    def _regularise(self, colours: Tensor) -> Tensor:
-        return self._printability(colours)
+    def _goal(self, ctx: PatchContext, draw: Draw) -> Tensor:
+        if ctx.target is not None:
+            return torch.full((draw.eot.batch_size,), ctx.target, dtype=torch.int64, device=draw.scene_index.device)
+        return ctx.labels[draw.scene_index]
 
-    def _goal(self, draw: Draw) -> Tensor:
-        st = self._state()
-        if st["target"] is not None:
-            return torch.full((draw.eot.batch_size,), st["target"], dtype=torch.int64, device=draw.scene_index.device)
-        return st["labels"][draw.scene_index]
+    def _result(self, ctx: PatchContext, run: LoopOutcome) -> PhysicalResult:
+        patch = run.colours
+        return self._physical_result(ctx, run, perturbation=patch, adversarial=patch, target=ctx.target)
 
-    def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
-        patch = final.detach().cpu()
-        return self._physical_result(patch, patch, success, preds, init_success, history, draws, eval_draws, target,
-                                     extras)
+
+@dataclass(kw_only=True)
+class PatchContext(AttackContext):
+    """One call of ``UniversalPatch``: the scenes and the goal (target class, or the scenes' labels)."""
+
+    scenes: Tensor  # (N, 3, H, W) on ``device``
+    labels: Tensor | None = None  # (N,) untargeted: the scenes' true classes
+    target: int | None = None
+    fill: float = 1.0  # mean of the patch mask over its square
 
 
 # ------------------------------------------------------------------------------------------------ sticker
@@ -850,7 +559,7 @@ class SignSticker(_EOTAttack):
             of = "the sign's area (its alpha)" if alpha is not None else "the image"
             raise ConfigError(f"sticker mask covers {fraction:.2%} of {of}, over the budget of "
                               f"{self.max_mask_fraction:.2%} (max_mask_fraction); use a smaller mask")
-        device = _device_of(model, sign.device)
+        device = device_of(model, sign.device)
         sign, mask = sign.to(device), mask.float().to(device)
         targeted = target is not None
         if targeted == (label is not None):
@@ -863,50 +572,21 @@ class SignSticker(_EOTAttack):
             raise ConfigError(f"source_label must be a class index >= 0, got {source_label!r}")
         if not targeted and source_label is None:
             source_label = label
-        object.__setattr__(
-            self,
-            "_call_state",
-            {"sign": sign, "mask": mask, "goal": goal, "transform": EOTTransform(self.eot),
-             "palette": resolve_palette(self.palette).to(device)},
-        )
-        try:
-            if self.init == "random":
-                colours0 = torch.rand(sign.shape, generator=torch.Generator().manual_seed(self.seed + 7)).to(device)
-            elif self.init == "gray":
-                colours0 = torch.full_like(sign, 0.5)
-            else:
-                colours0 = sign.clone()
-            w0 = _logit(colours0)
-            extra = {"sign_shape": list(sign.shape), "mask_fraction": float(mask.mean()),
-                     "mask_fraction_of_sign": fraction, "target": target, "label": label,
-                     "source_label": source_label, **(run_extra or {})}
-            t0 = time.perf_counter()
-            w, history, draws, run = self._optimise(
-                model, w0, targeted, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback
-            )
-            extras: dict[str, Any] = {"optimise_seconds": time.perf_counter() - t0, "mask_fraction": float(mask.mean()),
-                                      "mask_fraction_of_sign": fraction}
-            if source_label is not None:
-                t1 = time.perf_counter()
-                _, clean_preds, _ = self._evaluate(model, None, targeted, device)  # the same evaluation draws
-                clean_correct = clean_preds == source_label
-                extras.update(clean_predictions=clean_preds, clean_correct=clean_correct,
-                              clean_accuracy=float(clean_correct.float().mean()) if clean_correct.numel() else float("nan"),
-                              clean_eval_seconds=time.perf_counter() - t1, source_label=source_label)
-            result = self._finish(model, w0, w, history, draws, run, targeted, target, extras)
-            if source_label is not None:
-                cc = result.extras["clean_correct"]
-                n = int(cc.sum())
-                result.extras["clean_correct_count"] = n
-                result.extras["success_rate_given_clean_correct"] = (
-                    float(result.success[cc].float().mean()) if n else float("nan"))
-                if run is not None:
-                    run.save_metrics(result.metrics())
-                    run.save_tensors("clean_eval", {"predictions": result.extras["clean_predictions"],
-                                                    "correct": cc})
-            return result
-        finally:
-            object.__setattr__(self, "_call_state", None)
+        ctx = StickerContext(model=model, device=device, mask=mask, transform=EOTTransform(self.eot),
+                             palette=resolve_palette(self.palette).to(device), targeted=targeted, sign=sign,
+                             goal=goal, source_label=source_label, fraction_of_sign=fraction)
+        if self.init == "random":
+            colours0 = torch.rand(sign.shape, generator=torch.Generator().manual_seed(self.seed + 7)).to(device)
+        elif self.init == "gray":
+            colours0 = torch.full_like(sign, 0.5)
+        else:
+            colours0 = sign.clone()
+        extra = {"sign_shape": list(sign.shape), "mask_fraction": float(mask.mean()),
+                 "mask_fraction_of_sign": fraction, "target": target, "label": label,
+                 "source_label": source_label, **(run_extra or {})}
+        # with a source label, the clean sign is scored on the same evaluation draws (the denominator)
+        return self._attack(ctx, logit(colours0), run_dir=run_dir, run_extra=extra, progress=progress,
+                            callback=callback, score_clean=source_label is not None)
 
     def saliency(self, model: nn.Module, sign: Tensor, *, target: int, samples: int = 128,
                  alpha: Tensor | None = None) -> Tensor:
@@ -914,50 +594,45 @@ class SignSticker(_EOTAttack):
         sum over ``samples`` EOT draws (training generator, seed ``seed + 11``) of |d loss / d sign| summed over
         channels; (1, 1, H, W) on CPU, times ``alpha`` when given. Feed it to ``saliency_mask``."""
         sign = _check_model_batch(sign, "sign")
-        device = _device_of(model, sign.device)
+        device = device_of(model, sign.device)
         sign = sign.to(device)
         _check_pos_int("samples", samples)
         ones = torch.ones(1, 1, *sign.shape[-2:], device=device)
-        object.__setattr__(self, "_call_state", {"sign": sign, "mask": ones, "transform": EOTTransform(self.eot)})
-        try:
-            gen = torch.Generator().manual_seed(self.seed + 11)
-            acc = torch.zeros(1, 1, *sign.shape[-2:], device=device)
-            left = samples
-            while left > 0:
-                n = min(self.batch_size, left)
-                x = sign.clone().requires_grad_(True)
-                draw = self._sample(n, gen, device)
-                st = self._state()
-                st["sign"] = x
-                logits = model(self._render(None, draw))
-                goal = torch.full((n,), target, dtype=torch.int64, device=device)
-                loss = classification_loss(logits, goal, targeted=True, kind=self.loss, kappa=self.kappa)
-                (grad,) = torch.autograd.grad(loss, x)
-                acc += grad.abs().sum(1, keepdim=True)
-                st["sign"] = sign
-                left -= n
-        finally:
-            object.__setattr__(self, "_call_state", None)
+        ctx = StickerContext(model=model, device=device, mask=ones, transform=EOTTransform(self.eot), sign=sign,
+                             goal=target)
+        gen = torch.Generator().manual_seed(self.seed + 11)
+        acc = torch.zeros(1, 1, *sign.shape[-2:], device=device)
+        left = samples
+        while left > 0:
+            n = min(self.batch_size, left)
+            x = sign.clone().requires_grad_(True)
+            draw = self._sample(ctx, n, gen)
+            logits = model(self._render(replace_context(ctx, sign=x), None, draw))
+            goal = torch.full((n,), target, dtype=torch.int64, device=device)
+            loss = classification_loss(logits, goal, targeted=True, kind=self.loss, kappa=self.kappa)
+            (grad,) = torch.autograd.grad(loss, x)
+            acc += grad.abs().sum(1, keepdim=True)
+            left -= n
         acc = acc.cpu()
         return acc * alpha.cpu().float() if alpha is not None else acc
 
-    def stickered(self, colours: Tensor) -> Tensor:
-        st = self._state()
-        return st["sign"] * (1 - st["mask"]) + st["mask"] * colours
+    @staticmethod
+    def stickered(sign: Tensor, mask: Tensor, colours: Tensor) -> Tensor:
+        """The sign with the sticker colours inside the mask."""
+        return sign * (1 - mask) + mask * colours
 
-    def _sample(self, n: int, generator: torch.Generator, device: torch.device) -> Draw:
-        return Draw(eot=self._state()["transform"].sample(n, generator, device))
+    def _sample(self, ctx: StickerContext, n: int, generator: torch.Generator) -> Draw:
+        return Draw(eot=ctx.transform.sample(n, generator, ctx.device))
 
-    def _render(self, colours: Tensor | None, draw: Draw) -> Tensor:
+    def _render(self, ctx: StickerContext, colours: Tensor | None, draw: Draw) -> Tensor:
         """Print the sticker, put it on the sign, photograph the scene (``colours=None``: the clean sign)."""
-        st = self._state()
-        t: EOTTransform = st["transform"]
+        t: EOTTransform = ctx.transform
         b = draw.eot.batch_size
         if colours is None:
-            x = st["sign"].expand(b, -1, -1, -1)
+            x = ctx.sign.expand(b, -1, -1, -1)
         else:
             printed = t.apply_print(colours.expand(b, -1, -1, -1), draw.eot)
-            x = st["sign"] * (1 - st["mask"]) + st["mask"] * printed
+            x = ctx.sign * (1 - ctx.mask) + ctx.mask * printed
         if self.input_size is None or tuple(x.shape[-2:]) == tuple(self.input_size):
             return t.apply(x, draw.eot, print_stage=False)
         return self.photograph(x, draw.eot, t)
@@ -982,19 +657,43 @@ class SignSticker(_EOTAttack):
             x = transform.apply_jpeg(x, p)
         return x
 
-    def _regularise(self, colours: Tensor) -> Tensor:
-        st = self._state()
+    def _regularise(self, ctx: StickerContext, colours: Tensor) -> Tensor:
         out = colours.new_zeros(())
         if self.lambda_norm > 0:
-            delta = st["mask"] * (colours - st["sign"])
+            delta = ctx.mask * (colours - ctx.sign)
             out = out + self.lambda_norm * lp_norm(delta, 1 if self.norm == "l1" else 2, reduction="mean")
-        return out + self._printability(colours)
+        return out + super()._regularise(ctx, colours)
 
-    def _goal(self, draw: Draw) -> Tensor:
-        st = self._state()
-        return torch.full((draw.eot.batch_size,), st["goal"], dtype=torch.int64, device=st["sign"].device)
+    def _goal(self, ctx: StickerContext, draw: Draw) -> Tensor:
+        return torch.full((draw.eot.batch_size,), ctx.goal, dtype=torch.int64, device=ctx.device)
 
-    def _result(self, final, success, preds, init_success, history, draws, eval_draws, target, extras) -> PhysicalResult:
-        adv = self.stickered(final).detach()
-        return self._physical_result((adv - self._state()["sign"]).cpu(), adv.cpu(), success, preds, init_success,
-                                     history, draws, eval_draws, target, extras)
+    def _result(self, ctx: StickerContext, run: LoopOutcome) -> PhysicalResult:
+        adv = self.stickered(ctx.sign, ctx.mask, run.colours).detach()
+        result = self._physical_result(
+            ctx, run, perturbation=adv - ctx.sign, adversarial=adv, target=ctx.goal if ctx.targeted else None,
+            extras={"mask_fraction": float(ctx.mask.mean()), "mask_fraction_of_sign": ctx.fraction_of_sign})
+        if ctx.source_label is not None:  # the clean sign on the same evaluation draws
+            clean_preds = result.scores.get("clean_predictions", torch.zeros(0, dtype=torch.int64))
+            cc = clean_preds == ctx.source_label
+            n = int(cc.sum())
+            result.extras.update(
+                clean_predictions=clean_preds, clean_correct=cc, source_label=ctx.source_label,
+                clean_accuracy=float(cc.float().mean()) if cc.numel() else float("nan"), clean_correct_count=n,
+                success_rate_given_clean_correct=float(result.success[cc].float().mean()) if n else float("nan"))
+        return result
+
+    def _save_scores(self, run: RunDir, result: PhysicalResult) -> None:
+        super()._save_scores(run, result)
+        if "clean_correct" in result.extras:
+            run.save_tensors("clean_eval", {"predictions": result.extras["clean_predictions"],
+                                            "correct": result.extras["clean_correct"]})
+
+
+@dataclass(kw_only=True)
+class StickerContext(AttackContext):
+    """One call of ``SignSticker``: the sign, the goal class and (for the denominator) the sign's true class."""
+
+    sign: Tensor  # (1, 3, H, W) on ``device``
+    goal: int  # the target class (targeted) or the sign's label (untargeted)
+    source_label: int | None = None
+    fraction_of_sign: float | None = None  # the mask's share of the sign's own area

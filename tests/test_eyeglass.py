@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from physical.eot import EOTParams
 from physical.eyeglass import (
     EyeglassFrame,
     FrameGeometry,
@@ -167,16 +168,18 @@ def test_seeded_replay_and_fresh_evaluation_draws(net, astronaut_chip):
     assert r1.loss_history == r2.loss_history
     assert torch.equal(r1.distances["enrolled"], r2.distances["enrolled"])
     for d1, d2 in zip(r1.train_draws, r2.train_draws):
-        assert all(torch.equal(d1["eot"][k], d2["eot"][k]) for k in d1["eot"])
+        assert EOTParams.from_dict(d1["eot"]).equal(EOTParams.from_dict(d2["eot"]))
+        assert torch.equal(d1["chip_index"], d2["chip_index"])
     # evaluation draws come from another generator: none equals an optimisation draw
-    train_angles = torch.cat([d["eot"]["angle"] for d in r1.train_draws])
-    eval_angles = torch.cat([d["eot"]["angle"] for d in r1.eval_draws])
+    train_angles = torch.cat([EOTParams.from_dict(d["eot"]).angle for d in r1.train_draws])
+    eval_angles = torch.cat([EOTParams.from_dict(d["eot"]).angle for d in r1.eval_draws])
     assert not bool((eval_angles[:, None] == train_angles[None, :]).any())
     # re-scoring the saved texture with evaluate() gives the same numbers
     ev = a.evaluate(net, r1.texture, astronaut_chip, enrolled)
     assert torch.equal(ev["distances"]["enrolled"], r1.distances["enrolled"])
     other = tiny(steps=1, batch_size=2, eval_samples=1, eval_batch_size=1, seed=4)(net, astronaut_chip, enrolled)
-    assert not torch.equal(other.train_draws[0]["eot"]["angle"], r1.train_draws[0]["eot"]["angle"])
+    assert not torch.equal(EOTParams.from_dict(other.train_draws[0]["eot"]).angle,
+                           EOTParams.from_dict(r1.train_draws[0]["eot"]).angle)
 
 
 def test_killed_run_resumes_to_the_same_frame(net, astronaut_chip, tmp_path):
@@ -202,6 +205,98 @@ def test_killed_run_resumes_to_the_same_frame(net, astronaut_chip, tmp_path):
     assert metrics["steps"] == 3 and metrics["eval_samples"] == 1
     with pytest.raises(ConfigError, match="different config"):
         tiny(steps=5, batch_size=2)(net, astronaut_chip, enrolled, run_dir=tmp_path / "run")
+
+
+def test_killed_run_with_speed_settings_resumes_bit_for_bit(net, astronaut_chip, tmp_path):
+    """The eyeglass runs in the shared loop: with NHWC and micro-batched draws (eot_batch) a run killed after 2 of
+    3 steps and rerun resumes from its checkpoint to the same frame, bit for bit on CPU."""
+    enrolled = enroll(net, astronaut_chip)
+    a = tiny(steps=3, batch_size=4, eot_batch=2, channels_last=True, eval_samples=2, eval_batch_size=2,
+             checkpoint_every=1, lambda_tv=0.1)
+    assert a.config()["eot_batch"] == 2 and "precision" not in a.config()  # fp32: left out (old runs resume)
+    full = a(net, astronaut_chip, enrolled)
+
+    class Killed(Exception):
+        pass
+
+    def kill(step: int, loss: float) -> None:
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run", callback=kill)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    steps_seen: list[int] = []
+    resumed = a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run", callback=lambda i, _: steps_seen.append(i))
+    assert steps_seen == [3]  # only the missing step ran
+    assert torch.equal(resumed.texture, full.texture)
+    assert resumed.loss_history == full.loss_history
+    assert torch.equal(resumed.distances["enrolled"], full.distances["enrolled"])
+    # speed settings may change between a run and its resumption (they change rounding only)
+    again = a.replace(eot_batch=None, channels_last=False)(net, astronaut_chip, enrolled, run_dir=tmp_path / "run")
+    assert torch.equal(again.texture, full.texture)
+
+
+def test_eot_batch_gives_the_one_pass_gradient(net, astronaut_chip, hopper_chip):
+    """Micro-batching (eot_batch=k: the step's draws rendered once, the descriptor run on k of them at a time,
+    input gradients summed) gives the loss and gradient of one pass over all draws, up to float rounding."""
+    from physical.loop import logit
+    from physical.speed import prepared_model
+
+    enrolled, target = enroll(net, astronaut_chip), enroll(net, hopper_chip)
+    a = tiny(mode="impersonate", batch_size=4, lambda_tv=0.1, lambda_nps=0.1, init="random")
+    ctx = a.context(net, astronaut_chip, enrolled, target)
+    draw = a._sample(ctx, 4, torch.Generator().manual_seed(5))
+    w = logit(a.initial_texture()).requires_grad_(True)
+    with prepared_model(net, channels_last=False, compile=False) as frozen:
+        loss1, grad1 = a.loss_and_grad(frozen, ctx, w, draw)
+        for k in (1, 2, 3):
+            loss_k, grad_k = a.replace(eot_batch=k).loss_and_grad(frozen, ctx, w, draw)
+            assert torch.allclose(loss_k, loss1, rtol=1e-5, atol=1e-7), (k, float(loss_k), float(loss1))
+            assert torch.allclose(grad_k, grad1, rtol=1e-4, atol=1e-5 * float(grad1.abs().max())), k
+    assert float(grad1.abs().max()) > 0
+    with pytest.raises(ConfigError, match="eot_batch"):
+        tiny(eot_batch=0)
+
+
+def test_bf16_and_channels_last_match_the_fp32_frame(net, astronaut_chip):
+    """The shared loop's speed settings on the eyeglass: bf16 autocast + NHWC optimise the same dodge as fp32
+    NCHW (same draws; evaluation in fp32): success and distances agree within rounding-level tolerances."""
+    enrolled = enroll(net, astronaut_chip)
+    kw = dict(mode="dodge", loss="distance", steps=3, batch_size=2, eval_samples=8, eval_batch_size=8)
+    fp32 = tiny(**kw)(net, astronaut_chip, enrolled)
+    fast = tiny(precision="bf16", channels_last=True, **kw)(net, astronaut_chip, enrolled)
+    assert fast.config["precision"] == "bf16" and fast.config["channels_last"] is True
+    for r in (fp32, fast):  # both moved the frame away from the wearer on the fresh draws
+        assert float(r.distances["enrolled"].mean()) > float(r.distances["initial_enrolled"].mean()) + 0.02
+    assert abs(fast.success_rate - fp32.success_rate) <= 0.125  # at most one of 8 draws differs
+    assert float((fast.distances["enrolled"] - fp32.distances["enrolled"]).abs().max()) < 0.03
+    assert fast.loss_history == pytest.approx(fp32.loss_history, abs=0.03)
+    # the evaluation stays fp32: the unoptimised frame scores the same up to the NHWC layout's rounding
+    assert torch.allclose(fast.distances["initial_enrolled"], fp32.distances["initial_enrolled"], atol=1e-5)
+
+
+def test_result_shares_the_attack_result_api(net, astronaut_chip):
+    enrolled = enroll(net, astronaut_chip)
+    r = tiny(steps=1, eval_samples=2, eval_batch_size=2)(net, astronaut_chip, enrolled)
+    s = r.summary()
+    json.dumps(s)
+    assert s["success_rate"] == r.success_rate and s["success"] == r.success.tolist() and s["targeted"] is False
+    assert s["metrics"]["attack"] == "eyeglass" and s["metrics"]["mode"] == "dodge" and r.predictions is None
+    assert torch.equal(r.texture, r.perturbation) and r.adversarial.shape == astronaut_chip.shape
+
+
+def test_bench_eyeglass_rows_give_steps_per_second():
+    from bench import run_all
+
+    rows = {"eyeglass-fp32": {"key": "eyeglass-fp32", "median_s": 2.0, "peak_rss_mb": 900.0},
+            "eyeglass-bf16": {"key": "eyeglass-bf16", "median_s": 8.0, "peak_rss_mb": 800.0}}
+    table = [t for t in run_all.build_tables(rows) if t.title.startswith("Eyeglass")]
+    assert len(table) == 1
+    by = {r[0]: r for r in table[0].rows}
+    assert by["testbed eyeglass fp32 NCHW"][1:4] == [2.0, 0.5, 900]
+    assert by["testbed eyeglass bf16 NCHW"][2] == 0.125 and by["testbed eyeglass bf16 NCHW"][4] == 4.0
+    assert not [t for t in run_all.build_tables({}) if t.title.startswith("Eyeglass")]  # no rows: no table
 
 
 def test_parameters_are_validated(net, astronaut_chip):

@@ -80,8 +80,8 @@ def test_evaluation_draws_are_fresh(setup):
     """The evaluation generator differs from the training one: no evaluation draw equals a training draw."""
     model, scenes = setup
     r = _patch(steps=3, eval_samples=16, eval_batch_size=8)(model, scenes, target=4)
-    train_angles = torch.cat([torch.as_tensor(d["eot"]["angle"]) for d in r.train_draws])
-    eval_angles = torch.cat([torch.as_tensor(d["eot"]["angle"]) for d in r.eval_draws])
+    train_angles = torch.cat([EOTParams.from_dict(d["eot"]).angle for d in r.train_draws])
+    eval_angles = torch.cat([EOTParams.from_dict(d["eot"]).angle for d in r.eval_draws])
     assert eval_angles.numel() == 16
     assert not bool((eval_angles[:, None] == train_angles[None, :]).any())
     # a saved patch re-evaluated on the same (replayed) evaluation draws gives the same per-draw success
@@ -99,11 +99,10 @@ def test_patch_covers_the_configured_area():
     attack = _patch(steps=0, eval_samples=0, shape="circle", placement={"area": [0.1, 0.1], "rotation": 30}, eot={})
     t = EOTTransform({})
     mask = circle_mask(16)
-    state = {"scenes": torch.zeros(1, 3, 64, 64), "mask": mask, "fill": float(mask.mean()), "target": 0,
-             "labels": None, "transform": t, "palette": None}
-    object.__setattr__(attack, "_call_state", state)
-    draw = attack._sample(4, torch.Generator().manual_seed(0), torch.device("cpu"))
-    out = attack.composite(torch.ones(1, 3, 16, 16), draw, state["scenes"], mask, t)
+    ctx = attack.context(nn.Identity(), torch.zeros(1, 3, 64, 64), target=0)  # the per-call context, explicit
+    assert torch.equal(ctx.mask, mask) and ctx.fill == float(mask.mean())
+    draw = attack._sample(ctx, 4, torch.Generator().manual_seed(0))
+    out = attack.composite(torch.ones(1, 3, 16, 16), draw, ctx.scenes, mask, t)
     covered = out.mean(dim=(1, 2, 3))
     assert torch.allclose(covered, torch.full((4,), 0.1), atol=0.01), covered
 
@@ -207,6 +206,32 @@ def test_resume_after_interrupt_equals_uninterrupted(setup, tmp_path):
     assert torch.equal(resumed.perturbation, full.perturbation)
     assert resumed.loss_history == full.loss_history
     assert torch.equal(resumed.success, full.success)
+
+
+def test_eot_batch_micro_batches_the_step_with_the_same_gradient(setup):
+    """eot_batch=k: the step's draws are drawn and rendered once and the model runs on k of them at a time; the
+    loss and the gradient equal one pass's up to rounding (untargeted: the per-draw goals are sliced along)."""
+    from physical.loop import logit
+
+    model, scenes = setup
+    labels = model(scenes).argmax(1)
+    attack = _patch(batch_size=6, lambda_tv=0.1, lambda_nps=0.1)
+    ctx = attack.context(model, scenes, labels=labels)
+    draw = attack._sample(ctx, 6, torch.Generator().manual_seed(3))
+    w = logit(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))).requires_grad_(True)
+    loss1, grad1 = attack.loss_and_grad(model, ctx, w, draw)
+    for k in (1, 4, 6):
+        loss_k, grad_k = attack.replace(eot_batch=k).loss_and_grad(model, ctx, w, draw)
+        assert torch.allclose(loss_k, loss1, rtol=1e-6, atol=1e-7), k
+        assert torch.allclose(grad_k, grad1, rtol=1e-5, atol=1e-6 * float(grad1.abs().max())), k
+    # a whole run: the same patch up to rounding, and the result's AttackResult-style summary
+    a = _patch(steps=4, eval_samples=20)(model, scenes, target=1)
+    b = _patch(steps=4, eval_samples=20, eot_batch=3)(model, scenes, target=1)
+    assert torch.allclose(a.perturbation, b.perturbation, atol=1e-4)
+    s = b.summary()
+    json.dumps(s)
+    assert s["success_rate"] == b.success_rate and s["predictions"] == b.predictions.tolist() and s["targeted"]
+    assert b.config["eot_batch"] == 3 and "eot_batch" not in a.config  # left out at its default: old runs resume
 
 
 def test_resume_refuses_a_different_config(setup, tmp_path):
@@ -338,14 +363,10 @@ def test_sign_sticker_short_run_raises_target_probability():
     # mean target probability over 32 fixed draws (a third generator): gray sticker vs optimised sticker
     t = EOTTransform("rp2")
     params = t.sample(32, torch.Generator().manual_seed(123), "cpu")
-    object.__setattr__(attack, "_call_state", {"sign": sign, "mask": mask, "transform": t})
-    try:
-        with torch.no_grad():
-            gray = sign * (1 - mask) + mask * 0.5
-            p0 = model(attack.photograph(gray.expand(32, -1, -1, -1), params, t)).softmax(1)[:, target].mean()
-            p1 = model(attack.photograph(r.adversarial.expand(32, -1, -1, -1), params, t)).softmax(1)[:, target].mean()
-    finally:
-        object.__setattr__(attack, "_call_state", None)
+    with torch.no_grad():
+        gray = sign * (1 - mask) + mask * 0.5
+        p0 = model(attack.photograph(gray.expand(32, -1, -1, -1), params, t)).softmax(1)[:, target].mean()
+        p1 = model(attack.photograph(r.adversarial.expand(32, -1, -1, -1), params, t)).softmax(1)[:, target].mean()
     assert float(p1) > float(p0) + 0.05, (float(p0), float(p1))
 
 
