@@ -2,8 +2,9 @@
 
     testbed attack digital --attack pgd --eps 8 --model mobilenet_v2 --image chelsea --out runs/pgd
 
-``--eps``/``--alpha`` are on the 0-255 scale for the L∞ attacks (fgsm, step_ll, bim, iter_ll, pgd); for pgd_l2 they
-are L2 radii on [0, 1] images. Any other hyper-parameter: ``--param KEY=VALUE`` (VALUE parsed as JSON).
+``--eps``/``--alpha`` are in each attack's declared budget units (``physical.attacks.get_attack_spec(name)``): the
+0-255 scale for the L∞ attacks, L2 radii on [0, 1] images for the L2 ones; attacks without a budget refuse ``--eps``
+(their ``--alpha`` is absolute). Any other hyper-parameter: ``--param KEY=VALUE`` (VALUE parsed as JSON).
 The label attacked is the model's clean top-1 prediction unless ``--label`` is given.
 Writes: clean.png, adversarial.png (lossless), perturbation.pt and .npy (float32, adversarial - clean),
 result.json (config, seed, success, top-5 before/after, L2/L∞ norms, loss history, time).
@@ -21,20 +22,20 @@ from typing import Any
 from testbed import cli_types
 from testbed.errors import ConfigError
 
-LINF_ATTACKS = ("fgsm", "step_ll", "bim", "iter_ll", "pgd")
-
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``attack`` subcommand (with its ``digital`` action) to ``subparsers``."""
     p = subparsers.add_parser("attack", help="run an adversarial attack (digital attacks for now)")
     sub = p.add_subparsers(dest="attack_kind", metavar="KIND", required=True)
     d = sub.add_parser("digital", help="FGSM, Step-LL, BIM, Iter-LL, PGD (L∞/L2), C&W-L2, DeepFool on one image")
-    d.add_argument("--attack", required=True, help="attack name (see physical.attacks.list_attacks())")
+    d.add_argument("--attack", required=True, type=_attack_name, choices=_AttackNames(), metavar="NAME",
+                   help=_attack_help())
     d.add_argument("--model", default="mobilenet_v2", help="registered model name (testbed models list)")
     d.add_argument("--image", required=True, help="image file or shipped photo name (e.g. chelsea)")
     d.add_argument("--out", required=True, type=cli_types.output_dir, help="output folder (created)")
-    d.add_argument("--eps", type=cli_types.positive, help="budget: 0-255 scale for L∞ attacks; L2 radius for pgd_l2")
-    d.add_argument("--alpha", type=cli_types.positive, help="step size: 0-255 scale for L∞ attacks; L2 for pgd_l2")
+    d.add_argument("--eps", type=cli_types.positive, help="budget in the attack's units: " + _units_help())
+    d.add_argument("--alpha", type=cli_types.positive,
+                   help="step size, in the units of --eps (absolute for attacks without a budget)")
     d.add_argument("--steps", type=cli_types.count(), help="number of steps")
     d.add_argument("--target", help="target class (index or label name) for a targeted attack")
     d.add_argument("--label", type=cli_types.count_or_zero,
@@ -43,6 +44,49 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="other hyper-parameter (JSON value)")
     d.set_defaults(func=run_digital)
     return p
+
+
+class _AttackNames:
+    """The registered attack names, read when argparse checks or shows them (attacks registered after the
+    parser was built, e.g. by a test or a plugin, are accepted too)."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Any:
+        return iter(self._names())
+
+    @staticmethod
+    def _names() -> list[str]:
+        from physical.attacks.registry import list_attacks
+
+        return list_attacks()
+
+
+def _attack_name(value: str) -> str:
+    """A registered attack name (argparse reports the message, naming the known ones)."""
+    names = _AttackNames._names()
+    if value not in names:
+        raise argparse.ArgumentTypeError(f"unknown attack {value[:40]!r}; known attacks: {', '.join(names)}")
+    return value
+
+
+def _attack_help() -> str:
+    from physical.attacks.registry import get_attack_spec, list_attacks
+
+    return "the attack, one of: " + "; ".join(get_attack_spec(n).describe() for n in list_attacks())
+
+
+def _units_help() -> str:
+    """Which attacks take their budget on which scale, from the registry."""
+    from physical.attacks.registry import get_attack_spec, list_attacks
+
+    groups: dict[str | None, list[str]] = {}
+    for n in list_attacks():
+        groups.setdefault(get_attack_spec(n).budget_units, []).append(n)
+    text = {"pixel/255": "0-255 scale (8 means 8/255)", "absolute": "absolute L2 radius on [0, 1] images",
+            None: "no budget (--eps refused)"}
+    return "; ".join(f"{text[u]} for {', '.join(names)}" for u, names in groups.items())
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -102,24 +146,21 @@ def run_digital(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from physical.attacks.registry import get_attack
+    from physical.attacks.registry import build_attack_in_units, get_attack_spec
     from testbed.imageio import load_image, save_image
     from testbed.models.registry import get_entry, get_model  # lazily: the registry loads model modules
     from testbed.photos import center_crop, list_photos, load_photo
 
     hp = _parse_params(args.param)
-    scale = 1.0 if args.attack not in LINF_ATTACKS else 1.0 / 255.0
+    _, units = get_attack_spec(args.attack).budget(hp)  # --param norm=l2 makes pgd an L2 attack
     for opt, value in (("--eps", args.eps), ("--alpha", args.alpha)):
-        if value is not None and args.attack in LINF_ATTACKS and value > 255:
+        if value is not None and units == "pixel/255" and value > 255:
             raise ConfigError(f"{opt} {value:g} is out of range for {args.attack}: give it on the 0-255 scale, in (0, 255]")
-    if args.eps is not None:
-        hp["eps"] = args.eps * scale
-    if args.alpha is not None:
-        hp["alpha"] = args.alpha * scale
     if args.steps is not None:
         hp["steps"] = args.steps
     hp.setdefault("seed", args.seed)
-    attack = get_attack(args.attack, **hp)  # hyper-parameters are checked before the model is loaded
+    # --eps/--alpha in the attack's budget units; every hyper-parameter is checked before the model is loaded
+    attack = build_attack_in_units(args.attack, eps=args.eps, alpha=args.alpha, **hp)
 
     entry = get_entry(args.model)
     target_index = _resolve_class(args.target, entry.labels) if args.target is not None else None

@@ -9,7 +9,7 @@ An experiment config (see ``experiments/*.yaml``)::
     attacks:                 # names from physical.attacks.list_attacks(), with hyper-parameters
       - fgsm
       - {name: bim, alpha: 0.00392156862745098}
-    eps: [2, 4, 8, 16]       # L-inf budgets on the 0-255 scale
+    eps: [2, 4, 8, 16]       # budgets in each attack's units: 0-255 scale for L-inf attacks, absolute L2 radii
     images: {source: photos, kind: photo, crops_per_photo: 3}   # or {source: folder, folder: path/}
     channel: {kind: simulated, preset: default, repetitions: 1} # none | simulated (camera.simulated) | folder | live
     batch_size: 16
@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable
 import torch
 import yaml
 
+from physical.attacks.registry import build_attack_in_units, get_attack_spec
 from testbed.errors import ConfigError, TestbedError
 from testbed.inputs import load_json
 from testbed.machine import machine_info
@@ -65,6 +66,12 @@ class AttackSpec:
     def label(self) -> str:
         return self.name if not self.params else self.name + "(" + ",".join(f"{k}={v}" for k, v in
                                                                         sorted(self.params.items())) + ")"
+
+    def build(self, eps: float) -> Any:
+        """The attack a cell runs at budget ``eps``, given in the attack's budget units (``pixel/255`` for L∞
+        attacks: 8 means 8/255; ``absolute`` for L2: never divided by 255). ``parse_config`` calls this too, so
+        what a cell would refuse is refused at parse time."""
+        return build_attack_in_units(self.name, eps=eps, **self.params)
 
 
 @dataclass(frozen=True)
@@ -185,10 +192,11 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
             if kind != "transfer" or params:
                 raise ConfigError(f"config attacks[{i}]: 'random_sign' is the transfer baseline (kind: transfer, "
                                   "no hyper-parameters)")
-        elif check_names:
-            from physical.attacks import get_attack
-
-            get_attack(a["name"], **params)  # unknown attack / hyper-parameter / bad value -> ConfigError
+        else:
+            try:
+                get_attack_spec(a["name"])  # an unknown attack lists the known ones
+            except ConfigError as exc:
+                raise ConfigError(f"config attacks[{i}]: {exc}") from None
         attacks.append(AttackSpec(a["name"], params))
 
     eps = top.get("eps", [2, 4, 8, 16])
@@ -200,6 +208,12 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not 0 < e <= 255:
             raise ConfigError(f"config eps: {e!r} is out of range; each eps must be in (0, 255] "
                               "(the 0-255 pixel scale, e.g. 8 for 8/255)")
+    for i, spec in enumerate(attacks):  # build exactly what each cell will build: bad parameters fail now
+        for e in ([] if spec.name == "random_sign" else eps):
+            try:
+                spec.build(e)
+            except ConfigError as exc:
+                raise ConfigError(f"config attacks[{i}] at eps {e:g}: {exc}") from None
     img = _keys("images", top.get("images"), ImageSetConfig.__dataclass_fields__)
     src = img.get("source", "photos")
     if src not in IMAGE_SOURCES:

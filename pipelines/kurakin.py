@@ -203,7 +203,6 @@ def _through_channel(channel: Channel, x: Tensor, ids: list[str], reps: int, tag
 
 def build_cells(config: ExperimentConfig, run: RunDir) -> list[Cell]:
     """Cells of a Kurakin experiment (lazy: models and images are loaded on the first cell computed)."""
-    from physical.attacks import get_attack
     from testbed.models.registry import get_entry, get_model
 
     state: dict[str, Any] = {}
@@ -237,7 +236,7 @@ def build_cells(config: ExperimentConfig, run: RunDir) -> list[Cell]:
     def attack_cell(m: str, spec, eps: float):
         def compute() -> dict[str, Any]:
             model, imgs, labels, channel = setup(m)
-            attack = get_attack(spec.name, eps=eps / 255, **spec.params)
+            attack = spec.build(eps)  # eps in the attack's budget units (pixel/255 for L∞, absolute for L2)
             dev = next(model.parameters()).device
             advs, targets = [], []
             for i in range(0, len(imgs.ids), bs):

@@ -310,25 +310,23 @@ def _square_boxes(n: int, area: float, size: int, generator: torch.Generator) ->
 def masked_pgd_patch(model: nn.Module, x: Tensor, labels: Tensor, boxes: list[tuple[int, int, int]], steps: int,
                      alpha: float, generator: torch.Generator) -> Tensor:
     """Fallback 'physical' patch: per frame, a square region (``boxes``: top, left, side) replaced by pixels
-    optimised with sign-gradient steps (unbounded inside the square, untouched outside)."""
+    optimised with sign-gradient steps (unbounded inside the square, untouched outside):
+    ``physical.attacks.MaskedPGD`` with the square as its gradient mask, starting from uniform noise there."""
+    from physical.attacks.variants import MaskedPGD
+
     mask = torch.zeros(x.shape[0], 1, *x.shape[-2:], device=x.device)
     for i, (t, l, s) in enumerate(boxes):
         mask[i, :, t:t + s, l:l + s] = 1
-    p = torch.rand(x.shape, generator=generator).to(x.device)
-    for _ in range(steps):
-        p = p.detach().requires_grad_(True)
-        xa = x * (1 - mask) + p * mask
-        loss = nn.functional.cross_entropy(model(xa), labels)
-        (g,) = torch.autograd.grad(loss, p)
-        p = (p + alpha * g.sign()).clamp(0, 1)
-    return (x * (1 - mask) + p.detach() * mask).clamp(0, 1)
+    attack = MaskedPGD(eps=1.0, alpha=alpha, steps=steps, random_start=True)
+    return attack(model, x, labels, generator=generator, grad_mask=mask).adversarial
 
 
 def patch_eot_config() -> Any:
-    """Mild print-and-photograph distribution for the patch (printer error, light, small sensor noise)."""
-    from physical.eot import EOTConfig
+    """Mild print-and-photograph distribution for the patch (printer error, light, small sensor noise): the
+    ``secure-eval-patch`` row of the preset table (physical.eot_presets)."""
+    from physical.eot import preset
 
-    return EOTConfig(printer_gain=0.05, printer_offset=0.02, brightness=0.05, noise=(0.0, 0.02))
+    return preset("secure-eval-patch")
 
 
 def universal_patch_frames(model: nn.Module, scenes: Tensor, labels: Tensor, cfg: SecureEvalConfig,

@@ -151,7 +151,6 @@ class _Lifted(nn.Module):
 
 # ------------------------------------------------------------------------------------------------ cells
 def build_cells(config: ExperimentConfig, run: RunDir) -> list[Cell]:
-    from physical.attacks import get_attack
     from testbed.models.registry import get_entry, get_model
 
     targets = list(config.targets or config.models)
@@ -206,7 +205,7 @@ def build_cells(config: ExperimentConfig, run: RunDir) -> list[Cell]:
                 sign = torch.randint(0, 2, imgs.images.shape, generator=g).float() * 2 - 1
                 adv = (imgs.images + eps / 255 * sign).clamp(0, 1)
             else:
-                adv = _attack_batches(get_attack(spec.name, eps=eps / 255, **spec.params), m, imgs.images, y, bs,
+                adv = _attack_batches(spec.build(eps), m, imgs.images, y, bs,
                                       derive_seed(config.seed, src, spec.label, eps))
             return {"kind": "transfer", "source": src, "attack": spec.label, "eps": eps,
                     "targets": evaluate(adv, f"{src}/{spec.label}/eps{eps:g}")}
@@ -229,8 +228,8 @@ def build_cells(config: ExperimentConfig, run: RunDir) -> list[Cell]:
                 if spec.name == "random_sign":
                     continue
                 for eps in eps_list:
-                    adv = _attack_batches(get_attack(spec.name, eps=eps / 255, **spec.params), lifted, imgs.images,
-                                          y, bs, derive_seed(config.seed, "sur", tgt, spec.label, eps))
+                    adv = _attack_batches(spec.build(eps), lifted, imgs.images, y, bs,
+                                          derive_seed(config.seed, "sur", tgt, spec.label, eps))
                     out["attacks"][f"{spec.label}/eps{eps:g}"] = {
                         "attack": spec.label, "eps": eps, "digital": predict(t, adv, bs)}
             return out

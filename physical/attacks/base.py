@@ -16,7 +16,11 @@ Conventions every attack here follows:
   generator seeded with ``seed``; its state before the attack is kept in the result, so any run replays exactly;
 * an optional expectation over transformation: ``eot(x, generator) -> x'`` is called on ``eot_samples``
   stacked copies of the batch (sample-major: copy ``s`` of image ``b`` is row ``s * B + b``), one forward pass,
-  and the loss is averaged over all copies.
+  and the loss is averaged over all copies;
+* every class declares what a config needs to know without running it: ``param_schema`` (one ``Param`` per
+  dataclass field: kind, range, choices; merged along the MRO and checked by ``validate``), ``budget_norm``
+  (``"linf"``, ``"l2"`` or None for attacks without a perturbation budget) and ``budget_units`` (``"pixel/255"``:
+  configs and the CLI give 8 for ε = 8/255; ``"absolute"``: the value as is), and ``target_mode``.
 """
 from __future__ import annotations
 
@@ -34,7 +38,15 @@ from testbed.errors import ConfigError, ImageError
 from testbed.imageio import check_images
 
 EOTCallable = Callable[[Tensor, torch.Generator], Tensor]
+#: ``loss_fn(model, x_adv, labels)`` -> per-sample loss (B,) that the attack *increases*, or ``(loss, keep)`` with
+#: ``keep`` (B,) bool marking the iterates worth returning (see ``IterativeGradientAttack``).
+LossFn = Callable[[nn.Module, Tensor, Tensor], "Tensor | tuple[Tensor, Tensor]"]
 Norm = Literal["linf", "l2"]
+BUDGET_NORMS: tuple[str | None, ...] = ("linf", "l2", None)
+BUDGET_UNITS: tuple[str | None, ...] = ("pixel/255", "absolute", None)
+TARGET_MODES = ("optional", "never", "least_likely")
+#: The units budgets of each norm are given in by configs and the CLI.
+UNITS_OF_NORM: dict[str, str] = {"linf": "pixel/255", "l2": "absolute"}
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -104,15 +116,69 @@ def check_float(name: str, value: Any, lo: float | None = None, hi: float | None
         raise ConfigError(f"{name} must be <= {hi}, got {value!r}")
 
 
-def check_int(name: str, value: Any, lo: int) -> None:
-    """Raise ConfigError unless ``value`` is an int >= ``lo``."""
+def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    """Raise ConfigError unless ``value`` is an int >= ``lo`` (and <= ``hi``)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{name} must be an integer <= {hi}, got {value!r}")
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """The schema of one hyper-parameter: what a config may put there, checked without running anything.
+
+    ``kind``: "float" (finite real, ``lo``/``hi`` bounds, ``open_lo`` for a strict lower bound), "int" (``lo``/``hi``),
+    "bool", "choice" (one of ``choices``) or "callable" (Python only: EOT transforms, loss hooks; ``signature`` says
+    how it is called). ``optional``: None is allowed too.
+    """
+
+    kind: Literal["float", "int", "bool", "choice", "callable"]
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    choices: tuple[Any, ...] = ()
+    optional: bool = False
+    signature: str = ""
+    doc: str = ""
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise ConfigError naming ``name`` unless ``value`` fits this schema."""
+        if value is None and self.optional:
+            return
+        if self.kind == "float":
+            check_float(name, value, self.lo, self.hi, open_lo=self.open_lo)
+        elif self.kind == "int":
+            check_int(name, value, int(self.lo if self.lo is not None else -(2**63)),
+                      None if self.hi is None else int(self.hi))
+        elif self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
+        elif self.kind == "choice":
+            check_choice(name, value, self.choices)
+        elif not callable(value):
+            raise ConfigError(f"{name} must be a callable {self.signature}, got {type(value).__name__}".replace("  ", " "))
+
+    def describe(self) -> str:
+        """One line: kind and range, e.g. ``float in [0, 1]``, ``int >= 1 or None``."""
+        if self.kind == "choice":
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind in ("float", "int"):
+            lo = "" if self.lo is None else f"{'(' if self.open_lo else '['}{self.lo:g}"
+            if self.lo is not None and self.hi is not None:
+                text = f"{self.kind} in {lo}, {self.hi:g}]"
+            elif self.lo is not None:
+                text = f"{self.kind} {'>' if self.open_lo else '>='} {self.lo:g}"
+            else:
+                text = self.kind if self.hi is None else f"{self.kind} <= {self.hi:g}"
+        else:
+            text = self.kind + (f" {self.signature}" if self.signature else "")
+        return text + (" or None" if self.optional else "")
 
 
 def describe_callable(fn: Any) -> Any:
@@ -133,9 +199,21 @@ def describe_callable(fn: Any) -> Any:
 class Attack:
     """Base of all attacks: hyper-parameters only; ``__call__(model, images, labels)`` runs it."""
 
+    #: The registry name (``@register_attack("name")`` sets it; unregistered variants set their own).
     name: ClassVar[str] = "attack"
     #: "optional": targeted iff ``target`` is passed; "never": refuses a target; "least_likely": picks its own.
     target_mode: ClassVar[str] = "optional"
+    #: The norm of the perturbation budget ``eps`` ("linf", "l2"), or None: the attack has no budget.
+    budget_norm: ClassVar[str | None] = None
+    #: How configs and the CLI give the budget: "pixel/255" (8 means ε = 8/255), "absolute" (as is), None.
+    budget_units: ClassVar[str | None] = None
+    #: Whether ``__call__`` accepts ``grad_mask=`` (a per-call mask on the input gradient).
+    supports_grad_mask: ClassVar[bool] = False
+    #: One ``Param`` per dataclass field this class adds or changes (merged along the MRO by ``parameters()``).
+    param_schema: ClassVar[dict[str, Param]] = {
+        "seed": Param("int", lo=0, doc="seed of the CPU generator used when none is passed"),
+        "channels_last": Param("bool", doc="run the model in NHWC layout during the attack"),
+    }
 
     seed: int = 0
     # Run the model in NHWC layout during the attack (faster convolutions; restored afterwards). The weights are
@@ -145,11 +223,28 @@ class Attack:
     def __post_init__(self) -> None:
         self.validate()
 
+    @classmethod
+    def parameters(cls) -> dict[str, Param]:
+        """The full parameter schema (every dataclass field), subclasses' entries overriding their bases'."""
+        merged: dict[str, Param] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("param_schema", {}))
+        fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else list(merged)
+        missing = [f for f in fields if f not in merged]
+        if missing:
+            raise ConfigError(f"attack class {cls.__qualname__} has no param_schema entry for field(s) {missing}")
+        return {f: merged[f] for f in fields}
+
+    @classmethod
+    def budget_of(cls, params: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+        """(norm, units) of the budget of this attack built with ``params`` (the class declaration by default)."""
+        return cls.budget_norm, cls.budget_units
+
     def validate(self) -> None:
-        """Check the hyper-parameters (raise ConfigError naming the bad value)."""
-        check_int("seed", self.seed, 0)
-        if not isinstance(self.channels_last, bool):
-            raise ConfigError(f"channels_last must be True or False, got {self.channels_last!r}")
+        """Check every hyper-parameter against the schema (ConfigError naming the bad value); subclasses add the
+        checks that involve several fields."""
+        for key, spec in type(self).parameters().items():
+            spec.check(key, getattr(self, key))
 
     def config(self) -> dict[str, Any]:
         """The attack's name and hyper-parameters, JSON-serialisable."""
@@ -172,9 +267,18 @@ class Attack:
         *,
         target: Tensor | None = None,
         generator: torch.Generator | None = None,
+        grad_mask: Tensor | None = None,
     ) -> AttackResult:
+        """Attack ``images`` (true ``labels``); ``grad_mask`` (attacks with ``supports_grad_mask``): a tensor
+        broadcastable to the images, 1 where the attack may change pixels, 0 where not (its gradient is multiplied
+        by it before each step)."""
         images = _check_images(images)
         labels = _check_labels(labels, images, "labels")
+        extra: dict[str, Any] = {}
+        if grad_mask is not None:
+            if not self.supports_grad_mask:
+                raise ConfigError(f"{self.name} does not take a grad_mask")
+            extra["grad_mask"] = _check_mask(grad_mask, images)
         if target is not None:
             if self.target_mode == "never":
                 raise ConfigError(f"{self.name} is untargeted; do not pass target=")
@@ -190,7 +294,7 @@ class Attack:
             seed = generator.initial_seed()
         state = generator.get_state().clone()
         with prepared_model(model, channels_last=self.channels_last, compile=False) as net:
-            result = self._run(net, images, labels, target, generator)
+            result = self._run(net, images, labels, target, generator, **extra)
         result.seed = seed
         result.generator_state = state
         return result
@@ -254,6 +358,17 @@ def _check_labels(labels: Tensor, images: Tensor, name: str) -> Tensor:
     return labels.detach().to(device=images.device, dtype=torch.int64)
 
 
+def _check_mask(mask: Tensor, images: Tensor) -> Tensor:
+    if not isinstance(mask, Tensor) or mask.ndim != 4:
+        raise ConfigError(f"grad_mask must be a 4-D tensor broadcastable to the images {tuple(images.shape)}, "
+                          f"got {tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
+    ok = all(m in (1, n) for m, n in zip(mask.shape, images.shape))
+    if not ok:
+        raise ConfigError(f"grad_mask of shape {tuple(mask.shape)} does not broadcast to the images "
+                          f"{tuple(images.shape)}")
+    return mask.detach().to(device=images.device, dtype=images.dtype)
+
+
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
     out = model(x)
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
@@ -272,9 +387,28 @@ def normal_like(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.randn(x.shape, dtype=x.dtype, device=generator.device, generator=generator).to(x.device)
 
 
+def clip_to_box_and_ball(x_adv: Tensor, images: Tensor, eps: float) -> Tensor:
+    """The L∞ projection as ``max(x', max(x − ε, 0))``, ``min(·, x + ε)``, ``min(·, 1)`` (torchattacks' BIM float order;
+    equal bit for bit to ``clamp(min(max(x', x − ε), x + ε), 0, 1)``: both only select values)."""
+    lo = torch.clamp(images - eps, min=0)
+    out = torch.maximum(x_adv, lo)
+    out = torch.minimum(out, images + eps)
+    return torch.clamp(out, max=1).detach()
+
+
 @dataclass(frozen=True, kw_only=True)
 class GradientAttack(Attack):
     """An attack that follows input gradients of a classification loss, optionally under EOT."""
+
+    param_schema: ClassVar[dict[str, Param]] = {
+        "loss": Param("choice", choices=LOSS_KINDS, doc="attacker's loss: cross-entropy or the C&W margin"),
+        "kappa": Param("float", lo=0.0, doc="C&W confidence margin"),
+        "eot": Param("callable", optional=True, signature="(images, generator) -> images",
+                     doc="expectation over this random transformation"),
+        "eot_samples": Param("int", lo=1, doc="transformed copies per step"),
+        "eot_batch": Param("int", lo=1, optional=True, doc="copies per forward pass (None: all)"),
+        "record_transforms": Param("bool", doc="keep eot.last_params after each draw"),
+    }
 
     loss: Literal["ce", "cw"] = "ce"
     kappa: float = 0.0
@@ -288,17 +422,23 @@ class GradientAttack(Attack):
 
     def validate(self) -> None:
         super().validate()
-        check_choice("loss", self.loss, LOSS_KINDS)
-        check_float("kappa", self.kappa, 0.0)
-        check_int("eot_samples", self.eot_samples, 1)
-        if self.eot is not None and not callable(self.eot):
-            raise ConfigError(f"eot must be a callable (images, generator) -> images, got {type(self.eot).__name__}")
         if self.eot is None and self.eot_samples != 1:
             raise ConfigError(f"eot_samples={self.eot_samples} needs an eot transform (eot is None)")
-        if self.eot_batch is not None:
-            check_int("eot_batch", self.eot_batch, 1)
-            if self.eot_samples % self.eot_batch:
-                raise ConfigError(f"eot_batch={self.eot_batch} must divide eot_samples={self.eot_samples}")
+        if self.eot_batch is not None and self.eot_samples % self.eot_batch:
+            raise ConfigError(f"eot_batch={self.eot_batch} must divide eot_samples={self.eot_samples}")
+
+    def transformed(
+        self, x: Tensor, generator: torch.Generator, params_log: list[Any] | None = None, copies: int | None = None
+    ) -> Tensor:
+        """``copies`` (default ``eot_samples``) EOT-transformed copies of ``x`` stacked sample-major (S*B rows)."""
+        xs = x.repeat(copies or self.eot_samples, 1, 1, 1)
+        xt = self.eot(xs, generator)
+        if not isinstance(xt, Tensor) or xt.shape[0] != xs.shape[0]:
+            shape = tuple(xt.shape) if isinstance(xt, Tensor) else type(xt).__name__
+            raise ConfigError(f"the eot transform must return {xs.shape[0]} images, got {shape}")
+        if params_log is not None and self.record_transforms:
+            params_log.append(getattr(self.eot, "last_params", None))
+        return xt
 
     def forward_logits(
         self, model: nn.Module, x: Tensor, generator: torch.Generator, params_log: list[Any] | None = None,
@@ -308,14 +448,7 @@ class GradientAttack(Attack):
         sample-major (S*B rows)."""
         if self.eot is None:
             return _logits(model, x)
-        xs = x.repeat(copies or self.eot_samples, 1, 1, 1)
-        xt = self.eot(xs, generator)
-        if not isinstance(xt, Tensor) or xt.shape[0] != xs.shape[0]:
-            shape = tuple(xt.shape) if isinstance(xt, Tensor) else type(xt).__name__
-            raise ConfigError(f"the eot transform must return {xs.shape[0]} images, got {shape}")
-        if params_log is not None and self.record_transforms:
-            params_log.append(getattr(self.eot, "last_params", None))
-        return _logits(model, xt)
+        return _logits(model, self.transformed(x, generator, params_log, copies))
 
     def per_sample_loss(self, logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
         """The attacker's loss per image (B,), averaged over the EOT copies when there are any."""
@@ -360,26 +493,50 @@ class GradientAttack(Attack):
 class IterativeGradientAttack(GradientAttack):
     """Shared loop of the L∞ / L2 gradient attacks: init, then ``steps`` × (gradient step, projection).
 
-    A subclass changes the defaults and, where its definition differs, ``init``/``step``/``project``.
+    A variant is a short subclass (foolbox-3 style) that changes the defaults and, where its definition differs,
+    ``init`` (the start), ``step`` (the update), ``project`` (back into the feasible set). Two hooks cover the
+    hand-written loops of defences and evaluations without a new loop:
+
+    * ``loss_fn(model, x_adv, labels)``: replaces the classification loss; it returns the per-sample loss (B,)
+      that the attack *increases* (summed over the batch, so sign steps see unscaled per-sample gradients; averaged
+      over EOT copies when ``eot`` is set). It may return ``(loss, keep)`` with ``keep`` (B,) bool: the attack
+      then returns, per image, the last iterate marked ``keep`` (the final one is checked too), else the last one.
+    * ``grad_mask`` (per call, ``attack(model, x, y, grad_mask=m)``): the gradient is multiplied by ``m`` before
+      each step and the random start is confined to it, so pixels where ``m == 0`` never change.
     """
+
+    budget_norm: ClassVar[str | None] = "linf"
+    budget_units: ClassVar[str | None] = "pixel/255"
+    supports_grad_mask: ClassVar[bool] = True
+    param_schema: ClassVar[dict[str, Param]] = {
+        "eps": Param("float", lo=0.0, doc="budget (radius of the norm ball); <= 1 for L∞"),
+        "alpha": Param("float", lo=0.0, open_lo=True, doc="step size"),
+        "steps": Param("int", lo=1, doc="gradient steps"),
+        "norm": Param("choice", choices=("linf", "l2"), doc="norm of the budget and of the step"),
+        "random_start": Param("bool", doc="start from a random point of the ball"),
+        "loss_fn": Param("callable", optional=True, signature="(model, x_adv, labels) -> per-sample loss",
+                         doc="replaces the classification loss; the attack increases it"),
+    }
 
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 10
     norm: Norm = "linf"
     random_start: bool = False
+    loss_fn: LossFn | None = None
+
+    @classmethod
+    def budget_of(cls, params: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+        norm = (params or {}).get("norm", cls.budget_norm)
+        if norm == cls.budget_norm:
+            return cls.budget_norm, cls.budget_units
+        return norm, UNITS_OF_NORM.get(norm)
 
     def validate(self) -> None:
         super().validate()
-        check_choice("norm", self.norm, ("linf", "l2"))
         if self.norm == "linf":
             check_float("eps", self.eps, 0.0, 1.0)
-        else:
-            check_float("eps", self.eps, 0.0)
-        check_float("alpha", self.alpha, 0.0, open_lo=True)
         check_int("steps", self.num_steps(), 1)
-        if not isinstance(self.random_start, bool):
-            raise ConfigError(f"random_start must be a bool, got {self.random_start!r}")
 
     def num_steps(self) -> int:
         return self.steps
@@ -387,13 +544,17 @@ class IterativeGradientAttack(GradientAttack):
     def step_size(self) -> float:
         return self.alpha
 
-    def init(self, images: Tensor, generator: torch.Generator) -> Tensor:
+    def init(self, images: Tensor, generator: torch.Generator, mask: Tensor | None = None) -> Tensor:
+        """The first iterate: ``images``, or a random point of the ball (confined to ``mask`` when given)."""
         if not self.random_start:
             return images.clone()
         if self.norm == "linf":
-            return torch.clamp(images + uniform_like(images, -self.eps, self.eps, generator), 0, 1)
+            noise = uniform_like(images, -self.eps, self.eps, generator)
+            return torch.clamp(images + (noise if mask is None else noise * mask), 0, 1)
         # L2: a Gaussian direction scaled to a radius drawn uniformly in [0, eps] (torchattacks' PGDL2 start).
         d = normal_like(images, generator)
+        if mask is not None:
+            d = d * mask
         n = d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         r = torch.empty(images.shape[0], dtype=images.dtype, device=generator.device).uniform_(0, 1, generator=generator)
         d = d / n * r.to(images.device).view(-1, 1, 1, 1) * self.eps
@@ -416,8 +577,44 @@ class IterativeGradientAttack(GradientAttack):
             delta = delta * torch.clamp(self.eps / (n + 1e-12), max=1.0)
         return torch.clamp(images + delta, min=0, max=1).detach()
 
+    # -- the loss hook
+    def _hook(self, model: nn.Module, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
+        out = self.loss_fn(model, x, labels)
+        loss, keep = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+        n = x.shape[0]
+        if not isinstance(loss, Tensor) or loss.shape != (n,):
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ConfigError(f"loss_fn must return a per-sample loss of shape ({n},), got {shape}")
+        if keep is not None and (not isinstance(keep, Tensor) or keep.shape != (n,) or keep.dtype != torch.bool):
+            raise ConfigError(f"loss_fn's second value must be a ({n},) bool tensor of iterates to keep")
+        return loss, keep
+
+    def hook_loss_and_grad(
+        self, model: nn.Module, x: Tensor, labels: Tensor, generator: torch.Generator,
+        params_log: list[Any] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(batch-mean attacker's loss = −loss_fn, its gradient, keep mask or None) for the ``loss_fn`` hook."""
+        x = x.detach().requires_grad_(True)
+        b = x.shape[0]
+        if self.eot is None:
+            per, keep = self._hook(model, x, labels)
+            (grad,) = torch.autograd.grad(-per.sum(), x)
+            return -per.detach().mean(), grad, None if keep is None else keep.detach()
+        copies = self.eot_batch or self.eot_samples
+        total, grad = torch.zeros((), device=x.device), torch.zeros_like(x)
+        for _ in range(self.eot_samples // copies):
+            xt = self.transformed(x, generator, params_log, copies)
+            per, keep = self._hook(model, xt, labels.repeat(copies))
+            if keep is not None:
+                raise ConfigError("a loss_fn that returns (loss, keep) cannot be combined with eot")
+            part = -per.view(copies, b).mean(dim=0).sum() * (copies / self.eot_samples)
+            (g,) = torch.autograd.grad(part, x)
+            total, grad = total + part.detach() / b, grad + g
+        return total, grad, None
+
     def _run(
-        self, model: nn.Module, images: Tensor, labels: Tensor, target: Tensor | None, generator: torch.Generator
+        self, model: nn.Module, images: Tensor, labels: Tensor, target: Tensor | None, generator: torch.Generator,
+        grad_mask: Tensor | None = None,
     ) -> AttackResult:
         if self.target_mode == "least_likely":
             with torch.no_grad():
@@ -425,10 +622,36 @@ class IterativeGradientAttack(GradientAttack):
         targeted = target is not None
         goal = target if targeted else labels
         params_log: list[Any] | None = [] if (self.eot is not None and self.record_transforms) else None
-        x_adv = self.init(images, generator)
+        x_adv = self.init(images, generator, grad_mask)
         history: list[Tensor] = []
+        best: Tensor | None = None
+        found: Tensor | None = None
         for _ in range(self.num_steps()):
-            loss, grad = self.loss_and_grad(model, x_adv, goal, targeted, generator, params_log)
+            if self.loss_fn is None:
+                loss, grad = self.loss_and_grad(model, x_adv, goal, targeted, generator, params_log)
+                keep = None
+            else:
+                loss, grad, keep = self.hook_loss_and_grad(model, x_adv, goal, generator, params_log)
+            if keep is not None:
+                best, found = _keep(best, found, x_adv, keep)
             history.append(loss)
+            if grad_mask is not None:
+                grad = grad * grad_mask
             x_adv = self.project(self.step(x_adv, grad), images)
+        if found is not None:  # the hook marks keepers: check the final iterate too, return the last keeper
+            with torch.no_grad():
+                _, keep = self._hook(model, x_adv, goal)
+            best, found = _keep(best, found, x_adv, keep)
+            x_adv = torch.where(found.view(-1, 1, 1, 1), best, x_adv)
         return self._finish(model, images, x_adv, labels, target, history, transform_params=params_log)
+
+
+def _keep(best: Tensor | None, found: Tensor | None, x: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per image, remember ``x`` where ``keep`` (the last such iterate wins)."""
+    x = x.detach()
+    if best is None or found is None:
+        best, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if keep is None:
+        raise ConfigError("loss_fn returned a keep mask on some steps and not on others")
+    keep = keep.to(x.device)
+    return torch.where(keep.view(-1, 1, 1, 1), x, best), found | keep

@@ -28,13 +28,13 @@ from physical.attacks.base import (
     AttackResult,
     GradientAttack,
     IterativeGradientAttack,
+    Param,
     _logits,
-    check_choice,
-    check_float,
-    check_int,
+    clip_to_box_and_ball,
     uniform_like,
 )
-from physical.losses import class_confidence, cw_margin_loss, is_adversarial
+from physical.attacks.registry import register_attack
+from physical.losses import class_confidence, is_adversarial
 from testbed.errors import ConfigError
 
 
@@ -45,11 +45,16 @@ def kurakin_steps(eps: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------- single step
+@register_attack("fgsm")
 @dataclass(frozen=True, kw_only=True)
 class FGSM(IterativeGradientAttack):
     """Fast gradient sign method: one step of size ε, clipped to [0, 1]."""
 
-    name: ClassVar[str] = "fgsm"
+    param_schema: ClassVar[dict[str, Param]] = {
+        "alpha": Param("float", lo=0.0, open_lo=True, doc="unused: the step is ε"),
+        "steps": Param("int", lo=1, doc="must be 1"),
+        "random_start": Param("bool", doc="must be False"),
+    }
     eps: float = 8 / 255
     alpha: float = 8 / 255  # unused: the step is ε
     steps: int = 1
@@ -69,20 +74,22 @@ class FGSM(IterativeGradientAttack):
         return torch.clamp(x_adv, min=0, max=1).detach()
 
 
+@register_attack("step_ll")
 @dataclass(frozen=True, kw_only=True)
 class StepLL(FGSM):
     """Single-step least-likely class: FGSM descending CE(y_LL)."""
 
-    name: ClassVar[str] = "step_ll"
     target_mode: ClassVar[str] = "least_likely"
 
 
 # ------------------------------------------------------------------------------------------- iterative L∞
+@register_attack("bim")
 @dataclass(frozen=True, kw_only=True)
 class BIM(IterativeGradientAttack):
     """Basic iterative method / I-FGSM with Kurakin et al.'s defaults (``steps=None`` → the paper's count)."""
 
-    name: ClassVar[str] = "bim"
+    param_schema: ClassVar[dict[str, Param]] = {
+        "steps": Param("int", lo=1, optional=True, doc="None: Kurakin's count min(255ε + 4, 1.25·255ε)")}
     eps: float = 8 / 255
     alpha: float = 1 / 255
     steps: int | None = None  # type: ignore[assignment]
@@ -102,25 +109,22 @@ class BIM(IterativeGradientAttack):
 
     def project(self, x_adv: Tensor, images: Tensor) -> Tensor:
         # torchattacks' BIM clipping, in the same float order: max(x' , max(x-ε, 0)), min(·, x+ε), min(·, 1).
-        lo = torch.clamp(images - self.eps, min=0)
-        out = torch.maximum(x_adv, lo)
-        out = torch.minimum(out, images + self.eps)
-        return torch.clamp(out, max=1).detach()
+        return clip_to_box_and_ball(x_adv, images, self.eps)
 
 
+@register_attack("iter_ll")
 @dataclass(frozen=True, kw_only=True)
 class IterLL(BIM):
     """Iterative least-likely class: BIM descending CE(y_LL)."""
 
-    name: ClassVar[str] = "iter_ll"
     target_mode: ClassVar[str] = "least_likely"
 
 
+@register_attack("pgd")
 @dataclass(frozen=True, kw_only=True)
 class PGD(IterativeGradientAttack):
     """Projected gradient descent, L∞ or L2, with an optional random start (Madry et al.)."""
 
-    name: ClassVar[str] = "pgd"
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 10
@@ -128,11 +132,13 @@ class PGD(IterativeGradientAttack):
     random_start: bool = True
 
 
+@register_attack("pgd_l2")
 @dataclass(frozen=True, kw_only=True)
 class PGDL2(PGD):
     """PGD in the L2 ball (torchattacks' PGDL2 defaults: ε = 1, α = 0.2)."""
 
-    name: ClassVar[str] = "pgd_l2"
+    budget_norm: ClassVar[str | None] = "l2"
+    budget_units: ClassVar[str | None] = "absolute"
     eps: float = 1.0
     alpha: float = 0.2
     norm: Literal["linf", "l2"] = "l2"
@@ -147,6 +153,7 @@ def _from_tanh_space(w: Tensor) -> Tensor:
     return (torch.tanh(w) + 1) / 2
 
 
+@register_attack("cw_l2")
 @dataclass(frozen=True, kw_only=True)
 class CarliniWagnerL2(GradientAttack):
     """Carlini & Wagner's L2 attack: Adam in tanh space, per-sample binary search over the constant c.
@@ -156,7 +163,13 @@ class CarliniWagnerL2(GradientAttack):
     an upper bound exists, then bisects. The smallest-L2 successful iterate over all steps is returned.
     """
 
-    name: ClassVar[str] = "cw_l2"
+    param_schema: ClassVar[dict[str, Param]] = {
+        "binary_search_steps": Param("int", lo=1, doc="outer searches over the constant c"),
+        "steps": Param("int", lo=1, doc="Adam steps per search"),
+        "lr": Param("float", lo=0.0, open_lo=True, doc="Adam learning rate"),
+        "initial_const": Param("float", lo=0.0, open_lo=True, doc="first c"),
+        "abort_early": Param("bool", doc="stop a search when the loss stalls"),
+    }
     loss: Literal["ce", "cw"] = "cw"
     binary_search_steps: int = 9
     steps: int = 1000
@@ -168,10 +181,6 @@ class CarliniWagnerL2(GradientAttack):
         super().validate()
         if self.loss != "cw":
             raise ConfigError(f"C&W-L2 uses the C&W margin loss: loss must be 'cw', got {self.loss!r}")
-        check_int("binary_search_steps", self.binary_search_steps, 1)
-        check_int("steps", self.steps, 1)
-        check_float("lr", self.lr, 0.0, open_lo=True)
-        check_float("initial_const", self.initial_const, 0.0, open_lo=True)
 
     def _run(
         self, model: nn.Module, images: Tensor, labels: Tensor, target: Tensor | None, generator: torch.Generator
@@ -236,6 +245,7 @@ class CarliniWagnerL2(GradientAttack):
 
 
 # ------------------------------------------------------------------------------------------- DeepFool
+@register_attack("deepfool")
 @dataclass(frozen=True, kw_only=True)
 class DeepFool(GradientAttack):
     """Multi-class DeepFool (L2), batched over samples, looping over the candidate classes.
@@ -245,18 +255,15 @@ class DeepFool(GradientAttack):
     The perturbation accumulates as in the paper: ``x' = clip(x + (1 + overshoot)·Σ r_i)``.
     """
 
-    name: ClassVar[str] = "deepfool"
     target_mode: ClassVar[str] = "never"
+    param_schema: ClassVar[dict[str, Param]] = {
+        "steps": Param("int", lo=1, doc="linearisation steps"),
+        "overshoot": Param("float", lo=0.0, doc="η: x' = x + (1 + η)·Σ r_i"),
+        "candidates": Param("int", lo=2, optional=True, doc="classes considered (None: all)"),
+    }
     steps: int = 50
     overshoot: float = 0.02
     candidates: int | None = 10
-
-    def validate(self) -> None:
-        super().validate()
-        check_int("steps", self.steps, 1)
-        check_float("overshoot", self.overshoot, 0.0)
-        if self.candidates is not None:
-            check_int("candidates", self.candidates, 2)
 
     def _mean_logits(self, model: nn.Module, x: Tensor, generator: torch.Generator, log: list[Any] | None) -> Tensor:
         logits = self.forward_logits(model, x, generator, log)
@@ -304,6 +311,7 @@ class DeepFool(GradientAttack):
 
 
 # ------------------------------------------------------------------------------------------- fooling images
+@register_attack("fooling")
 @dataclass(frozen=True, kw_only=True)
 class FoolingImages(GradientAttack):
     """Fooling images (Nguyen et al. 2015, gradient-ascent variant): from noise, raise one class's score.
@@ -314,22 +322,20 @@ class FoolingImages(GradientAttack):
     regulariser). A sample stops moving once its softmax for the class reaches ``confidence``; success means it did.
     """
 
-    name: ClassVar[str] = "fooling"
+    param_schema: ClassVar[dict[str, Param]] = {
+        "steps": Param("int", lo=1, doc="signed steps at most"),
+        "alpha": Param("float", lo=0.0, open_lo=True, doc="step size on [0, 1] images"),
+        "confidence": Param("float", lo=0.0, hi=1.0, open_lo=True, doc="stop once softmax(class) reaches it"),
+        "init": Param("choice", choices=("uniform", "gaussian"), doc="starting noise"),
+        "noise_std": Param("float", lo=0.0, doc="σ of the gaussian start"),
+        "l2_decay": Param("float", lo=0.0, doc="pull toward grey"),
+    }
     steps: int = 200
     alpha: float = 2 / 255
     confidence: float = 0.99
     init: Literal["uniform", "gaussian"] = "uniform"
     noise_std: float = 0.1  # gaussian start: N(0.5, noise_std²), clipped
     l2_decay: float = 0.0
-
-    def validate(self) -> None:
-        super().validate()
-        check_int("steps", self.steps, 1)
-        check_float("alpha", self.alpha, 0.0, open_lo=True)
-        check_float("confidence", self.confidence, 0.0, 1.0, open_lo=True)
-        check_choice("init", self.init, ("uniform", "gaussian"))
-        check_float("noise_std", self.noise_std, 0.0)
-        check_float("l2_decay", self.l2_decay, 0.0)
 
     def _run(
         self, model: nn.Module, images: Tensor, labels: Tensor, target: Tensor | None, generator: torch.Generator

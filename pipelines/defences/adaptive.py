@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from physical.attacks.digital import FGSM, PGD
+from physical.attacks.variants import MadryPGD
 from physical.attacks.sanity import zero_gradient_fraction
 from physical.losses import margin
 
@@ -63,34 +64,33 @@ def batched_attack(spec: AttackSpec, images: Tensor, labels: Tensor, batch: int 
 
 
 # ------------------------------------------------------------------------------------------------ detector-aware
-def detector_aware_pgd(model: nn.Module, score_fn: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, *,
-                       eps: float, steps: int = 30, lam: float = 10.0, kappa: float = 2.0, threshold: float,
-                       generator: torch.Generator) -> Tensor:
+def detector_aware_pgd(model: nn.Module | Callable[[Tensor], Tensor], score_fn: Callable[[Tensor], Tensor],
+                       images: Tensor, labels: Tensor, *, eps: float, steps: int = 30, lam: float = 10.0,
+                       kappa: float = 2.0, threshold: float, generator: torch.Generator) -> Tensor:
     """Fool ``model`` and stay under the detector ``threshold`` (Carlini & Wagner 2017, "bypassing ten detection
-    methods"): minimise clamp(margin, −κ) + λ·score by L∞ PGD; per image keep the last iterate that is both
-    misclassified and below the threshold (else the last iterate)."""
-    alpha = 2.5 * eps / steps
-    x0 = images.detach()
-    x = (x0 + (torch.rand(x0.shape, generator=generator).to(x0.device) * 2 - 1) * eps).clamp(0, 1)
-    best = x0.clone()
-    found = torch.zeros(len(labels), dtype=torch.bool, device=x0.device)
-    for _ in range(steps):
-        x = x.detach().requires_grad_(True)
-        logits = model(x)
-        s = score_fn(x)
-        loss = margin(logits, labels).clamp(min=-kappa).sum() + lam * s.sum()
-        (g,) = torch.autograd.grad(loss, x)
-        with torch.no_grad():
-            ok = (logits.argmax(1) != labels) & (s < threshold)
-            best[ok] = x.detach()[ok]
-            found |= ok
-        x = torch.min(torch.max(x.detach() - alpha * g.sign(), x0 - eps), x0 + eps).clamp(0, 1)
-    with torch.no_grad():
-        ok = (model(x).argmax(1) != labels) & (score_fn(x) < threshold)
-    best[ok] = x[ok]
-    found |= ok
-    best[~found] = x[~found]
-    return best.detach()
+    methods"): minimise clamp(margin, −κ) + λ·score by L∞ PGD (``physical.attacks.MadryPGD``, step 2.5ε/steps,
+    random start); per image keep the last iterate that is both misclassified and below the threshold (the loss
+    hook's keep mask), else the last iterate."""
+
+    def objective(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits, s = net(x), score_fn(x)
+        keep = (logits.argmax(1) != y) & (s < threshold)
+        return -(margin(logits, y).clamp(min=-kappa) + lam * s), keep
+
+    attack = MadryPGD(eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True, loss_fn=objective)
+    net = model if isinstance(model, nn.Module) else _AsModule(model)  # e.g. MC-dropout logits as a function
+    return attack(net, images, labels, generator=generator).adversarial
+
+
+class _AsModule(nn.Module):
+    """A function of the images (the attacker's view of a stochastic model) as a parameter-less module."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
 
 
 # ------------------------------------------------------------------------------------------------ masking checks

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from physical.attacks.variants import MadryPGD, MaskedPGD, TradesPGD, trades_kl
+from physical.losses import margin
 from pipelines.defences import DefenceError
 from testbed.device import default_device
 
@@ -232,32 +234,28 @@ def fgsm_examples(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | float) -
     return (x + e * g.sign()).clamp(0, 1).detach()
 
 
+def _negative_margin(model: nn.Module, x_adv: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample ``−(Z_y − max_{i≠y} Z_i)``: the C&W margin as a loss the attack increases."""
+    return -margin(model(x_adv), labels)
+
+
 def pgd_examples(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
                  generator: torch.Generator, loss: str = "ce") -> Tensor:
-    """L∞ PGD with a uniform random start (Madry et al.), maximising CE (or the C&W margin, ``loss="cw"``)."""
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * eps
-    xa = (x + delta).clamp(0, 1)
-    for _ in range(steps):
-        if loss == "ce":
-            g = _input_grad(model, xa, lambda z: F.cross_entropy(z, y))
-        else:
-            from physical.losses import margin
-
-            g = _input_grad(model, xa, lambda z: -margin(z, y).sum())
-        xa = torch.min(torch.max(xa + alpha * g.sign(), x - eps), x + eps).clamp(0, 1).detach()
-    return xa
+    """L∞ PGD with a uniform random start (Madry et al.), maximising CE (or the C&W margin, ``loss="cw"``):
+    ``physical.attacks.MadryPGD`` (the iterative base, Madry's clipping), random start from ``generator``."""
+    attack = MadryPGD(eps=eps, alpha=alpha, steps=steps, random_start=True,
+                      loss_fn=None if loss == "ce" else _negative_margin)
+    return attack(model, x, y, generator=generator).adversarial
 
 
 def trades_examples(model: nn.Module, x: Tensor, eps: float, alpha: float, steps: int,
                     generator: torch.Generator) -> Tensor:
-    """TRADES' inner maximisation: x' in the ε-ball maximising KL(f(x) ‖ f(x')), start x + 0.001·N(0, 1)."""
+    """TRADES' inner maximisation: x' in the ε-ball maximising KL(f(x) ‖ f(x')), start x + 0.001·N(0, 1)
+    (``physical.attacks.TradesPGD`` with the ``trades_kl`` loss hook)."""
     with torch.no_grad():
         p_clean = F.softmax(model(x), dim=1)
-    xa = (x + 0.001 * torch.randn(x.shape, generator=generator).to(x.device)).clamp(0, 1)
-    for _ in range(steps):
-        g = _input_grad(model, xa, lambda z: F.kl_div(F.log_softmax(z, 1), p_clean, reduction="sum"))
-        xa = torch.min(torch.max(xa + alpha * g.sign(), x - eps), x + eps).clamp(0, 1).detach()
-    return xa
+    attack = TradesPGD(eps=eps, alpha=alpha, steps=steps, random_start=True, loss_fn=trades_kl(p_clean))
+    return attack(model, x, p_clean.argmax(dim=1), generator=generator).adversarial
 
 
 def trades_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float) -> Tensor:
@@ -272,11 +270,9 @@ def rect_positions(size: int, rect: int, stride: int) -> list[tuple[int, int]]:
     return [(r, c) for r in range(0, size - rect + 1, stride) for c in range(0, size - rect + 1, stride)]
 
 
-def roa_examples(model: nn.Module, x: Tensor, y: Tensor, rect: int, stride: int, steps: int, alpha: float,
-                 generator: torch.Generator) -> Tensor:
-    """Rectangular occlusion attack (Wu et al. 2020, gradient-guided placement): put a ``rect``×``rect`` square
-    where the summed |∇CE| is largest (stride ``stride``), start it at random colours and run ``steps`` PGD
-    steps of ``alpha`` on its content (unbounded within [0, 1])."""
+def roa_mask(model: nn.Module, x: Tensor, y: Tensor, rect: int, stride: int) -> Tensor:
+    """(B, 1, H, W) float mask of the ``rect``×``rect`` window (stride ``stride``) where the summed |∇CE| is largest:
+    the gradient-guided placement of the rectangular occlusion attack (Wu et al. 2020)."""
     g = _input_grad(model, x, lambda z: F.cross_entropy(z, y)).abs().sum(1, keepdim=True)
     score = F.avg_pool2d(g, rect, stride=stride)  # (B, 1, R, C): mean |grad| of each window
     b, _, nr, nc = score.shape
@@ -285,13 +281,17 @@ def roa_examples(model: nn.Module, x: Tensor, y: Tensor, rect: int, stride: int,
     h, w = x.shape[-2:]
     ar = torch.arange(h, device=x.device).view(1, h, 1)
     ac = torch.arange(w, device=x.device).view(1, 1, w)
-    m = ((ar >= rows.view(-1, 1, 1)) & (ar < rows.view(-1, 1, 1) + rect)
-         & (ac >= cols.view(-1, 1, 1)) & (ac < cols.view(-1, 1, 1) + rect)).unsqueeze(1).float()
-    xa = x * (1 - m) + m * torch.rand(x.shape, generator=generator).to(x.device)
-    for _ in range(steps):
-        gg = _input_grad(model, xa, lambda z: F.cross_entropy(z, y))
-        xa = (xa + alpha * gg.sign() * m).clamp(0, 1).detach()
-    return xa
+    return ((ar >= rows.view(-1, 1, 1)) & (ar < rows.view(-1, 1, 1) + rect)
+            & (ac >= cols.view(-1, 1, 1)) & (ac < cols.view(-1, 1, 1) + rect)).unsqueeze(1).float()
+
+
+def roa_examples(model: nn.Module, x: Tensor, y: Tensor, rect: int, stride: int, steps: int, alpha: float,
+                 generator: torch.Generator) -> Tensor:
+    """Rectangular occlusion attack (Wu et al. 2020, gradient-guided placement): put a ``rect``×``rect`` square
+    where the summed |∇CE| is largest (``roa_mask``), start it at random colours and run ``steps`` PGD steps of
+    ``alpha`` on its content (unbounded within [0, 1]): ``physical.attacks.MaskedPGD`` with the square as mask."""
+    attack = MaskedPGD(eps=1.0, alpha=alpha, steps=steps, random_start=True)
+    return attack(model, x, y, generator=generator, grad_mask=roa_mask(model, x, y, rect, stride)).adversarial
 
 
 # ------------------------------------------------------------------------------------------------ training
