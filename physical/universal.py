@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physical.eot import EOTParams, EOTTransform, warp_pixels
+from physical.eot import EOTParams, EOTTransform, ResizeStage, warp_pixels
 from physical.hyper import check_int, check_known_keys, check_nonneg
 from physical.loop import (  # noqa: F401 - PhysicalResult is re-exported: the attacks' result type
     AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, device_of, logit, replace_context,
@@ -243,7 +243,7 @@ class Draw:
     center: Tensor | None = None  # (B, 2) pixels (x, y)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"eot": {k: v.cpu() for k, v in self.eot.to_dict().items()}}
+        out: dict[str, Any] = {"eot": self.eot.cpu().to_dict()}
         for k in ("scene_index", "area", "angle", "center"):
             v = getattr(self, k)
             if v is not None:
@@ -638,24 +638,11 @@ class SignSticker(_EOTAttack):
         return self.photograph(x, draw.eot, t)
 
     def photograph(self, x: Tensor, params: EOTParams, transform: EOTTransform) -> Tensor:
-        """The EOT stages with the camera's resampling between them: geometry at the print resolution, then an
-        antialiased resize to ``input_size``, then light, blur, noise, clamp and JPEG on the camera image."""
-        c = transform.cfg
-        p = params.to(x.device)
-        if c.geometry_enabled:
-            x = transform.apply_geometry(x, p)
-        x = F.interpolate(x, size=tuple(self.input_size), mode="bilinear", align_corners=False, antialias=True)
-        if c.light_enabled:
-            x = transform.apply_light(x, p)
-        if c.blur_enabled:
-            x = transform.apply_blur(x, p)
-        if c.noise_enabled:
-            x = transform.apply_noise(x, p)
-        if c.clamp or c.jpeg_enabled:
-            x = x.clamp(0.0, 1.0)
-        if c.jpeg_enabled:
-            x = transform.apply_jpeg(x, p)
-        return x
+        """The EOT stages with the camera's resampling among them: ``transform``'s stage list with a ``resize``
+        stage to ``input_size`` after ``geometry`` (geometry at the print resolution; light, optics and sensor on the
+        camera image). The print stage is left out: the sticker was printed before it was stuck on the sign."""
+        camera = transform.with_stage(ResizeStage({"resize_to": tuple(self.input_size)}), after="geometry")
+        return camera.apply(x, params, print_stage=False)
 
     def _regularise(self, ctx: StickerContext, colours: Tensor) -> Tensor:
         out = colours.new_zeros(())

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from physical.eot_presets import PRESETS
 from pipelines.experiment import write_atomic
 from pipelines.metrics import rate
 from testbed.machine import machine_line
@@ -39,15 +40,7 @@ class DemoConfig:
     frames: int | None = None  # photos of the printed patch; default 2 quick, 6 full
     patch_area: float = 0.1  # fraction of the scene the patch's mask covers (training and pasting)
     width_mm: float = 60.0  # printed patch width
-    eot: str | dict | None = "print-aware"  # "print-aware" (below), a physical.eot preset name, or a dict
-
-
-# Athalye et al.'s 2-D ranges widened by what a printer and a camera do to colours (the simulated camera's printer
-# keeps ~80% of the chroma and exposes paper white at 0.55-0.8): saturation, contrast, brightness, printer error
-# and a little blur. The digital-only "athalye-eot-2d" patch reaches 84% held-out EOT success but 0% once printed.
-PRINT_AWARE_EOT = dict(scale=(0.9, 1.4), rotation=22.5, translate=0.1, brightness=0.1, contrast=(0.55, 1.0),
-                       contrast_pivot=0.0, saturation=(0.6, 1.0), illuminant=0.08, printer_gain=0.08,
-                       printer_offset=0.04, blur=(0.0, 1.0), noise=(0.0, 0.04))
+    eot: str | dict | None = "print-aware"  # a preset name of physical.eot_presets.PRESETS, or a dict
 
 
 def _save_png(x: torch.Tensor, path: Path) -> str:
@@ -117,7 +110,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     model = get_model(cfg.model)
     device = next(model.parameters()).device
     scenes = torch.cat([imagenet_view(p, entry.input_size[0]) for p in photos])
-    eot = PRINT_AWARE_EOT if cfg.eot == "print-aware" else cfg.eot
+    eot = PRESETS.get(cfg.eot, cfg.eot) if isinstance(cfg.eot, str) else cfg.eot  # a preset: its row (reported)
     attack = UniversalPatch(eot=eot, steps=steps, batch_size=8, lr=0.1, seed=cfg.seed, eval_samples=32 if cfg.quick else 200,
                             eval_batch_size=16, patch_size=64, shape="circle",
                             placement={"area": (cfg.patch_area, cfg.patch_area), "rotation": 22.5})

@@ -1,12 +1,34 @@
-"""The print-photo EOT distribution: gradients, exact replay, p=1 semantics, config validation, presets."""
+"""The print-photo EOT distribution: gradients, exact replay, p=1 semantics, config validation, presets; the
+stage list (one random stream per stage, params format version, a toy stage driven through the preset table)."""
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import json
+import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
 
-from physical.eot import PRESETS, EOTConfig, EOTParams, EOTTransform, preset, resolve_config
+from physical.eot import (
+    DEFAULT_STAGES,
+    FORMAT_VERSION,
+    PRESETS,
+    EOTConfig,
+    EOTParams,
+    EOTTransform,
+    ResizeStage,
+    Stage,
+    _nonneg,
+    preset,
+    register_stage,
+    resolve_config,
+    stage_seed,
+    unregister_stage,
+)
 from testbed.errors import ConfigError
 
 FULL = EOTConfig(
@@ -163,12 +185,13 @@ def test_colour_ops_match_reference_formulas():
 def test_blur_kernels_are_normalised_and_identity_at_zero():
     t = EOTTransform(EOTConfig(blur=(0.0, 2.0), motion=(0.0, 5.0)))
     p = t.sample(4, torch.Generator().manual_seed(0))
-    k = t.blur_kernel(p)
+    optics = t.stage("optics")
+    k = optics.kernel(p["optics"])
     assert torch.allclose(k.sum(dim=(1, 2)), torch.ones(4), atol=1e-5)
     p.blur.zero_()
     p.motion_length.zero_()
     x = _images(b=4)
-    assert torch.allclose(t.apply_blur(x, p), x, atol=1e-6)
+    assert torch.allclose(optics.apply(x, p["optics"]), x, atol=1e-6)
 
 
 def test_print_stage_can_be_skipped():
@@ -180,7 +203,8 @@ def test_print_stage_can_be_skipped():
 
 
 def test_presets_resolve_and_serialise(tmp_path):
-    assert set(PRESETS) == {"athalye-eot-2d", "rp2", "sharif", "thys", "art-patch-default"}
+    assert set(PRESETS) == {"athalye-eot-2d", "rp2", "sharif", "thys", "art-patch-default", "print-aware",
+                            "print-aware-10pct", "secure-eval-patch"}
     a = preset("athalye-eot-2d")
     assert a.scale == (0.9, 1.4) and a.rotation == 22.5 and a.brightness == 0.05 and a.noise == (0.0, 0.1)
     art = preset("art-patch-default")
@@ -235,3 +259,295 @@ def test_plugs_into_digital_attacks_eot_argument():
     assert len(res.transform_params) == 2 and isinstance(res.transform_params[0], EOTParams)
     assert res.transform_params[0].batch_size == 6
     assert res.config["eot"] == {"eot": preset("athalye-eot-2d").to_dict()}
+
+
+# ------------------------------------------------------------------------------------------------ the stage list
+@dataclasses.dataclass(frozen=True)
+class VignetteConfig:
+    vignette: float = 0.0  # corner darkening, uniform in [0, vignette] per sample
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vignette", _nonneg("vignette", self.vignette, 1.0))
+
+
+class VignetteStage(Stage):
+    """A toy stage defined here: darkens towards the corners, x * (1 - s * r^2), r = 1 at the corners."""
+
+    name = "toy-vignette"
+    Config = VignetteConfig
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.vignette > 0
+
+    def sample(self, n, generator, device):
+        return {"vignette_strength": self.uniforms(n, 1, generator, device)[:, 0] * self.config.vignette}
+
+    def apply(self, x, params):
+        h, w = x.shape[-2:]
+        ys, xs = torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device)
+        r2 = (ys[:, None] ** 2 + xs[None, :] ** 2) / 2
+        return x * (1 - params["vignette_strength"].to(x.dtype)[:, None, None, None] * r2)
+
+
+@pytest.fixture
+def vignette():
+    register_stage(VignetteStage)
+    yield VignetteStage
+    unregister_stage(VignetteStage.name)
+
+
+def _draw(config, seed=11, n=16):
+    g = torch.Generator().manual_seed(seed)
+    p = EOTTransform(config).sample(n, g)
+    return p, g.get_state()
+
+
+def _same_stage_draws(a: EOTParams, b: EOTParams, stages) -> None:
+    for s in stages:
+        assert set(a[s]) == set(b[s]), s
+        for k in a[s]:
+            assert torch.equal(a[s][k], b[s][k]), f"{s}.{k} changed"
+
+
+def test_inserting_a_stage_leaves_every_other_stage_draw_bit_identical(vignette):
+    ref, ref_state = _draw(FULL)
+    for pos in range(len(DEFAULT_STAGES) + 1):
+        order = list(DEFAULT_STAGES)
+        order.insert(pos, "toy-vignette")
+        p, state = _draw(FULL.replace(stages=order, vignette=0.4))
+        assert p.stage_names == tuple(order)
+        _same_stage_draws(p, ref, DEFAULT_STAGES)
+        assert torch.equal(state, ref_state), "the caller's generator must advance the same amount"
+        assert float(p["toy-vignette"]["vignette_strength"].max()) > 0
+
+
+def test_removing_or_reordering_stages_leaves_the_others_bit_identical():
+    ref, ref_state = _draw(FULL)
+    for left_out in DEFAULT_STAGES:
+        order = [s for s in DEFAULT_STAGES if s != left_out]
+        p, state = _draw(FULL.replace(stages=order))
+        assert left_out not in p and p.stage_names == tuple(order)
+        _same_stage_draws(p, ref, order)
+        assert torch.equal(state, ref_state)
+    for order in (DEFAULT_STAGES[::-1], ("light", "sensor", "print", "optics", "geometry")):
+        p, state = _draw(FULL.replace(stages=list(order)))
+        _same_stage_draws(p, ref, DEFAULT_STAGES)
+        assert torch.equal(state, ref_state)
+
+
+def test_a_stage_draws_do_not_depend_on_other_stages_settings():
+    ref, _ = _draw(FULL)
+    p, _ = _draw(FULL.replace(rotation=0.0, noise=(0.0, 0.0), jpeg_quality=None, saturation=(1.0, 1.0)))
+    _same_stage_draws(p, ref, ("print", "optics"))
+    assert torch.equal(p.scale, ref.scale) and torch.equal(p.illuminant, ref.illuminant)
+
+
+def test_a_disabled_inserted_stage_leaves_the_images_bit_identical(vignette):
+    x = _images(b=4, h=32, w=32)
+    y = EOTTransform(FULL)(x, torch.Generator().manual_seed(3))
+    order = [*DEFAULT_STAGES[:2], "toy-vignette", *DEFAULT_STAGES[2:]]
+    off = EOTTransform(FULL.replace(stages=order))
+    assert torch.equal(off(x, torch.Generator().manual_seed(3)), y)
+    on = EOTTransform(FULL.replace(stages=order, vignette=0.5))
+    assert not torch.equal(on(x, torch.Generator().manual_seed(3)), y)
+
+
+def test_stage_seeds_are_a_stable_hash_of_base_seed_and_name():
+    """Pinned: stored base seeds replay only while this derivation (BLAKE2b, not Python's hash) stays put."""
+    assert stage_seed(0, "geometry") == 5493215710872391171
+    assert stage_seed(2**62, "print") == 652902316133847933
+    digest = hashlib.blake2b(b"0:geometry", digest_size=8).digest()
+    assert stage_seed(0, "geometry") == int.from_bytes(digest, "little") & (2**63 - 1)
+    p = EOTTransform("athalye-eot-2d").sample(3, torch.Generator().manual_seed(0))
+    assert p.angle.tolist() == [-7.815359115600586, -21.726308822631836, -7.0102458000183105]
+
+
+def test_fused_apply_equals_the_stages_one_after_another():
+    """Fusing print + light into one colour map (across a border-padded warp) is a detail: the result is the
+    stages applied one by one, in list order. With zeros padding the print is not moved past the warp."""
+    x = _images(b=3, h=24, w=24)
+    for padding in ("border", "zeros"):
+        t = EOTTransform(FULL.replace(padding=padding, jpeg_quality=None, clamp=False))
+        p = t.sample(3, torch.Generator().manual_seed(4))
+        ref = x
+        for s in t.stages:
+            ref = s.apply(ref, p[s.name])
+        assert torch.allclose(t.apply(x, p), ref, atol=1e-5), padding
+
+
+def test_resize_stage_between_geometry_and_light_replays_the_camera_order():
+    """The camera order of SignSticker.photograph: geometry at the print resolution, resize, then light, optics,
+    sensor on the camera image; inserting the (drawless) resize stage changes no draw."""
+    t = EOTTransform("rp2")
+    camera = t.with_stage(ResizeStage({"resize_to": (16, 16)}), after="geometry")
+    assert camera.cfg.stage_names == ("print", "geometry", "resize", "light", "optics", "sensor")
+    assert t.with_stage(ResizeStage({"resize_to": (16, 16)}), after="geometry") is camera  # cached
+    p = t.sample(4, torch.Generator().manual_seed(5))
+    q = camera.sample(4, torch.Generator().manual_seed(5))
+    _same_stage_draws(q, p, DEFAULT_STAGES)
+    assert q["resize"] == {}
+    assert torch.equal(camera.apply(_images(b=4, h=40, w=40), q), camera.apply(_images(b=4, h=40, w=40), p))
+    x = _images(b=4, h=40, w=40)
+    y = camera.apply(x, p, print_stage=False)
+    ref = t.stage("geometry").apply(x, p["geometry"])
+    ref = F.interpolate(ref, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    for name in ("light", "optics", "sensor"):
+        ref = t.stage(name).apply(ref, p[name])
+    assert y.shape == (4, 3, 16, 16) and torch.allclose(y, ref, atol=1e-6)
+    with pytest.raises(ConfigError, match="resize_to"):
+        ResizeStage({"resize_to": (0, 16)})
+
+
+def test_params_round_trip_with_the_format_version(tmp_path):
+    t = EOTTransform(FULL)
+    x = _images(b=5, h=32, w=32)
+    p = t.sample(5, torch.Generator().manual_seed(8))
+    d = p.to_dict()
+    assert d["format"] == FORMAT_VERSION == 2 and d["batch_size"] == 5
+    assert list(d["stages"]) == list(DEFAULT_STAGES) and set(d["stages"]["geometry"]) == {
+        "angle", "scale", "translate", "perspective"}
+    assert EOTParams.from_dict(d).equal(p)
+    torch.save(d, tmp_path / "p.pt")
+    assert EOTParams.from_dict(torch.load(tmp_path / "p.pt", weights_only=True)).equal(p)
+    # through JSON (lists of numbers): float32 values survive exactly, so the images replay bit for bit
+    as_json = json.loads(json.dumps({**d, "stages": {s: {k: v.tolist() for k, v in q.items()}
+                                                     for s, q in d["stages"].items()}}))
+    again = EOTParams.from_dict(as_json)
+    assert again.equal(p) and torch.equal(t.apply(x, again), t.apply(x, p))
+    assert EOTParams.load(p.save(tmp_path / "saved.pt")).equal(p)
+    assert pickle.loads(pickle.dumps(p)).equal(p)
+
+
+@pytest.mark.parametrize("version", [3, 0, "2", None])
+def test_unknown_params_format_is_refused(version):
+    d = EOTTransform(FULL).sample(2, torch.Generator().manual_seed(0)).to_dict()
+    d["format"] = version
+    with pytest.raises(ConfigError, match=f"format {version!r} is not supported"):
+        EOTParams.from_dict(d)
+
+
+def test_malformed_params_are_refused():
+    d = EOTTransform(FULL).sample(2, torch.Generator().manual_seed(0)).to_dict()
+    with pytest.raises(ConfigError, match="missing keys \\['batch_size'\\]"):
+        EOTParams.from_dict({k: v for k, v in d.items() if k != "batch_size"})
+    with pytest.raises(ConfigError, match="print.printer_gain has 2 rows, the batch has 3"):
+        EOTParams.from_dict({**d, "batch_size": 3})
+    with pytest.raises(ConfigError, match="no draw of stage 'print'; stages drawn: \\['geometry'\\]"):
+        EOTTransform(FULL).apply(_images(b=2), EOTParams({"geometry": d["stages"]["geometry"]}, 2))
+
+
+def test_format1_flat_params_still_load_and_replay():
+    """Draws stored before the stage list (one flat dict, no format key) load onto the stages and replay."""
+    t = EOTTransform(FULL)
+    x = _images(b=3, h=32, w=32)
+    p = t.sample(3, torch.Generator().manual_seed(9))
+    flat = {k: v for s in p.stage_names for k, v in p[s].items()}
+    old = EOTParams.from_dict(flat)
+    assert old.equal(p) and torch.equal(t.apply(x, old), t.apply(x, p))
+    with pytest.raises(ConfigError, match="format 1.*missing keys \\['angle'\\]"):
+        EOTParams.from_dict({k: v for k, v in flat.items() if k != "angle"})
+
+
+def test_params_cat_keeps_stage_groups():
+    t = EOTTransform(FULL)
+    a, b = (t.sample(2, torch.Generator().manual_seed(s)) for s in (1, 2))
+    c = EOTParams.cat([a, b])
+    assert c.batch_size == 4 and torch.equal(c.angle, torch.cat([a.angle, b.angle]))
+    assert torch.equal(c.noise_seed, a.noise_seed)
+    with pytest.raises(ConfigError, match="same stages"):
+        EOTParams.cat([a, EOTTransform(FULL.replace(stages=["geometry"])).sample(2, torch.Generator())])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS) + ["full", "custom-stages"])
+def test_config_round_trips_through_dict_json_yaml_and_pickle(name, tmp_path):
+    cfg = {"full": FULL, "custom-stages": EOTConfig(stages=["geometry", "resize", "sensor"], rotation=5.0,
+                                                    resize_to=(32, 24), noise=(0.0, 0.1))}.get(name)
+    cfg = cfg if cfg is not None else preset(name)
+    assert EOTConfig.from_dict(cfg.to_dict()) == cfg
+    assert EOTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert EOTConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+    for suffix in (".json", ".yml"):
+        assert EOTConfig.load(cfg.save(tmp_path / f"c{suffix}")) == cfg
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg
+    assert hash(copy.deepcopy(cfg)) == hash(cfg)
+    assert eval(repr(cfg), {"EOTConfig": EOTConfig}) == cfg
+
+
+def test_flat_config_maps_onto_stages():
+    cfg = EOTConfig(rotation=10, printer_gain=0.1, noise=[0.0, 0.1])
+    assert cfg.stage_names == DEFAULT_STAGES
+    assert cfg.stage_config("geometry").rotation == 10.0 and cfg.stage_config("print").printer_gain == 0.1
+    assert cfg.noise == (0.0, 0.1) and cfg.rotation == 10.0
+    assert "stages" not in cfg.to_dict()  # the default list is left out: configs written before it compare equal
+    assert cfg.replace(stages=["geometry", "sensor"]).to_dict() == {
+        "stages": ["geometry", "sensor"], "rotation": 10.0, "scale": [1.0, 1.0], "translate": 0.0,
+        "perspective": 0.0, "padding": "border", "noise_kind": "gaussian", "noise": [0.0, 0.1],
+        "jpeg_quality": None, "clamp": True}
+    only_geometry = EOTConfig(stages=["geometry"], rotation=3.0)
+    assert only_geometry.printer_gain == 0.0  # a field of a stage not in the list reads as the identity
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rotation = 3.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(stages=["geometry"], printer_gain=0.1), "printer_gain belongs to stage 'print', which is not in"),
+     (dict(stages=["geometry", "fisheye"]), "unknown EOT stage 'fisheye'"),
+     (dict(stages=["geometry", "geometry"]), "more than once"),
+     (dict(stages="geometry"), "must be a list of stage names")],
+)
+def test_bad_stage_lists_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        EOTConfig(**kwargs)
+
+
+def test_stage_registration_refuses_clashing_fields():
+    @dataclasses.dataclass(frozen=True)
+    class Clash:
+        rotation: float = 0.0
+
+    class ClashStage(Stage):
+        name = "toy-clash"
+        Config = Clash
+
+    with pytest.raises(ConfigError, match="'rotation' is already a field of stage 'geometry'"):
+        register_stage(ClashStage)
+    assert "toy-clash" not in EOTConfig().to_dict()
+
+
+def test_toy_stage_is_drivable_through_the_preset_table(vignette, monkeypatch, tmp_path):
+    """Adding a stage = one class + one preset-table row: the toy stage defined above, a row naming it."""
+    monkeypatch.setitem(PRESETS, "toy-dark-corners", {"stages": [*DEFAULT_STAGES, "toy-vignette"],
+                                                      "rotation": 5.0, "vignette": (0.5)})
+    t = EOTTransform("toy-dark-corners")
+    assert t.cfg.stage_names[-1] == "toy-vignette" and t.cfg.vignette == 0.5
+    x = torch.full((4, 3, 17, 17), 0.8)
+    y = t(x, torch.Generator().manual_seed(0))
+    s = t.last_params["toy-vignette"]["vignette_strength"]
+    assert bool((s > 0).all()) and bool((s <= 0.5).all())
+    # a uniform grey stays uniform through the other stages (border padding): the centre keeps 0.8, the corners
+    # get 0.8 * (1 - s)
+    assert torch.allclose(y[:, :, 8, 8], torch.full((4, 3), 0.8), atol=1e-5)
+    assert torch.allclose(y[:, :, 0, 0], (0.8 * (1 - s))[:, None].expand(4, 3), atol=1e-5)
+    # overrides, a JSON/YAML file (what --eot FILE loads), and the stage's own validation
+    assert not resolve_config({"preset": "toy-dark-corners", "vignette": 0.0}).enabled("toy-vignette")
+    assert "vignette" not in resolve_config({"preset": "toy-dark-corners", "stages": list(DEFAULT_STAGES)}).to_dict()
+    path = tmp_path / "toy.yaml"
+    path.write_text("preset: toy-dark-corners\nvignette: 0.25\n")
+    assert EOTConfig.load(path) == t.cfg.replace(vignette=0.25)
+    with pytest.raises(ConfigError, match="vignette must be <= 1.0"):
+        resolve_config({"preset": "toy-dark-corners", "vignette": 2.0})
+    with pytest.raises(ConfigError, match="vignette"):
+        EOTConfig(vignette=0.3)  # not in the default stage list
+
+
+def test_presets_are_one_table_used_by_demo_secure_eval_and_the_experiment_files():
+    from pipelines.demo import DemoConfig
+    from pipelines.secure_eval import patch_eot_config
+
+    assert DemoConfig().eot == "print-aware" and preset("print-aware").saturation == (0.6, 1.0)
+    assert patch_eot_config() == preset("secure-eval-patch")
+    assert preset("print-aware-10pct") == preset("print-aware").replace(scale=(0.8, 1.0))
+    assert EOTConfig.load("experiments/eot_print_aware.yaml") == preset("print-aware")
+    assert EOTConfig.load("experiments/eot_print_aware_10pct.yaml") == preset("print-aware-10pct")

@@ -1,0 +1,61 @@
+"""The one table of named EOT distributions (``physical.eot.preset(name)``; ``--eot NAME`` on the command lines).
+
+A row is a flat ``EOTConfig`` dict: the config fields of the stages it sets (anything left out is the identity)
+and, optionally, ``"stages"``: the ordered stage list (default ``physical.eot_stages.DEFAULT_STAGES``). Where the
+ranges come from is said beside each row (and in docs/eot-engine.md). This module holds data only: it imports
+nothing from the EOT engine, so every part of the project can import it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+#: Athalye et al.'s 2-D ranges widened by what a printer and a camera do to colours (the simulated camera's
+#: printer keeps ~80% of the chroma and exposes paper white at 0.55-0.8): saturation, contrast, brightness,
+#: printer error, a little blur and noise. ``testbed demo``'s default; experiments/eot_print_aware.yaml. (The
+#: digital-only "athalye-eot-2d" demo patch reached 84% held-out EOT success but 0% once printed.)
+_PRINT_AWARE: dict[str, Any] = dict(
+    scale=(0.9, 1.4), rotation=22.5, translate=0.1, brightness=0.1, contrast=(0.55, 1.0), contrast_pivot=0.0,
+    saturation=(0.6, 1.0), illuminant=0.08, printer_gain=0.08, printer_offset=0.04, blur=(0.0, 1.0),
+    noise=(0.0, 0.04),
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Athalye, Engstrom, Ilyas & Kwok 2018, "Synthesizing robust adversarial examples", appendix table of the 2D
+    # case: scale 0.9-1.4, rotation -22.5..22.5 deg, lighten/darken -0.05..0.05, Gaussian noise stdev 0.0-0.1,
+    # translation "any in-bounds" (here +-0.1 of the image size, as the image fills the frame).
+    "athalye-eot-2d": dict(scale=(0.9, 1.4), rotation=22.5, brightness=0.05, noise=(0.0, 0.1), translate=0.1),
+    # Eykholt et al. 2018 (RP2): physical samples at 5'-40' and 0-30 deg viewing angle, plus synthetic brightness
+    # changes and random crops. The paper gives no numeric synthetic ranges; this encodes the stated physical
+    # ones: distance -> scale 0.5-1.0, viewing angle up to 30 deg -> perspective 0.25, small in-plane rotation,
+    # crop -> translation, brightness +-0.1, and a mild printer error (their fabrication-error motivation).
+    "rp2": dict(
+        scale=(0.5, 1.0), perspective=0.25, rotation=5.0, translate=0.05, brightness=0.1, contrast=(0.8, 1.2),
+        printer_gain=0.05, printer_offset=0.02, blur=(0.0, 1.0),
+    ),
+    # Sharif, Bhagavatula, Bauer & Reiter 2016 optimised over several photos of the wearer (small pose and
+    # lighting changes), with NPS and TV for printability; no parametric range was published. This preset
+    # encodes "small head movements and lighting": +-5 deg, scale 0.95-1.05, +-3% shift, light and colour cast.
+    # The eyeglass attack's default (physical.eyeglass).
+    "sharif": dict(
+        rotation=5.0, scale=(0.95, 1.05), translate=0.03, brightness=0.05, contrast=(0.9, 1.1), illuminant=0.05,
+        printer_gain=0.05, printer_offset=0.02,
+    ),
+    # Thys, Van Ranst & Goedeme 2019 (adversarial-yolo PatchTransformer): contrast U(0.8, 1.2) about 0,
+    # brightness U(-0.1, 0.1), noise U(-1, 1) * 0.1, rotation U(-20, 20) deg.
+    "thys": dict(
+        contrast=(0.8, 1.2), contrast_pivot=0.0, brightness=0.1, noise_kind="uniform", noise=(0.1, 0.1),
+        rotation=20.0,
+    ),
+    # ART 1.20 AdversarialPatchPyTorch defaults: rotation_max=22.5, scale_min=0.1, scale_max=1.0,
+    # distortion_scale_max=0 (no perspective); ART applies them to the patch before placing it.
+    "art-patch-default": dict(rotation=22.5, scale=(0.1, 1.0), perspective=0.0, padding="zeros"),
+    # See _PRINT_AWARE above (pipelines.demo's default; measured in docs/eot-engine.md and docs/harness.md).
+    "print-aware": dict(_PRINT_AWARE),
+    # print-aware with the camera never closer than at the patch's nominal size: scale 0.8-1.0 instead of 0.9-1.4,
+    # so a patch placed at 10% of the scene never covers more than 10% of what the model sees
+    # (experiments/eot_print_aware_10pct.yaml).
+    "print-aware-10pct": dict(_PRINT_AWARE, scale=(0.8, 1.0)),
+    # pipelines.secure_eval's universal patch: a mild print-and-photograph distribution (printer error, light,
+    # small sensor noise), no geometry (the placement supplies it).
+    "secure-eval-patch": dict(printer_gain=0.05, printer_offset=0.02, brightness=0.05, noise=(0.0, 0.02)),
+}
