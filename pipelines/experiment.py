@@ -322,14 +322,23 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
 
 
 class RunDir:
-    """A run directory: ``config.resolved.yaml``, ``cells/*.json``, ``examples/``, reports."""
+    """A run directory: ``testbed-run.json`` (kind ``experiment``), ``config.resolved.yaml``, ``cells/*.json``,
+    ``examples/``, reports.
+
+    The ``--out`` rule is the one of every run directory (:func:`physical.runs.claim_run_dir`): a non-empty folder
+    that is not a run directory, a run directory of another kind (patch, sticker, eyeglass...), a path whose parent
+    is a file or that cannot be written: RunDirError naming the folder, nothing written."""
 
     CONFIG = "config.resolved.yaml"
+    KIND = "experiment"
 
     def __init__(self, path: str | Path, config: ExperimentConfig) -> None:
+        from physical.runs import claim_run_dir
+
         self.path = Path(path)
         self.config = config
         cfg_file = self.path / self.CONFIG
+        claim_run_dir(self.path, self.KIND, error=RunDirError)
         digest = config.sha256()
         if cfg_file.exists():
             from testbed.inputs import load_yaml
@@ -347,9 +356,6 @@ class RunDir:
                 raise RunDirError(f"run directory {self.path} holds results of a different config "
                                   f"(differs in: {', '.join(changed) or 'hash'}); use a new --out folder, "
                                   "or delete it to start over")
-        elif self.path.exists() and any(self.path.iterdir()):
-            raise RunDirError(f"run directory {self.path} is not empty and has no {self.CONFIG}: it is not an "
-                              "experiment run directory; choose an empty or new folder")
         else:
             text = yaml.safe_dump({"sha256": digest, "config": config.to_dict()}, sort_keys=False)
             write_atomic(cfg_file, text)

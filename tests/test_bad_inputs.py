@@ -181,7 +181,7 @@ def test_write_errors_leave_nothing_half_written(tmp_path, capsys, monkeypatch, 
 
     def failing_fsync(fd):
         calls["n"] += 1
-        if calls["n"] >= 2:  # the resolved config is written; the first cell fails
+        if calls["n"] >= 3:  # the run-directory marker and the resolved config are written; the first cell fails
             raise OSError(code, os.strerror(code))
         return real_fsync(fd)
 
@@ -189,4 +189,4 @@ def test_write_errors_leave_nothing_half_written(tmp_path, capsys, monkeypatch, 
     rc, err = _cli(capsys, "evaluate", cfg, "--out", tmp_path / "r", "--no-progress")
     assert rc == 2 and words in err and "cells" in err
     leftovers = [p.name for p in (tmp_path / "r").rglob("*") if p.is_file()]
-    assert leftovers == ["config.resolved.yaml"]  # no partial cell, no report claiming completeness
+    assert sorted(leftovers) == ["config.resolved.yaml", "testbed-run.json"]  # no partial cell, no report
