@@ -179,8 +179,6 @@ def eyeglass(w: Workload, precision: str = "fp32", channels_last: bool = False, 
     """The project's EyeglassFrame (Sharif et al.) in the shared physical-attack loop: seconds per Adam step and
     steps/s (frame composite + sharif EOT + dlib face descriptor fwd/bwd on ``w.batch`` 150x150 chips of the
     shipped astronaut photo, dodging, hinge loss, TV + NPS on); ``eot_batch`` 0 = one pass."""
-    import torch
-
     from physical.eyeglass import EyeglassFrame, align_wearer, enroll
     from testbed.models.face_descriptor import load_face_descriptor
     from testbed.photos import load_photo

@@ -17,8 +17,11 @@ Losses (``d_e`` = distance to the wearer's enrolled descriptor, ``d_t`` = to the
   ``distance``: ``d_t + lambda_own * relu(d_t - d_e + margin)``;
 
 plus ``lambda_tv * TV + lambda_nps * NPS`` of the texture inside the mask (Sharif's smoothness and printability).
-Adam on the logits of the colours (sigmoid parametrisation), colours initialised to a solid brown like a
-plain frame. Success is measured on ``eval_samples`` FRESH transformations drawn with a different generator
+``EyeglassFrame`` is a configuration of the shared physical-attack loop (``physical.loop.PhysicalAttack``, the
+patch's and the sticker's): it supplies the draw (chip index + EOT), the render (frame on the chip), the objective
+and the success test; the loop runs Adam on the logits of the colours (sigmoid parametrisation; colours
+initialised to a solid brown like a plain frame) with the speed settings (``precision``, ``channels_last``,
+``compile``, ``eot_batch``), checkpoint / resume and the evaluation. Success is measured on ``eval_samples`` FRESH transformations drawn with a different generator
 (``eval_seed``), never the optimisation's: dodging succeeds where ``d_e > thr``; impersonation where
 ``d_t < thr`` and ``d_t < d_e``. The same draws are scored for the wearer without glasses ("clean") and with the
 unoptimised frame ("initial").
@@ -351,8 +354,9 @@ class EyeglassFrame(PhysicalAttack):
     init: Literal["brown", "gray", "black", "uniform", "random"] = "brown"
     geometry: Any = None  # FrameGeometry or dict; None: the default frame
     checkpoint_every: int = 25
-    # NCHW by default: the face descriptor's fwd+bwd measured 1.9 s NCHW vs 4.6 s NHWC per 16 chips on the 2-core
-    # AMD EPYC CPU (docs/eyeglass.md); channels_last=True is there for machines where NHWC is faster
+    # NCHW by default (the eyeglass's layout before the shared loop, so the documented runs keep their
+    # arithmetic): NHWC gave no gain for the face descriptor on the 2-core CPU (bench: 2.75 vs 2.78 s per step of
+    # 16 chips, docs/performance.md); channels_last=True is there for machines where NHWC is faster
     channels_last: bool = False
 
     def __post_init__(self) -> None:
