@@ -14,8 +14,8 @@ _EXPORTS = {
     "ObjectSpec": "camera.rectify", "load_object_spec": "camera.rectify", "detect_markers": "camera.rectify",
     "rectify": "camera.rectify", "Rectified": "camera.rectify", "RectifyError": "camera.rectify",
     "MarkersNotFoundError": "camera.rectify", "TooObliqueError": "camera.rectify",
-    "Palette": "camera.palette", "measure_palette": "camera.palette", "load_palette": "camera.palette",
-    "default_palette": "camera.palette", "delta_e2000": "camera.palette",
+    "Palette": "testbed.palette", "measure_palette": "camera.palette", "load_palette": "testbed.palette",
+    "default_palette": "testbed.palette", "delta_e2000": "camera.palette",
     "SimulatedCamera": "camera.simulated", "SimCameraConfig": "camera.simulated", "SimParams": "camera.simulated",
     "SimulatedPrinter": "camera.simulated", "PrinterParams": "camera.simulated",
 }

@@ -144,10 +144,11 @@ def run_capture(args: argparse.Namespace) -> int:
 def run_rectify(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from camera.palette import Palette, measure_chart
+    from camera.palette import measure_chart
     from camera.rectify import load_object_spec, rectify
     from camera.sources import ImageSequenceSource
     from testbed.imageio import save_image
+    from testbed.palette import Palette
 
     spec = load_object_spec(args.sheet, args.object)
     if args.palette_out and "patches" not in spec.record:

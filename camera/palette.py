@@ -1,20 +1,15 @@
-"""Measure a printer's printable colours from a photo of the printed colour chart; palette files for NPS.
+"""Measure a printer's printable colours from a photo of the printed colour chart.
 
 Procedure: rectify the chart (``camera.rectify``), then for each patch take a trimmed mean of its inner area in
 linear light and divide by the local paper white, which is a smooth (quadratic) surface fitted to the white
 gaps between the patches - this removes exposure, white balance and uneven lighting. Colours are therefore
 relative to paper white = (1, 1, 1) unless ``paper_white`` is given.
 
-Palette files: JSON ``{"format": "testbed-palette/1", "colors": [[r, g, b], ...], ...}`` or CSV with a
-``r,g,b`` header; values are sRGB in [0, 1]. :func:`load_palette` returns an Nx3 float tensor for the NPS loss.
+The result is a :class:`testbed.palette.Palette`: the palette file format, its one loader (``load_palette``, an
+Nx3 tensor for the NPS loss) and the shipped default live in ``testbed/palette.py``, which needs no OpenCV.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,118 +19,7 @@ import torch
 from camera.rectify import ObjectSpec, Rectified, load_object_spec, rectify
 from camera.simulated import linear_to_srgb, srgb_to_linear
 from testbed.errors import ConfigError, ImageError
-
-DEFAULT_PALETTE_PATH = Path(__file__).with_name("data") / "default_palette.json"
-
-
-@dataclass
-class Palette:
-    """Printable colours (Nx3 sRGB in [0, 1]) and, when measured from a chart, the intended colours."""
-
-    colors: np.ndarray
-    intended: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
-        return torch.as_tensor(self.colors, dtype=torch.float32, device=device)
-
-    def save(self, path: str | Path) -> Path:
-        """Write JSON (``.json``) or CSV (``.csv``) atomically."""
-        p = Path(path)
-        if p.suffix.lower() == ".json":
-            doc = {"format": "testbed-palette/1", "space": "sRGB, relative to paper white", "n": len(self.colors),
-                   "colors": np.round(self.colors, 6).tolist(), "meta": self.meta}
-            if self.intended is not None:
-                doc["intended"] = np.round(self.intended, 6).tolist()
-            data = json.dumps(doc, indent=1).encode()
-        elif p.suffix.lower() == ".csv":
-            buf = io.StringIO()
-            w = csv.writer(buf)
-            w.writerow(["r", "g", "b"] + (["intended_r", "intended_g", "intended_b"] if self.intended is not None
-                                          else []))
-            for i, c in enumerate(self.colors):
-                row = [f"{v:.6f}" for v in c]
-                if self.intended is not None:
-                    row += [f"{v:.6f}" for v in self.intended[i]]
-                w.writerow(row)
-            data = buf.getvalue().encode()
-        else:
-            raise ConfigError(f"palette file {p} must end in .json or .csv")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        partial = p.with_name(p.name + ".partial")
-        try:
-            partial.write_bytes(data)
-            os.replace(partial, p)
-        finally:
-            partial.unlink(missing_ok=True)
-        return p
-
-
-def _check_colors(arr: np.ndarray, where: str) -> np.ndarray:
-    if arr.ndim != 2 or arr.shape[1] != 3 or len(arr) == 0:
-        raise ConfigError(f"{where}: palette must be a non-empty list of [r, g, b], got shape {arr.shape}")
-    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-        raise ConfigError(f"{where}: palette values must be in [0, 1] (sRGB), got [{arr.min():.4g}, {arr.max():.4g}]")
-    return arr.astype(np.float32)
-
-
-def read_palette(path: str | Path) -> Palette:
-    """Read a palette JSON/CSV file (through ``testbed.inputs``: size, UTF-8, nesting and every colour checked)."""
-    from testbed.inputs import color_triples, load_json, read_text
-
-    p = Path(path)
-    where = f"palette file {p}"
-    suffix = p.suffix.lower()
-    if suffix == ".json":
-        doc = load_json(p, what="palette file")
-        if isinstance(doc, dict):
-            if "colors" not in doc:
-                raise ConfigError(f"{where} has no 'colors' list")
-            cols, intended, meta = doc["colors"], doc.get("intended"), doc.get("meta", {})
-        elif isinstance(doc, list):
-            cols, intended, meta = doc, None, {}
-        else:
-            raise ConfigError(f"{where} must hold a JSON object with a 'colors' list (or a list of [r, g, b]), "
-                              f"got {type(doc).__name__}")
-        colors = _check_colors(color_triples(cols, where=where), where)
-        if intended is not None:
-            intended = color_triples(intended, where=where, key="intended").astype(np.float32)
-            if len(intended) != len(colors):
-                raise ConfigError(f"{where}: 'intended' has {len(intended)} colours but 'colors' has {len(colors)}")
-        if not isinstance(meta, dict):
-            raise ConfigError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
-        return Palette(colors, intended, meta)
-    if suffix == ".csv":
-        text = read_text(p, what="palette file")
-        try:
-            rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), 1) if r]
-        except csv.Error as exc:
-            raise ConfigError(f"{where} is not valid CSV: {exc}") from None
-        if rows and [v.strip().lower() for v in rows[0][1][:3]] == ["r", "g", "b"]:
-            rows = rows[1:]
-        values = []
-        for n, r in rows:
-            if len(r) < 3:
-                raise ConfigError(f"{where} line {n}: {len(r)} value(s); each row needs r,g,b")
-            row = []
-            for v in r[:3]:
-                try:
-                    row.append(float(v))
-                except ValueError:
-                    raise ConfigError(f"{where} line {n}: {v.strip()[:30]!r} is not a number") from None
-            values.append(row)
-        return Palette(_check_colors(color_triples(values, where=where), where))
-    raise ConfigError(f"palette file {p} must end in .json or .csv")
-
-
-def load_palette(path: str | Path | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """An Nx3 float tensor of printable colours (sRGB in [0, 1]); ``None``: the default palette."""
-    return read_palette(path if path is not None else DEFAULT_PALETTE_PATH).tensor(device)
-
-
-def default_palette() -> Palette:
-    """The shipped default palette (see ``docs/printouts-and-camera.md`` for how it was made)."""
-    return read_palette(DEFAULT_PALETTE_PATH)
+from testbed.palette import Palette
 
 
 def _fit_quadratic(xy: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ Pipeline for each frame, in linear light where physics is linear:
    and only then sampled through a 3-D perspective (tilt, in-plane rotation, distance, focal length) into a scene
    photo (a real photograph shipped with scikit-image / matplotlib) - no aliasing moire from the halftone;
 3. lighting (exposure, white balance, smooth brightness gradient), defocus or motion blur (albumentations);
-4. sRGB encoding, sensor noise (read + shot noise via albumentations) and JPEG (albumentations).
+4. sRGB encoding, sensor noise (read + shot noise) and JPEG (``testbed.imageio.jpeg_round_trip``, libjpeg-turbo).
 
 Parameters are sampled from a ``numpy.random.Generator`` (seeded per frame from ``(seed, index)``) into a
 JSON-serialisable :class:`SimParams`, then applied by :meth:`SimulatedCamera.render`, so any draw can be
@@ -467,7 +467,8 @@ class SimulatedCamera(FrameSource):
     def render(self, params: SimParams) -> tuple[torch.Tensor, dict[str, Any]]:
         """Apply ``params``: the frame (1x3xHxW RGB in [0, 1]) and metadata with the true corner positions."""
         import albumentations.augmentations.blur.functional as abf
-        import albumentations.augmentations.pixel.functional as apf
+
+        from testbed.imageio import jpeg_round_trip
 
         cfg = self.config
         W, H = cfg.frame_size
@@ -534,11 +535,10 @@ class SimulatedCamera(FrameSource):
         cv2.multiply(sigma, z, dst=sigma)
         srgb += sigma
         u8 = cv2.convertScaleAbs(srgb, alpha=255.0)  # round + saturate to uint8
-        bgr = cv2.cvtColor(u8, cv2.COLOR_RGB2BGR)  # OpenCV's JPEG expects BGR for correct chroma
-        bgr = apf.image_compression(bgr, quality=params.jpeg_quality, image_type=".jpg")
+        u8 = jpeg_round_trip(u8, params.jpeg_quality)  # the project's one reference JPEG (the same bytes as OpenCV's)
         image = torch.empty((1, 3, H, W), dtype=torch.float32)
         out = image.numpy()
-        for c, plane in enumerate(cv2.split(bgr)[::-1]):  # B, G, R planes -> R, G, B (contiguous CHW)
+        for c, plane in enumerate(cv2.split(u8)):  # R, G, B planes (contiguous CHW)
             np.multiply(plane, np.float32(1 / 255), out=out[0, c], dtype=np.float32)
         page_corners = self.project_mm(params, [[0, 0], [self.page_w_mm, 0], [self.page_w_mm, self.page_h_mm],
                                                 [0, self.page_h_mm]])

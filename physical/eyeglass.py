@@ -46,9 +46,9 @@ from torch import Tensor, nn
 from physical.eot import EOTParams, EOTTransform, resolve_config
 from physical.hyper import check_known_keys, check_nonneg
 from physical.loop import AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, device_of, logit
-from physical.regularizers import resolve_palette
 from physical.runs import RunDir
 from testbed.errors import ConfigError, ImageError
+from testbed.palette import resolve_palette
 from testbed.faces import (
     DEFAULT_PADDING,
     DEFAULT_SIZE,

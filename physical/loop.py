@@ -45,10 +45,11 @@ from torch import Tensor, nn
 
 from physical.eot import EOTTransform, resolve_config
 from physical.hyper import RunHyperParams, check_int, check_nonneg
-from physical.regularizers import nps, resolve_palette, total_variation
+from physical.regularizers import nps, total_variation
 from physical.runs import RunDir
 from physical.speed import PRECISIONS, model_outputs, prepared_model
 from testbed.errors import ConfigError
+from testbed.palette import resolve_palette
 
 Callback = Callable[[int, float], None]
 

@@ -9,71 +9,21 @@
 * ``lp_norm`` — per-sample L1 / L2 / L-inf of a perturbation, optionally inside a mask (RP2).
 * ``lab_distance`` — mean CIE76 colour difference (Delta E) via ``kornia.color.rgb_to_lab``.
 
-Palettes are ``(K, 3)`` float tensors in [0, 1] RGB. Files use the format the camera part writes
-(``camera/palette.py``): JSON ``{"colors": [[r, g, b], ...]}`` with values in [0, 1] (other keys are ignored).
+Palettes are ``(K, 3)`` float tensors in [0, 1] RGB; ``palette=None`` means the shipped default. The file format,
+its loader and the default live in ``testbed.palette`` (``load_palette``, ``resolve_palette``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from testbed.errors import ConfigError
+from testbed.palette import resolve_palette
 
 NPSKind = Literal["min", "product"]
 TVKind = Literal["l1", "l2", "isotropic"]
-
-
-# ------------------------------------------------------------------------------------------------ palettes
-def default_palette() -> Tensor:
-    """A printable stand-in palette: the 4 x 4 x 4 RGB grid on levels 0.1, 0.367, 0.633, 0.9 (64 colours).
-
-    Office printers reach neither paper-white 1.0 nor full-saturation primaries, so the grid stops 0.1 short of
-    the cube's faces. Replace it with a palette measured from a printed colour chart (``load_palette``).
-    """
-    levels = torch.linspace(0.1, 0.9, 4)
-    r, g, b = torch.meshgrid(levels, levels, levels, indexing="ij")
-    return torch.stack([r.flatten(), g.flatten(), b.flatten()], dim=1)
-
-
-def check_palette(palette: Tensor, source: str = "palette") -> Tensor:
-    if not isinstance(palette, Tensor) or palette.ndim != 2 or palette.shape[1] != 3 or palette.shape[0] < 1:
-        shape = tuple(palette.shape) if isinstance(palette, Tensor) else type(palette).__name__
-        raise ConfigError(f"{source}: a palette must be a (K, 3) tensor of RGB colours with K >= 1, got {shape}")
-    if not torch.isfinite(palette).all() or palette.min() < 0 or palette.max() > 1:
-        raise ConfigError(f"{source}: palette colours must be finite RGB values in [0, 1]")
-    return palette.float()
-
-
-def load_palette(path: str | Path) -> Tensor:
-    """Read a palette file: JSON ``{"colors": [[r, g, b], ...]}`` in [0, 1] (through ``testbed.inputs``)."""
-    from testbed.inputs import color_triples, load_json
-
-    p = Path(path)
-    data = load_json(p, what="palette file")
-    if not isinstance(data, dict) or "colors" not in data:
-        raise ConfigError(f'palette file {p} must hold a JSON object with a "colors" list of [r, g, b] in [0, 1]')
-    colors = color_triples(data["colors"], where=f"palette file {p}")
-    return check_palette(torch.tensor(colors, dtype=torch.float32), str(p))
-
-
-def save_palette(palette: Tensor, path: str | Path) -> Path:
-    """Write a palette file in the shared format (atomically)."""
-    from physical.runs import atomic_write_json
-
-    palette = check_palette(palette)
-    return atomic_write_json(path, {"colors": palette.tolist()})
-
-
-def resolve_palette(palette: Tensor | str | Path | None) -> Tensor:
-    """A palette tensor from a tensor, a file path, or None (the default palette)."""
-    if palette is None:
-        return default_palette()
-    if isinstance(palette, Tensor):
-        return check_palette(palette)
-    return load_palette(palette)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -111,7 +61,11 @@ def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
 def nps_map(image: Tensor, palette: Tensor | None = None, *, kind: NPSKind = "min") -> Tensor:
     """Per-pixel non-printability (B, 1, H, W): min or product over palette colours of the RGB distance."""
     _check_image(image, "image")
-    pal = resolve_palette(palette).to(device=image.device, dtype=image.dtype)
+    # a tensor is used as given (the attacks resolve and check their palette once per call, not per step)
+    pal = palette if isinstance(palette, Tensor) else resolve_palette(palette)
+    if pal.ndim != 2 or pal.shape[1] != 3:
+        raise ConfigError(f"a palette must be a (K, 3) tensor of RGB colours, got {tuple(pal.shape)}")
+    pal = pal.to(device=image.device, dtype=image.dtype)
     diff = image[:, None, :, :, :] - pal[None, :, :, None, None]  # (B, K, 3, H, W)
     dist = _safe_sqrt((diff * diff).sum(dim=2))  # (B, K, H, W)
     if kind == "min":

@@ -36,9 +36,10 @@ from physical.loop import (  # noqa: F401 - PhysicalResult is re-exported: the a
     AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, device_of, logit, replace_context,
 )
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
-from physical.regularizers import lp_norm, resolve_palette
+from physical.regularizers import lp_norm
 from physical.runs import RunDir
 from testbed.errors import ConfigError, ImageError
+from testbed.palette import resolve_palette
 
 # ------------------------------------------------------------------------------------------------ masks
 

@@ -40,8 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from camera.secure.frames import quantize_frame
-from camera.secure.multipath import BitDepth, GaussianBlur, JPEG, MultiPathPredictor, PredictionPath
+from camera.secure.multipath import GaussianBlur, MultiPathPredictor, PredictionPath
 from camera.secure.tamper import TamperExperimentResult, TamperPlan, run_tamper_experiment
+from pipelines.defences.transforms import JPEG, BitDepth
 from pipelines.experiment import write_atomic
 from pipelines.metrics import Rate, rate, wilson_interval
 from testbed.device import default_device

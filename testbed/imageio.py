@@ -111,3 +111,30 @@ def save_image(x: torch.Tensor, path: str | Path, *, bits: int = 8) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return p
+
+
+#: Qualities the JPEG round trip accepts (libjpeg's whole range; 100 still quantises, with all-ones tables).
+JPEG_QUALITY_RANGE = (1, 100)
+
+
+def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """An HxWx3 uint8 RGB array encoded as baseline JPEG at ``quality`` (4:2:0 chroma) and decoded again.
+
+    The project's one non-differentiable JPEG (libjpeg-turbo through OpenCV): the JPEG defence
+    (``pipelines.defences.transforms.JPEG``, also the secure path's JPEG prediction path) and the simulated camera's
+    sensor JPEG call it. Pillow's encoder writes the same bytes (a test checks it); OpenCV is used because its
+    round trip is about 2x faster on a 1080p frame. The attacks optimise through a different, differentiable JPEG
+    (kornia's, in ``physical.eot_stages``): an optimiser needs gradients, a defence and a camera the real codec.
+    """
+    import cv2
+
+    from testbed.inputs import bounded_int
+
+    q = bounded_int("JPEG quality", quality, *JPEG_QUALITY_RANGE)
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageError(f"jpeg_round_trip needs an HxWx3 uint8 RGB array, got "
+                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, q])
+    if not ok:
+        raise ImageError("OpenCV could not JPEG-encode the image")
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR_RGB)

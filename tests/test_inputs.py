@@ -397,8 +397,7 @@ def test_int_helpers_accept():
     ({"r": 1}, ["non-empty list"]),
 ])
 def test_palette_colour_errors_name_the_entry(tmp_path, colors, words):
-    from camera.palette import read_palette
-    from physical.regularizers import load_palette
+    from testbed.palette import load_palette, read_palette
 
     p = tmp_path / "pal.json"
     p.write_text(json.dumps({"colors": colors}))
@@ -407,7 +406,7 @@ def test_palette_colour_errors_name_the_entry(tmp_path, colors, words):
 
 
 def test_palette_nan_and_csv_errors(tmp_path):
-    from camera.palette import read_palette
+    from testbed.palette import read_palette
 
     p = tmp_path / "nan.json"
     p.write_text('{"colors": [[0.1, NaN, 0.3]]}')

@@ -1,6 +1,6 @@
 """Hypothesis fuzzing of every parser of user files: only TestbedError subclasses may escape.
 
-Parsers: the EOT config (JSON and YAML), palettes (camera JSON and CSV, the NPS loss's JSON), the sheet sidecar
+Parsers: the EOT config (JSON and YAML), palettes (testbed.palette: JSON and CSV), the sheet sidecar
 (rectify and ``capture --simulate``), the experiment YAML (``parse_config`` and ``load_config``), and a run
 directory's ``config.json`` / marker (``physical.runs``). Inputs: random bytes, random JSON/YAML documents
 (plain values, and mappings over each parser's own keys so validation is reached), and byte-level mutations of
@@ -133,8 +133,7 @@ VALID_CSV = b"r,g,b\n0.1,0.2,0.3\n1,1,1\n"
 
 
 def _palettes(json_bytes: bytes | str | None = None, csv_bytes: bytes | str | None = None) -> None:
-    from camera.palette import read_palette
-    from physical.regularizers import load_palette
+    from testbed.palette import load_palette, read_palette
 
     if json_bytes is not None:
         p = write("pal.json", json_bytes)

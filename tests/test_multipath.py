@@ -9,8 +9,6 @@ import torch
 
 from camera.secure.frames import FrameSealer, FrameVerifier, SessionKey, VerifyPolicy, quantize_frame
 from camera.secure.multipath import (
-    JPEG,
-    BitDepth,
     GaussianBlur,
     Identity,
     MultiPathPredictor,
@@ -19,6 +17,8 @@ from camera.secure.multipath import (
     evaluate_detection,
     wilson,
 )
+from pipelines.defences import DefenceError
+from pipelines.defences.transforms import JPEG, BitDepth
 from testbed.errors import ConfigError
 
 S = 32
@@ -147,9 +147,13 @@ def test_transforms_keep_shape_and_range():
     flat = torch.full((1, 3, 20, 24), 0.5)
     assert torch.allclose(GaussianBlur(2.0)(flat), flat, atol=1e-6)
     assert float((JPEG(95)(x) - x).abs().mean()) < float((JPEG(10)(x) - x).abs().mean())
-    for bad in (lambda: GaussianBlur(0), lambda: Rescale(1.0), lambda: BitDepth(9), lambda: JPEG(0)):
+    for bad in (lambda: GaussianBlur(0), lambda: Rescale(1.0)):
         with pytest.raises(ConfigError):
             bad()
+    for bad in (lambda: BitDepth(9), lambda: JPEG(0), lambda: JPEG(101)):
+        with pytest.raises(DefenceError):
+            bad()
+    assert JPEG(100).quality == 100  # one JPEG, one quality range [1, 100] (the defence capped at 95 before)
 
 
 def test_jpeg_is_channel_order_correct():

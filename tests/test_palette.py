@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from camera.palette import (Palette, default_palette, delta_e2000, load_palette, measure_chart, measure_palette,
-                            read_palette)
+from camera.palette import delta_e2000, measure_chart, measure_palette
 from camera.rectify import load_object_spec
 from camera.simulated import SimulatedCamera, SimulatedPrinter
 from printouts.sheets import SheetConfig, chart_digital, chart_sheet, rasterize_pdf
 from testbed.errors import ConfigError
+from testbed.palette import Palette, default_palette, load_palette, read_palette
 
 DPI = 150
 

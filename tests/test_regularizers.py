@@ -6,17 +6,9 @@ import json
 import pytest
 import torch
 
-from physical.regularizers import (
-    default_palette,
-    lab_distance,
-    load_palette,
-    lp_norm,
-    nps,
-    nps_map,
-    save_palette,
-    total_variation,
-)
+from physical.regularizers import lab_distance, lp_norm, nps, nps_map, total_variation
 from testbed.errors import ConfigError
+from testbed.palette import DEFAULT_PALETTE_PATH, Palette, default_palette, load_palette, resolve_palette
 
 
 def _palette_image(palette: torch.Tensor, h: int = 4, w: int = 4, seed: int = 0) -> torch.Tensor:
@@ -39,7 +31,7 @@ def test_nps_zero_on_palette_and_positive_off_palette(kind):
 
 
 def test_nps_gradient_is_finite_on_palette_and_points_towards_it():
-    pal = default_palette()
+    pal = load_palette()
     x = (pal[5].view(1, 3, 1, 1) + 0.03).requires_grad_(True)
     (g,) = torch.autograd.grad(nps(x, pal), x)
     assert torch.isfinite(g).all() and bool((g > 0).all())  # descending moves back towards the palette colour
@@ -49,7 +41,7 @@ def test_nps_gradient_is_finite_on_palette_and_points_towards_it():
 
 
 def test_nps_mask_restricts_to_masked_pixels():
-    pal = default_palette()
+    pal = load_palette()
     x = _palette_image(pal, 4, 4)
     x[..., :2] = 0.55  # off-palette on the left half
     mask = torch.zeros(1, 1, 4, 4)
@@ -59,11 +51,15 @@ def test_nps_mask_restricts_to_masked_pixels():
 
 
 def test_default_palette_and_file_roundtrip(tmp_path):
-    pal = default_palette()
-    assert pal.shape == (64, 3) and float(pal.min()) >= 0.1 - 1e-6 and float(pal.max()) <= 0.9 + 1e-6
-    path = save_palette(pal, tmp_path / "palette.json")
-    assert json.loads(path.read_text())["colors"][0] == pytest.approx([0.1, 0.1, 0.1])
-    assert torch.allclose(load_palette(path), pal)
+    pal = load_palette()
+    # the shipped default: the default printer model on the 130-patch chart (ink black ~0.2, paper white 1.0)
+    assert DEFAULT_PALETTE_PATH.parent.parent.name == "testbed"
+    assert pal.shape == (130, 3) and 0.15 < float(pal.min()) < 0.25 and float(pal.max()) == pytest.approx(1.0)
+    assert torch.equal(resolve_palette(None), pal) and torch.equal(default_palette().tensor(), pal)
+    assert float(nps(pal.T.reshape(1, 3, 10, 13), None)) == 0.0  # palette=None in the loss is the same default
+    path = Palette(pal.numpy()).save(tmp_path / "palette.json")
+    assert json.loads(path.read_text())["colors"][0] == pytest.approx(pal[0].tolist(), abs=1e-6)
+    assert torch.allclose(load_palette(path), pal, atol=1e-6)
     # the camera part's format: extra keys are fine
     (tmp_path / "cam.json").write_text(json.dumps({"colors": [[0, 0, 0], [1, 1, 1]], "source": "chart"}))
     assert load_palette(tmp_path / "cam.json").shape == (2, 3)
@@ -131,3 +127,15 @@ def test_lab_distance():
     x = a.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(lab_distance(x, a * 0.9), x)
     assert torch.isfinite(g).all()
+
+
+def test_palette_loader_needs_neither_camera_nor_opencv():
+    """physical/ must not import camera/ or OpenCV: the NPS loss reads the default palette through testbed.palette."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from physical.regularizers import nps; import torch; nps(torch.rand(1, 3, 4, 4)); "
+            "bad = sorted(m for m in sys.modules if m == 'cv2' or m.startswith('camera')); print(bad); "
+            "sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr

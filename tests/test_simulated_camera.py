@@ -194,3 +194,33 @@ def test_printed_photographed_chelsea_is_still_a_cat():
     preds = [labels[int(i)] for i in p.argmax(-1)]
     assert preds[0] == "Egyptian cat" and preds[1:] == ["Egyptian cat"] * 2, preds
     assert "window screen" not in preds
+
+
+@pytest.mark.parametrize("quality", [10, 75, 95, 100])
+def test_the_one_jpeg_is_the_codec_every_former_copy_used(quality):
+    """``testbed.imageio.jpeg_round_trip`` (the simulated camera's sensor JPEG and the JPEG defence) gives the same
+    pixels as the three implementations it replaced: Pillow (the defence), OpenCV on BGR (the secure path's JPEG
+    path) and albumentations' ``image_compression`` (the camera)."""
+    import io
+
+    import albumentations.augmentations.pixel.functional as apf
+    import cv2
+    from PIL import Image
+
+    from testbed.errors import TestbedError
+    from testbed.imageio import jpeg_round_trip
+
+    rng = np.random.default_rng(quality)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), (5, 5), 1.0)
+    ours = jpeg_round_trip(rgb, quality)
+    assert ours.shape == rgb.shape and ours.dtype == np.uint8 and not np.array_equal(ours, rgb)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    assert np.array_equal(ours, np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    ok, enc = cv2.imencode(".jpg", rgb[:, :, ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok and np.array_equal(ours, cv2.imdecode(enc, cv2.IMREAD_COLOR)[:, :, ::-1])
+    alb = apf.image_compression(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality=quality, image_type=".jpg")
+    assert np.array_equal(ours, cv2.cvtColor(alb, cv2.COLOR_BGR2RGB))
+    for bad in (0, 101, 75.0, True):
+        with pytest.raises(TestbedError, match="JPEG quality"):
+            jpeg_round_trip(rgb, bad)

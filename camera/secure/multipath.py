@@ -11,13 +11,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
-
 from testbed.errors import ConfigError
 from testbed.stats import Rate, wilson
 
 
 # ------------------------------------------------------------------------------------------- input transformations
+# JPEG and bit-depth paths use the defences' transforms (``pipelines.defences.transforms``: the project's one JPEG
+# and one bit-depth reduction); any callable BCHW -> BCHW is a path's transform.
 @dataclass(frozen=True)
 class Identity:
     def __call__(self, x: Any) -> Any:
@@ -66,46 +66,6 @@ class Rescale:
         small = F.interpolate(x, size=(max(1, round(h * self.factor)), max(1, round(w * self.factor))),
                               mode="bilinear", align_corners=False, antialias=True)
         return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
-
-
-@dataclass(frozen=True)
-class BitDepth:
-    """Quantise to ``bits`` bits per channel (feature squeezing)."""
-
-    bits: int = 5
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise ConfigError(f"BitDepth.bits must be an int in [1, 8], got {self.bits!r}")
-
-    def __call__(self, x: Any) -> Any:
-        levels = 2 ** self.bits - 1
-        return (x * levels).round() / levels
-
-
-@dataclass(frozen=True)
-class JPEG:
-    """JPEG round trip at ``quality`` through OpenCV (the camera edge: RGB float -> BGR uint8 -> back)."""
-
-    quality: int = 75
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
-            raise ConfigError(f"JPEG.quality must be an int in [1, 100], got {self.quality!r}")
-
-    def __call__(self, x: Any) -> Any:
-        import cv2
-        import torch
-
-        out = []
-        for img in x.detach().cpu():
-            u8 = np.ascontiguousarray((img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-            ok, buf = cv2.imencode(".jpg", u8[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-            if not ok:
-                raise ConfigError("OpenCV could not JPEG-encode the frame")
-            dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
-            out.append(torch.from_numpy(np.ascontiguousarray(dec)).permute(2, 0, 1).float() / 255.0)
-        return torch.stack(out).to(x.device, x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------------- paths
@@ -235,5 +195,5 @@ def evaluate_detection(predictor: MultiPathPredictor, clean: Any, attacked: Mapp
     return report
 
 
-__all__ = ["Identity", "GaussianBlur", "Rescale", "BitDepth", "JPEG", "PredictionPath", "MultiPathDecision",
+__all__ = ["Identity", "GaussianBlur", "Rescale", "PredictionPath", "MultiPathDecision",
            "MultiPathPredictor", "Rate", "wilson", "DetectionReport", "evaluate_detection"]

@@ -3,8 +3,11 @@
 Transforms follow the kornia split: ``forward_parameters(x, generator) -> params`` (the random draw; ``None`` for
 deterministic transforms), then ``apply(x, params)``.
 
-* :class:`JPEG` (Dziugaite et al. 2016; Guo et al. 2018) — PIL encode/decode at ``quality``; not differentiable;
-* :class:`BitDepth` (Xu et al. 2018) — round to ``bits`` bits per channel; its autograd gradient is zero;
+* :class:`JPEG` (Dziugaite et al. 2016; Guo et al. 2018) — the real codec at ``quality`` in [1, 100]
+  (``testbed.imageio.jpeg_round_trip``, the project's one non-differentiable JPEG); not differentiable. The attacks'
+  differentiable JPEG is kornia's (``physical.eot_stages``): both are needed, a defence must be the real codec;
+* :class:`BitDepth` (Xu et al. 2018) — round to ``bits`` bits per channel; its autograd gradient is zero (the
+  project's one bit-depth reduction: the secure path's multi-path predictor uses it too);
 * :class:`MedianFilter` (Xu et al. 2018) — k×k median, reflect padding; differentiable almost everywhere;
 * :class:`RandomResizePad` (Xie et al. 2018) — resize to a random side in [min_side, size], zero-pad at a random
   offset back to the input size; random, differentiable.
@@ -20,7 +23,6 @@ deterministic transforms), then ``apply(x, params)``.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +32,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipelines.defences import DefenceError
+from testbed.errors import ConfigError
+from testbed.imageio import JPEG_QUALITY_RANGE, jpeg_round_trip
+from testbed.inputs import bounded_int
 
 GRAD_MODES = ("naive", "bpda")
+
+
+def _int_param(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi] (``testbed.inputs.bounded_int``), refused as a DefenceError."""
+    try:
+        return bounded_int(name, value, lo, hi)
+    except ConfigError as exc:
+        raise DefenceError(str(exc)) from None
 
 
 class InputTransform:
@@ -61,19 +74,11 @@ class JPEG(InputTransform):
     differentiable = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 95:
-            raise DefenceError(f"JPEG quality must be an integer in [1, 95], got {self.quality!r}")
+        _int_param("JPEG quality", self.quality, *JPEG_QUALITY_RANGE)
 
     def apply(self, x: Tensor, params: Any = None) -> Tensor:
-        from PIL import Image
-
         arr = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        out = np.empty(arr.shape, np.uint8)
-        for i, a in enumerate(arr):
-            buf = io.BytesIO()
-            Image.fromarray(a).save(buf, format="JPEG", quality=self.quality)
-            buf.seek(0)
-            out[i] = np.asarray(Image.open(buf).convert("RGB"))
+        out = np.stack([jpeg_round_trip(np.ascontiguousarray(a), self.quality) for a in arr])
         y = torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255.0
         # a constant of the input as far as autograd is concerned: d y / d x = 0 (what a naive attacker sees)
         return y + 0.0 * x
@@ -86,8 +91,7 @@ class BitDepth(InputTransform):
     differentiable = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise DefenceError(f"bits must be an integer in [1, 8], got {self.bits!r}")
+        _int_param("bits", self.bits, 1, 8)
 
     def apply(self, x: Tensor, params: Any = None) -> Tensor:
         levels = 2 ** self.bits - 1
@@ -100,8 +104,7 @@ class MedianFilter(InputTransform):
     name = "median"
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 2 <= self.k <= 7:
-            raise DefenceError(f"median filter size k must be an integer in [2, 7], got {self.k!r}")
+        _int_param("median filter size k", self.k, 2, 7)
 
     def apply(self, x: Tensor, params: Any = None) -> Tensor:
         lo = (self.k - 1) // 2
@@ -121,8 +124,7 @@ class RandomResizePad(InputTransform):
     random = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_side, bool) or not isinstance(self.min_side, int) or self.min_side < 4:
-            raise DefenceError(f"min_side must be an integer >= 4, got {self.min_side!r}")
+        _int_param("min_side", self.min_side, 4, 2**31 - 1)
 
     def forward_parameters(self, x: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
         if generator is None:
