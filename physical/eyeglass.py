@@ -170,6 +170,20 @@ def frame_mask_from_eyes(
     return out
 
 
+def fitted_frame_mask(height: int, width: int, geometry: FrameGeometry | dict[str, Any] | None = None,
+                      supersample: int = 4) -> Tensor:
+    """The frame mask (1, 1, H, W) scaled to fill an H x W image (temple tip to temple tip across the width, or
+    bridge top to rim bottom down the height, whichever is tighter), centred: what ``print_crop`` gives for a
+    chip texture, and the default cut mask of ``printouts.sheets.glasses_sheet``."""
+    g = _resolve_geometry(geometry)
+    half_width = 0.5 + g.lens_width + g.temple_length  # in units of D, eye line midpoint to a temple tip
+    top = min(g.lens_drop - g.lens_height, -g.bridge_raise - g.thickness / 2)
+    bottom = max(g.lens_drop + g.lens_height, -g.bridge_raise + g.thickness / 2)
+    d = min(width / (2 * half_width), height / (bottom - top))
+    cy = height / 2 - d * (top + bottom) / 2
+    return frame_mask_from_eyes((width / 2 - d / 2, cy), (width / 2 + d / 2, cy), height, width, g, supersample)
+
+
 def frame_mask(
     size: int = DEFAULT_SIZE,
     padding: float = DEFAULT_PADDING,

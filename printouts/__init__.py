@@ -6,7 +6,6 @@ from printouts.sheets import (  # noqa: F401
     chart_sheet,
     check_dpi,
     default_chart_colors,
-    eyeglass_mask,
     glasses_sheet,
     load_perturbation,
     page_size_mm,

@@ -579,21 +579,6 @@ def patch_sheet(image: torch.Tensor, width_mm: float | None = None, height_mm: f
     return sheet
 
 
-def eyeglass_mask(height: int, width: int) -> np.ndarray:
-    """A procedural eyeglass-frame mask (two rims, bridge, temple stubs) as an HxW bool array."""
-    m = np.zeros((height, width), np.uint8)
-    cy = height * 0.52
-    rx, ry = width * 0.205, height * 0.44
-    t = max(2, round(min(width * 0.055, height * 0.16)))
-    for cx in (width * 0.27, width * 0.73):
-        cv2.ellipse(m, (round(cx), round(cy)), (round(rx - t / 2), round(ry - t / 2)), 0, 0, 360, 1, t)
-    by = round(height * 0.32)
-    cv2.rectangle(m, (round(width * 0.43), by - t // 2), (round(width * 0.57), by + t // 2), 1, -1)
-    for x0, x1 in ((0, round(width * 0.08)), (round(width * 0.92), width - 1)):
-        cv2.rectangle(m, (x0, round(height * 0.22)), (x1, round(height * 0.22) + t), 1, -1)
-    return m.astype(bool)
-
-
 def _mask_contours_mm(mask: np.ndarray, mm_per_px: float, up: int = 4) -> list[list[tuple[float, float]]]:
     """Outer and hole boundaries of a pixel mask (on pixel edges) as closed polylines in mm."""
     big = np.kron(mask.astype(np.uint8), np.ones((up, up), np.uint8))
@@ -610,11 +595,17 @@ def _mask_contours_mm(mask: np.ndarray, mm_per_px: float, up: int = 4) -> list[l
 
 def glasses_sheet(image: torch.Tensor, mask: torch.Tensor | np.ndarray | None = None, width_mm: float = 140.0,
                   config: SheetConfig | None = None) -> Sheet:
-    """An eyeglass-frame template at real face scale (default 140 mm wide), cut lines along the mask."""
+    """An eyeglass-frame template at real face scale (default 140 mm wide), cut lines along the mask (default: the
+    eyeglass attack's frame fitted to the image, ``physical.eyeglass.fitted_frame_mask``)."""
     cfg = (config or SheetConfig()).validate()
     rgb = _to_rgb_uint8(image)
     H, W = rgb.shape[:2]
-    m = eyeglass_mask(H, W) if mask is None else _to_mask(mask, (H, W))
+    if mask is None:  # the attack's own frame shape, fitted to the image (physical.eyeglass: the one frame mask)
+        from physical.eyeglass import fitted_frame_mask
+
+        m = fitted_frame_mask(H, W)[0, 0].numpy() >= 0.5
+    else:
+        m = _to_mask(mask, (H, W))
     if not m.any():
         raise ImageError("eyeglass mask is empty: nothing to print")
     w, h = _size_from(rgb, width_mm, None)

@@ -14,6 +14,7 @@ from physical.eyeglass import (
     EyeglassFrame,
     FrameGeometry,
     enroll,
+    fitted_frame_mask,
     frame_mask,
     frame_mask_from_eyes,
     place_in_image,
@@ -123,6 +124,24 @@ def test_frame_placed_in_the_photo_aligns_back_onto_the_chip_mask():
     crop = print_crop(red, m)
     assert 100 < crop.width_mm < 160  # a real frame's width at a 63 mm interpupillary distance
     assert crop.image.shape[-2:] == crop.mask.shape[-2:]
+
+
+def test_one_frame_mask_for_the_attack_and_the_print_template():
+    """The glasses print template's default cut mask is the attack's frame (``fitted_frame_mask``), not a second
+    drawing: fitted to the print crop's size it covers the crop's mask (IoU > 0.9)."""
+    from printouts.sheets import glasses_sheet
+
+    crop = print_crop(torch.rand(1, 3, 150, 150, generator=torch.Generator().manual_seed(0)), frame_mask())
+    h, w = crop.mask.shape[-2:]
+    fitted = fitted_frame_mask(h, w)[0, 0] >= 0.5
+    c = crop.mask[0, 0]
+    assert float((fitted & c).sum()) / float((fitted | c).sum()) > 0.9
+    cols, rows = fitted.any(0).nonzero().flatten(), fitted.any(1).nonzero().flatten()
+    assert int(cols[0]) == 0 and int(cols[-1]) == w - 1 and int(rows[-1]) - int(rows[0]) < h  # temple to temple
+    for sheet in (glasses_sheet(crop.image, width_mm=140.0), glasses_sheet(crop.image, crop.mask, width_mm=140.0)):
+        cuts = [it for it in sheet.pages[0].items if type(it).__name__ == "LineItem" and it.closed]
+        assert len(cuts) == 3  # the same frame topology either way: the outline and the two lens openings
+
 
 
 # ------------------------------------------------------------------------------------------------ attacks
