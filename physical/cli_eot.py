@@ -52,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
 
     s = subparsers.add_parser("sticker", help="RP2 sign stickers under EOT")
     s.add_argument("--model", default="sign-cnn", help="registered sign classification model")
-    s.add_argument("--sign", default="stop", help="sign class name to render (testbed.signs.render.class_names)")
+    s.add_argument("--sign", default="stop", help="sign class name to render (worlds.signs.render.class_names)")
     s.add_argument("--target", help="target class (label name or index); omit with --untargeted")
     s.add_argument("--untargeted", action="store_true", help="push the sign away from its true class")
     s.add_argument("--mask", default="rects",
@@ -288,7 +288,7 @@ def run_sticker(args: argparse.Namespace) -> int:
         SignSticker, load_mask, mask_fraction_of_sign, rp2_sign_rectangles, saliency_mask, strokes_mask,
     )
     from testbed.models.registry import get_entry, get_model
-    from testbed.signs.render import class_names, composite, render_sign
+    from worlds.signs.render import class_names, composite, render_sign
 
     # Every option, file and class name is checked before the model is loaded or anything is written.
     entry = get_entry(args.model)

@@ -88,7 +88,7 @@ def run_eyeglass(args: argparse.Namespace) -> int:
     from physical.cli_eot import _speed_kwargs, ensure_allocator
     from physical.eyeglass import EyeglassFrame, align_wearer, enroll, print_crop, wear
     from physical.runs import atomic_write_json
-    from testbed.faces import detect_and_align
+    from worlds.faces import detect_and_align
     from testbed.imageio import save_image
     from testbed.models.face_descriptor import face_distance, load_face_descriptor
 
@@ -163,14 +163,3 @@ def run_eyeglass(args: argparse.Namespace) -> int:
         line += f", to target {m.get('distance_target_mean', float('nan')):.3f}"
     print(f"{line}; mask {m['mask_fraction'] * 100:.2f}% of the chip; {elapsed:.0f}s; wrote {out}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the subcommand standalone: ``python -m physical.cli_eyeglass --wearer ...`` (= ``testbed eyeglass``)."""
-    from testbed.cli import main as testbed_main
-
-    return testbed_main(["eyeglass", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

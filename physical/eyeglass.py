@@ -1,6 +1,6 @@
 """Adversarial eyeglass frames (Sharif, Bhagavatula, Bauer & Reiter 2016, "Accessorize to a crime").
 
-The frame lives in the canonical 150x150 face chip (``testbed.faces``: dlib-style alignment from the 5 MTCNN
+The frame lives in the canonical 150x150 face chip (``worlds.faces``: dlib-style alignment from the 5 MTCNN
 landmarks), so one texture fits every photo of the wearer:
 
 1. the wearer's photo is detected and aligned once (``align_wearer``); the enrolled descriptor is the clean
@@ -49,7 +49,7 @@ from physical.loop import AttackContext, LoopOutcome, PhysicalAttack, PhysicalRe
 from physical.runs import RunDir
 from testbed.errors import ConfigError, ImageError
 from testbed.palette import resolve_palette
-from testbed.faces import (
+from worlds.faces import (
     DEFAULT_PADDING,
     DEFAULT_SIZE,
     chip_template,
@@ -199,7 +199,7 @@ def frame_mask(
 def place_in_image(chip_image: Tensor, landmarks: Tensor, height: int, width: int,
                    padding: float = DEFAULT_PADDING) -> Tensor:
     """Warp a chip-space image (B, C, S, S) into a full photo (B, C, H, W) of the face with these landmarks
-    (B x 5 x 2 or 5 x 2, image pixels): the inverse of ``testbed.faces.align_face``; zeros outside the chip."""
+    (B x 5 x 2 or 5 x 2, image pixels): the inverse of ``worlds.faces.align_face``; zeros outside the chip."""
     if not isinstance(chip_image, Tensor) or chip_image.ndim != 4 or chip_image.shape[-1] != chip_image.shape[-2]:
         raise ConfigError(f"chip_image must be B x C x S x S, got {getattr(chip_image, 'shape', type(chip_image))}")
     size = int(chip_image.shape[-1])
@@ -265,7 +265,7 @@ def align_wearer(images: Tensor | list[Tensor], detector: Any = None, size: int 
                  padding: float = DEFAULT_PADDING) -> tuple[Tensor, list[Any]]:
     """Detect and align the wearer in each photo (each 1 x 3 x H x W): chips (N, 3, S, S) and the
     ``AlignedFace`` records (landmarks, matrix) for placing the frame back into the photos."""
-    from testbed.faces import detect_and_align
+    from worlds.faces import detect_and_align
 
     items = list(images) if isinstance(images, (list, tuple)) else [images[i : i + 1] for i in range(len(images))]
     if not items:

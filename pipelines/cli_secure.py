@@ -49,16 +49,3 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="docs/reports/secure-path", type=cli_types.output_dir,
                    help="output folder (default docs/reports/secure-path)")
     p.set_defaults(func=_cmd_secure_eval)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.cli_secure secure-eval ...`` (the same as ``testbed secure-eval ...``)."""
-    import sys
-
-    from testbed.cli import main as testbed_main
-
-    return testbed_main(argv if argv is not None else sys.argv[1:])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

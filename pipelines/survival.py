@@ -232,7 +232,7 @@ def patch_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None =
 # ------------------------------------------------------------------------------------------------ sticker
 def sticker_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None = None) -> SurvivalRow:
     from testbed.models.registry import get_entry, get_model
-    from testbed.signs.render import composite, render_sign
+    from worlds.signs.render import composite, render_sign
 
     t0 = time.perf_counter()
     run = Path(run_dir)
@@ -278,7 +278,7 @@ def sticker_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None
 def eyeglass_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None = None) -> SurvivalRow:
     from physical.eyeglass import align_wearer, enroll, wear
     from testbed.errors import ImageError
-    from testbed.faces import detect_and_align
+    from worlds.faces import detect_and_align
     from testbed.models.face_descriptor import face_distance, load_face_descriptor
     from testbed.photos import list_photos, load_photo
 

@@ -29,7 +29,7 @@ from physical.attacks.registry import (
 )
 from pipelines.experiment import AttackSpec, parse_config, run_experiment
 from test_experiment import TINY, register_tiny, tiny_config
-from testbed.cli import main
+from pipelines.main import main
 from testbed.errors import ConfigError
 
 BUILT_IN = {"bim", "cw_l2", "deepfool", "fgsm", "fooling", "iter_ll", "pgd", "pgd_l2", "step_ll"}

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from test_experiment import TINY, register_tiny, tiny_config
-from testbed.cli import main
+from pipelines.main import main
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:

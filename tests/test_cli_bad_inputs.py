@@ -1,7 +1,7 @@
 """Bad input through the ``testbed`` command line: for each kind, exit status 2, one line on stderr naming the
 problem (the option or the file), no traceback, nothing half-written and nothing written outside ``--out``.
 
-The commands are driven in-process (``testbed.cli.main``) with the working directory in the test's own folder,
+The commands are driven in-process (``pipelines.main.main``) with the working directory in the test's own folder,
 which is snapshotted before and after; a few run as real subprocesses. Models are never loaded: every case must
 fail in validation (``get_model`` and the face descriptor's loader are replaced by a tripwire), so the suite is fast.
 Kinds already covered by tests/test_bad_inputs.py (the ``evaluate`` config keys and values, grayscale/RGBA/16-bit
@@ -9,12 +9,14 @@ images, an empty image folder, an unreadable video, disk full) are not repeated 
 """
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -24,9 +26,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mjpeg_stream import mjpeg_stream
 from test_experiment import TINY, register_tiny
-from testbed.cli import main
+from pipelines.main import main
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -434,11 +435,39 @@ def test_parse_device():
 
 
 # ------------------------------------------------------------------------------------------------ capture
+class _DyingStream(http.server.BaseHTTPRequestHandler):
+    """An MJPEG stream that sends ``n_frames`` frames about 10 ms apart and then drops the connection."""
+
+    n_frames = 12
+
+    def do_GET(self) -> None:  # noqa: N802
+        import cv2
+
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frameboundary")
+        self.end_headers()
+        try:
+            for i in range(self.n_frames):
+                img = np.full((48, 64, 3), (i * 20) % 255, np.uint8)
+                ok, jpg = cv2.imencode(".jpg", img)
+                self.wfile.write(b"--frameboundary\r\nContent-Type: image/jpeg\r\n"
+                                 + f"Content-Length: {len(jpg)}\r\n\r\n".encode() + jpg.tobytes() + b"\r\n")
+                self.wfile.flush()
+                threading.Event().wait(0.01)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
 def dying_stream():
-    """An MJPEG stream that sends 12 frames about 10 ms apart and then drops the connection."""
-    with mjpeg_stream(lambda: (np.full((48, 64, 3), (i * 20) % 255, np.uint8) for i in range(12))) as url:
-        yield url
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DyingStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
+    server.shutdown()
+    server.server_close()
 
 
 def test_capture_from_a_stream_that_dies_keeps_frames_and_lists_them(work, capsys, dying_stream):
@@ -548,21 +577,17 @@ def test_help_still_exits_0_with_usage(capsys):
     assert "usage: testbed patch" in capsys.readouterr().out
 
 
-def test_standalone_entry_points_share_the_contract(work, capsys):
-    from physical.cli_eyeglass import main as eyeglass_main
-    from pipelines.cli_secure import main as secure_main
-    from pipelines.defences.cli import main as defences_main
-
-    assert eyeglass_main(["--wearer", "astronaut", "--steps", "0", "--out", "o"]) == 2
-    assert secure_main(["secure-eval", "--frames", "0"]) == 2
-    assert defences_main(["defences", "evaluate", "--n-attack", "0", "--out", "o"]) == 2
+def test_part_commands_share_the_contract(work, capsys):
+    assert main(["eyeglass", "--wearer", "astronaut", "--steps", "0", "--out", "o"]) == 2
+    assert main(["secure-eval", "--frames", "0"]) == 2
+    assert main(["defences", "evaluate", "--n-attack", "0", "--out", "o"]) == 2
     errs = capsys.readouterr().err.splitlines()
     assert len(errs) == 3 and all(": error: " in e for e in errs)
 
 
 # ------------------------------------------------------------------------------------------------ subprocess
 def _testbed(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "testbed.cli", *argv], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pipelines.main", *argv], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 

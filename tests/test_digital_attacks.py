@@ -11,11 +11,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torchattacks  # a dev dependency (pyproject [dev], installed by setup.sh): missing means a broken install
 from torch import nn
 
-torchattacks = pytest.importorskip("torchattacks")
-
-from physical.attacks import (  # noqa: E402
+from physical.attacks import (
     BIM,
     FGSM,
     PGD,

@@ -4,13 +4,11 @@ Tiny budgets (a few steps of 2-4 EOT draws); the full runs and their numbers are
 """
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 import torch
 
-from killed_runs import run_until_killed
 from physical.eot import EOTParams
 from physical.eyeglass import (
     EyeglassFrame,
@@ -24,7 +22,7 @@ from physical.eyeglass import (
     wear,
 )
 from testbed.errors import ConfigError, ImageError
-from testbed.faces import align_face, chip_template, chip_to_image_matrix
+from worlds.faces import align_face, chip_template, chip_to_image_matrix
 from testbed.models.face_descriptor import face_distance, load_face_descriptor
 from testbed.photos import load_photo
 
@@ -209,8 +207,13 @@ def test_killed_run_resumes_to_the_same_frame(net, astronaut_chip, tmp_path):
     # and the gradient may differ in the last bit from run to run (see docs/eyeglass.md)
     a = tiny(steps=3, batch_size=2, eval_samples=1, eval_batch_size=1, checkpoint_every=1)
     full = a(net, astronaut_chip, enrolled)
-    run_until_killed(functools.partial(a, net, astronaut_chip, enrolled, run_dir=tmp_path / "run"), step=2,
-                     exc=KeyboardInterrupt)
+
+    def kill(step: int, loss: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run", callback=kill)
     assert (tmp_path / "run" / "checkpoints").is_dir() and not (tmp_path / "run" / "metrics.json").exists()
     resumed = a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run")
     assert torch.equal(resumed.texture, full.texture)
@@ -231,7 +234,16 @@ def test_killed_run_with_speed_settings_resumes_bit_for_bit(net, astronaut_chip,
              checkpoint_every=1, lambda_tv=0.1)
     assert a.config()["eot_batch"] == 2 and "precision" not in a.config()  # fp32: left out (old runs resume)
     full = a(net, astronaut_chip, enrolled)
-    run_until_killed(functools.partial(a, net, astronaut_chip, enrolled, run_dir=tmp_path / "run"), step=2)
+
+    class Killed(Exception):
+        pass
+
+    def kill(step: int, loss: float) -> None:
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run", callback=kill)
     assert not (tmp_path / "run" / "metrics.json").exists()
     steps_seen: list[int] = []
     resumed = a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run", callback=lambda i, _: steps_seen.append(i))
@@ -329,10 +341,10 @@ def test_parameters_are_validated(net, astronaut_chip):
 
 
 def test_cli_runs_the_whole_path(tmp_path, capsys):
-    from physical.cli_eyeglass import main
+    from pipelines.main import main
 
     out = tmp_path / "imp"
-    rc = main(["--wearer", "astronaut", "--mode", "impersonate", "--target", "grace_hopper", "--steps", "1",
+    rc = main(["eyeglass", "--wearer", "astronaut", "--mode", "impersonate", "--target", "grace_hopper", "--steps", "1",
                "--batch-size", "2", "--eval-samples", "2", "--eval-batch-size", "2", "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "result.json").read_text())
@@ -344,4 +356,4 @@ def test_cli_runs_the_whole_path(tmp_path, capsys):
     for name in ("wearer_with_frame_0.png", "frame_print.png", "texture.png", "config.json"):
         assert (out / name).is_file()
     assert "eyeglass impersonate: success" in capsys.readouterr().out
-    assert main(["--wearer", "astronaut", "--mode", "impersonate", "--out", str(tmp_path / "x")]) == 2
+    assert main(["eyeglass", "--wearer", "astronaut", "--mode", "impersonate", "--out", str(tmp_path / "x")]) == 2

@@ -1,4 +1,4 @@
-"""Face alignment (testbed.faces): dlib-style similarity chips from 5 landmarks, differentiable."""
+"""Face alignment (worlds.faces): dlib-style similarity chips from 5 landmarks, differentiable."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from testbed.errors import ConfigError, ImageError
-from testbed.faces import (
+from worlds.faces import (
     AlignedFace,
     align_face,
     chip_template,

@@ -123,8 +123,8 @@ def test_landmark_free_crops_separate_faces(net):
 
 
 def test_aligned_chips_separate_faces(net):
-    faces = pytest.importorskip("testbed.faces")
     from testbed.photos import load_photo
+    from worlds import faces
 
     gen = torch.Generator().manual_seed(0)
     astronaut, hopper = load_photo("astronaut"), load_photo("grace_hopper")

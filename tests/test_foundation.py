@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from testbed import assets
-from testbed.cli import build_parser, main
+from pipelines.main import build_parser, main
 from testbed.errors import AssetError, ConfigError, ImageError, ModelNotFoundError
 from testbed.imageio import load_image, save_image
 from testbed.models.registry import ModelEntry, get_entry, get_model, list_models, register_model

@@ -490,7 +490,7 @@ def test_sheet_pdf_checksum_is_checked(sheet_files, tmp_path):
 
 
 def test_capture_simulate_refuses_a_mismatched_pdf_through_the_cli(sheet_files, tmp_path, capsys):
-    from testbed.cli import main
+    from pipelines.main import main
 
     (tmp_path / "patch.json").write_bytes(sheet_files.sidecar.read_bytes())
     other = sheet_files.pdf.read_bytes().replace(b"testbed", b"testbee", 1)

@@ -1,7 +1,6 @@
 """Universal patch and sign sticker under EOT, on a tiny model: improvement, fresh evaluation, run dirs, resume."""
 from __future__ import annotations
 
-import functools
 import json
 import math
 
@@ -9,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from killed_runs import run_until_killed
 from physical.eot import EOTParams
 from physical.runs import RunDir, config_diff
 from physical.universal import (
@@ -193,7 +191,16 @@ def test_resume_after_interrupt_equals_uninterrupted(setup, tmp_path):
     model, scenes = setup
     attack = _patch(steps=6, eval_samples=20, checkpoint_every=2)
     full = attack(model, scenes, target=4, run_dir=tmp_path / "full")
-    run_until_killed(functools.partial(attack, model, scenes, target=4, run_dir=tmp_path / "cut"), step=5)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        attack(model, scenes, target=4, run_dir=tmp_path / "cut", callback=kill_at_5)
     assert (tmp_path / "cut" / "checkpoints" / "step_00000004.pt").is_file()
     resumed = attack(model, scenes, target=4, run_dir=tmp_path / "cut")
     assert torch.equal(resumed.perturbation, full.perturbation)
@@ -260,7 +267,7 @@ def _register_tiny_cli_model() -> str:
 
 
 def test_cli_patch_runs_resumes_and_refuses_changed_config(tmp_path, capsys):
-    from testbed.cli import main
+    from pipelines.main import main
 
     model = _register_tiny_cli_model()
     out = tmp_path / "run"
@@ -295,7 +302,7 @@ def test_cli_resolve_class():
 
 # ------------------------------------------------------------------------------------------------ RP2 on sign-cnn
 def _stop_sign(size: int):
-    from testbed.signs.render import composite, render_sign
+    from worlds.signs.render import composite, render_sign
 
     rgba = render_sign("stop", size)
     return composite(rgba, 0.5).clamp(0, 1), rgba[:, 3:4]
@@ -364,7 +371,7 @@ def test_sign_sticker_short_run_raises_target_probability():
 
 
 def test_cli_sticker_reports_sign_fraction_and_refuses_over_budget(tmp_path, capsys):
-    from testbed.cli import main
+    from pipelines.main import main
 
     out = tmp_path / "stk"
     argv = ["sticker", "--model", "sign-cnn", "--sign", "stop", "--target", "no_entry", "--mask", "rects",

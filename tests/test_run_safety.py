@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -34,7 +33,6 @@ from physical.runs import (
     run_dir_kind,
     save_checked,
 )
-from killed_runs import run_until_killed
 from test_patch import _patch, _register_tiny_cli_model, _scenes, _tiny_model
 from testbed.errors import ConfigError, IntegrityError, TestbedError
 
@@ -97,7 +95,7 @@ def _patch_argv(out: Path, model: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------ planted files
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 def test_planted_checkpoint_is_refused_by_the_cli_and_never_runs(tmp_path, capsys, plant):
-    from testbed.cli import main
+    from pipelines.main import main
 
     model = _register_tiny_cli_model()
     out = tmp_path / "run"
@@ -119,7 +117,7 @@ def test_planted_checkpoint_is_refused_by_the_cli_and_never_runs(tmp_path, capsy
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 def test_planted_defence_cache_is_refused_and_never_runs(tmp_path, capsys, plant):
     from pipelines.defences.training import DefenceTrainConfig, load_defence, train_defence
-    from testbed.cli import main
+    from pipelines.main import main
 
     marker = tmp_path / "PWNED"
     cache = tmp_path / "cache"
@@ -228,7 +226,16 @@ def test_truncated_newest_checkpoint_fallback_is_announced_and_resume_is_exact(t
     model, scenes = tiny
     attack = _patch(steps=6, eval_samples=20, checkpoint_every=2)
     full = attack(model, scenes, target=4, run_dir=tmp_path / "full")
-    run_until_killed(functools.partial(attack, model, scenes, target=4, run_dir=tmp_path / "cut"), step=5)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        attack(model, scenes, target=4, run_dir=tmp_path / "cut", callback=kill_at_5)
     ckpts = tmp_path / "cut" / "checkpoints"
     newest = ckpts / "step_00000004.pt"
     assert sorted(p.name for p in ckpts.glob("*.pt")) == ["step_00000002.pt", "step_00000004.pt"]
@@ -270,7 +277,7 @@ def _tree(p: Path) -> dict[str, bytes]:
 
 
 def test_out_refuses_a_foreign_non_empty_folder_from_the_cli(tmp_path, capsys):
-    from testbed.cli import main
+    from pipelines.main import main
 
     model = _register_tiny_cli_model()
     mine = tmp_path / "my-photos"
@@ -285,7 +292,7 @@ def test_out_refuses_a_foreign_non_empty_folder_from_the_cli(tmp_path, capsys):
 
 
 def test_out_refuses_a_run_directory_of_another_kind(tmp_path, capsys):
-    from testbed.cli import main
+    from pipelines.main import main
 
     model = _register_tiny_cli_model()
     out = tmp_path / "stk"
@@ -322,7 +329,7 @@ def test_experiment_and_physical_run_directories_refuse_each_other(tmp_path):
 
 
 def test_out_under_a_file_or_unwritable_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
-    from testbed.cli import main
+    from pipelines.main import main
 
     model = _register_tiny_cli_model()
     f = tmp_path / "afile"

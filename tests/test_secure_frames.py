@@ -445,7 +445,7 @@ def test_run_tamper_experiment_on_a_tiny_model():
 
 def test_threat_matrix_table_and_cli(capsys):
     from camera.secure.threats import run_threat_matrix
-    from testbed.cli import main
+    from pipelines.main import main
 
     rows = run_threat_matrix(16, 16)
     assert len(rows) == 15 and all(r.passed for r in rows), [(r.name, r.got) for r in rows if not r.passed]

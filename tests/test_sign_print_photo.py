@@ -1,6 +1,6 @@
 """Done-when: a rendered stop sign, printed to PDF and photographed through the simulated camera, is 'stop'.
 
-Chain: testbed.signs.render -> printouts.patch_sheet (PDF at true size, ArUco markers) -> PDF rasterised by
+Chain: worlds.signs.render -> printouts.patch_sheet (PDF at true size, ArUco markers) -> PDF rasterised by
 pypdfium2 -> camera.simulated.SimulatedCamera (printer gamut + halftone, 3-D pose in a scene photo, lighting,
 blur, noise, JPEG) -> camera.rectify (markers -> homography) -> 32x32 -> sign-cnn.
 """
@@ -11,9 +11,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
-pytest.importorskip("camera.simulated")
-pytest.importorskip("printouts.sheets")
 
 N_FRAMES = 6
 
@@ -33,7 +30,7 @@ def _rasterise_pdf(pdf_path, dpi: float = 150.0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def printed_stop(tmp_path_factory):
     from printouts.sheets import patch_sheet
-    from testbed.signs.render import composite, get_sign, render_sign
+    from worlds.signs.render import composite, get_sign, render_sign
 
     out = tmp_path_factory.mktemp("stop_print")
     # the octagon on white paper, with a 12 % paper margin (as a sign crop is framed, e.g. in GTSRB)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from testbed.errors import ConfigError
-from testbed.signs.dataset import SPLIT_PHOTOS, DatasetConfig, generate_dataset, generate_sample, sample_params
-from testbed.signs.render import (
+from worlds.signs.dataset import SPLIT_PHOTOS, DatasetConfig, generate_dataset, generate_sample, sample_params
+from worlds.signs.render import (
     BLACK, BLUE, RED, SIGN_CLASSES, WHITE, YELLOW, class_names, composite, get_sign, render_sign,
     render_sign_array,
 )
@@ -115,7 +115,7 @@ def test_train_and_heldout_backgrounds_are_disjoint():
     from testbed.photos import list_photos
 
     assert set(SPLIT_PHOTOS["train"]) | set(SPLIT_PHOTOS["heldout"]) <= set(list_photos())
-    from testbed.signs.dataset import AugmentConfig
+    from worlds.signs.dataset import AugmentConfig
 
     for split in ("train", "heldout"):
         used = set()
@@ -131,7 +131,7 @@ def test_dataset_config_validation():
     with pytest.raises(ConfigError, match="split"):
         DatasetConfig(split="test")
     with pytest.raises(ConfigError, match="sign_scale"):
-        from testbed.signs.dataset import AugmentConfig
+        from worlds.signs.dataset import AugmentConfig
 
         AugmentConfig(sign_scale=(0.9, 0.5))
     cfg = DatasetConfig(n=5, seed=2)
@@ -159,7 +159,7 @@ def test_registry_entry_matches_the_card():
 
 def test_committed_model_heldout_top1_at_least_97():
     """Done-when: the committed sign-cnn on a freshly rendered held-out set (seed 7, not the card's) >= 97 %."""
-    from testbed.signs.train import evaluate_checkpoint
+    from worlds.signs.train import evaluate_checkpoint
 
     ev = evaluate_checkpoint(n=1500, seed=7, threads=1)
     assert ev.n == 1500
@@ -179,7 +179,7 @@ def test_committed_model_classifies_clean_renders():
 # ---- training ----------------------------------------------------------------------------------------------
 def test_training_smoke_loss_decreases_and_beats_chance(tmp_path):
     from testbed.models.signs import load_sign_cnn
-    from testbed.signs.train import TrainConfig, save_checkpoint, train
+    from worlds.signs.train import TrainConfig, save_checkpoint, train
 
     cfg = TrainConfig(seed=5, n_train=600, epochs=3, batch_size=32, n_heldout=150, heldout_seed=6, threads=1)
     r = train(cfg)
@@ -199,7 +199,7 @@ def test_training_smoke_loss_decreases_and_beats_chance(tmp_path):
 def test_missing_weights_and_offline_gtsrb_errors(tmp_path):
     from testbed.errors import AssetError
     from testbed.models.signs import load_sign_cnn
-    from testbed.signs.train import load_gtsrb
+    from worlds.signs.train import load_gtsrb
 
     with pytest.raises(AssetError, match="signs train"):
         load_sign_cnn(tmp_path / "none.pt")
@@ -208,7 +208,7 @@ def test_missing_weights_and_offline_gtsrb_errors(tmp_path):
 
 
 def test_cli_render_and_dataset(tmp_path, capsys):
-    from testbed.cli import main
+    from pipelines.main import main
 
     assert main(["signs", "render", "stop", "--size", "64", "--out", str(tmp_path / "stop.png")]) == 0
     from PIL import Image

@@ -28,7 +28,7 @@ def _fake_run(path: Path, config: dict, metrics: dict, tensors: dict[str, torch.
 
 
 def _noop_sticker_run(tmp_path: Path) -> Path:
-    from testbed.signs.render import composite, render_sign
+    from worlds.signs.render import composite, render_sign
 
     sign = composite(render_sign("stop", 128), 0.5).clamp(0, 1)
     return _fake_run(tmp_path / "stk", {"attack": "sticker", "model": "sign-cnn", "sign": "stop", "background": "0.5",
@@ -96,13 +96,13 @@ def test_bad_run_directories_and_config_are_named(tmp_path: Path) -> None:
 def test_cli_writes_the_report(tmp_path: Path) -> None:
     stk = _noop_sticker_run(tmp_path)
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "testbed.cli", "survival", "--sticker", str(stk), "--photos", "1",
+    proc = subprocess.run([sys.executable, "-m", "pipelines.main", "survival", "--sticker", str(stk), "--photos", "1",
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "report.json").read_text())
     assert data["config"]["photos"] == 1 and data["rows"][0]["printed"]["n"] == 1
     md = (out / "report.md").read_text()
     assert "| sticker | sign-cnn | stop -> no_entry |" in md and "0/1 = 0.0%" in md
-    bad = subprocess.run([sys.executable, "-m", "testbed.cli", "survival", "--patch", str(stk), "--out", str(out)],
+    bad = subprocess.run([sys.executable, "-m", "pipelines.main", "survival", "--patch", str(stk), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "not a 'patch' run" in bad.stderr

@@ -106,14 +106,3 @@ def run_defences(args: argparse.Namespace) -> int:
         run_report(config, Path(args.out), cache_dir=cache, command=command, log=log)
     log(f"done in {time.time() - t0:.0f} s")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m pipelines.defences.cli ...``), the same as ``testbed defences ...``."""
-    from testbed.cli import main as testbed_main
-
-    return testbed_main(argv if argv is not None else sys.argv[1:])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

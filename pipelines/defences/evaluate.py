@@ -488,7 +488,7 @@ def section_channel(cfg: EvalConfig, defences: dict[str, Defence], data: dict[st
 
 def section_sticker(cfg: EvalConfig, defences: dict[str, Defence], log: Callable[[str], None]) -> dict[str, Any]:
     from physical.universal import SignSticker, mask_fraction_of_sign, saliency_mask
-    from testbed.signs.render import class_names, composite, render_sign
+    from worlds.signs.render import class_names, composite, render_sign
 
     names = class_names()
     src, tgt = names.index("stop"), names.index("no_entry")

@@ -1,7 +1,7 @@
 """Training of defended sign classifiers: FGSM / PGD adversarial training, TRADES, DOA, noise, dropout, distillation.
 
 Every defended model is a ``sign-cnn`` (same architecture as :mod:`testbed.models.signs`), by default fine-tuned
-from the shipped weights on a rendered training set (:mod:`testbed.signs.dataset`, generated once and cached), so
+from the shipped weights on a rendered training set (:mod:`worlds.signs.dataset`, generated once and cached), so
 that each run fits a few minutes of a shared 2-core CPU. One function, :func:`train_defence`, one config
 (:class:`DefenceTrainConfig`); same config + same machine → same weights (seeded ``torch.Generator`` for
 initialisation, shuffling, attack starts and noise; deterministic algorithms on; fixed thread count).
@@ -88,7 +88,7 @@ class DropoutHead(nn.Module):
 def build_model(method: str, dropout: float = 0.3) -> nn.Module:
     """An untrained sign-cnn (NormalizedModel), with a dropout head for ``method == "dropout"``."""
     from testbed.models.signs import build_sign_cnn
-    from testbed.signs.render import class_names
+    from worlds.signs.render import class_names
 
     model = build_sign_cnn(len(class_names()))
     if method == "dropout":
@@ -177,7 +177,7 @@ class TrainedDefence:
 # ------------------------------------------------------------------------------------------------ data
 def training_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Tensor, Tensor]:
     """The rendered training set (train split), generated once and cached as ``data_train_n{n}_s{seed}.pt``."""
-    from testbed.signs.dataset import DatasetConfig, generate_dataset
+    from worlds.signs.dataset import DatasetConfig, generate_dataset
 
     path = Path(cache_dir) / f"data_train_n{n}_s{seed}.pt"
     if path.is_file():
@@ -190,7 +190,7 @@ def training_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[T
 
 def heldout_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Tensor, Tensor]:
     """A fresh held-out set (held-out split: other photos, other per-sample seeds), cached like the training set."""
-    from testbed.signs.dataset import DatasetConfig, generate_dataset
+    from worlds.signs.dataset import DatasetConfig, generate_dataset
 
     path = Path(cache_dir) / f"data_heldout_n{n}_s{seed}.pt"
     if path.is_file():

@@ -30,7 +30,7 @@ from torch import nn
 
 from testbed.device import default_device
 from testbed.errors import AssetError, ConfigError
-from testbed.models.registry import Normalize
+from testbed.models.base import Normalize
 
 #: Largest tfjs weights shard read (face-api's descriptor shard is about 6 MB).
 MAX_SHARD_BYTES = 512 * 2**20

@@ -1,16 +1,17 @@
-"""Registration of the face models (imported lazily by ``testbed.models.registry``).
+"""Registration of the face models (imported by ``testbed.models.registry`` on first use).
 
 * ``face-descriptor-dlib``: dlib's ResNet 128-d face descriptor, ported from face-api's tfjs weights
   (``testbed.models.face_descriptor``).
-* ``mtcnn``: the MTCNN face detector with 5 landmarks (``testbed.models.mtcnn``), registered by that module's
-  ``MTCNN_ENTRY`` below when the module exists.
+* ``mtcnn``: the MTCNN face detector with 5 landmarks, ``testbed.models.mtcnn.MTCNN_ENTRY``.
+
+Face *alignment* (landmarks to dlib-style chips, used by the eyeglass attack) is not a model: it lives in
+``worlds.faces``.
 """
 from __future__ import annotations
 
-import importlib
-
 from torch import nn
 
+from testbed.models.base import Accuracy, ModelEntry, register_model
 from testbed.models.face_descriptor import (
     FACE_DESCRIPTOR_MEAN,
     FACE_DESCRIPTOR_STD,
@@ -18,11 +19,7 @@ from testbed.models.face_descriptor import (
     MATCH_THRESHOLD,
     load_face_descriptor,
 )
-from testbed.models.registry import _REGISTRY, Accuracy, ModelEntry, register_model
-
-
-def _registered_names() -> set[str]:
-    return set(_REGISTRY)
+from testbed.models.mtcnn import MTCNN_ENTRY
 
 
 def _face_descriptor() -> nn.Module:
@@ -55,18 +52,4 @@ register_model(
     )
 )
 
-# --- MTCNN registration (owned by the MTCNN engineer: testbed/models/mtcnn.py) ---------------------------------
-# testbed.models.mtcnn exposes its registry entry as ``MTCNN_ENTRY``; it is registered here unless importing the
-# module already registered "mtcnn" (or it offers ``register()`` instead). A missing module (not written yet) is
-# tolerated so the descriptor stays usable; any other import error is raised.
-try:
-    _mtcnn = importlib.import_module("testbed.models.mtcnn")
-except ModuleNotFoundError as _exc:
-    if _exc.name != "testbed.models.mtcnn":
-        raise
-else:
-    if "mtcnn" not in _registered_names():
-        if isinstance(getattr(_mtcnn, "MTCNN_ENTRY", None), ModelEntry):
-            register_model(_mtcnn.MTCNN_ENTRY)
-        elif callable(getattr(_mtcnn, "register", None)):
-            _mtcnn.register()
+register_model(MTCNN_ENTRY)

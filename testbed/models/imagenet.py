@@ -7,7 +7,7 @@ from torch import nn
 
 from testbed.assets import asset_path
 from testbed.models.efficientnet_lite import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, build_efficientnet_lite0
-from testbed.models.registry import Accuracy, ModelEntry, NormalizedModel, register_model
+from testbed.models.base import Accuracy, ModelEntry, NormalizedModel, register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.ops import batched_nms, roi_align
 
 from testbed.errors import AssetError, ConfigError, ImageError
-from testbed.models.registry import Accuracy, ModelEntry
+from testbed.models.base import Accuracy, ModelEntry
 
 #: Landmark names, in the order of ``Detections.landmarks[:, k]``.
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -412,7 +412,7 @@ def build_mtcnn(config: MTCNNConfig | None = None) -> MTCNN:
     return MTCNN(config)
 
 
-#: Registry entry for the face engineer to ``register_model`` in ``testbed/models/faces.py``.
+#: Registry entry, registered by ``testbed/models/faces.py``.
 #: The detector takes images of any size >= 12 x 12; ``input_size`` records that minimum.
 #: ``get_model("mtcnn")(images)`` returns ``list[Detections]``.
 MTCNN_ENTRY = ModelEntry(

@@ -15,12 +15,21 @@ import torch
 from torch import nn
 
 from testbed.errors import AssetError
-from testbed.models.registry import Accuracy, ModelEntry, NormalizedModel, register_model
+from testbed.models.base import Accuracy, ModelEntry, NormalizedModel, register_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SIGN_CNN_WEIGHTS = WEIGHTS_DIR / "sign_cnn.pt"
 SIGN_CNN_CARD = WEIGHTS_DIR / "sign_cnn.card.json"
 SIGN_INPUT_SIZE = 32
+#: The classifier's label order: the rendered sign classes of ``worlds.signs.render`` (which imports this tuple and
+#: checks at import that its ``SIGN_CLASSES`` follow it), so the registry entry needs nothing above ``testbed``.
+SIGN_CLASS_NAMES: tuple[str, ...] = (
+    "speed_limit_20", "speed_limit_30", "speed_limit_50", "speed_limit_60", "speed_limit_70", "speed_limit_80",
+    "end_speed_limit_80", "speed_limit_100", "speed_limit_120", "no_overtaking", "right_of_way_next_intersection",
+    "priority_road", "yield", "stop", "no_vehicles", "no_entry", "general_caution", "traffic_signals", "pedestrians",
+    "end_all_limits", "turn_right_ahead", "turn_left_ahead", "ahead_only", "straight_or_right", "straight_or_left",
+    "keep_right", "keep_left", "roundabout", "end_no_overtaking", "pedestrian_crossing",
+)
 # Channel statistics of rendered-sign training data, rounded; fixed so they never depend on a data draw.
 SIGN_MEAN = (0.45, 0.45, 0.45)
 SIGN_STD = (0.25, 0.25, 0.25)
@@ -104,9 +113,7 @@ def _accuracy_from_card(card: dict) -> tuple[Accuracy, ...]:
 
 
 def _labels() -> tuple[str, ...]:
-    from testbed.signs.render import class_names
-
-    return tuple(_card().get("labels") or class_names())
+    return tuple(_card().get("labels") or SIGN_CLASS_NAMES)
 
 
 register_model(

@@ -4,7 +4,7 @@ One reproducible command (see docs/signs.md)::
 
     testbed signs train --out testbed/models/weights/sign_cnn.pt --seed 0
 
-Determinism: the training set is generated from ``seed`` (see :mod:`testbed.signs.dataset`), weights are
+Determinism: the training set is generated from ``seed`` (see :mod:`worlds.signs.dataset`), weights are
 initialised and batches shuffled from ``torch.Generator`` objects seeded from ``seed``, the model has no dropout,
 ``torch.use_deterministic_algorithms`` is on during training and the thread count is fixed (``threads``), so the
 same command on the same machine and library versions gives the same weights.
@@ -29,8 +29,8 @@ from torch import nn
 from testbed.device import default_device
 from testbed.errors import ConfigError
 from testbed.machine import machine_line
-from testbed.signs.dataset import DatasetConfig, generate_dataset
-from testbed.signs.render import GTSRB_CLASS_NAMES, SIGN_CLASSES, class_names
+from worlds.signs.dataset import DatasetConfig, generate_dataset
+from worlds.signs.render import GTSRB_CLASS_NAMES, SIGN_CLASSES, class_names
 
 DEFAULT_COMMAND = "testbed signs train --out testbed/models/weights/sign_cnn.pt --seed 0"
 

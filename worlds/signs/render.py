@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from testbed.errors import ConfigError
+from testbed.models.signs import SIGN_CLASS_NAMES
 
 # Approximate sRGB of the RAL traffic colours used on German signs.
 RED = (193, 18, 28)  # RAL 3020 traffic red
@@ -423,6 +424,9 @@ SIGN_CLASSES: tuple[SignClass, ...] = (
     _c("end_no_overtaking", 41, "280", "circle", "End of no overtaking", _end_no_overtaking),
     _c("pedestrian_crossing", None, "350", "square", "Pedestrian crossing (zebra)", _pedestrian_crossing),
 )
+if tuple(s.name for s in SIGN_CLASSES) != SIGN_CLASS_NAMES:  # the registry entry's label order is the source
+    raise RuntimeError("worlds.signs.render.SIGN_CLASSES and testbed.models.signs.SIGN_CLASS_NAMES disagree; "
+                       "keep them in the same order")
 _BY_NAME = {s.name: s for s in SIGN_CLASSES}
 
 # GTSRB's 43 class names (index = GTSRB class id), used for ``--data gtsrb``.
@@ -439,8 +443,8 @@ GTSRB_CLASS_NAMES: tuple[str, ...] = (
 
 
 def class_names() -> tuple[str, ...]:
-    """The rendered classes' names, in classifier label order."""
-    return tuple(s.name for s in SIGN_CLASSES)
+    """The rendered classes' names, in classifier label order (``testbed.models.signs.SIGN_CLASS_NAMES``)."""
+    return SIGN_CLASS_NAMES
 
 
 def get_sign(name: str) -> SignClass:

@@ -2,7 +2,7 @@
 
 Each sample is two steps (the testbed's randomness convention): :func:`sample_params` draws a
 :class:`SampleParams` from a ``numpy.random.Generator`` seeded by ``(seed, split, index)``, and
-:func:`apply_params` renders it: a sign (see :mod:`testbed.signs.render`) at a random pose, scale, rotation and
+:func:`apply_params` renders it: a sign (see :mod:`worlds.signs.render`) at a random pose, scale, rotation and
 perspective, with lighting, colour cast, print-like gamut compression, partial occlusion, composited on a random
 crop of a real photograph (shipped with scikit-image / matplotlib, see :mod:`testbed.photos`) or a procedural
 texture, then camera blur, noise and JPEG. The same ``(config, index)`` always gives the same image, on any
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from testbed.errors import ConfigError
-from testbed.signs.render import SIGN_CLASSES, class_names, render_sign_array
+from worlds.signs.render import SIGN_CLASSES, class_names, render_sign_array
 
 # Background photographs per split: disjoint. The two motorcycle photos are a stereo pair (nearly the same
 # scene), so they go to the same split.

@@ -39,7 +39,7 @@ def _png_out(text: str) -> str:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from testbed.signs.render import SIGN_CLASSES, composite, get_sign, render_sheet, render_sign
+    from worlds.signs.render import SIGN_CLASSES, composite, get_sign, render_sheet, render_sign
 
     if args.list:
         for s in SIGN_CLASSES:
@@ -63,7 +63,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_dataset(args: argparse.Namespace) -> int:
     import torch
 
-    from testbed.signs.dataset import DatasetConfig, generate_dataset
+    from worlds.signs.dataset import DatasetConfig, generate_dataset
 
     cfg = DatasetConfig(n=args.n, size=args.size, split=args.split, seed=args.seed)
     ds = generate_dataset(cfg, progress=not args.quiet)
@@ -87,7 +87,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from testbed.signs.train import TrainConfig, save_checkpoint, train
+    from worlds.signs.train import TrainConfig, save_checkpoint, train
 
     kw = {k: getattr(args, k) for k in ("data", "seed", "n_train", "epochs", "batch_size", "lr", "threads",
                                         "n_heldout", "heldout_seed", "gtsrb_root", "download")
@@ -104,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from testbed.signs.train import evaluate_checkpoint
+    from worlds.signs.train import evaluate_checkpoint
 
     ev = evaluate_checkpoint(args.weights, data=args.data, n=args.n, seed=args.seed, gtsrb_root=args.gtsrb_root,
                              download=args.download, threads=args.threads)
@@ -119,7 +119,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add ``signs`` (with subcommands render, dataset, train, evaluate) to the testbed CLI."""
-    from testbed.signs.train import TrainConfig
+    from worlds.signs.train import TrainConfig
 
     p = subparsers.add_parser("signs", help="traffic-sign world: render signs, generate data, train/evaluate sign-cnn")
     sub = p.add_subparsers(dest="signs_command", metavar="SUBCOMMAND", required=True)

@@ -1,29 +1,45 @@
-"""The ``testbed`` console command: one entry point, one subcommand per capability."""
+"""The ``testbed`` console command: one entry point, one subcommand per capability.
+
+This module sits at the top of the import graph: it imports the command-line module of every part (``physical``,
+``printouts``, ``camera``, ``worlds``, ``pipelines``), and nothing imports it. The shared leaf ``testbed`` keeps
+only what every part uses (``testbed.cli_types`` for argparse types, ``testbed.errors``). Run it as ``testbed ...``
+(the console script) or ``python -m pipelines.main ...``.
+"""
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import json
 import sys
 import traceback
+from types import ModuleType
 from typing import Sequence
 
+import camera.cli
+import camera.secure.cli
+import physical.cli
+import physical.cli_eot
+import physical.cli_eyeglass
+import pipelines.cli
+import pipelines.cli_secure
+import pipelines.defences.cli
+import printouts.cli
+import worlds.signs.cli
 from testbed.cli_types import OneLineArgumentParser
 from testbed.errors import TestbedError
 
-# Subcommands contributed by the parts of the testbed: module with ``add_parser(subparsers)``.
-_PART_CLIS = (
-    "physical.cli",  # attack (digital attacks)
-    "physical.cli_eot",  # patch, sticker
-    "physical.cli_eyeglass",  # eyeglass
-    "printouts.cli",  # print
-    "camera.cli",  # capture, rectify
-    "camera.secure.cli",  # secure
-    "testbed.signs.cli",  # signs
-    "pipelines.cli",  # evaluate, report, live, survival, demo
-    "pipelines.cli_secure",  # secure-eval
-    "pipelines.defences.cli",  # defences
+#: Subcommands contributed by the parts of the testbed, in ``--help`` order: each module has ``add_parser(subparsers)``.
+PART_CLIS: tuple[ModuleType, ...] = (
+    physical.cli,  # attack (digital attacks)
+    physical.cli_eot,  # patch, sticker
+    physical.cli_eyeglass,  # eyeglass
+    printouts.cli,  # print
+    camera.cli,  # capture, rectify
+    camera.secure.cli,  # secure
+    worlds.signs.cli,  # signs
+    pipelines.cli,  # evaluate, report, live, survival, demo
+    pipelines.cli_secure,  # secure-eval
+    pipelines.defences.cli,  # defences
 )
 
 
@@ -110,14 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convert-images", action="store_true", help="convert grayscale/RGBA/16-bit explicitly")
     p.set_defaults(func=_cmd_classify)
 
-    for module in _PART_CLIS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module.startswith(exc.name):
-                continue  # that part is not built in this checkout
-            raise
-        mod.add_parser(sub)
+    for module in PART_CLIS:
+        module.add_parser(sub)
     return parser
 
 

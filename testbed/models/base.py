@@ -1,0 +1,98 @@
+"""What a model entry is, and the table entries register into.
+
+The modules that define models (``imagenet``, ``signs``, ``faces``, ``mtcnn``) import this module and call
+:func:`register_model`; :mod:`testbed.models.registry` imports those modules (on first use) and looks entries up.
+Keeping the entry types here, below both, means no module of ``testbed.models`` imports one that imports it back.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import nn
+
+from testbed.errors import ConfigError
+
+Task = Literal["classification", "face-descriptor", "face-detector"]
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Accuracy measured on a stated evaluation set (``n`` samples)."""
+
+    dataset: str
+    n: int
+    top1: float
+    top5: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: how to build it and what it expects."""
+
+    name: str
+    task: Task
+    builder: Callable[[], nn.Module]
+    input_size: tuple[int, int]  # (height, width)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    labels: Sequence[str] = field(default_factory=tuple)
+    accuracy: tuple[Accuracy, ...] = ()
+    assets: tuple[str, ...] = ()  # asset names (see testbed.assets) the builder needs
+    description: str = ""
+
+    def summary(self) -> dict:
+        """A JSON-serialisable description (no builder, no label list)."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "num_labels": len(self.labels),
+            "accuracy": [asdict(a) for a in self.accuracy],
+            "assets": list(self.assets),
+            "description": self.description,
+        }
+
+
+class Normalize(nn.Module):
+    """Per-channel normalisation as a model layer: ``(x - mean) / std``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class NormalizedModel(nn.Module):
+    """Wraps a network so it takes RGB [0, 1] BCHW input; validates the input shape."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], name: str = "") -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+        self.model_name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(
+                f"model {self.model_name or type(self.net).__name__} expects a BCHW RGB tensor "
+                f"with 3 channels, got shape {tuple(x.shape)}"
+            )
+        return self.net(self.normalize(x))
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(entry: ModelEntry) -> ModelEntry:
+    """Add ``entry`` to the registry; a second entry with the same name is refused."""
+    if entry.name in _REGISTRY:
+        raise ConfigError(f"a model named {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
+    return entry
