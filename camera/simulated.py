@@ -48,14 +48,7 @@ def srgb_to_linear(x: np.ndarray) -> np.ndarray:
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     """Linear light -> sRGB in [0, 1] (float32; vectorised, one ``power`` pass plus a sparse fix-up of darks)."""
-    x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
-    out = np.power(x, np.float32(1 / 2.4))
-    out *= np.float32(1.055)
-    out -= np.float32(0.055)
-    dark = x <= 0.0031308
-    if dark.any():
-        out[dark] = x[dark] * np.float32(12.92)
-    return out
+    return _encode_srgb(np.clip(np.asarray(x, np.float32), 0.0, 1.0))
 
 
 def bayer_matrix(n: int) -> np.ndarray:

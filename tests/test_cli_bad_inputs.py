@@ -9,14 +9,12 @@ images, an empty image folder, an unreadable video, disk full) are not repeated 
 """
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import os
 import struct
 import subprocess
 import sys
-import threading
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -26,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mjpeg_stream import mjpeg_stream
 from test_experiment import TINY, register_tiny
 from pipelines.main import main
 
@@ -435,39 +434,11 @@ def test_parse_device():
 
 
 # ------------------------------------------------------------------------------------------------ capture
-class _DyingStream(http.server.BaseHTTPRequestHandler):
-    """An MJPEG stream that sends ``n_frames`` frames about 10 ms apart and then drops the connection."""
-
-    n_frames = 12
-
-    def do_GET(self) -> None:  # noqa: N802
-        import cv2
-
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frameboundary")
-        self.end_headers()
-        try:
-            for i in range(self.n_frames):
-                img = np.full((48, 64, 3), (i * 20) % 255, np.uint8)
-                ok, jpg = cv2.imencode(".jpg", img)
-                self.wfile.write(b"--frameboundary\r\nContent-Type: image/jpeg\r\n"
-                                 + f"Content-Length: {len(jpg)}\r\n\r\n".encode() + jpg.tobytes() + b"\r\n")
-                self.wfile.flush()
-                threading.Event().wait(0.01)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def dying_stream():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DyingStream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
-    server.shutdown()
-    server.server_close()
+    """An MJPEG stream that sends 12 frames about 10 ms apart and then drops the connection."""
+    with mjpeg_stream(lambda: (np.full((48, 64, 3), (i * 20) % 255, np.uint8) for i in range(12))) as url:
+        yield url
 
 
 def test_capture_from_a_stream_that_dies_keeps_frames_and_lists_them(work, capsys, dying_stream):

@@ -4,11 +4,13 @@ Tiny budgets (a few steps of 2-4 EOT draws); the full runs and their numbers are
 """
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 
+from killed_runs import run_until_killed
 from physical.eot import EOTParams
 from physical.eyeglass import (
     EyeglassFrame,
@@ -207,13 +209,8 @@ def test_killed_run_resumes_to_the_same_frame(net, astronaut_chip, tmp_path):
     # and the gradient may differ in the last bit from run to run (see docs/eyeglass.md)
     a = tiny(steps=3, batch_size=2, eval_samples=1, eval_batch_size=1, checkpoint_every=1)
     full = a(net, astronaut_chip, enrolled)
-
-    def kill(step: int, loss: float) -> None:
-        if step == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run", callback=kill)
+    run_until_killed(functools.partial(a, net, astronaut_chip, enrolled, run_dir=tmp_path / "run"), step=2,
+                     exc=KeyboardInterrupt)
     assert (tmp_path / "run" / "checkpoints").is_dir() and not (tmp_path / "run" / "metrics.json").exists()
     resumed = a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run")
     assert torch.equal(resumed.texture, full.texture)
@@ -234,16 +231,7 @@ def test_killed_run_with_speed_settings_resumes_bit_for_bit(net, astronaut_chip,
              checkpoint_every=1, lambda_tv=0.1)
     assert a.config()["eot_batch"] == 2 and "precision" not in a.config()  # fp32: left out (old runs resume)
     full = a(net, astronaut_chip, enrolled)
-
-    class Killed(Exception):
-        pass
-
-    def kill(step: int, loss: float) -> None:
-        if step == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run", callback=kill)
+    run_until_killed(functools.partial(a, net, astronaut_chip, enrolled, run_dir=tmp_path / "run"), step=2)
     assert not (tmp_path / "run" / "metrics.json").exists()
     steps_seen: list[int] = []
     resumed = a(net, astronaut_chip, enrolled, run_dir=tmp_path / "run", callback=lambda i, _: steps_seen.append(i))

@@ -1,15 +1,13 @@
 """Live mode, headless, against an MJPEG stream that the test serves on 127.0.0.1."""
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-import time
 
 import cv2
 import numpy as np
 import pytest
 
+from mjpeg_stream import mjpeg_stream
 from pipelines.live import LiveConfig, run_live
 from test_experiment import TINY, register_tiny
 from testbed.errors import ConfigError, SourceError
@@ -17,35 +15,18 @@ from testbed.errors import ConfigError, SourceError
 N_FRAMES = 8
 
 
-class _MJPEG(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=fb")
-        self.end_headers()
-        rng = np.random.default_rng(0)
-        try:
-            for i in range(N_FRAMES):
-                img = np.full((240, 320, 3), 40 * (i % 6), np.uint8)
-                img[40:200, 60:260] = rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)
-                ok, jpg = cv2.imencode(".jpg", img)
-                self.wfile.write(b"--fb\r\nContent-Type: image/jpeg\r\n" + f"Content-Length: {len(jpg)}\r\n\r\n".encode()
-                                 + jpg.tobytes() + b"\r\n")
-                self.wfile.flush()
-                time.sleep(0.01)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *a) -> None:
-        pass
+def _frames():
+    rng = np.random.default_rng(0)
+    for i in range(N_FRAMES):
+        img = np.full((240, 320, 3), 40 * (i % 6), np.uint8)
+        img[40:200, 60:260] = rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)
+        yield img
 
 
 @pytest.fixture
 def stream():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MJPEG)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/live.mjpg"
-    server.shutdown()
-    server.server_close()
+    with mjpeg_stream(_frames, path="live.mjpg") as url:
+        yield url
 
 
 def test_live_headless_writes_video_and_log(stream, tmp_path):

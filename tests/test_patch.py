@@ -1,6 +1,7 @@
 """Universal patch and sign sticker under EOT, on a tiny model: improvement, fresh evaluation, run dirs, resume."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from killed_runs import run_until_killed
 from physical.eot import EOTParams
 from physical.runs import RunDir, config_diff
 from physical.universal import (
@@ -191,16 +193,7 @@ def test_resume_after_interrupt_equals_uninterrupted(setup, tmp_path):
     model, scenes = setup
     attack = _patch(steps=6, eval_samples=20, checkpoint_every=2)
     full = attack(model, scenes, target=4, run_dir=tmp_path / "full")
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_5(step: int, loss: float) -> None:
-        if step == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        attack(model, scenes, target=4, run_dir=tmp_path / "cut", callback=kill_at_5)
+    run_until_killed(functools.partial(attack, model, scenes, target=4, run_dir=tmp_path / "cut"), step=5)
     assert (tmp_path / "cut" / "checkpoints" / "step_00000004.pt").is_file()
     resumed = attack(model, scenes, target=4, run_dir=tmp_path / "cut")
     assert torch.equal(resumed.perturbation, full.perturbation)

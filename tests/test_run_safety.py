@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -33,6 +34,7 @@ from physical.runs import (
     run_dir_kind,
     save_checked,
 )
+from killed_runs import run_until_killed
 from test_patch import _patch, _register_tiny_cli_model, _scenes, _tiny_model
 from testbed.errors import ConfigError, IntegrityError, TestbedError
 
@@ -226,16 +228,7 @@ def test_truncated_newest_checkpoint_fallback_is_announced_and_resume_is_exact(t
     model, scenes = tiny
     attack = _patch(steps=6, eval_samples=20, checkpoint_every=2)
     full = attack(model, scenes, target=4, run_dir=tmp_path / "full")
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_5(step: int, loss: float) -> None:
-        if step == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        attack(model, scenes, target=4, run_dir=tmp_path / "cut", callback=kill_at_5)
+    run_until_killed(functools.partial(attack, model, scenes, target=4, run_dir=tmp_path / "cut"), step=5)
     ckpts = tmp_path / "cut" / "checkpoints"
     newest = ckpts / "step_00000004.pt"
     assert sorted(p.name for p in ckpts.glob("*.pt")) == ["step_00000002.pt", "step_00000004.pt"]

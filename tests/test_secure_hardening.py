@@ -336,25 +336,17 @@ def test_capture_process_slower_than_the_timeout_before_hello():
 
 # --------------------------------------------------------------------------------------- testbed live --secure
 def test_live_secure_on_a_stream_that_dies_exits_2_with_one_line(tmp_path):
-    import http.server
-
+    from mjpeg_stream import mjpeg_stream
     from test_experiment import TINY, register_tiny
-    from test_live import _MJPEG, N_FRAMES
+    from test_live import N_FRAMES, _frames
 
     from pipelines.main import main
 
     register_tiny()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MJPEG)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/live.mjpg"
     err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            rc = main(["live", url, "--secure", "--model", TINY, "--out", str(tmp_path / "o"), "--max-frames",
-                       str(N_FRAMES + 5), "--width", "160", "--height", "120"])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with mjpeg_stream(_frames, path="live.mjpg") as url, contextlib.redirect_stderr(err):
+        rc = main(["live", url, "--secure", "--model", TINY, "--out", str(tmp_path / "o"), "--max-frames",
+                   str(N_FRAMES + 5), "--width", "160", "--height", "120"])
     lines = err.getvalue().strip().splitlines()
     assert rc == 2 and len(lines) == 1, err.getvalue()
     assert lines[0].startswith("testbed live: error: capture process failed after")

@@ -1,16 +1,13 @@
 """FrameSource: MJPEG over HTTP on 127.0.0.1, a VideoWriter file and an image sequence, all in order."""
 from __future__ import annotations
 
-import http.server
-import threading
-import time
-
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from camera.sources import Frame, FrameSource, ImageSequenceSource, VideoCaptureSource, open_source
+from mjpeg_stream import mjpeg_stream
 from testbed.errors import SourceError
 
 W, H, BITS, CELL = 320, 240, 6, 32
@@ -39,36 +36,13 @@ def read_index(frame: Frame) -> int:
     return i
 
 
-class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
-    n_frames = 12
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frameboundary")
-        self.end_headers()
-        try:
-            for i in range(self.n_frames):
-                ok, jpg = cv2.imencode(".jpg", indexed_frame(i), [cv2.IMWRITE_JPEG_QUALITY, 90])
-                assert ok
-                self.wfile.write(b"--frameboundary\r\nContent-Type: image/jpeg\r\n"
-                                 + f"Content-Length: {len(jpg)}\r\n\r\n".encode() + jpg.tobytes() + b"\r\n")
-                self.wfile.flush()
-                time.sleep(0.01)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *args: object) -> None:
-        pass
+N_STREAM_FRAMES = 12
 
 
 @pytest.fixture
 def mjpeg_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MJPEGHandler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
-    server.shutdown()
-    server.server_close()
+    with mjpeg_stream(lambda: (indexed_frame(i) for i in range(N_STREAM_FRAMES)), quality=90) as url:
+        yield url
 
 
 def _collect(src: FrameSource) -> list[Frame]:
@@ -85,7 +59,7 @@ def _check_in_order(frames: list[Frame], n: int, source_prefix: str) -> None:
 
 
 def test_mjpeg_stream_video_file_and_image_sequence_in_order(mjpeg_server, tmp_path):
-    n = _MJPEGHandler.n_frames
+    n = N_STREAM_FRAMES
     # 1. a real MJPEG stream over HTTP (multipart/x-mixed-replace) on loopback
     stream = open_source(mjpeg_server, max_frames=n)
     assert isinstance(stream, VideoCaptureSource) and stream.kind == "stream"
