@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
 
 from camera.secure.benchmark import format_table, measure_throughput
 from testbed.machine import machine_line
+from testbed.runs import write_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +26,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.python_version()}; {args.frames} frames per cell; {time.perf_counter() - t0:.1f} s total")
     print(format_table(rows))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump([r.as_dict() for r in rows], f, indent=2)
-        os.replace(tmp, args.json)
+        write_atomic(args.json, json.dumps([r.as_dict() for r in rows], indent=2))
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import allocator_env, find_tcmalloc, machine, median
+from testbed.runs import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -342,19 +343,11 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_average_end": load_end,
             "seconds": time.perf_counter() - t0}
     if args.json:
-        _atomic(args.json, json.dumps({**meta, "headline": head, "rows": rows, "runs": runs,
-                                       "tables": [t.__dict__ for t in tables]}, indent=2, default=str))
+        write_atomic(args.json, json.dumps({**meta, "headline": head, "rows": rows, "runs": runs,
+                                             "tables": [t.__dict__ for t in tables]}, indent=2, default=str))
     if args.markdown:
-        _atomic(args.markdown, text + "\n")
+        write_atomic(args.markdown, text + "\n")
     return 0
-
-
-def _atomic(path: str, text: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
 
 
 if __name__ == "__main__":

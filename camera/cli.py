@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from testbed import cli_types
 from testbed.errors import ConfigError, SourceError, TestbedError
+from testbed.runs import write_atomic
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -60,12 +60,7 @@ def _palette_out(text: str) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(json.dumps(obj, indent=2))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomic(path, json.dumps(obj, indent=2))
 
 
 def _simulated_source(args: argparse.Namespace, n_frames: int | None):
@@ -95,7 +90,7 @@ def run_capture(args: argparse.Namespace) -> int:
     usable; a failing source then exits with status 2 naming the failure.
     """
     from camera.sources import open_source
-    from testbed.imageio import save_image
+    from testbed.runs import save_image
 
     if (args.source is None) == (args.simulate is None):
         raise ConfigError("give exactly one of SOURCE or --simulate SHEET_JSON")
@@ -147,7 +142,7 @@ def run_rectify(args: argparse.Namespace) -> int:
     from camera.palette import measure_chart
     from camera.rectify import load_object_spec, rectify
     from camera.sources import ImageSequenceSource
-    from testbed.imageio import save_image
+    from testbed.runs import save_image
     from testbed.palette import Palette
 
     spec = load_object_spec(args.sheet, args.object)

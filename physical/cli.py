@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -121,18 +119,6 @@ def _resolve_class(value: str, labels: Any) -> int:
     return idx
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_out(out: Path) -> None:
     """Refuse a non-empty --out that holds no earlier digital-attack result (the user's own files stay untouched)."""
     if out.is_dir() and not (out / "result.json").is_file() and next(out.iterdir(), None) is not None:
@@ -147,7 +133,8 @@ def run_digital(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from physical.attacks.registry import build_attack_in_units, get_attack_spec
-    from testbed.imageio import load_image, save_image
+    from testbed.imageio import load_image
+    from testbed.runs import save_image, write_atomic
     from testbed.models.registry import get_entry, get_model  # lazily: the registry loads model modules
     from testbed.photos import center_crop, list_photos, load_photo
 
@@ -202,12 +189,8 @@ def run_digital(args: argparse.Namespace) -> int:
     save_image(x.cpu(), out / "clean.png")
     save_image(result.adversarial.cpu(), out / "adversarial.png")
     pert = result.perturbation.detach().float().cpu()
-    _atomic_write(out / "perturbation.pt", lambda p: torch.save(pert, p))
-    def write_npy(path: str) -> None:
-        with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to a name
-            np.save(fh, pert.numpy())
-
-    _atomic_write(out / "perturbation.npy", write_npy)
+    write_atomic(out / "perturbation.pt", lambda fh: torch.save(pert, fh))
+    write_atomic(out / "perturbation.npy", lambda fh: np.save(fh, pert.numpy()))
     report = {
         "command": "testbed attack digital",
         "model": args.model,
@@ -220,7 +203,7 @@ def run_digital(args: argparse.Namespace) -> int:
         **result.summary(),
     }
     text = json.dumps(report, indent=2)
-    _atomic_write(out / "result.json", lambda p: Path(p).write_text(text))
+    write_atomic(out / "result.json", text)
     goal = f"target {int(target[0])}" if target is not None else f"label {int(label[0])}"
     print(
         f"{args.attack} on {args.model} ({goal}): success={bool(result.success[0])} "

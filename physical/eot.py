@@ -240,7 +240,7 @@ class EOTConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON (``.json``) or YAML (``.yaml``/``.yml``), atomically."""
-        from physical.runs import atomic_write_text
+        from testbed.runs import write_atomic
 
         p = Path(path)
         if p.suffix.lower() in (".yaml", ".yml"):
@@ -249,7 +249,7 @@ class EOTConfig:
             text = yaml.safe_dump(self.to_dict(), sort_keys=True)
         else:
             text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        return atomic_write_text(p, text)
+        return write_atomic(p, text)
 
     @classmethod
     def load(cls, path: str | Path) -> "EOTConfig":
@@ -429,7 +429,7 @@ class EOTParams:
         return self.to("cpu")
 
     def save(self, path: str | Path) -> Path:
-        from physical.runs import atomic_torch_save
+        from testbed.runs import atomic_torch_save
 
         return atomic_torch_save(self.cpu().to_dict(), path)
 

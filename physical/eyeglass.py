@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from physical.eot import EOTParams, EOTTransform, resolve_config
 from physical.hyper import check_known_keys, check_nonneg
 from physical.loop import AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, device_of, logit
-from physical.runs import RunDir
+from testbed.runs import RunDir
 from testbed.errors import ConfigError, ImageError
 from testbed.palette import resolve_palette
 from worlds.faces import (

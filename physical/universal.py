@@ -37,7 +37,7 @@ from physical.loop import (  # noqa: F401 - PhysicalResult is re-exported: the a
 )
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
 from physical.regularizers import lp_norm
-from physical.runs import RunDir
+from testbed.runs import RunDir
 from testbed.errors import ConfigError, ImageError
 from testbed.palette import resolve_palette
 

@@ -1,9 +1,9 @@
-"""Experiments declared in YAML, run cell by cell, resumable.
+"""Experiments declared in YAML, run cell by cell, resumable: the runner and the layer every kind builds on.
 
 An experiment config (see ``experiments/*.yaml``)::
 
     name: kurakin-mobilenet_v2
-    kind: kurakin            # kurakin (accuracy through a channel) | transfer (source x target matrix)
+    kind: kurakin            # a registered experiment kind: kurakin (accuracy through a channel) | transfer
     seed: 0
     models: [mobilenet_v2]   # kurakin: the attacked models; transfer: sources and targets
     attacks:                 # names from physical.attacks.list_attacks(), with hyper-parameters
@@ -19,41 +19,99 @@ An experiment config (see ``experiments/*.yaml``)::
 
 Unknown keys and bad values raise ConfigError naming them. ``run_experiment(config, run_dir)`` writes the
 resolved config (``config.resolved.yaml``, with its sha256) into the run directory, then one JSON file per cell
-under ``cells/``, each written atomically (temp file + fsync + ``os.replace``), so a killed run leaves only whole
-cells and resumes from them. A run directory made from a different config is refused.
+under ``cells/``, each written atomically (``testbed.runs.write_atomic``), so a killed run leaves only whole cells
+and resumes from them. A run directory made from a different config is refused.
+
+Kinds. What a kind does (its cells, its metrics, its report section) lives with the kind: a kind registers itself
+where it is defined (``register_kind("kurakin", module)`` at the end of ``pipelines/kurakin.py``), and this module
+dispatches through the registry without importing any kind. ``pipelines/kinds.py`` imports the built-in kinds
+(the CLI imports it); a program that runs configs by kind name imports it too, or registers its own kind.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import torch
 import yaml
 
 from physical.attacks.registry import build_attack_in_units, get_attack_spec
-from testbed.errors import ConfigError, TestbedError
-from testbed.inputs import load_json
-from testbed.machine import machine_info
+from pipelines.report import md_to_html
+from testbed import runs
+from testbed.errors import ConfigError
+from testbed.inputs import load_json, load_yaml
+from testbed.machine import machine_info, machine_line
+from testbed.runs import write_atomic
 
-EXPERIMENT_KINDS = ("kurakin", "transfer")
 IMAGE_SOURCES = ("photos", "folder")
 
 
 class RunDirError(ConfigError):
-    """The run directory belongs to a different experiment config."""
+    """The run directory belongs to a different experiment config (or is not an experiment run directory)."""
 
 
-class ResultsWriteError(TestbedError, OSError):
-    """A result file could not be written (disk full, permission...); nothing half-written is left."""
+# ------------------------------------------------------------------------------------------------ kinds
+@runtime_checkable
+class ExperimentKind(Protocol):
+    """What an experiment kind provides. A kind is usually its own module (``pipelines.kurakin``), registered at
+    its end with ``register_kind(name, sys.modules[__name__])``; any object with these attributes will do. Every
+    attribute is looked up when it is used, so a replaced module function is the one that runs.
+
+    ``BASELINES``: names a config may list under ``attacks`` that are not attacks of the attack registry and take
+    no hyper-parameters (the transfer kind's ``random_sign`` noise of size ε).
+    """
+
+    BASELINES: tuple[str, ...]
+
+    def check_config(self, config: "ExperimentConfig") -> None:
+        """Kind-specific checks at parse time (ConfigError naming the key): what a cell would refuse fails here."""
+
+    def build_cells(self, config: "ExperimentConfig", run: "RunDir") -> list["Cell"]:
+        """The cells of a run, in the order they are computed (lazy: nothing heavy before a cell runs)."""
+
+    def summarise_run(self, config: dict[str, Any], cells: dict[str, dict[str, Any]]) -> Any:
+        """The kind's metrics from the stored cells (``config``: the resolved config as stored in the run)."""
+
+    def render_report(self, run_dir: Path, config: dict[str, Any], cells: dict[str, dict[str, Any]],
+                      summary: Any) -> tuple[list[str], dict[str, Any]]:
+        """The kind's report section: Markdown lines (plots written under ``run_dir/plots``) and its JSON data."""
+
+
+_KIND_ATTRIBUTES = ("BASELINES", "check_config", "build_cells", "summarise_run", "render_report")
+_KINDS: dict[str, ExperimentKind] = {}
+
+
+def register_kind(name: str, kind: Any) -> Any:
+    """Register ``kind`` (a module or object with the :class:`ExperimentKind` attributes) under ``name``, the value
+    of a config's ``kind:``. Registering the same object again is a no-op; another object under a taken name, or
+    one that lacks an attribute, is a programming error (ValueError / TypeError). Returns ``kind``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"experiment kind name must be an identifier, got {name!r}")
+    missing = [a for a in _KIND_ATTRIBUTES if not hasattr(kind, a)]
+    if missing:
+        raise TypeError(f"experiment kind {name!r} lacks {', '.join(missing)} (see pipelines.experiment.ExperimentKind)")
+    if name in _KINDS and _KINDS[name] is not kind:
+        raise ValueError(f"experiment kind {name!r} is already registered ({_KINDS[name]!r})")
+    _KINDS[name] = kind
+    return kind
+
+
+def list_kinds() -> list[str]:
+    """The registered experiment kinds, sorted."""
+    return sorted(_KINDS)
+
+
+def get_kind(name: Any) -> ExperimentKind:
+    """The kind registered as ``name``; ConfigError listing the registered ones otherwise."""
+    if isinstance(name, str) and name in _KINDS:
+        return _KINDS[name]
+    hint = "" if _KINDS else " (none registered: `import pipelines.kinds` registers the built-in kurakin and transfer)"
+    raise ConfigError(f"config kind must be one of {tuple(list_kinds())}{hint}, got {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -162,8 +220,7 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
     if "name" not in top or not isinstance(top["name"], str) or not top["name"].strip():
         raise ConfigError("config name must be a non-empty string (it names the run)")
     kind = top.get("kind", "kurakin")
-    if kind not in EXPERIMENT_KINDS:
-        raise ConfigError(f"config kind must be one of {EXPERIMENT_KINDS}, got {kind!r}")
+    experiment_kind = get_kind(kind)
     seed = _int("seed", top.get("seed", 0), 0)
     models = _str_list("models", top.get("models", ["mobilenet_v2"]))
     targets = _str_list("targets", top["targets"]) if top.get("targets") is not None else None
@@ -188,10 +245,11 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
         if "eps" in params:
             raise ConfigError(f"config attacks[{i}] ({a['name']}): give budgets in the top-level 'eps' list, "
                               "not per attack")
-        if a["name"] == "random_sign":  # the transfer baseline: uniform random-sign noise of size eps
-            if kind != "transfer" or params:
-                raise ConfigError(f"config attacks[{i}]: 'random_sign' is the transfer baseline (kind: transfer, "
-                                  "no hyper-parameters)")
+        owners = [k for k in list_kinds() if a["name"] in get_kind(k).BASELINES]
+        if owners:  # a kind's baseline (e.g. transfer's random_sign noise), not an attack of the registry
+            if a["name"] not in experiment_kind.BASELINES or params:
+                raise ConfigError(f"config attacks[{i}]: {a['name']!r} is a baseline of kind {' / '.join(owners)} "
+                                  "(no hyper-parameters)")
         else:
             try:
                 get_attack_spec(a["name"])  # an unknown attack lists the known ones
@@ -209,7 +267,7 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
             raise ConfigError(f"config eps: {e!r} is out of range; each eps must be in (0, 255] "
                               "(the 0-255 pixel scale, e.g. 8 for 8/255)")
     for i, spec in enumerate(attacks):  # build exactly what each cell will build: bad parameters fail now
-        for e in ([] if spec.name == "random_sign" else eps):
+        for e in ([] if spec.name in experiment_kind.BASELINES else eps):
             try:
                 spec.build(e)
             except ConfigError as exc:
@@ -262,16 +320,14 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
     surrogate = top.get("surrogate")
     if surrogate is not None and not isinstance(surrogate, dict):
         raise ConfigError(f"config surrogate must be a mapping, got {surrogate!r}")
-    if surrogate is not None and check_names:
-        from pipelines.transfer import SurrogateConfig
-
-        SurrogateConfig.from_dict(surrogate)
-    return ExperimentConfig(
+    config = ExperimentConfig(
         name=top["name"].strip(), kind=kind, seed=seed, models=models, targets=targets, attacks=tuple(attacks),
         eps=tuple(float(e) for e in eps), images=images, channel=channel,
         batch_size=_int("batch_size", top.get("batch_size", 16), 1, 4096), prefilter_confidence=float(conf),
         examples=_int("examples", top.get("examples", 4), 0, 64), torch_threads=threads, surrogate=surrogate,
     )
+    experiment_kind.check_config(config)
+    return config
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -288,78 +344,52 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise type(exc)(f"{p}: {exc}") from None
 
 
-# ------------------------------------------------------------------------------------------------ files
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + os.replace.
+# ------------------------------------------------------------------------------------------------ run directory
+class RunDir(runs.RunDir):
+    """An experiment's run directory: ``testbed.runs.RunDir`` (``--out`` rule, marker of kind ``experiment``,
+    config comparison, atomic writes) with its own config file, ``config.resolved.yaml`` (the resolved config and
+    its sha256), and a cell store: ``cells/*.json``, one whole file per cell. Examples and reports live beside them.
 
-    On any OSError (disk full, permission, read-only) the temp file is removed, ``path`` is left as it was,
-    and ResultsWriteError names the file and the reason.
-    """
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        reason = {errno.ENOSPC: "disk full", errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
-                  errno.EDQUOT: "disk quota exceeded", errno.EPERM: "operation not permitted"}.get(exc.errno,
-                                                                                              exc.strerror or str(exc))
-        raise ResultsWriteError(exc.errno or 0, f"could not write results file {path}: {reason}; nothing was "
-                                                f"written there (the run can be resumed once this is fixed)") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    return path
+    Refused with RunDirError naming the folder, nothing written: a non-empty folder that is not a run directory, a
+    run directory of another kind (patch, sticker, eyeglass...), a path whose parent is a file or that cannot be
+    written, and a run directory of a different config (the differing keys are named)."""
 
-
-class RunDir:
-    """A run directory: ``testbed-run.json`` (kind ``experiment``), ``config.resolved.yaml``, ``cells/*.json``,
-    ``examples/``, reports.
-
-    The ``--out`` rule is the one of every run directory (:func:`physical.runs.claim_run_dir`): a non-empty folder
-    that is not a run directory, a run directory of another kind (patch, sticker, eyeglass...), a path whose parent
-    is a file or that cannot be written: RunDirError naming the folder, nothing written."""
-
-    CONFIG = "config.resolved.yaml"
+    CONFIG = runs.EXPERIMENT_CONFIG_FILE
     KIND = "experiment"
 
-    def __init__(self, path: str | Path, config: ExperimentConfig) -> None:
-        from physical.runs import claim_run_dir
+    def __init__(self, path: str | Path, config: "ExperimentConfig") -> None:
+        self.experiment = config
+        super().__init__(path, config, kind=self.KIND, error=RunDirError)
 
-        self.path = Path(path)
-        self.config = config
+    def resolve(self, config: "ExperimentConfig") -> dict[str, Any]:
+        return config.to_dict()
+
+    def read_config(self) -> dict[str, Any] | None:
         cfg_file = self.path / self.CONFIG
-        claim_run_dir(self.path, self.KIND, error=RunDirError)
-        digest = config.sha256()
-        if cfg_file.exists():
-            from testbed.inputs import load_yaml
+        if not cfg_file.exists():
+            return None
+        try:
+            old = load_yaml(cfg_file, what="run configuration") or {}
+        except ConfigError as exc:
+            raise RunDirError(f"run directory {self.path}: its {self.CONFIG} is unreadable ({exc}); "
+                              "use a new run directory") from None
+        if not isinstance(old, dict) or not isinstance(old.get("config", {}), dict):
+            raise RunDirError(f"run directory {self.path}: its {self.CONFIG} is not a mapping with a 'config' "
+                              "mapping; use a new run directory")
+        self._stored_sha256 = old.get("sha256")
+        return old.get("config", {})
 
-            try:
-                old = load_yaml(cfg_file, what="run configuration") or {}
-            except ConfigError as exc:
-                raise RunDirError(f"run directory {self.path}: its {self.CONFIG} is unreadable ({exc}); "
-                                  "use a new run directory") from None
-            if not isinstance(old, dict):
-                raise RunDirError(f"run directory {self.path}: its {self.CONFIG} is not a mapping; "
-                                  "use a new run directory")
-            if old.get("sha256") != digest:
-                changed = _diff(old.get("config", {}), config.to_dict())
-                raise RunDirError(f"run directory {self.path} holds results of a different config "
-                                  f"(differs in: {', '.join(changed) or 'hash'}); use a new --out folder, "
-                                  "or delete it to start over")
-        else:
-            text = yaml.safe_dump({"sha256": digest, "config": config.to_dict()}, sort_keys=False)
-            write_atomic(cfg_file, text)
+    def write_config(self) -> None:
+        text = yaml.safe_dump({"sha256": self.experiment.sha256(), "config": self.config}, sort_keys=False)
+        write_atomic(self.path / self.CONFIG, text)
 
+    def differences(self, stored: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+        diff = super().differences(stored, ignore)
+        if not diff and self._stored_sha256 != self.experiment.sha256():
+            diff = ["sha256"]  # same keys and values but another digest: the file was edited by hand
+        return diff
+
+    # -- cells
     def cell_path(self, key: str) -> Path:
         from pipelines.channels import tag_dirname
 
@@ -385,23 +415,17 @@ class RunDir:
         return write_atomic(self.cell_path(key), json.dumps({"key": key, **data}))
 
     def cells(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for p in sorted((self.path / "cells").glob("*.json")):
-            d = load_json(p, what="result cell")
-            if not isinstance(d, dict) or not isinstance(d.get("key"), str):
-                raise RunDirError(f"result cell {p} has no 'key'; delete it to recompute")
-            out[d["key"]] = d
-        return out
+        return read_cells(self.path)
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += _diff(a[k], b[k], f"{prefix}{k}.")
-        elif a.get(k) != b.get(k):
-            out.append(prefix + k)
+def read_cells(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Every stored cell of a run directory, by key (RunDirError for a cell without one)."""
+    out = {}
+    for p in sorted((Path(run_dir) / "cells").glob("*.json")):
+        d = load_json(p, what="result cell")
+        if not isinstance(d, dict) or not isinstance(d.get("key"), str):
+            raise RunDirError(f"result cell {p} has no 'key'; delete it to recompute")
+        out[d["key"]] = d
     return out
 
 
@@ -429,7 +453,7 @@ def execute_cells(run: RunDir, cells: list[Cell], *, progress: bool = True,
     from tqdm.auto import tqdm
 
     computed, skipped = [], []
-    bar = tqdm(cells, desc=run.config.name, unit="cell", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(cells, desc=run.experiment.name, unit="cell", disable=not progress, dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(cell.key)
         if run.has_cell(cell.key):
@@ -452,21 +476,60 @@ def run_experiment(config: ExperimentConfig | str | Path | dict, run_dir: str | 
         config = load_config(config)
     elif isinstance(config, dict):
         config = parse_config(config)
+    kind = get_kind(config.kind)
     run = RunDir(run_dir, config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     started = time.time()
-    if config.kind == "kurakin":
-        from pipelines.kurakin import build_cells
-    else:
-        from pipelines.transfer import build_cells
-    cells = build_cells(config, run)
+    cells = kind.build_cells(config, run)
     computed, skipped = execute_cells(run, cells, progress=progress, stop_after=stop_after)
     seconds = time.time() - started
     meta = {"machine": machine_info(), "seconds_this_invocation": round(seconds, 1), "computed": computed,
             "skipped": skipped, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_atomic(run.path / "run.json", json.dumps(meta, indent=2))
-    from pipelines.report import write_report
-
     write_report(run.path)
     return RunSummary(run.path, computed, skipped, seconds, run.cells())
+
+
+# ------------------------------------------------------------------------------------------------ report
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write report.md / report.html / report.json (and plots) of a run directory from its stored cells: the
+    common header here, the kind's section from its ``render_report``. Returns report.md."""
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / RunDir.CONFIG
+    if not cfg_file.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no {RunDir.CONFIG})")
+    resolved = load_yaml(cfg_file, what="run configuration")
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("config"), dict):
+        raise ConfigError(f"run configuration {cfg_file} has no 'config' mapping; is {run_dir} a run directory?")
+    cfg = resolved["config"]
+    kind = get_kind(cfg.get("kind"))
+    cells = read_cells(run_dir)
+    meta = load_json(run_dir / "run.json", what="run file") if (run_dir / "run.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise ConfigError(f"run file {run_dir / 'run.json'} must hold a JSON object")
+    lines = [f"# Experiment report: {cfg['name']}", "",
+             f"Kind: {cfg['kind']}; seed {cfg['seed']}; models {', '.join(cfg['models'])}; "
+             f"attacks {', '.join(a['name'] for a in cfg['attacks'])}; ε {', '.join(f'{e:g}' for e in cfg['eps'])} "
+             f"(0–255 scale); channel {cfg['channel']['kind']}"
+             + (f" (preset {cfg['channel']['preset']}, {cfg['channel']['repetitions']} repetition(s))"
+                if cfg['channel']['kind'] == 'simulated' else "") + ".", ""]
+    if meta:
+        m = meta.get("machine") if isinstance(meta.get("machine"), dict) else {}
+        if "cpu" in m:  # testbed.machine.machine_info()
+            described, threads = machine_line(m), m.get("torch_threads")
+        else:  # a run.json written before the one machine description
+            described = f"{m.get('machine')}, {m.get('cpus')} CPU cores, CUDA {m.get('cuda')}, torch {m.get('torch')}"
+            threads = m.get("threads")
+        lines += [f"Machine: {described}, {threads} torch thread(s); last "
+                  f"invocation {meta.get('seconds_this_invocation')} s, finished {meta.get('finished')}; cells "
+                  f"computed then: {len(meta.get('computed', []))}, resumed from disk: {len(meta.get('skipped', []))}.",
+                  ""]
+    lines += [f"Config sha256 `{str(resolved.get('sha256'))[:16]}…` (full resolved config in `{RunDir.CONFIG}`).", ""]
+    body, data = kind.render_report(run_dir, cfg, cells, kind.summarise_run(cfg, cells))
+    md = "\n".join(lines + body) + "\n"
+    write_atomic(run_dir / "report.md", md)
+    write_atomic(run_dir / "report.html", md_to_html(md, cfg["name"]))
+    write_atomic(run_dir / "report.json", json.dumps({"config": cfg, "sha256": resolved.get("sha256"), "run": meta,
+                                                      **data}, indent=1))
+    return run_dir / "report.md"

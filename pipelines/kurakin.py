@@ -10,22 +10,29 @@ truth, so an image's label is the attacked model's top-1 on the photo's canonica
 224). Several crops per photo (``crops_per_photo``; crop 0 *is* the canonical view, the others are smaller and
 off-centre) give more images; the crops inherit their photo's label, so the clean accuracy of the other crops is
 not 100% by construction. A folder of images may bring its own labels (JSON ``{file name: index or label}``).
+
+This module is the experiment kind ``kurakin``: its cells, metrics and report section (``render_report``) live
+here, and it registers itself with ``pipelines.experiment.register_kind`` at the end (``pipelines/kinds.py``
+imports it). The image set and prediction helpers are shared with ``pipelines.transfer``.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pipelines.channels import Channel, derive_seed, make_channel, tag_dirname
-from pipelines.experiment import Cell, ExperimentConfig, ImageSetConfig, RunDir, write_atomic
+from pipelines.experiment import Cell, ExperimentConfig, ImageSetConfig, RunDir, register_kind
 from pipelines.metrics import Rate, destruction_rate, prefilter, rate
+from pipelines.report import (ci, pair, paper, plot_accuracy_vs_eps, plot_destruction, plot_examples,
+                              scores_section)
 from testbed.device import default_device
 from testbed.errors import ConfigError, ImageError
+from testbed.runs import write_atomic
 
 # Kurakin et al. 2016, Inception v3, 102 images per cell (../shared/reference/kurakin2016.md):
 # (method, eps) -> clean photo, adversarial photo, adversarial digital (top-1, top-5 in %), and destruction rates
@@ -97,7 +104,6 @@ def build_image_set(cfg: ImageSetConfig, size: tuple[int, int]) -> ImageSet:
     else:
         from camera.sources import IMAGE_EXTENSIONS
         from testbed.imageio import load_image
-        from testbed.photos import resize
 
         folder = Path(cfg.folder or "")
         if not folder.is_dir():
@@ -270,7 +276,7 @@ def build_cells(config: ExperimentConfig, run: RunDir) -> list[Cell]:
 
 def _export_to_print(run: RunDir, tag: str, ids: list[str], images: Tensor, reps: int) -> None:
     """Lossless PNGs of the images to print (the folder channel expects their photos with the same layout)."""
-    from testbed.imageio import save_image
+    from testbed.runs import save_image
 
     for iid, x in zip(ids, images):
         p = run.path / "to_print" / tag_dirname(tag) / f"{iid}.png"
@@ -349,3 +355,90 @@ def summarise(cells: dict[str, dict[str, Any]], threshold: float = 0.8) -> list[
                                dest_avg, tuple(dest_pre), dest_cp, tgt_d, tgt_p, c.get("seconds", 0.0),
                                rate(~ap[0][cp[0]])))
     return rows
+
+
+# ------------------------------------------------------------------------------------------------ report
+def summarise_run(config: dict[str, Any], cells: dict[str, dict[str, Any]]) -> list[KurakinRow]:
+    """The kind's summary (registry hook): :func:`summarise` at the config's prefilter confidence, sorted by model,
+    attack and decreasing ε."""
+    rows = summarise(cells, config.get("prefilter_confidence", 0.8))
+    return sorted(rows, key=lambda r: (r.model, r.attack, -r.eps))
+
+
+def render_report(run_dir: Path, config: dict[str, Any], cells: dict[str, dict[str, Any]],
+                  rows: list[KurakinRow]) -> tuple[list[str], dict[str, Any]]:
+    """The Kurakin report section (registry hook): ours against the paper's tables, every metric with its Wilson
+    interval, plots, example images and CVSS / ATLAS scores. Returns (Markdown lines, JSON data)."""
+    lines: list[str] = []
+    plots = run_dir / "plots"
+    if rows:
+        n = rows[0].n
+        reps = rows[0].reps
+        lines += [f"Images per cell: **n = {n}** ({n * reps} photos per cell over {reps} repetition(s) of the "
+                  f"channel); the paper used {PAPER_N}. Every number is a percentage; brackets are Wilson 95% "
+                  "intervals.", ""]
+        lines += ["## Accuracy: ours (MobileNetV2 unless stated) vs Kurakin et al. 2016 (Inception v3), top-1 / top-5", "",
+                  "| model | method | ε | clean digital | clean photo (ours) | clean photo (paper) | adv. photo (ours) | "
+                  "adv. photo (paper) | adv. digital (ours) | adv. digital (paper) |", "|---" * 10 + "|"]
+        for r in rows:
+            p = PAPER_ACCURACY.get((r.attack, int(r.eps)))
+            lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {pair(r.clean_digital)} | {pair(r.clean_photo)} | "
+                         f"{paper(p and p['clean_photo'])} | {pair(r.adv_photo)} | {paper(p and p['adv_photo'])} | "
+                         f"{pair(r.adv_digital)} | {paper(p and p['adv_digital'])} |")
+        lines += ["", "## Destruction rate (Eq. 1): ours vs paper, top-1 / top-5", "",
+                  "| model | method | ε | average (ours) | n avg (top-1 / top-5) | average (paper) | prefiltered (ours) | "
+                  "n pre (top-1 / top-5) | prefiltered (paper) | ours, clean photo right |", "|---" * 10 + "|"]
+        for r in rows:
+            p = PAPER_DESTRUCTION.get((r.attack, int(r.eps)))
+            lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {pair(r.destruction_average)} | "
+                         f"{r.destruction_average[0].n} / {r.destruction_average[1].n} | "
+                         f"{paper(p and p['average'])} | {pair(r.destruction_prefiltered)} | "
+                         f"{r.destruction_prefiltered[0].n} / {r.destruction_prefiltered[1].n} | "
+                         f"{paper(p and p['prefiltered'])} | {pair(r.destruction_clean_photo_ok)} |")
+        lines += ["", "The last column restricts Eq. 1 to images whose *clean* photo is classified correctly: the channel "
+                  "alone misclassifies some clean images, and those can hardly be 'destroyed' back to the right class.",
+                  "", "## All metrics with Wilson 95% intervals", "",
+                  "| model | method | ε | metric | top-1 | top-5 |", "|---" * 6 + "|"]
+        for r in rows:
+            for f in ("clean_digital", "clean_photo", "adv_digital", "adv_photo", "destruction_average",
+                      "destruction_prefiltered", "destruction_clean_photo_ok"):
+                v = getattr(r, f)
+                lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {f.replace('_', ' ')} | {ci(v[0])} | {ci(v[1])} |")
+            if r.targeted_digital is not None:
+                lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | targeted success (l.l. class is top-1), "
+                             f"digital / photo | {ci(r.targeted_digital)} | {ci(r.targeted_photo)} |")
+        plot_accuracy_vs_eps(rows, plots / "accuracy_vs_eps.png")
+        plot_destruction(rows, plots / "destruction.png")
+        lines += ["", "## Plots", "", "![accuracy vs eps](plots/accuracy_vs_eps.png)", "",
+                  "![destruction rates](plots/destruction.png)", ""]
+        if plot_examples(run_dir, cells, plots / "examples.png"):
+            lines += ["Examples (largest ε per attack): before and after the channel", "",
+                      "![examples](plots/examples.png)", ""]
+        from pipelines.scoring import Finding
+
+        findings = []
+        for r in rows:
+            if r.eps == max(x.eps for x in rows if x.attack == r.attack and x.model == r.model):
+                findings.append(Finding(
+                    title=f"printed {r.attack} ε={r.eps:g} image, photographed: {r.model} top-1 wrong (among images "
+                          "whose clean photo it gets right)",
+                    surface="physical", success_rate=r.attack_success_photo.value, n=r.attack_success_photo.n))
+        score_lines, score_data = scores_section(findings)
+        lines += score_lines + [""]
+        secs = sum(c.get("seconds", 0) for c in cells.values())
+        lines += [f"Compute time summed over cells: {secs:.0f} s."]
+        return lines, {"rows": [r.as_dict() for r in rows], "scores": score_data}
+    return lines, {"rows": []}
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Registry hook: the keys that belong to other kinds are refused rather than ignored."""
+    for key in ("targets", "surrogate"):
+        if getattr(config, key) is not None:
+            raise ConfigError(f"config {key} is used by kind transfer only; remove it (kind: kurakin attacks and "
+                              "evaluates each model in models)")
+
+
+BASELINES: tuple[str, ...] = ()  # no non-attack baselines (registry hook)
+
+register_kind("kurakin", sys.modules[__name__])

@@ -1,41 +1,51 @@
-"""Reports from a run directory: ``report.md``, ``report.html`` (same content, images inlined by path),
-``report.json`` (every metric with k, n and its Wilson 95% interval) and matplotlib plots under ``plots/``.
+"""Shared report rendering: number formats, plots, the vulnerability-score table and Markdown -> HTML.
 
-Everything is recomputed from the stored cells, so a report can be regenerated at any time
-(``testbed report RUN_DIR``) and a partial run reports the cells it has.
+A run's report (``report.md``, ``report.html`` with the same content, ``report.json`` with every metric's k, n and
+Wilson 95% interval, plots under ``plots/``) is written by ``pipelines.experiment.write_report``: the common header
+there, each kind's section by the kind itself (``render_report`` in ``pipelines/kurakin.py``,
+``pipelines/transfer.py``), drawing on what is here. This module imports no experiment kind and not the runner.
 """
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from pipelines.experiment import write_atomic
 from pipelines.metrics import Rate
-from testbed.errors import ConfigError
 from testbed.imageio import load_image
-from testbed.inputs import load_json, load_yaml
+from testbed.runs import write_atomic
 
 
-def _pct(r: Rate | None) -> str:
-    if r is None or r.n == 0:
-        return "n/a"
-    return f"{100 * r.value:.1f}"
+def _rate(r: Rate | dict[str, Any] | None) -> tuple[float, float, float, int] | None:
+    if r is None:
+        return None
+    if isinstance(r, dict):
+        return float(r["value"]), float(r["low"]), float(r["high"]), int(r["n"])
+    return r.value, r.low, r.high, r.n
 
 
-def _ci(r: Rate | None) -> str:
-    if r is None or r.n == 0:
+def pct(r: Rate | dict[str, Any] | None) -> str:
+    """A rate as a percentage with one decimal; ``n/a`` for no rate or n = 0."""
+    v = _rate(r)
+    return "n/a" if v is None or v[3] == 0 else f"{100 * v[0]:.1f}"
+
+
+def ci(r: Rate | dict[str, Any] | None) -> str:
+    """A rate (``Rate`` or its ``as_dict()``) as ``value [low–high] (n=N)`` in percent (Wilson 95% interval)."""
+    v = _rate(r)
+    if v is None or v[3] == 0:
         return "n/a (n=0)"
-    return f"{100 * r.value:.1f} [{100 * r.low:.0f}–{100 * r.high:.0f}] (n={r.n})"
+    return f"{100 * v[0]:.1f} [{100 * v[1]:.0f}–{100 * v[2]:.0f}] (n={v[3]})"
 
 
-def _pair(rs: tuple[Rate, Rate]) -> str:
-    return f"{_pct(rs[0])} / {_pct(rs[1])}"
+def pair(rs: tuple[Rate, Rate]) -> str:
+    """Top-1 / top-5 rates as ``a / b`` percentages."""
+    return f"{pct(rs[0])} / {pct(rs[1])}"
 
 
-def _paper(t: tuple[float, float] | None) -> str:
+def paper(t: tuple[float, float] | None) -> str:
+    """A paper's top-1 / top-5 figures, or a dash where the paper has none."""
     return "—" if t is None else f"{t[0]:.1f} / {t[1]:.1f}"
 
 
@@ -245,119 +255,3 @@ def scores_section(findings: list) -> tuple[list[str], list[dict]]:
                      f"`{sc.cvss31_vector}` | {sc.cvss40_score} {sc.cvss40_severity} `{sc.cvss40_vector}` | "
                      f"{', '.join(sc.atlas)} |")
     return lines, [sc.as_dict() for sc in scored]
-
-
-def _kurakin_markdown(run_dir: Path, cfg: dict, cells: dict, meta: dict) -> tuple[list[str], dict]:
-    from pipelines.kurakin import PAPER_ACCURACY, PAPER_DESTRUCTION, PAPER_N, summarise
-
-    rows = summarise(cells, cfg.get("prefilter_confidence", 0.8))
-    rows.sort(key=lambda r: (r.model, r.attack, -r.eps))
-    lines: list[str] = []
-    plots = run_dir / "plots"
-    if rows:
-        n = rows[0].n
-        reps = rows[0].reps
-        lines += [f"Images per cell: **n = {n}** ({n * reps} photos per cell over {reps} repetition(s) of the "
-                  f"channel); the paper used {PAPER_N}. Every number is a percentage; brackets are Wilson 95% "
-                  "intervals.", ""]
-        lines += ["## Accuracy: ours (MobileNetV2 unless stated) vs Kurakin et al. 2016 (Inception v3), top-1 / top-5", "",
-                  "| model | method | ε | clean digital | clean photo (ours) | clean photo (paper) | adv. photo (ours) | "
-                  "adv. photo (paper) | adv. digital (ours) | adv. digital (paper) |", "|---" * 10 + "|"]
-        for r in rows:
-            p = PAPER_ACCURACY.get((r.attack, int(r.eps)))
-            lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {_pair(r.clean_digital)} | {_pair(r.clean_photo)} | "
-                         f"{_paper(p and p['clean_photo'])} | {_pair(r.adv_photo)} | {_paper(p and p['adv_photo'])} | "
-                         f"{_pair(r.adv_digital)} | {_paper(p and p['adv_digital'])} |")
-        lines += ["", "## Destruction rate (Eq. 1): ours vs paper, top-1 / top-5", "",
-                  "| model | method | ε | average (ours) | n avg (top-1 / top-5) | average (paper) | prefiltered (ours) | "
-                  "n pre (top-1 / top-5) | prefiltered (paper) | ours, clean photo right |", "|---" * 10 + "|"]
-        for r in rows:
-            p = PAPER_DESTRUCTION.get((r.attack, int(r.eps)))
-            lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {_pair(r.destruction_average)} | "
-                         f"{r.destruction_average[0].n} / {r.destruction_average[1].n} | "
-                         f"{_paper(p and p['average'])} | {_pair(r.destruction_prefiltered)} | "
-                         f"{r.destruction_prefiltered[0].n} / {r.destruction_prefiltered[1].n} | "
-                         f"{_paper(p and p['prefiltered'])} | {_pair(r.destruction_clean_photo_ok)} |")
-        lines += ["", "The last column restricts Eq. 1 to images whose *clean* photo is classified correctly: the channel "
-                  "alone misclassifies some clean images, and those can hardly be 'destroyed' back to the right class.",
-                  "", "## All metrics with Wilson 95% intervals", "",
-                  "| model | method | ε | metric | top-1 | top-5 |", "|---" * 6 + "|"]
-        for r in rows:
-            for f in ("clean_digital", "clean_photo", "adv_digital", "adv_photo", "destruction_average",
-                      "destruction_prefiltered", "destruction_clean_photo_ok"):
-                v = getattr(r, f)
-                lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {f.replace('_', ' ')} | {_ci(v[0])} | {_ci(v[1])} |")
-            if r.targeted_digital is not None:
-                lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | targeted success (l.l. class is top-1), "
-                             f"digital / photo | {_ci(r.targeted_digital)} | {_ci(r.targeted_photo)} |")
-        plot_accuracy_vs_eps(rows, plots / "accuracy_vs_eps.png")
-        plot_destruction(rows, plots / "destruction.png")
-        lines += ["", "## Plots", "", "![accuracy vs eps](plots/accuracy_vs_eps.png)", "",
-                  "![destruction rates](plots/destruction.png)", ""]
-        if plot_examples(run_dir, cells, plots / "examples.png"):
-            lines += ["Examples (largest ε per attack): before and after the channel", "",
-                      "![examples](plots/examples.png)", ""]
-        from pipelines.scoring import Finding
-
-        findings = []
-        for r in rows:
-            if r.eps == max(x.eps for x in rows if x.attack == r.attack and x.model == r.model):
-                findings.append(Finding(
-                    title=f"printed {r.attack} ε={r.eps:g} image, photographed: {r.model} top-1 wrong (among images "
-                          "whose clean photo it gets right)",
-                    surface="physical", success_rate=r.attack_success_photo.value, n=r.attack_success_photo.n))
-        score_lines, score_data = scores_section(findings)
-        lines += score_lines + [""]
-        secs = sum(c.get("seconds", 0) for c in cells.values())
-        lines += [f"Compute time summed over cells: {secs:.0f} s."]
-        return lines, {"rows": [r.as_dict() for r in rows], "scores": score_data}
-    return lines, {"rows": []}
-
-
-def write_report(run_dir: str | Path) -> Path:
-    """(Re)write report.md / report.html / report.json (and plots) of a run directory; returns report.md."""
-    from pipelines.experiment import RunDir
-
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / RunDir.CONFIG
-    if not cfg_file.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no {RunDir.CONFIG})")
-    resolved = load_yaml(cfg_file, what="run configuration")
-    if not isinstance(resolved, dict) or not isinstance(resolved.get("config"), dict):
-        raise ConfigError(f"run configuration {cfg_file} has no 'config' mapping; is {run_dir} a run directory?")
-    cfg = resolved["config"]
-    cells = {}
-    for p in sorted((run_dir / "cells").glob("*.json")):
-        d = load_json(p, what="result cell")
-        if not isinstance(d, dict) or not isinstance(d.get("key"), str):
-            raise ConfigError(f"result cell {p} has no 'key'; delete it to recompute")
-        cells[d["key"]] = d
-    meta = load_json(run_dir / "run.json", what="run file") if (run_dir / "run.json").is_file() else {}
-    if not isinstance(meta, dict):
-        raise ConfigError(f"run file {run_dir / 'run.json'} must hold a JSON object")
-    lines = [f"# Experiment report: {cfg['name']}", "",
-             f"Kind: {cfg['kind']}; seed {cfg['seed']}; models {', '.join(cfg['models'])}; "
-             f"attacks {', '.join(a['name'] for a in cfg['attacks'])}; ε {', '.join(f'{e:g}' for e in cfg['eps'])} "
-             f"(0–255 scale); channel {cfg['channel']['kind']}"
-             + (f" (preset {cfg['channel']['preset']}, {cfg['channel']['repetitions']} repetition(s))"
-                if cfg['channel']['kind'] == 'simulated' else "") + ".", ""]
-    if meta:
-        m = meta.get("machine", {})
-        lines += [f"Machine: {m.get('machine')}, {m.get('cpus')} CPU cores, CUDA {m.get('cuda')}, torch "
-                  f"{m.get('torch')}, {m.get('threads')} torch thread(s); last invocation "
-                  f"{meta.get('seconds_this_invocation')} s, finished {meta.get('finished')}; cells computed then: "
-                  f"{len(meta.get('computed', []))}, resumed from disk: {len(meta.get('skipped', []))}.", ""]
-    lines += [f"Config sha256 `{resolved['sha256'][:16]}…` (full resolved config in `config.resolved.yaml`).", ""]
-    if cfg["kind"] == "kurakin":
-        body, data = _kurakin_markdown(run_dir, cfg, cells, meta)
-    else:
-        from pipelines.transfer import transfer_markdown
-
-        body, data = transfer_markdown(run_dir, cfg, cells)
-    lines += body
-    md = "\n".join(lines) + "\n"
-    write_atomic(run_dir / "report.md", md)
-    write_atomic(run_dir / "report.html", md_to_html(md, cfg["name"]))
-    write_atomic(run_dir / "report.json", json.dumps({"config": cfg, "sha256": resolved["sha256"], "run": meta,
-                                                      **data}, indent=1))
-    return run_dir / "report.md"

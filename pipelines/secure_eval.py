@@ -43,7 +43,7 @@ from camera.secure.frames import quantize_frame
 from camera.secure.multipath import GaussianBlur, MultiPathPredictor, PredictionPath
 from camera.secure.tamper import TamperExperimentResult, TamperPlan, run_tamper_experiment
 from pipelines.defences.transforms import JPEG, BitDepth
-from pipelines.experiment import write_atomic
+from testbed.runs import write_atomic
 from pipelines.metrics import Rate, rate, wilson_interval
 from testbed.device import default_device
 from testbed.errors import ConfigError

@@ -348,7 +348,7 @@ def _ratio(printed: Rate, digital: Rate) -> float | None:
 
 
 def _save(path: Path, images: Tensor) -> None:
-    from testbed.imageio import save_image
+    from testbed.runs import save_image
     from torchvision.utils import make_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,7 +359,7 @@ def _save(path: Path, images: Tensor) -> None:
 def run_survival(runs: list[tuple[str, str]], cfg: SurvivalConfig, out: str | Path,
                  log: Callable[[str], None] | None = None) -> list[SurvivalRow]:
     """Evaluate each (kind, run_dir) and write ``report.md`` + ``report.json`` (+ example photos) into ``out``."""
-    from pipelines.experiment import write_atomic
+    from testbed.runs import write_atomic
 
     cfg = cfg.validate()
     if not runs:

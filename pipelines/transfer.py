@@ -10,11 +10,15 @@ initial set = the experiment's images plus flips; then ``rounds`` of Jacobian-ba
 (x + λ·sign ∇_x F_surrogate[oracle(x)]), each new point labelled by querying the target. The surrogate's classes are
 the target classes it has seen. The attacks are then run on the surrogate and evaluated on the target. The number of
 queries is reported. Kept small on purpose (a 2-core CPU): the point is the method, measured honestly.
+
+This module is the experiment kind ``transfer`` (cells, metrics, report section, the ``random_sign`` baseline),
+registered with ``pipelines.experiment.register_kind`` at its end.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipelines.channels import derive_seed, make_channel
-from pipelines.experiment import Cell, ExperimentConfig, RunDir
+from pipelines.experiment import Cell, ExperimentConfig, RunDir, register_kind
 from pipelines.kurakin import build_image_set, predict, resolve_labels
 from pipelines.metrics import rate
+from pipelines.report import ci, plot_transfer_heatmap, scores_section
 from testbed.device import default_device
 from testbed.errors import ConfigError
 
@@ -305,10 +310,15 @@ def _hit(pred: dict, labels: list[int], i: int, k: int) -> bool:
     return labels[i] in pred["top5"][i][:k]
 
 
-def transfer_markdown(run_dir: Path, cfg: dict, cells: dict) -> tuple[list[str], dict]:
-    from pipelines.report import plot_transfer_heatmap
+def summarise_run(config: dict[str, Any], cells: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The kind's summary (registry hook): :func:`summarise` of the stored cells."""
+    return summarise(cells)
 
-    s = summarise(cells)
+
+def render_report(run_dir: Path, config: dict[str, Any], cells: dict[str, dict[str, Any]],
+                  s: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The transfer report section (registry hook): clean accuracy per target, one source x target table and
+    heatmap per ε, the black-box surrogate results and their CVSS / ATLAS scores. (Markdown lines, JSON data.)"""
     if not s:
         return ["(no cells yet)"], {}
     targets = s["targets"]
@@ -348,8 +358,7 @@ def transfer_markdown(run_dir: Path, cfg: dict, cells: dict) -> tuple[list[str],
                   "| target top-1 | target top-5 |", "|---" * 8 + "|"]
         for r in s["surrogate"]:
             lines.append(f"| {r['target']} | {r['attack']} | {r['eps']:g} | {r['queries']} | {r['classes']} | "
-                         f"{100 * r['agreement_on_images']:.0f}% | {_fmt_ci(r['top1'])} | {_fmt_ci(r['top5'])} |")
-    from pipelines.report import scores_section
+                         f"{100 * r['agreement_on_images']:.0f}% | {ci(r['top1'])} | {ci(r['top5'])} |")
     from pipelines.scoring import Finding
 
     findings = [Finding(title=f"black-box {r['attack']} ε={r['eps']:g} via a surrogate of {r['target']} "
@@ -363,5 +372,14 @@ def transfer_markdown(run_dir: Path, cfg: dict, cells: dict) -> tuple[list[str],
     return lines + score_lines, {"transfer": s, "scores": score_data}
 
 
-def _fmt_ci(r: dict) -> str:
-    return f"{100 * r['value']:.1f} [{100 * r['low']:.0f}–{100 * r['high']:.0f}] (n={r['n']})"
+# ------------------------------------------------------------------------------------------------ registry
+BASELINES = ("random_sign",)  # uniform ±ε random-sign noise: what transfer adds over noise of the same size
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Registry hook: the surrogate settings are checked at parse time (unknown keys, ranges)."""
+    if config.surrogate is not None:
+        SurrogateConfig.from_dict(config.surrogate)
+
+
+register_kind("transfer", sys.modules[__name__])

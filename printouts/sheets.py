@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from testbed.errors import ConfigError, ImageError
 from testbed.inputs import check_pixels
+from testbed.runs import write_atomic
 
 MAX_DPI = 2400.0
 MAX_PDF_BYTES = 256 * 2**20  # largest sheet PDF rasterised
@@ -232,18 +232,18 @@ class Sheet:
         out.mkdir(parents=True, exist_ok=True)
         name = name or self.kind
         pdf_path = out / f"{name}.pdf"
-        _atomic_write(pdf_path, render_pdf(self.pages, title=self.config.title or f"testbed {self.kind}"))
+        write_atomic(pdf_path, render_pdf(self.pages, title=self.config.title or f"testbed {self.kind}"))
         pngs: list[Path] = []
         if png:
             for i, page in enumerate(self.pages):
                 rgb = render_page_rgb(page, self.config.dpi)
                 p = out / f"{name}_p{i + 1}.png"
-                _atomic_write(p, _png_bytes(rgb, self.config.dpi))
+                write_atomic(p, _png_bytes(rgb, self.config.dpi))
                 pngs.append(p)
         files = {"pdf": pdf_path.name, "pdf_sha256": _sha256_file(pdf_path),
                  "png": [p.name for p in pngs], "png_sha256": [_sha256_file(p) for p in pngs]}
         side = out / f"{name}.json"
-        _atomic_write(side, json.dumps(self.sidecar(files), indent=2).encode())
+        write_atomic(side, json.dumps(self.sidecar(files), indent=2).encode())
         return SheetFiles(pdf=pdf_path, pngs=pngs, sidecar=side)
 
 
@@ -263,16 +263,6 @@ def git_revision() -> str:
         return "unknown"
     rev = res.stdout.strip()
     return rev if res.returncode == 0 and len(rev) == 40 else "unknown"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "wb") as fh:
-            fh.write(data)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _sha256_file(path: Path) -> str:

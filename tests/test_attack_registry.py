@@ -27,6 +27,7 @@ from physical.attacks.registry import (
     register_attack,
     unregister_attack,
 )
+import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
 from pipelines.experiment import AttackSpec, parse_config, run_experiment
 from test_experiment import TINY, register_tiny, tiny_config
 from pipelines.main import main

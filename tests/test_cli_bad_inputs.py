@@ -472,9 +472,9 @@ def test_capture_interrupted_keeps_frames_and_exits_130(work, capsys, monkeypatc
     folder.mkdir()
     for i in range(5):
         good_png(folder / f"img{i}.png", 16)
-    import testbed.imageio as imageio
+    import testbed.runs as runs
 
-    real_save, calls = imageio.save_image, {"n": 0}
+    real_save, calls = runs.save_image, {"n": 0}
 
     def save(x, path, **k):
         calls["n"] += 1
@@ -482,7 +482,7 @@ def test_capture_interrupted_keeps_frames_and_exits_130(work, capsys, monkeypatc
             raise KeyboardInterrupt
         return real_save(x, path, **k)
 
-    monkeypatch.setattr(imageio, "save_image", save)
+    monkeypatch.setattr(runs, "save_image", save)
     rc = main(["capture", str(folder), "--frames", "0", "--out", "cap"])
     cap = capsys.readouterr()
     assert rc == 130 and len(cap.err.splitlines()) == 1 and "interrupted" in cap.err

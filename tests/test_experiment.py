@@ -17,14 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.experiment import (
-    ResultsWriteError,
-    RunDir,
-    load_config,
-    parse_config,
-    run_experiment,
-    write_atomic,
-)
+import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
+from pipelines.experiment import RunDir, load_config, parse_config, run_experiment
+from testbed.runs import WriteError as ResultsWriteError, write_atomic
 from testbed.errors import ConfigError, ModelNotFoundError
 
 TINY = "tiny-harness-cnn"

@@ -14,7 +14,8 @@ from PIL import Image
 from testbed import assets
 from pipelines.main import build_parser, main
 from testbed.errors import AssetError, ConfigError, ImageError, ModelNotFoundError
-from testbed.imageio import load_image, save_image
+from testbed.imageio import load_image
+from testbed.runs import save_image
 from testbed.models.registry import ModelEntry, get_entry, get_model, list_models, register_model
 from testbed.photos import imagenet_view, list_photos, load_photo
 

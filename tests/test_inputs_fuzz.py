@@ -2,7 +2,7 @@
 
 Parsers: the EOT config (JSON and YAML), palettes (testbed.palette: JSON and CSV), the sheet sidecar
 (rectify and ``capture --simulate``), the experiment YAML (``parse_config`` and ``load_config``), and a run
-directory's ``config.json`` / marker (``physical.runs``). Inputs: random bytes, random JSON/YAML documents
+directory's ``config.json`` / marker (``testbed.runs``). Inputs: random bytes, random JSON/YAML documents
 (plain values, and mappings over each parser's own keys so validation is reached), and byte-level mutations of
 a valid file. Never UnicodeDecodeError, RecursionError, KeyError, TypeError, AttributeError, OverflowError...
 Derandomized; 1,670 examples in all.
@@ -242,6 +242,7 @@ def damaged_experiments(draw) -> dict[str, Any]:
 
 
 def _parse_experiment(doc: Any) -> None:
+    import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
     from pipelines.experiment import parse_config
 
     if isinstance(doc, dict):
@@ -258,6 +259,7 @@ def test_experiment_parse_config(doc):
 @given(st.one_of(st.binary(min_size=1, max_size=200), mutations(dumps_yaml(VALID_EXPERIMENT).encode()),
                  damaged_experiments().map(dumps_yaml)))
 def test_experiment_yaml_files(data):
+    import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
     from pipelines.experiment import load_config
 
     p = write("exp.yaml", data)
@@ -273,7 +275,7 @@ RUN_CONFIG = {"attack": "patch", "seed": 0, "steps": 10, "eot": {"rotation": 5.0
                  st.one_of(values, mappings_over(sorted(RUN_CONFIG))).map(dumps_json)),
        st.sampled_from(["config", "marker"]))
 def test_run_directory_files(data, which):
-    from physical.runs import CONFIG_FILE, RUN_MARKER, RunDir, run_dir_kind
+    from testbed.runs import CONFIG_FILE, RUN_MARKER, RunDir, run_dir_kind
 
     run = WORK / "run"
     shutil.rmtree(run, ignore_errors=True)

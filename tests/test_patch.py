@@ -11,7 +11,7 @@ from torch import nn
 
 from killed_runs import run_until_killed
 from physical.eot import EOTParams
-from physical.runs import RunDir, config_diff
+from testbed.runs import RunDir, config_diff
 from physical.universal import (
     PlacementConfig,
     SignSticker,

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from pipelines.experiment import run_experiment
-from pipelines.report import md_to_html, write_report
+import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
+from pipelines.experiment import run_experiment, write_report
+from pipelines.report import md_to_html
 from test_experiment import tiny_config
 from testbed.errors import ConfigError
 

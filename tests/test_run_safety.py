@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from physical.runs import (
+from testbed.runs import (
     CHECKED_MAGIC,
     RUN_MARKER,
     RunDir,

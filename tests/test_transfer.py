@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
 from pipelines.experiment import parse_config, run_experiment
 from pipelines.transfer import SurrogateConfig, summarise, train_surrogate
 from test_experiment import TINY, register_tiny

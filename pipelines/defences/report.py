@@ -3,22 +3,10 @@ builds (atomically; sections that are not done yet are left out)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    os.close(fd)
-    try:
-        Path(tmp).write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from testbed.runs import write_atomic
 
 
 def pct(r: dict[str, Any] | None, ci: bool = False) -> str:
@@ -209,7 +197,7 @@ def _plots(report: dict[str, Any], out_dir: Path) -> list[str]:
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    write_atomic(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
     plots = _plots(report, out_dir)
     head = [
         "# Defences on sign-cnn, evaluated adaptively (issue 8)", "",
@@ -242,7 +230,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
     findings = report.get("findings") or derive_findings(report)
     if findings:
         body = ["## Findings", ""] + [f"* {f}" for f in findings] + [""] + body
-    _atomic_text(out_dir / "report.md", "\n".join(head + body) + "\n")
+    write_atomic(out_dir / "report.md", "\n".join(head + body) + "\n")
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -202,8 +202,8 @@ def heldout_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Te
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """A cache file: tensors and plain data behind a checksum header, written atomically (physical.runs)."""
-    from physical.runs import save_checked
+    """A cache file: tensors and plain data behind a checksum header, written atomically (testbed.runs)."""
+    from testbed.runs import save_checked
 
     save_checked(obj, path)
 
@@ -211,7 +211,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def _load_cache(path: Path, what: str) -> dict[str, Any]:
     """A cache file written by :func:`_atomic_save`: checksum checked before unpickling, then loaded with
     ``weights_only=True``; IntegrityError naming the file (and saying to delete it) otherwise."""
-    from physical.runs import load_checked
+    from testbed.runs import load_checked
     from testbed.errors import IntegrityError
 
     try:

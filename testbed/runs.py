@@ -1,25 +1,37 @@
-"""Run directories: resolved config, lossless perturbations, metrics, checksummed checkpoints, exact resume.
+"""Run I/O, the one module through which the testbed writes files: atomic writes, checked checkpoints, run
+directories (the ``--out`` rule, resolved config, config comparison, exact resume).
+
+:func:`write_atomic` is the one atomic writer: every file the testbed writes (run directories, experiment cells,
+reports, printouts, palettes, images, caches, bench tables, fetched assets) goes to a unique temporary name in the
+target folder, is fsynced and moved into place with ``os.replace`` -- never half-written; a failed write leaves the
+old file, if any, as it was and raises :class:`WriteError` naming the file and the reason.
 
 Layout of a run directory::
 
-    testbed-run.json   marker: {"kind": "patch" | "sticker" | "eyeglass" | ..., "format": 1}
+    testbed-run.json   marker: {"kind": "patch" | "sticker" | "eyeglass" | "experiment" | ..., "format": 1}
     config.json        the resolved configuration (also config.yaml, for reading)
     checkpoints/       step_00000100.pt ... (optimiser state, parameters, generator state, history), checksummed
     <name>.png         the perturbation, 16-bit PNG (lossless for float data at 1/65535) and <name>_8bit.png
     <name>.pt/.npy     the perturbation as float32 tensor / array (exact; plain ``torch.save``, tensors only)
     metrics.json       final metrics
 
-Every file is written to a temporary name and moved into place with ``os.replace`` (never half-written).
-A run directory written with a different configuration is refused (``ConfigError`` naming the differing keys);
-so is a non-empty folder that is not a run directory, and a run directory of another kind (``--out`` rule).
+:class:`RunDir` is the one definition of the mechanics: claiming the folder, storing the resolved config, refusing
+a run directory written with a different configuration (``ConfigError`` naming the differing keys), refusing a
+non-empty folder that is not a run directory and a run directory of another kind (``--out`` rule).
+``pipelines.experiment.RunDir`` extends it with its own config file (``config.resolved.yaml``) and a cell store.
 
 Checkpoints and caches go through :func:`save_checked` / :func:`load_checked`: tensors and plain data only, behind
 a one-line header carrying the sha256 and length of the payload. The header is checked before anything is
 unpickled, and the payload is then read with ``torch.load(..., weights_only=True)``, so nothing in a run
 directory or cache can execute code (see docs/safety.md).
+
+This module is part of the ``testbed`` leaf: it imports nothing from ``physical``, ``camera``, ``printouts``,
+``pipelines``; torch is imported only by the functions that need it (a camera or capture process that only writes
+files does not load it).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -28,14 +40,15 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
-import torch
 
-from testbed.errors import ConfigError, IntegrityError
+from testbed.errors import ConfigError, IntegrityError, TestbedError
+from testbed.inputs import load_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -55,35 +68,92 @@ def warn(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ atomic writes
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.partial")
+class WriteError(TestbedError, OSError):
+    """A file could not be written (disk full, permission, read-only file system...); nothing half-written is
+    left and the old file, if any, is unchanged. ``WriteError(errno, message)``: ``errno`` is the underlying
+    error's; ``str()`` is the message alone (one line, no ``[Errno N]`` prefix)."""
+
+    def __str__(self) -> str:
+        return self.strerror if isinstance(self.strerror, str) else super().__str__()
+
+
+_WRITE_REASONS = {errno.ENOSPC: "disk full", errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+                  errno.EDQUOT: "disk quota exceeded", errno.EPERM: "operation not permitted",
+                  errno.ENAMETOOLONG: "name too long", errno.EISDIR: "it is a folder"}
+
+
+def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any], *, mode: int = 0o644,
+                 verify: Callable[[Path], None] | None = None, sync_folder: bool = False,
+                 what: str = "file") -> Path:
+    """Write ``data`` to ``path`` atomically: a unique temporary file in the same folder, fsync, ``os.replace``.
+
+    ``data``: bytes, a str (written as UTF-8), or a function that writes into the open binary file (for streams
+    and writers that want a file object: ``torch.save``, ``np.save``, ``PIL.Image.save``, ``shutil.copyfileobj``).
+    ``mode``: the file's permission bits. ``verify``: called with the complete temporary file before it replaces
+    ``path`` (e.g. a checksum check); whatever it raises is raised and ``path`` is untouched. ``sync_folder``:
+    also fsync the folder after the rename, so the new name survives a power loss (checkpoints).
+
+    On an OSError (disk full, permission, read-only, parent is a file) the temporary file is removed, ``path`` is
+    left as it was, and :class:`WriteError` names ``what`` (e.g. "results file"), the file and the reason. Any other
+    exception (from ``data`` or ``verify``) also removes the temporary file and propagates unchanged."""
+    path = Path(path)
+    tmp: str | None = None
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        if verify is not None:
+            verify(Path(tmp))
+        os.replace(tmp, path)
+        tmp = None
+        if sync_folder:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    except OSError as exc:
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(exc.errno or 0, f"could not write {what} {path}: {_os_reason(exc, path.parent)}; nothing "
+                                         "was written there (the old file, if any, is unchanged)") from None
     finally:
-        tmp.unlink(missing_ok=True)
-    return p
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return path
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
+    """``data`` (tensors and arrays become lists) as indented, key-sorted JSON, through :func:`write_atomic`."""
+    return write_atomic(path, json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` of tensors and plain data (checked), written atomically; loadable with ``weights_only=True``."""
+    import torch
+
     check_plain_data(obj)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def save_image(x: Any, path: str | Path, *, bits: int = 8) -> Path:
+    """Write a 1x3xHxW tensor in [0, 1] as a lossless PNG (8- or 16-bit, ``testbed.imageio.encode_png``),
+    atomically."""
+    from testbed.errors import ImageError
+    from testbed.imageio import encode_png
+
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise ImageError(f"{p}: only lossless PNG output is supported")
+    return write_atomic(p, encode_png(x, bits=bits, name=str(p)))
 
 
 # ------------------------------------------------------------------------------------------------ checked files
@@ -95,7 +165,8 @@ def check_plain_data(obj: Any, where: str = "") -> None:
     None and plain tensors): what ``torch.load(weights_only=True)`` reads back unchanged."""
     if type(obj) in _PLAIN_SCALARS:  # exact types: a str subclass (e.g. torch.__version__) is not plain data
         return
-    if type(obj) in (torch.Tensor, torch.nn.Parameter):
+    torch = sys.modules.get("torch")  # not imported yet: then ``obj`` cannot be a tensor
+    if torch is not None and type(obj) in (torch.Tensor, torch.nn.Parameter):
         return
     if isinstance(obj, (dict, OrderedDict)) and type(obj) in (dict, OrderedDict):
         for k, v in obj.items():
@@ -114,6 +185,8 @@ def check_plain_data(obj: Any, where: str = "") -> None:
 def checked_bytes(obj: Any) -> bytes:
     """The bytes :func:`save_checked` writes: a one-line header (sha256 and length of the payload), then the
     payload (``torch.save`` of ``obj``, which must be tensors and plain data)."""
+    import torch
+
     check_plain_data(obj)
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -122,9 +195,9 @@ def checked_bytes(obj: Any) -> bytes:
     return header + payload
 
 
-def save_checked(obj: Any, path: str | Path) -> Path:
+def save_checked(obj: Any, path: str | Path, *, sync_folder: bool = False) -> Path:
     """Write ``obj`` (tensors and plain data only) to ``path`` atomically, with a checksum header."""
-    return atomic_write_bytes(path, checked_bytes(obj))
+    return write_atomic(path, checked_bytes(obj), sync_folder=sync_folder)
 
 
 def _unsafe_reason(exc: BaseException) -> str:
@@ -168,6 +241,8 @@ def load_checked(path: str | Path, *, what: str = "file", expect: type | None = 
     if hashlib.sha256(payload).hexdigest().encode() != m.group(1):
         raise IntegrityError(f"{what} {p} is damaged (sha256 mismatch: its content changed after it was written); "
                              "it was not loaded", path=p, damaged=True)
+    import torch
+
     try:
         obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - the safe unpickler refused it (or torch could not parse it)
@@ -184,7 +259,8 @@ def _jsonable(x: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
         return x.detach().cpu().tolist()
     if isinstance(x, np.ndarray):
         return x.tolist()
@@ -198,8 +274,6 @@ def _jsonable(x: Any) -> Any:
 def read_json_file(path: str | Path, what: str) -> Any:
     """A small JSON file of ours (config, marker, metrics): size-bounded, UTF-8, nesting-bounded; ConfigError
     naming the file otherwise."""
-    from testbed.inputs import load_json  # the one input boundary (no FIFO blocks, strict UTF-8, bounded nesting)
-
     return load_json(Path(path), what=what, max_bytes=MAX_JSON_BYTES)
 
 
@@ -212,9 +286,7 @@ def _os_reason(exc: OSError, path: Path) -> str:
     for parent in [path, *path.parents]:
         if parent.exists() and not parent.is_dir():
             return f"{parent} is a file, not a folder"
-    return {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-            errno.EROFS: "read-only file system", errno.ENOSPC: "disk full",
-            errno.ENAMETOOLONG: "name too long"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return _WRITE_REASONS.get(exc.errno or 0, exc.strerror or str(exc))
 
 
 def run_dir_kind(path: str | Path) -> str | None:
@@ -315,40 +387,62 @@ _STEP_NAME = re.compile(r"step_([0-9]{8,})\.pt")
 
 
 class RunDir:
-    """A run directory bound to one resolved configuration and one kind of run.
+    """A run directory bound to one resolved configuration and one kind of run: the one definition of claiming
+    the folder (``--out`` rule), storing the config and refusing a different one.
 
     ``RunDir(path, config)`` creates it (marker, ``config.json``/``config.yaml``) or reopens it; ``kind`` defaults to
-    ``config["attack"]`` (``patch``, ``sticker``, ``eyeglass``). Refused with ConfigError, nothing written: a
-    non-empty folder that is not a run directory, a run directory of another kind, an uncreatable path, and
-    reopening with a configuration that differs in any key other than ``ignore`` (the message names the keys).
+    ``config["attack"]`` (``patch``, ``sticker``, ``eyeglass``). Refused with ``error`` (ConfigError), nothing
+    written: a non-empty folder that is not a run directory, a run directory of another kind, an uncreatable path,
+    and reopening with a configuration that differs in any key other than ``ignore`` (the message names the keys).
+
+    A subclass with its own config file overrides :meth:`read_config` / :meth:`write_config` (and may add
+    differences to :meth:`differences`): ``pipelines.experiment.RunDir`` does, for ``config.resolved.yaml``.
     """
 
-    def __init__(self, path: str | Path, config: dict[str, Any], *, ignore: Iterable[str] = (),
-                 kind: str | None = None) -> None:
+    def __init__(self, path: str | Path, config: Any, *, ignore: Iterable[str] = (),
+                 kind: str | None = None, error: type[ConfigError] = ConfigError) -> None:
         self.path = Path(path)
-        self.config = json.loads(json.dumps(_jsonable(config)))
-        self.kind = kind or str(self.config.get("attack") or "run")
-        cfg_file = self.path / CONFIG_FILE
-        claim_run_dir(self.path, self.kind)
-        if cfg_file.is_file():
-            old = read_json_file(cfg_file, "run configuration")
-            if not isinstance(old, dict):
-                raise ConfigError(f"run configuration {cfg_file} is not a JSON object; use a fresh --out directory")
-            diff = config_diff(old, self.config, ignore)
-            if diff:
-                shown = ", ".join(f"{k} ({flatten(old).get(k, '<absent>')!r} -> {flatten(self.config).get(k, '<absent>')!r})" for k in diff[:10])
-                raise ConfigError(
-                    f"run directory {self.path} was written by a different config; differing keys: {shown}. "
-                    "Use a fresh --out directory, or the same configuration to resume"
-                )
-        else:
-            atomic_write_json(cfg_file, self.config)
-            try:
-                import yaml
+        self.kind = kind or str((config.get("attack") if isinstance(config, dict) else None) or "run")
+        self.error = error
+        claim_run_dir(self.path, self.kind, error=error)  # first: a foreign folder is refused before anything else
+        self.config: dict[str, Any] = self.resolve(config)
+        stored = self.read_config()
+        if stored is None:
+            self.write_config()
+            return
+        diff = self.differences(stored, ignore)
+        if diff:
+            old, new = flatten(stored), flatten(self.config)
+            shown = ", ".join(f"{k} ({old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r})" if k in old or k in new
+                              else k for k in diff[:10])
+            raise error(f"run directory {self.path} was written by a different config; differing keys: {shown}. "
+                        "Use a fresh --out directory, or the same configuration to resume")
 
-                atomic_write_text(self.path / "config.yaml", yaml.safe_dump(self.config, sort_keys=True))
-            except ImportError:  # pragma: no cover - pyyaml is a dependency
-                pass
+    # -- the stored configuration (overridden by run directories with another config file)
+    def resolve(self, config: Any) -> dict[str, Any]:
+        """``config`` as plain JSON data (what is stored and compared)."""
+        return json.loads(json.dumps(_jsonable(config)))
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The configuration stored in the run directory, or None when none is stored yet."""
+        cfg_file = self.path / CONFIG_FILE
+        if not cfg_file.is_file():
+            return None
+        old = read_json_file(cfg_file, "run configuration")
+        if not isinstance(old, dict):
+            raise self.error(f"run configuration {cfg_file} is not a JSON object; use a fresh --out directory")
+        return old
+
+    def write_config(self) -> None:
+        """Store ``self.config`` (``config.json``, and ``config.yaml`` for reading)."""
+        import yaml
+
+        atomic_write_json(self.path / CONFIG_FILE, self.config)
+        write_atomic(self.path / "config.yaml", yaml.safe_dump(self.config, sort_keys=True))
+
+    def differences(self, stored: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+        """Dotted keys in which the stored configuration differs from ``self.config``."""
+        return config_diff(stored, self.config, ignore)
 
     # -- checkpoints
     @property
@@ -363,7 +457,8 @@ class RunDir:
     def save_checkpoint(self, state: dict[str, Any], step: int, *, keep: int = 2) -> Path:
         """Write ``state`` (tensors and plain data) as checkpoint ``step``, checksummed and atomically; keep the
         newest ``keep`` checkpoints."""
-        path = save_checked({"step": int(step), **state}, self.checkpoint_dir / f"step_{int(step):08d}.pt")
+        path = save_checked({"step": int(step), **state}, self.checkpoint_dir / f"step_{int(step):08d}.pt",
+                            sync_folder=True)  # the new name survives a power loss before the old ones go
         for old in self.checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
         return path
@@ -402,10 +497,8 @@ class RunDir:
         return None
 
     # -- outputs
-    def save_image(self, name: str, image: torch.Tensor) -> dict[str, Path]:
+    def save_image(self, name: str, image: Any) -> dict[str, Path]:
         """Save a 1x3xHxW (or 1x1xHxW) tensor in [0, 1] losslessly: 16-bit and 8-bit PNG, .pt and .npy."""
-        from testbed.imageio import save_image
-
         x = image.detach().float().cpu()
         if x.ndim == 3:
             x = x[None]
@@ -415,9 +508,8 @@ class RunDir:
             "png8": save_image(rgb, self.path / f"{name}_8bit.png", bits=8),
             "pt": atomic_torch_save(x.clone(), self.path / f"{name}.pt"),
         }
-        buf = io.BytesIO()
-        np.save(buf, x.numpy())
-        out["npy"] = atomic_write_bytes(self.path / f"{name}.npy", buf.getvalue())
+        array = x.numpy()
+        out["npy"] = write_atomic(self.path / f"{name}.npy", lambda fh: np.save(fh, array))
         return out
 
     def save_tensors(self, name: str, data: Any) -> Path:
@@ -430,12 +522,3 @@ class RunDir:
     def load_metrics(self) -> dict[str, Any] | None:
         p = self.path / METRICS_FILE
         return read_json_file(p, "metrics file") if p.is_file() else None
-
-
-def generator_state(generator: torch.Generator) -> torch.Tensor:
-    return generator.get_state().clone()
-
-
-def restore_generator(generator: torch.Generator, state: torch.Tensor) -> torch.Generator:
-    generator.set_state(state)
-    return generator
