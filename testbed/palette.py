@@ -17,7 +17,6 @@ import csv
 import functools
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from testbed.errors import ConfigError
+from testbed.runs import write_atomic
 
 DEFAULT_PALETTE_PATH = Path(__file__).with_name("data") / "default_palette.json"
 PALETTE_FORMAT = "testbed-palette/1"
@@ -64,14 +64,7 @@ class Palette:
             data = buf.getvalue().encode()
         else:
             raise ConfigError(f"palette file {p} must end in .json or .csv")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        partial = p.with_name(p.name + ".partial")
-        try:
-            partial.write_bytes(data)
-            os.replace(partial, p)
-        finally:
-            partial.unlink(missing_ok=True)
-        return p
+        return write_atomic(p, data)
 
 
 def _colors(value: Any, where: str, key: str = "colors") -> np.ndarray:

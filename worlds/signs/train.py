@@ -15,8 +15,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import nn
 from testbed.device import default_device
 from testbed.errors import ConfigError
 from testbed.machine import machine_line
+from testbed.runs import write_atomic
 from worlds.signs.dataset import DatasetConfig, generate_dataset
 from worlds.signs.render import GTSRB_CLASS_NAMES, SIGN_CLASSES, class_names
 
@@ -249,19 +248,6 @@ def train(config: TrainConfig, *, progress: bool = False, log: Callable[[str], N
     return TrainResult(model, tuple(names), history, heldout, train_seconds, total_seconds, card)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights and cards are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(result: TrainResult, out: str | Path, card_path: str | Path | None = None,
                     command: str | None = None) -> tuple[Path, Path]:
     """Write the weights (``out``) and the model card JSON (default: ``out`` with ``.card.json``), atomically."""
@@ -272,14 +258,14 @@ def save_checkpoint(result: TrainResult, out: str | Path, card_path: str | Path 
             "input_size": net.input_size, "train_config": result.card["train_config"]}
     buf = io.BytesIO()  # saved via a buffer: the zip's inner folder name then does not depend on the file name
     torch.save(ckpt, buf)
-    _atomic_write(out, lambda p: p.write_bytes(buf.getvalue()))
+    write_atomic(out, buf.getvalue())
     card = dict(result.card)
     if command:
         card["command"] = command
     card["weights_file"] = out.name
     card["weights_sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
     card["weights_bytes"] = out.stat().st_size
-    _atomic_write(card_path, lambda p: p.write_text(json.dumps(card, indent=2) + "\n"))
+    write_atomic(card_path, json.dumps(card, indent=2) + "\n")
     return out, card_path
 
 
