@@ -43,6 +43,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from physical.attacks.base import outcome_summary
 from physical.eot import EOTTransform, resolve_config
 from physical.hyper import RunHyperParams, check_int, check_nonneg
 from physical.regularizers import nps, total_variation
@@ -148,11 +149,7 @@ class PhysicalResult:
         where they apply, plus the metrics."""
         preds = self.predictions
         return {
-            "config": self.config,
-            "seed": self.seed,
-            "targeted": self.targeted,
-            "success_rate": self.success_rate,
-            "success": self.success.tolist(),
+            **outcome_summary(self),
             "target": self.target,
             "predictions": None if preds is None else preds.tolist(),
             "loss_history": list(self.loss_history),

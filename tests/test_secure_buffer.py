@@ -20,7 +20,8 @@ from camera.secure.capture import (
     SyntheticFrames,
     start_capture,
 )
-from camera.secure.consumer import CaptureProtocolError, SecureCapture
+from camera.secure.consumer import SecureCapture
+from camera.secure.errors import CaptureProtocolError
 from camera.secure.frames import (HEADER_SIZE, FrameRejected, FrameSealer, FrameVerifier, Rejection, SessionKey,
                                    VerifyPolicy)
 from camera.secure.ringbuffer import (

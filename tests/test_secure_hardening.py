@@ -27,30 +27,10 @@ from camera.secure.capture import (
     start_capture,
 )
 from camera.secure.consumer import SecureCapture, SecureConsumer
-from camera.secure.errors import (
-    CaptureFailed,
-    CaptureProcessDied,
-    CaptureStartTimeout,
-    RecordTooLarge,
-    SecureStreamError,
-    StreamFailure,
-    StreamReset,
-    StreamStalled,
-    StreamTruncated,
-)
-from camera.secure.frames import (
-    FrameRejected,
-    FrameSealer,
-    FrameVerifier,
-    Keyring,
-    Rejection,
-    SessionKey,
-    VerifyKey,
-    VerifyPolicy,
-    _hkdf,
-    derive_payload_key,
-    record_size,
-)
+from camera.secure.errors import (CaptureFailed, CaptureProcessDied, CaptureStartTimeout, RecordTooLarge,
+                                  SecureStreamError, StreamFailure, StreamReset, StreamStalled, StreamTruncated)
+from camera.secure.frames import (FrameRejected, FrameSealer, FrameVerifier, Keyring, Rejection, SessionKey, VerifyKey,
+                                  VerifyPolicy, _hkdf, derive_payload_key, record_size)
 from camera.secure.network import SealedStreamReceiver, SealedStreamSender
 from camera.secure.tamper import ghash, nonce_reuse_forgery, read_header
 from testbed.errors import ConfigError, SourceError

@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from camera.secure.capture import (
@@ -249,6 +249,7 @@ class SecureConsumer:
             self.ring_fd = None
 
 
+@dataclass(eq=False)
 class SecureCapture:
     """Context manager: start the capture process and return a connected :class:`SecureConsumer`.
 
@@ -257,18 +258,16 @@ class SecureCapture:
     ...         x = frame.to_tensor()   # 1x3x480x640 float in [0, 1], verified
     """
 
-    def __init__(self, source_factory: Callable[[], Iterable[Any]], config: CaptureConfig = CaptureConfig(),
-                 policy: VerifyPolicy = VerifyPolicy(), *, timeout_s: float = 30.0, keep_fd: bool = False,
-                 start_timeout_s: float | None = None) -> None:
-        self.source_factory = source_factory
-        self.config = config
-        self.policy = policy
-        self.timeout_s = timeout_s
-        self.start_timeout_s = start_timeout_s
-        self.keep_fd = keep_fd
-        self.exitcode: int | None = None
-        self.handle: CaptureProcess | None = None
-        self.consumer: SecureConsumer | None = None
+    source_factory: Callable[[], Iterable[Any]]
+    config: CaptureConfig = field(default_factory=CaptureConfig)
+    policy: VerifyPolicy = field(default_factory=VerifyPolicy)
+    _: KW_ONLY
+    timeout_s: float = 30.0
+    keep_fd: bool = False
+    start_timeout_s: float | None = None
+    exitcode: int | None = field(default=None, init=False)  # the capture process's, once stopped
+    handle: CaptureProcess | None = field(default=None, init=False)
+    consumer: SecureConsumer | None = field(default=None, init=False)
 
     def __enter__(self) -> SecureConsumer:
         self.handle = start_capture(self.source_factory, self.config)
@@ -289,11 +288,6 @@ class SecureCapture:
 
 
 __all__ = [
-    "CaptureFailed",
-    "CaptureProcessDied",
-    "CaptureProtocolError",
-    "CaptureStalled",
-    "CaptureStartTimeout",
     "ConsumerStats",
     "SecureCapture",
     "SecureConsumer",

@@ -28,20 +28,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from camera.secure.errors import (
-    RecordTooLarge,
-    SecureStreamError,
-    StreamReset,
-    StreamStalled,
-    StreamTruncated,
-)
-from camera.secure.frames import (
-    FrameRejected,
-    FrameSealer,
-    FrameVerifier,
-    Rejection,
-    VerifiedFrame,
-)
+from camera.secure.errors import RecordTooLarge, SecureStreamError, StreamReset, StreamStalled, StreamTruncated
+from camera.secure.frames import FrameRejected, FrameSealer, FrameVerifier, Rejection, VerifiedFrame
 from testbed.errors import ConfigError
 
 LENGTH = struct.Struct("<I")

@@ -11,27 +11,10 @@ from typing import Callable
 import numpy as np
 
 from camera.secure.capture import SyntheticFrames
-from camera.secure.frames import (
-    FrameRejected,
-    FrameSealer,
-    FrameVerifier,
-    Keyring,
-    Rejection,
-    SessionKey,
-    VerifyKey,
-    VerifyPolicy,
-)
-from camera.secure.tamper import (
-    flip_bit,
-    forge_record,
-    nonce_reuse_forgery,
-    pad,
-    payload_offset,
-    read_header,
-    rewrite_field,
-    set_shape,
-    truncate,
-)
+from camera.secure.frames import (FrameRejected, FrameSealer, FrameVerifier, Keyring, Rejection, SessionKey, VerifyKey,
+                                  VerifyPolicy)
+from camera.secure.tamper import (flip_bit, forge_record, nonce_reuse_forgery, pad, payload_offset, read_header,
+                                  rewrite_field, set_shape, truncate)
 
 
 @dataclass(frozen=True)

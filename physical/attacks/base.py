@@ -90,11 +90,7 @@ class AttackResult:
     def summary(self) -> dict[str, Any]:
         """A JSON-serialisable summary (no image tensors)."""
         return {
-            "config": self.config,
-            "seed": self.seed,
-            "targeted": self.targeted,
-            "success_rate": self.success_rate,
-            "success": self.success.tolist(),
+            **outcome_summary(self),
             "labels": self.labels.tolist(),
             "target": None if self.target is None else self.target.tolist(),
             "predictions": self.predictions.tolist(),
@@ -103,6 +99,13 @@ class AttackResult:
             "loss_history": list(self.loss_history),
             "extras": {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in self.extras.items()},
         }
+
+
+def outcome_summary(result: Any) -> dict[str, Any]:
+    """The keys every attack result's ``summary()`` starts with (``AttackResult`` and the physical attacks'
+    ``PhysicalResult``): config, seed, targeted, success_rate and the per-sample success list."""
+    return {"config": result.config, "seed": result.seed, "targeted": result.targeted,
+            "success_rate": result.success_rate, "success": result.success.tolist()}
 
 
 # ----------------------------------------------------------------------------------------------- validation

@@ -24,7 +24,7 @@ deterministic transforms), then ``apply(x, params)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,20 +39,21 @@ from testbed.inputs import bounded_int
 GRAD_MODES = ("naive", "bpda")
 
 
-def _int_param(name: str, value: Any, lo: int, hi: int) -> int:
-    """``value`` as an int in [lo, hi] (``testbed.inputs.bounded_int``), refused as a DefenceError."""
-    try:
-        return bounded_int(name, value, lo, hi)
-    except ConfigError as exc:
-        raise DefenceError(str(exc)) from None
-
-
 class InputTransform:
-    """Base: deterministic unless ``random`` is true."""
+    """Base: deterministic unless ``random`` is true. A dataclass subclass lists its integer hyper-parameters in
+    ``int_params`` (field -> (words for the error, lo, hi)); they are checked on construction."""
 
     name = "transform"
     random = False
     differentiable = True
+    int_params: ClassVar[dict[str, tuple[str, int, int]]] = {}
+
+    def __post_init__(self) -> None:
+        for field_name, (words, lo, hi) in self.int_params.items():
+            try:
+                bounded_int(words, getattr(self, field_name), lo, hi)
+            except ConfigError as exc:
+                raise DefenceError(str(exc)) from None
 
     def forward_parameters(self, x: Tensor, generator: torch.Generator | None) -> Any:
         return None
@@ -69,12 +70,12 @@ class InputTransform:
 
 @dataclass
 class JPEG(InputTransform):
+    """The real codec's round trip at ``quality`` (one image at a time, on the CPU)."""
+
     quality: int = 75
     name = "jpeg"
     differentiable = False
-
-    def __post_init__(self) -> None:
-        _int_param("JPEG quality", self.quality, *JPEG_QUALITY_RANGE)
+    int_params = {"quality": ("JPEG quality", *JPEG_QUALITY_RANGE)}
 
     def apply(self, x: Tensor, params: Any = None) -> Tensor:
         arr = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -86,12 +87,12 @@ class JPEG(InputTransform):
 
 @dataclass
 class BitDepth(InputTransform):
+    """Round each channel of the [0, 1]-clamped input to ``bits`` bits (2**bits levels)."""
+
     bits: int = 3
     name = "bit_depth"
     differentiable = False
-
-    def __post_init__(self) -> None:
-        _int_param("bits", self.bits, 1, 8)
+    int_params = {"bits": ("bits", 1, 8)}
 
     def apply(self, x: Tensor, params: Any = None) -> Tensor:
         levels = 2 ** self.bits - 1
@@ -100,11 +101,11 @@ class BitDepth(InputTransform):
 
 @dataclass
 class MedianFilter(InputTransform):
+    """k x k median, reflect padding (even k: the window reaches one more pixel right and down)."""
+
     k: int = 3
     name = "median"
-
-    def __post_init__(self) -> None:
-        _int_param("median filter size k", self.k, 2, 7)
+    int_params = {"k": ("median filter size k", 2, 7)}
 
     def apply(self, x: Tensor, params: Any = None) -> Tensor:
         lo = (self.k - 1) // 2
@@ -122,9 +123,7 @@ class RandomResizePad(InputTransform):
     min_side: int = 26
     name = "resize_pad"
     random = True
-
-    def __post_init__(self) -> None:
-        _int_param("min_side", self.min_side, 4, 2**31 - 1)
+    int_params = {"min_side": ("min_side", 4, 2**31 - 1)}
 
     def forward_parameters(self, x: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
         if generator is None:
