@@ -95,7 +95,7 @@ def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int,
     p.add_argument("--device", type=cli_types.device, help="cpu / cuda / cuda:N (default: CUDA when available)")
     p.add_argument("--out", required=True, type=cli_types.output_dir,
                    help="run directory (resumed if it exists with the same config)")
-    p.add_argument("--no-progress", action="store_true")
+    cli_types.add_progress_option(p)
     add_speed_options(p, channels_last=True)
 
 
@@ -273,7 +273,7 @@ def run_patch(args: argparse.Namespace) -> int:
             labels = model(scenes).argmax(1)
     t0 = time.perf_counter()
     result = attack(
-        model, scenes, target=target, labels=labels, run_dir=args.out, progress=not args.no_progress,
+        model, scenes, target=target, labels=labels, run_dir=args.out, progress=args.progress,
         run_extra={"model": args.model, "scenes": names},
     )
     return _report(
@@ -336,7 +336,7 @@ def run_sticker(args: argparse.Namespace) -> int:
     mask_fraction = mask_fraction_of_sign(mask, alpha)
     result = attack(
         model, sign, mask, target=target, label=None if target is not None else label, alpha=alpha,
-        source_label=label, run_dir=args.out, progress=not args.no_progress,
+        source_label=label, run_dir=args.out, progress=args.progress,
         run_extra={"model": args.model, "sign": args.sign, "mask": args.mask, "background": args.background,
                    "sign_size": size, "budget": args.budget, "cell": args.cell,
                    "saliency_samples": args.saliency_samples},

@@ -53,7 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=cli_types.seed, default=0)
     p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default seed + 1000003)")
     p.add_argument("--checkpoint-every", type=cli_types.count(), default=25)
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    cli_types.add_progress_option(p)
     from physical.cli_eot import add_speed_options
 
     # NCHW by default for the face descriptor (faster on the CPU it was measured on; docs/eyeglass.md)

@@ -30,7 +30,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from physical.eot import resolve_config
 
         resolve_config(args.eot)  # an unknown preset is refused before any model is loaded
-    cfg = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick, eot=args.eot)
+    cfg = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick, eot=args.eot, progress=args.progress)
     report = run_demo(cfg)
     print(f"\nreport: {report}")
     return 0
@@ -41,7 +41,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    summary = run_experiment(config, out, progress=not args.no_progress)
+    summary = run_experiment(config, out, progress=args.progress)
     print(f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} resumed from {out}; "
           f"{summary.seconds:.0f} s\nreport: {out / 'report.md'}")
     return 0
@@ -96,13 +96,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="smaller budgets (for tests)")
     p.add_argument("--eot", default="print-aware",
                    help="EOT distribution of the patch: print-aware (default) or a physical.eot preset name")
+    cli_types.add_progress_option(p)
     p.set_defaults(func=_cmd_demo)
 
     p = subparsers.add_parser("evaluate", help="run (or resume) an experiment declared in YAML; writes a report")
     p.add_argument("config", help="experiment YAML (see experiments/)")
     p.add_argument("--out", type=cli_types.output_dir,
                    help="run directory (default: runs/<name>); an existing one of the same config resumes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli_types.add_progress_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = subparsers.add_parser("report", help="(re)write report.md/.html/.json and plots of a run directory")

@@ -13,7 +13,6 @@ the simulated camera -> rectification -> a report with the before / after table.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ class DemoConfig:
     patch_area: float = 0.1  # fraction of the scene the patch's mask covers (training and pasting)
     width_mm: float = 60.0  # printed patch width
     eot: str | dict | None = "print-aware"  # a preset name of physical.eot_presets.PRESETS, or a dict
+    progress: bool = False  # the attack's progress bar (CLI: --progress / --no-progress)
 
 
 def _save_png(x: torch.Tensor, path: Path) -> str:
@@ -115,7 +115,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                             eval_batch_size=16, patch_size=64, shape="circle",
                             placement={"area": (cfg.patch_area, cfg.patch_area), "rotation": 22.5})
     t0 = time.time()
-    res = attack(model, scenes.to(device), target=target, progress=not cfg.quick and sys.stderr.isatty())  # no bar flooding CI logs
+    res = attack(model, scenes.to(device), target=target, progress=cfg.progress)
     t_patch = time.time() - t0
     patch = res.perturbation.cpu()
     _save_png(patch, out / "patch.png")

@@ -292,3 +292,12 @@ def check_run_out(path: str | os.PathLike[str], kind: str) -> None:
                               "folder (nothing was written there)")
     elif found != kind:
         raise ConfigError(f"--out {p} is a {found} run directory, not a {kind} one; use a new --out folder")
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """The one progress option of every command that can draw a progress bar: ``--progress`` / ``--no-progress``
+    (``args.progress``). Default: on when stderr is a terminal, off when it is redirected (no bars in logs)."""
+    import sys
+
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                        help="progress bar on stderr (default: only when stderr is a terminal)")

@@ -145,7 +145,6 @@ def test_one_frame_mask_for_the_attack_and_the_print_template():
         assert len(cuts) == 3  # the same frame topology either way: the outline and the two lens openings
 
 
-
 # ------------------------------------------------------------------------------------------------ attacks
 def test_few_dodging_steps_increase_the_distance_to_the_enrolled_descriptor(net, astronaut_chip):
     enrolled = enroll(net, astronaut_chip)

@@ -66,7 +66,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     from worlds.signs.dataset import DatasetConfig, generate_dataset
 
     cfg = DatasetConfig(n=args.n, size=args.size, split=args.split, seed=args.seed)
-    ds = generate_dataset(cfg, progress=not args.quiet)
+    ds = generate_dataset(cfg, progress=args.progress)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                         "n_heldout", "heldout_seed", "gtsrb_root", "download")
           if getattr(args, k) is not None}
     cfg = TrainConfig(**kw)
-    result = train(cfg, progress=not args.quiet, log=print)
+    result = train(cfg, progress=args.progress, log=print)
     command = "testbed " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["signs"] else None
     out, card = save_checkpoint(result, args.out, args.card, command=command)
     ev = result.heldout
@@ -139,7 +139,7 @@ def add_parser(subparsers) -> None:
     d.add_argument("--seed", type=cli_types.seed, default=1)
     d.add_argument("--out", type=cli_types.output_file, help="output .pt with images, labels, class_names, config")
     d.add_argument("--preview", type=_png_out, help="PNG grid of the first 120 images")
-    d.add_argument("--quiet", action="store_true")
+    cli_types.add_progress_option(d)
     d.set_defaults(func=_cmd_dataset)
 
     t = sub.add_parser("train", help="train sign-cnn from scratch (reproducible by --seed)")
@@ -160,7 +160,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--heldout-seed", type=cli_types.seed)
     t.add_argument("--gtsrb-root", help=f"GTSRB folder (default {TrainConfig.gtsrb_root})")
     t.add_argument("--download", action="store_true", default=None, help="download GTSRB if missing (internet)")
-    t.add_argument("--quiet", action="store_true")
+    cli_types.add_progress_option(t)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="top-1/top-5 of sign-cnn on a fresh rendered held-out set or GTSRB test")
