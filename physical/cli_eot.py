@@ -4,7 +4,7 @@
     testbed sticker --model sign-cnn --sign stop --target no_entry --mask saliency --sign-size 128 --steps 300
         --batch-size 32 --eval 1000 --out runs/stk1   (one line)
 
-Each writes a run directory (see ``physical.runs``): config.json/.yaml, checkpoints/, perturbation.png (16-bit)
+Each writes a run directory (see ``testbed.runs``): config.json/.yaml, checkpoints/, perturbation.png (16-bit)
 and perturbation_8bit.png, .pt, .npy, mask.png, adversarial.png, metrics.json, eval_draws.pt, train_draws.pt.
 Running the same command again resumes from the latest checkpoint; a different configuration is refused.
 
@@ -222,7 +222,7 @@ def _report(kind: str, result: Any, args: argparse.Namespace, seconds: float, de
         "precision": getattr(args, "precision", "fp32"),
         **extra,
     }
-    from physical.runs import atomic_write_json
+    from testbed.runs import atomic_write_json
     from testbed.inputs import load_json
 
     metrics_path = Path(args.out) / "metrics.json"

@@ -87,9 +87,9 @@ def run_eyeglass(args: argparse.Namespace) -> int:
 
     from physical.cli_eot import _speed_kwargs, ensure_allocator
     from physical.eyeglass import EyeglassFrame, align_wearer, enroll, print_crop, wear
-    from physical.runs import atomic_write_json
+    from testbed.runs import atomic_write_json
     from worlds.faces import detect_and_align
-    from testbed.imageio import save_image
+    from testbed.runs import save_image
     from testbed.models.face_descriptor import face_distance, load_face_descriptor
 
     if args.mode == "impersonate" and not args.target:

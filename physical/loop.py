@@ -26,7 +26,7 @@ and may override ``_regularise(ctx, colours)`` (default ``lambda_nps * NPS + lam
   activation memory);
 * no host synchronisation per step (losses are copied to the host every 10 steps, at checkpoints and for the
   callback);
-* checkpoint / exact resume through ``physical.runs.RunDir`` (``w``, the Adam state, the generator state, the
+* checkpoint / exact resume through ``testbed.runs.RunDir`` (``w``, the Adam state, the generator state, the
   history and the draws, every ``checkpoint_every`` steps; a run resumes bit for bit on CPU);
 * a progress bar;
 * evaluation on ``eval_samples`` FRESH draws from a separate generator (``eval_seed``), scoring the optimised
@@ -47,7 +47,7 @@ from physical.attacks.base import outcome_summary
 from physical.eot import EOTTransform, resolve_config
 from physical.hyper import RunHyperParams, check_int, check_nonneg
 from physical.regularizers import nps, total_variation
-from physical.runs import RunDir
+from testbed.runs import RunDir
 from physical.speed import PRECISIONS, model_outputs, prepared_model
 from testbed.errors import ConfigError
 from testbed.palette import resolve_palette

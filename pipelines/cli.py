@@ -37,6 +37,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
     from pipelines.experiment import load_config, run_experiment
 
     config = load_config(args.config)
@@ -48,7 +49,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.report import write_report
+    import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
+    from pipelines.experiment import write_report
 
     print(f"report: {write_report(Path(args.run_dir))}")
     return 0

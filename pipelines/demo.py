@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from physical.eot_presets import PRESETS
-from pipelines.experiment import write_atomic
+from testbed.runs import write_atomic
 from pipelines.metrics import rate
 from testbed.machine import machine_line
 from testbed.models.registry import get_entry, get_model, list_models
@@ -44,7 +44,7 @@ class DemoConfig:
 
 
 def _save_png(x: torch.Tensor, path: Path) -> str:
-    from testbed.imageio import save_image
+    from testbed.runs import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(x.detach().cpu().clamp(0, 1), path)

@@ -182,7 +182,7 @@ def check_output_dir(path: str | os.PathLike[str], *, what: str = "--out") -> Pa
 
     Refused: an empty path, an existing file, a symlink loop or dangling link, a path whose nearest existing
     ancestor is a file, and a folder without write permission. (A non-empty folder that is not a run directory
-    is refused by :class:`physical.runs.RunDir` for commands that write run directories.)
+    is refused by :class:`testbed.runs.RunDir` for commands that write run directories.)
     """
     if not str(path).strip():
         raise ConfigError(f"{what} is empty")
@@ -271,11 +271,11 @@ def one_line(text: Any) -> str:
 
 def check_run_out(path: str | os.PathLike[str], kind: str) -> None:
     """Before any work: refuse an ``--out`` the run directory of ``kind`` could not claim (read-only; the claim
-    itself, which writes, is :func:`physical.runs.claim_run_dir` once the run starts).
+    itself, which writes, is :func:`testbed.runs.claim_run_dir` once the run starts).
 
     Refused: a non-empty folder that is not a run directory, and a run directory of another kind.
     """
-    from physical.runs import run_dir_kind
+    from testbed.runs import run_dir_kind
 
     p = Path(path)
     if not p.is_dir():

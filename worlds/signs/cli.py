@@ -13,22 +13,14 @@ from testbed.errors import ConfigError
 
 def _write_png(x, path: Path) -> None:
     """Write a 1xCxHxW tensor (C = 3 or 4) in [0, 1] as an 8-bit PNG, atomically."""
-    import os
-    import tempfile
-
     import numpy as np
     from PIL import Image
 
+    from testbed.runs import write_atomic
+
     arr = (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(arr, "RGBA" if arr.shape[2] == 4 else "RGB").save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    image = Image.fromarray(arr, "RGBA" if arr.shape[2] == 4 else "RGB")
+    write_atomic(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def _png_out(text: str) -> str:
@@ -68,12 +60,11 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     cfg = DatasetConfig(n=args.n, size=args.size, split=args.split, seed=args.seed)
     ds = generate_dataset(cfg, progress=args.progress)
     if args.out:
+        from testbed.runs import write_atomic
+
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".partial")
-        torch.save({"images": ds.images, "labels": ds.labels, "class_names": list(ds.class_names),
-                    "config": cfg.to_dict()}, tmp)
-        tmp.replace(out)
+        data = {"images": ds.images, "labels": ds.labels, "class_names": list(ds.class_names), "config": cfg.to_dict()}
+        write_atomic(out, lambda fh: torch.save(data, fh))
         print(f"wrote {len(ds)} images ({args.size}x{args.size}, split {args.split}, seed {args.seed}) to {out}")
     if args.preview:
         from torchvision.utils import make_grid
