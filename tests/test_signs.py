@@ -196,6 +196,36 @@ def test_training_smoke_loss_decreases_and_beats_chance(tmp_path):
     assert meta["seed"] == 5 and meta["heldout_eval"]["n"] == 150 and meta["train_config"]["n_train"] == 600
 
 
+def test_one_training_loop_with_a_batch_hook():
+    """``fit`` is the sign model's and the defences' one loop: each epoch the hook sees every training sample once
+    (seeded shuffling), its loss is what is minimised, and the epoch record goes through ``end_epoch``."""
+    import pipelines.defences.training as defences
+    from worlds.signs.train import fit
+
+    assert defences.fit is fit
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(10, 3, 2, 2, generator=g), torch.arange(10) % 3
+    seen: list[list[int]] = []
+
+    def hook(model, xb, yb, idx):
+        seen.append(idx.tolist())
+        logits = model(xb)
+        return torch.nn.functional.cross_entropy(logits, yb), logits
+
+    def run(seed: int) -> tuple[list[dict], torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        hist = fit(model, x, y, epochs=4, batch_size=4, lr=0.1, weight_decay=0.0,
+                   generator=torch.Generator().manual_seed(seed), batch_loss=hook, end_epoch=lambda r: {**r, "tag": "x"})
+        return hist, model[1].weight.detach().clone()
+
+    hist, w = run(1)
+    assert [sorted(sum(seen[e * 3:(e + 1) * 3], [])) for e in range(4)] == [list(range(10))] * 4  # 3 batches/epoch
+    assert hist[-1]["loss"] < hist[0]["loss"] and all(r["tag"] == "x" for r in hist)
+    assert set(hist[0]) == {"epoch", "loss", "top1", "seconds", "tag"}
+    assert torch.equal(run(1)[1], w) and not torch.equal(run(2)[1], w)  # the generator decides the batches
+
+
 def test_missing_weights_and_offline_gtsrb_errors(tmp_path):
     from testbed.errors import AssetError
     from testbed.models.signs import load_sign_cnn
@@ -217,7 +247,7 @@ def test_cli_render_and_dataset(tmp_path, capsys):
         assert im.size == (64, 64) and im.mode == "RGB"
     assert main(["signs", "render", "--list"]) == 0
     assert "stop" in capsys.readouterr().out
-    assert main(["signs", "dataset", "--n", "12", "--quiet", "--out", str(tmp_path / "d.pt")]) == 0
+    assert main(["signs", "dataset", "--n", "12", "--no-progress", "--out", str(tmp_path / "d.pt")]) == 0
     d = torch.load(tmp_path / "d.pt", weights_only=True)
     assert d["images"].shape == (12, 3, 32, 32) and d["config"]["split"] == "heldout"
     assert main(["signs", "render", "nope", "--out", str(tmp_path / "x.png")]) == 2

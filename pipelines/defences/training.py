@@ -4,7 +4,9 @@ Every defended model is a ``sign-cnn`` (same architecture as :mod:`testbed.model
 from the shipped weights on a rendered training set (:mod:`worlds.signs.dataset`, generated once and cached), so
 that each run fits a few minutes of a shared 2-core CPU. One function, :func:`train_defence`, one config
 (:class:`DefenceTrainConfig`); same config + same machine → same weights (seeded ``torch.Generator`` for
-initialisation, shuffling, attack starts and noise; deterministic algorithms on; fixed thread count).
+initialisation, shuffling, attack starts and noise; deterministic algorithms on; fixed thread count). The loop is
+the sign model's (``worlds.signs.train.fit``: AdamW, warm-up + cosine, seeded shuffling); what a method trains on
+is its ``batch_loss`` hook (:func:`_step_loss`: clean CE, or the adversarial examples it crafts first).
 
 Methods (``method=``):
 
@@ -39,6 +41,7 @@ from physical.attacks.variants import MadryPGD, MaskedPGD, TradesPGD, trades_kl
 from physical.losses import margin
 from pipelines.defences import DefenceError
 from testbed.device import default_device
+from worlds.signs.train import deterministic, fit
 
 METHODS = ("clean", "fgsm_at", "pgd_at", "trades", "doa", "noise", "dropout", "distill_teacher", "distill_student")
 DEFAULT_CACHE = Path(os.environ.get("TESTBED_DEFENCES_CACHE", "~/.cache/testbed/defences")).expanduser()
@@ -175,30 +178,28 @@ class TrainedDefence:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def training_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Tensor, Tensor]:
-    """The rendered training set (train split), generated once and cached as ``data_train_n{n}_s{seed}.pt``."""
+def rendered_data(split: str, n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Tensor, Tensor]:
+    """The rendered ``split`` ("train", or "heldout": other photos, other per-sample seeds), generated once and
+    cached as ``data_{split}_n{n}_s{seed}.pt``."""
     from worlds.signs.dataset import DatasetConfig, generate_dataset
 
-    path = Path(cache_dir) / f"data_train_n{n}_s{seed}.pt"
+    path = Path(cache_dir) / f"data_{split}_n{n}_s{seed}.pt"
     if path.is_file():
-        d = _load_cache(path, "defence training-data cache")
+        d = _load_cache(path, f"defence {'training' if split == 'train' else 'held-out'}-data cache")
         return d["images"], d["labels"]
-    ds = generate_dataset(DatasetConfig(n=n, split="train", seed=seed))
+    ds = generate_dataset(DatasetConfig(n=n, split=split, seed=seed))
     _atomic_save({"images": ds.images, "labels": ds.labels}, path)
     return ds.images, ds.labels
+
+
+def training_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Tensor, Tensor]:
+    """The training set the defences train on (``rendered_data("train", ...)``)."""
+    return rendered_data("train", n, seed, cache_dir)
 
 
 def heldout_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Tensor, Tensor]:
-    """A fresh held-out set (held-out split: other photos, other per-sample seeds), cached like the training set."""
-    from worlds.signs.dataset import DatasetConfig, generate_dataset
-
-    path = Path(cache_dir) / f"data_heldout_n{n}_s{seed}.pt"
-    if path.is_file():
-        d = _load_cache(path, "defence held-out-data cache")
-        return d["images"], d["labels"]
-    ds = generate_dataset(DatasetConfig(n=n, split="heldout", seed=seed))
-    _atomic_save({"images": ds.images, "labels": ds.labels}, path)
-    return ds.images, ds.labels
+    """A fresh held-out set the defences are evaluated on (``rendered_data("heldout", ...)``)."""
+    return rendered_data("heldout", n, seed, cache_dir)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -339,53 +340,23 @@ def train_defence(name: str, config: DefenceTrainConfig, *, cache_dir: Path = DE
             return TrainedDefence(name, model, config, ckpt.get("history", []), ckpt.get("train_seconds", 0.0),
                                   path, cached=True)
         log(f"{name}: cached config differs, retraining")
-    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     t0 = time.time()
-    try:
+    with deterministic(config.threads):
         xtr, ytr = training_data(config.n_train, config.data_seed, cache_dir)
         soft = None
         if config.method == "distill_student":
             soft = F.softmax(_teacher_logits(config, xtr, cache_dir) / config.temperature, dim=1)
-        device = default_device()
         gen = torch.Generator().manual_seed(config.seed)
-        model = _init_model(config, gen).to(device)
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-        steps_per_epoch = math.ceil(len(ytr) / config.batch_size)
-        total = steps_per_epoch * config.epochs
-        warm = max(1, total // 20)
-        history: list[dict[str, Any]] = []
-        step = 0
-        for epoch in range(config.epochs):
-            perm = torch.randperm(len(ytr), generator=gen)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for b in range(steps_per_epoch):
-                idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-                x, y = xtr[idx].to(device), ytr[idx].to(device)
-                lr = (config.lr * (step + 1) / warm if step < warm else
-                      config.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                loss, logits = _step_loss(model, config, x, y, None if soft is None else soft[idx].to(device), gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
-            rec = {"epoch": epoch + 1, "loss": round(loss_sum / seen, 4),
-                   "train_top1_on_trained_inputs": round(100.0 * correct / seen, 2),
-                   "seconds": round(time.time() - t0, 1)}
-            history.append(rec)
-            log(f"{name}: {json.dumps(rec)}")
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det)
+        model = _init_model(config, gen).to(default_device())
+
+        def batch_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+            return _step_loss(model, config, x, y, None if soft is None else soft[idx].to(x.device), gen)
+
+        history = fit(model, xtr, ytr, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                      weight_decay=config.weight_decay, generator=gen, batch_loss=batch_loss,
+                      end_epoch=lambda r: {"epoch": r["epoch"], "loss": r["loss"],
+                                           "train_top1_on_trained_inputs": r["top1"], "seconds": r["seconds"]},
+                      log=lambda line: log(f"{name}: {line}"), started=t0)
     model = model.cpu().eval()
     seconds = time.time() - t0
     _atomic_save({"state_dict": model.state_dict(), "config": config.to_dict(), "history": history,

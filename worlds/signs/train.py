@@ -11,6 +11,7 @@ same command on the same machine and library versions gives the same weights.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -161,69 +162,119 @@ def _data(config: TrainConfig, progress: bool):
     return tr.images, tr.labels, te.images, te.labels, class_names(), desc
 
 
+#: ``batch_loss(model, x, y, idx) -> (loss, logits)``: one batch's training loss and the logits the running accuracy
+#: is counted on; ``idx`` are the batch's indices in the training set (for per-sample side data, e.g. soft labels).
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@contextlib.contextmanager
+def deterministic(threads: int) -> Iterator[None]:
+    """``threads`` torch CPU threads and deterministic algorithms for the block (both restored after it): with the
+    seeded generators, what makes a training run reproducible on one machine."""
+    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> BatchLoss:
+    """Plain training: the model in train mode, CE (with label smoothing) on the clean batch."""
+
+    def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        model.train()
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return batch_loss
+
+
+def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+        weight_decay: float, generator: torch.Generator, warmup_fraction: float = 0.05,
+        batch_loss: BatchLoss | None = None, end_epoch: Callable[[dict], dict] | None = None,
+        log: Callable[[str], None] | None = None, started: float | None = None) -> list[dict]:
+    """The one training loop of the sign models (``train`` here, the defences' ``train_defence``).
+
+    AdamW (weight decay on weights, none on biases and norms); per step a linear warm-up over ``warmup_fraction`` of
+    the steps, then a cosine decay to 0; each epoch shuffles the training set with ``generator`` (which
+    ``batch_loss`` may also draw from: attack starts, noise). ``batch_loss`` is the hook for what one step trains
+    on (default: CE on the clean batch; adversarial training crafts its examples there). After each epoch
+    ``{"epoch", "loss", "top1", "seconds"}`` (mean loss and accuracy over the epoch's batches, seconds since
+    ``started``) goes through ``end_epoch`` (e.g. to add a held-out accuracy or rename keys) into the returned
+    history, and is logged as JSON.
+    """
+    batch_loss = batch_loss or cross_entropy_loss()
+    log = log or (lambda s: None)
+    started = time.time() if started is None else started
+    device = next(model.parameters()).device
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps_per_epoch = math.ceil(len(labels) / batch_size)
+    total = steps_per_epoch * epochs
+    warm = max(1, int(warmup_fraction * total))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return lr * (step + 1) / warm
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    history = []
+    step = 0
+    for epoch in range(epochs):
+        perm = torch.randperm(len(labels), generator=generator)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for b in range(steps_per_epoch):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            x, y = images[idx].to(device), labels[idx].to(device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            loss, logits = batch_loss(model, x, y, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        rec = {"epoch": epoch + 1, "loss": round(loss_sum / seen, 4), "top1": round(100.0 * correct / seen, 2),
+               "seconds": round(time.time() - started, 1)}
+        rec = end_epoch(rec) if end_epoch is not None else rec
+        history.append(rec)
+        log(json.dumps(rec))
+    return history
+
+
 def train(config: TrainConfig, *, progress: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train sign-cnn from scratch as ``config`` says; returns the model, history and held-out accuracy."""
     from testbed.models.signs import build_sign_cnn
 
     log = log or (lambda s: None)
     t_start = time.time()
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    with deterministic(config.threads):
         xtr, ytr, xte, yte, names, eval_desc = _data(config, progress)
         log(f"data: {len(ytr)} train / {len(yte)} held-out images in {time.time() - t_start:.1f} s")
-        device = default_device()
         gen = torch.Generator().manual_seed(config.seed)
         model = build_sign_cnn(len(names), config.widths, config.size)
         model.net.reset_parameters(gen)
-        model = model.to(device)
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-        steps_per_epoch = math.ceil(len(ytr) / config.batch_size)
-        total = steps_per_epoch * config.epochs
-        warm = max(1, int(config.warmup_fraction * total))
+        model = model.to(default_device())
 
-        def lr_at(step: int) -> float:
-            if step < warm:
-                return config.lr * (step + 1) / warm
-            return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        def end_epoch(r: dict) -> dict:
+            heldout_top1 = round(evaluate(model, xte, yte, names).top1, 2)
+            return {"epoch": r["epoch"], "train_loss": r["loss"], "train_top1": r["top1"], "heldout_top1": heldout_top1,
+                    "seconds": round(time.time() - t_start, 1)}
 
-        history = []
-        step = 0
         t_train = time.time()
-        for epoch in range(config.epochs):
-            model.train()
-            perm = torch.randperm(len(ytr), generator=gen)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for b in range(steps_per_epoch):
-                idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-                x, y = xtr[idx].to(device), ytr[idx].to(device)
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-            ev = evaluate(model, xte, yte, names)
-            rec = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
-                   "train_top1": round(100.0 * correct / seen, 2), "heldout_top1": round(ev.top1, 2),
-                   "seconds": round(time.time() - t_start, 1)}
-            history.append(rec)
-            log(json.dumps(rec))
+        history = fit(model, xtr, ytr, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                      weight_decay=config.weight_decay, generator=gen, warmup_fraction=config.warmup_fraction,
+                      batch_loss=cross_entropy_loss(config.label_smoothing), end_epoch=end_epoch, log=log,
+                      started=t_start)
         train_seconds = time.time() - t_train
         heldout = evaluate(model, xte, yte, names)
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det)
     model = model.cpu().eval()
     total_seconds = time.time() - t_start
     card = {
