@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob as _glob
 import os
-import re
 import socket
 import time
 from abc import ABC, abstractmethod
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 
 from testbed.errors import SourceError
+from testbed.inputs import IMAGE_EXTENSIONS, list_images, natural_key
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 RGB8_KEY = "_rgb8"  # a _read() may hand FrameSource.read the uint8 RGB pixels under this meta key (-> Frame.rgb8)
 STREAM_SCHEMES = ("http", "https", "rtsp", "rtsps", "rtmp", "udp", "tcp")
 
@@ -250,10 +249,6 @@ def _classify_target(target: int | str) -> str:
 
 
 # ------------------------------------------------------------------------------------ image sequence
-def _natural_key(path: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path)]
-
-
 def _bgr_any_to_tensor(img: np.ndarray, where: str, *, convert: bool) -> torch.Tensor:
     """Decoded OpenCV image (any depth/channels) -> 1x3xHxW RGB float; refuse non-RGB unless ``convert``."""
     if img.dtype == np.uint8:
@@ -319,10 +314,7 @@ class ImageSequenceSource(FrameSource):
             s = str(spec)
             p = Path(s)
             if p.is_dir():
-                paths = [q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()]
-                if not paths:
-                    raise SourceError(f"image folder {p}: cannot open: no images in it (looked for "
-                                      f"{' '.join(IMAGE_EXTENSIONS)})")
+                paths = list_images(p, what=f"image folder {p}: cannot open", error=SourceError)
             elif any(c in s for c in "*?["):
                 paths = [Path(q) for q in _glob.glob(s)]
                 if not paths:
@@ -339,7 +331,7 @@ class ImageSequenceSource(FrameSource):
             if missing:
                 raise SourceError(f"{self.name}: cannot open: missing file(s) {', '.join(missing[:5])}")
         if isinstance(spec, (str, Path)):
-            paths.sort(key=lambda q: _natural_key(str(q)))
+            paths.sort(key=natural_key)
         self.paths = paths
 
     def _read(self) -> tuple[torch.Tensor, dict[str, Any]]:

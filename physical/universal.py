@@ -79,7 +79,9 @@ def make_mask(shape: str, size: int) -> Tensor:
         return circle_mask(size)
     if shape == "square":
         return square_mask(size)
-    if Path(shape).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+    from testbed.inputs import IMAGE_EXTENSIONS
+
+    if Path(shape).suffix.lower() in IMAGE_EXTENSIONS:
         return load_mask(shape, size)
     raise ConfigError(f"patch shape must be 'circle', 'square' or a mask image path, got {shape!r}")
 

@@ -145,11 +145,12 @@ class FolderChannel(Channel):
         self.rectify = rectify
 
     def path_for(self, tag: str, rep: int, iid: str) -> Path:
+        from testbed.inputs import find_image
+
         d = self.folder / tag_dirname(tag) / f"rep{rep}"
-        for ext in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"):
-            q = d / f"{iid}{ext}"
-            if q.is_file():
-                return q
+        q = find_image(d / iid)
+        if q is not None:
+            return q
         raise SourceError(f"channel folder: no photo for image {iid!r} of {tag!r} repetition {rep}: expected "
                           f"{d / iid}.png (or .jpg)")
 

@@ -102,15 +102,10 @@ def build_image_set(cfg: ImageSetConfig, size: tuple[int, int]) -> ImageSet:
             for j, v in enumerate(views):
                 images.append(v); ids.append(f"{name}-{j}"); groups.append(name)
     else:
-        from camera.sources import IMAGE_EXTENSIONS
         from testbed.imageio import load_image
+        from testbed.inputs import list_images
 
-        folder = Path(cfg.folder or "")
-        if not folder.is_dir():
-            raise ImageError(f"image folder {folder} does not exist or is not a folder")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        if not files:
-            raise ImageError(f"image folder {folder} is empty: no images ({' '.join(IMAGE_EXTENSIONS)})")
+        files = list_images(cfg.folder or "")  # the one image-folder reader: extensions, natural order, errors
         for p in files:
             x = load_image(p)  # corrupt / grayscale / RGBA / 16-bit: ImageError naming the file and mode
             v = crop_views(x, 1, size)[0]

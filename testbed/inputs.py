@@ -552,6 +552,40 @@ def imread_checked(path: str | os.PathLike[str], flags: int | None = None, *, wh
     return img
 
 
+#: The image files a folder of images is read for, by every reader of one (camera image folders, the secure
+#: capture's folder, experiment image folders, channel photo folders): what OpenCV and Pillow both decode.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def natural_key(path: str | os.PathLike[str]) -> list[Any]:
+    """Sort key putting ``img2`` before ``img10`` (digit runs compare as numbers, the rest case-insensitively)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
+
+
+def list_images(folder: str | os.PathLike[str], *, what: str | None = None,
+                error: type[TestbedError] = ImageError) -> list[Path]:
+    """The image files directly in ``folder`` (``IMAGE_EXTENSIONS``, any case), in natural name order: the one
+    image-folder reader. ``error`` (default ImageError) names ``what`` (default ``image folder <folder>``) when the
+    path is not a folder or holds no images."""
+    p = Path(folder)
+    what = what or f"image folder {p}"
+    if not p.is_dir():
+        raise error(f"{what}: does not exist or is not a folder")
+    files = sorted((q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()), key=natural_key)
+    if not files:
+        raise error(f"{what}: no images in it (looked for {' '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def find_image(stem: str | os.PathLike[str]) -> Path | None:
+    """The file ``stem`` + the first of ``IMAGE_EXTENSIONS`` that exists (``photos/img7`` -> ``photos/img7.jpg``)."""
+    for ext in IMAGE_EXTENSIONS:
+        q = Path(f"{stem}{ext}")
+        if q.is_file():
+            return q
+    return None
+
+
 def check_frame_size(width: float, height: float, *, what: str, source: str,
                      error: type[TestbedError] = ImageTooLargeError) -> None:
     """Refuse a video/stream whose declared frame size exceeds the pixel limit (0 x 0 = unknown is allowed)."""

@@ -570,3 +570,29 @@ def test_decode_image_bytes_bounded():
     assert decode_image_bytes(buf.getvalue(), "ok").shape == (1, 3, 3, 5)
     _refuses(lambda: decode_image_bytes(png_header_claiming(30_000, 30_000), "stream frame"), "stream frame",
              "900000000 pixels", exc=ImageTooLargeError)
+
+
+# ------------------------------------------------------------------------------------------------ image folders
+def test_one_image_folder_reader_for_every_folder_of_images(tmp_path):
+    """``list_images`` is the one reader of a folder of images: one extension list (any case), natural name order,
+    files only; the camera's image-folder source and the secure capture's folder read exactly its list."""
+    from camera.secure.capture import FolderFrames
+    from camera.sources import open_source
+    from testbed.inputs import IMAGE_EXTENSIONS, find_image, list_images
+
+    img = Image.new("RGB", (4, 3), (10, 20, 30))
+    for name in ("img10.PNG", "img2.jpg", "img1.png", "scan.tiff"):
+        img.save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "sub.png").mkdir()  # a folder named like an image is not one
+    files = list_images(tmp_path)
+    assert [p.name for p in files] == ["img1.png", "img2.jpg", "img10.PNG", "scan.tiff"]
+    src = open_source(tmp_path)
+    src.open()
+    assert src.paths == files
+    assert len(list(FolderFrames(str(tmp_path))())) == 4
+    assert find_image(tmp_path / "img2") == tmp_path / "img2.jpg" and find_image(tmp_path / "img3") is None
+    assert ".webp" in IMAGE_EXTENSIONS and ".tif" in IMAGE_EXTENSIONS
+    _refuses(lambda: list_images(tmp_path / "missing"), "missing", "does not exist or is not a folder")
+    (tmp_path / "empty").mkdir()
+    _refuses(lambda: list_images(tmp_path / "empty"), "empty", "no images in it", ".png .jpg")

@@ -32,7 +32,6 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -117,23 +116,17 @@ class ArrayFrames:
 
 @dataclass(frozen=True)
 class FolderFrames:
-    """The image files of a folder in name order, read with OpenCV (BGR -> RGB at this edge)."""
+    """The image files of a folder (``testbed.inputs.list_images``: natural name order), read with OpenCV
+    (BGR -> RGB at this edge)."""
 
     folder: str
-    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
     def __call__(self) -> Iterator[np.ndarray]:
         import cv2
 
-        root = Path(self.folder)
-        if not root.is_dir():
-            raise SourceError(f"image folder {root} does not exist or is not a folder")
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in self.extensions)
-        if not files:
-            raise SourceError(f"image folder {root} holds no images with extensions {', '.join(self.extensions)}")
-        for p in files:
-            from testbed.inputs import check_image_file
+        from testbed.inputs import check_image_file, list_images
 
+        for p in list_images(self.folder, error=SourceError):
             data = check_image_file(p)  # regular file, size and decompression-bomb limits before decoding
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             if bgr is None:
