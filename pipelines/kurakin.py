@@ -28,7 +28,7 @@ from torch import Tensor
 from pipelines.channels import Channel, derive_seed, make_channel, tag_dirname
 from pipelines.experiment import Cell, ExperimentConfig, ImageSetConfig, RunDir, register_kind
 from pipelines.metrics import Rate, destruction_rate, prefilter, rate
-from pipelines.report import (ci, pair, paper, plot_accuracy_vs_eps, plot_destruction, plot_examples,
+from pipelines.report import (ci, md_table, pair, paper, plot_accuracy_vs_eps, plot_destruction, plot_examples,
                               scores_section)
 from testbed.device import default_device
 from testbed.errors import ConfigError, ImageError
@@ -372,36 +372,42 @@ def render_report(run_dir: Path, config: dict[str, Any], cells: dict[str, dict[s
         lines += [f"Images per cell: **n = {n}** ({n * reps} photos per cell over {reps} repetition(s) of the "
                   f"channel); the paper used {PAPER_N}. Every number is a percentage; brackets are Wilson 95% "
                   "intervals.", ""]
-        lines += ["## Accuracy: ours (MobileNetV2 unless stated) vs Kurakin et al. 2016 (Inception v3), top-1 / top-5", "",
-                  "| model | method | ε | clean digital | clean photo (ours) | clean photo (paper) | adv. photo (ours) | "
-                  "adv. photo (paper) | adv. digital (ours) | adv. digital (paper) |", "|---" * 10 + "|"]
-        for r in rows:
-            p = PAPER_ACCURACY.get((r.attack, int(r.eps)))
-            lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {pair(r.clean_digital)} | {pair(r.clean_photo)} | "
-                         f"{paper(p and p['clean_photo'])} | {pair(r.adv_photo)} | {paper(p and p['adv_photo'])} | "
-                         f"{pair(r.adv_digital)} | {paper(p and p['adv_digital'])} |")
-        lines += ["", "## Destruction rate (Eq. 1): ours vs paper, top-1 / top-5", "",
-                  "| model | method | ε | average (ours) | n avg (top-1 / top-5) | average (paper) | prefiltered (ours) | "
-                  "n pre (top-1 / top-5) | prefiltered (paper) | ours, clean photo right |", "|---" * 10 + "|"]
-        for r in rows:
-            p = PAPER_DESTRUCTION.get((r.attack, int(r.eps)))
-            lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {pair(r.destruction_average)} | "
-                         f"{r.destruction_average[0].n} / {r.destruction_average[1].n} | "
-                         f"{paper(p and p['average'])} | {pair(r.destruction_prefiltered)} | "
-                         f"{r.destruction_prefiltered[0].n} / {r.destruction_prefiltered[1].n} | "
-                         f"{paper(p and p['prefiltered'])} | {pair(r.destruction_clean_photo_ok)} |")
+        def key(r: KurakinRow) -> list[str]:  # the columns every table starts with
+            return [r.model, r.attack, f"{r.eps:g}"]
+
+        def accuracy(r: KurakinRow, p: dict[str, Any] | None) -> list[str]:
+            return key(r) + [pair(r.clean_digital), pair(r.clean_photo), paper(p and p["clean_photo"]),
+                             pair(r.adv_photo), paper(p and p["adv_photo"]), pair(r.adv_digital),
+                             paper(p and p["adv_digital"])]
+
+        def destruction(r: KurakinRow, p: dict[str, Any] | None) -> list[str]:
+            avg, pre = r.destruction_average, r.destruction_prefiltered
+            return key(r) + [pair(avg), f"{avg[0].n} / {avg[1].n}", paper(p and p["average"]), pair(pre),
+                             f"{pre[0].n} / {pre[1].n}", paper(p and p["prefiltered"]),
+                             pair(r.destruction_clean_photo_ok)]
+
+        def metrics(r: KurakinRow) -> list[list[str]]:
+            out = [key(r) + [f.replace("_", " "), ci(getattr(r, f)[0]), ci(getattr(r, f)[1])]
+                   for f in ("clean_digital", "clean_photo", "adv_digital", "adv_photo", "destruction_average",
+                             "destruction_prefiltered", "destruction_clean_photo_ok")]
+            if r.targeted_digital is not None:
+                out.append(key(r) + ["targeted success (l.l. class is top-1), digital / photo",
+                                     ci(r.targeted_digital), ci(r.targeted_photo)])
+            return out
+
+        lines += ["## Accuracy: ours (MobileNetV2 unless stated) vs Kurakin et al. 2016 (Inception v3), top-1 / top-5", ""]
+        lines += md_table(["model", "method", "ε", "clean digital", "clean photo (ours)", "clean photo (paper)",
+                           "adv. photo (ours)", "adv. photo (paper)", "adv. digital (ours)", "adv. digital (paper)"],
+                          [accuracy(r, PAPER_ACCURACY.get((r.attack, int(r.eps)))) for r in rows])
+        lines += ["", "## Destruction rate (Eq. 1): ours vs paper, top-1 / top-5", ""]
+        lines += md_table(["model", "method", "ε", "average (ours)", "n avg (top-1 / top-5)", "average (paper)",
+                           "prefiltered (ours)", "n pre (top-1 / top-5)", "prefiltered (paper)",
+                           "ours, clean photo right"],
+                          [destruction(r, PAPER_DESTRUCTION.get((r.attack, int(r.eps)))) for r in rows])
         lines += ["", "The last column restricts Eq. 1 to images whose *clean* photo is classified correctly: the channel "
                   "alone misclassifies some clean images, and those can hardly be 'destroyed' back to the right class.",
-                  "", "## All metrics with Wilson 95% intervals", "",
-                  "| model | method | ε | metric | top-1 | top-5 |", "|---" * 6 + "|"]
-        for r in rows:
-            for f in ("clean_digital", "clean_photo", "adv_digital", "adv_photo", "destruction_average",
-                      "destruction_prefiltered", "destruction_clean_photo_ok"):
-                v = getattr(r, f)
-                lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | {f.replace('_', ' ')} | {ci(v[0])} | {ci(v[1])} |")
-            if r.targeted_digital is not None:
-                lines.append(f"| {r.model} | {r.attack} | {r.eps:g} | targeted success (l.l. class is top-1), "
-                             f"digital / photo | {ci(r.targeted_digital)} | {ci(r.targeted_photo)} |")
+                  "", "## All metrics with Wilson 95% intervals", ""]
+        lines += md_table(["model", "method", "ε", "metric", "top-1", "top-5"], [m for r in rows for m in metrics(r)])
         plot_accuracy_vs_eps(rows, plots / "accuracy_vs_eps.png")
         plot_destruction(rows, plots / "destruction.png")
         lines += ["", "## Plots", "", "![accuracy vs eps](plots/accuracy_vs_eps.png)", "",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pipelines.metrics import Rate
 from testbed.imageio import load_image
@@ -47,6 +47,12 @@ def pair(rs: tuple[Rate, Rate]) -> str:
 def paper(t: tuple[float, float] | None) -> str:
     """A paper's top-1 / top-5 figures, or a dash where the paper has none."""
     return "—" if t is None else f"{t[0]:.1f} / {t[1]:.1f}"
+
+
+def md_table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """A Markdown table as lines: the header, the separator and one line per row (cells formatted with ``str``)."""
+    return (["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def _savefig(fig, path: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 from torch import nn
 
@@ -35,36 +36,21 @@ def _efficientnet_lite0() -> nn.Module:
     )
 
 
-register_model(
-    ModelEntry(
-        name="mobilenet_v2",
-        task="classification",
-        builder=_mobilenet_v2,
-        input_size=(224, 224),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        labels=imagenet_labels(),
-        accuracy=(
-            Accuracy("ImageNet-1k val (torchvision's published measurement)", 50_000, 71.878, 90.286),
-        ),
-        assets=("mobilenet_v2",),
-        description="torchvision MobileNetV2, IMAGENET1K_V1 weights",
-    )
-)
+def _register_imagenet_classifier(name: str, builder: Callable[[], nn.Module], mean: tuple[float, float, float],
+                                  std: tuple[float, float, float], accuracy: Accuracy, description: str) -> None:
+    """Register a 224 x 224 ImageNet-1k classifier whose weights are the asset of the same name."""
+    register_model(ModelEntry(name=name, task="classification", builder=builder, input_size=(224, 224), mean=mean,
+                              std=std, labels=imagenet_labels(), accuracy=(accuracy,), assets=(name,),
+                              description=description))
 
-register_model(
-    ModelEntry(
-        name="efficientnet_lite0",
-        task="classification",
-        builder=_efficientnet_lite0,
-        input_size=(224, 224),
-        mean=EFFICIENTNET_LITE0_MEAN,
-        std=EFFICIENTNET_LITE0_STD,
-        labels=imagenet_labels(),
-        accuracy=(
-            Accuracy("ImageNet-1k val (TensorFlow EfficientNet-Lite README, FP32; not re-measured here)", 50_000, 75.1),
-        ),
-        assets=("efficientnet_lite0",),
-        description="EfficientNet-Lite0 (RangiLyu's PyTorch port of the TF-Lite model), for transfer experiments",
-    )
+
+_register_imagenet_classifier(
+    "mobilenet_v2", _mobilenet_v2, IMAGENET_MEAN, IMAGENET_STD,
+    Accuracy("ImageNet-1k val (torchvision's published measurement)", 50_000, 71.878, 90.286),
+    "torchvision MobileNetV2, IMAGENET1K_V1 weights",
+)
+_register_imagenet_classifier(
+    "efficientnet_lite0", _efficientnet_lite0, EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD,
+    Accuracy("ImageNet-1k val (TensorFlow EfficientNet-Lite README, FP32; not re-measured here)", 50_000, 75.1),
+    "EfficientNet-Lite0 (RangiLyu's PyTorch port of the TF-Lite model), for transfer experiments",
 )

@@ -310,30 +310,16 @@ def _end_all_limits(c: _Canvas) -> None:
     _end_stripes(c)
 
 
-def _turn_right(c: _Canvas) -> None:
+def _turn(c: _Canvas, left: bool, straight: bool) -> None:
+    """Turn right / left ahead, or go straight or right / left (``straight``): a blue disc with a bent arrow."""
     _mandatory(c)
-    _bent_arrow(c, mirror=False, straight=False)
-
-
-def _turn_left(c: _Canvas) -> None:
-    _mandatory(c)
-    _bent_arrow(c, mirror=True, straight=False)
+    _bent_arrow(c, mirror=left, straight=straight)
 
 
 def _ahead_only(c: _Canvas) -> None:
     _mandatory(c)
     c.line([(0.5, 0.84), (0.5, 0.4)], 0.12, WHITE, caps=False)
     c.arrowhead((0.5, 0.15), -90, 0.27, 0.34, WHITE)
-
-
-def _straight_or_right(c: _Canvas) -> None:
-    _mandatory(c)
-    _bent_arrow(c, mirror=False, straight=True)
-
-
-def _straight_or_left(c: _Canvas) -> None:
-    _mandatory(c)
-    _bent_arrow(c, mirror=True, straight=True)
 
 
 def _keep(c: _Canvas, right: bool) -> None:
@@ -413,11 +399,11 @@ SIGN_CLASSES: tuple[SignClass, ...] = (
     _c("traffic_signals", 26, "131", "triangle", "Traffic signals ahead", _traffic_signals),
     _c("pedestrians", 27, "133", "triangle", "Pedestrians", _pedestrians),
     _c("end_all_limits", 32, "282", "circle", "End of all speed and passing limits", _end_all_limits),
-    _c("turn_right_ahead", 33, "209-20", "circle", "Turn right ahead", _turn_right),
-    _c("turn_left_ahead", 34, "209-10", "circle", "Turn left ahead", _turn_left),
+    _c("turn_right_ahead", 33, "209-20", "circle", "Turn right ahead", lambda c: _turn(c, False, False)),
+    _c("turn_left_ahead", 34, "209-10", "circle", "Turn left ahead", lambda c: _turn(c, True, False)),
     _c("ahead_only", 35, "209-30", "circle", "Ahead only", _ahead_only),
-    _c("straight_or_right", 36, "214-20", "circle", "Go straight or right", _straight_or_right),
-    _c("straight_or_left", 37, "214-10", "circle", "Go straight or left", _straight_or_left),
+    _c("straight_or_right", 36, "214-20", "circle", "Go straight or right", lambda c: _turn(c, False, True)),
+    _c("straight_or_left", 37, "214-10", "circle", "Go straight or left", lambda c: _turn(c, True, True)),
     _c("keep_right", 38, "222-20", "circle", "Keep right", lambda c: _keep(c, True)),
     _c("keep_left", 39, "222-10", "circle", "Keep left", lambda c: _keep(c, False)),
     _c("roundabout", 40, "215", "circle", "Roundabout", _roundabout),
