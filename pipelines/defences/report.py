@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from pipelines.report import md_table
 from testbed.runs import write_atomic
 
 
@@ -16,10 +17,7 @@ def pct(r: dict[str, Any] | None, ci: bool = False) -> str:
     return s + f" [{100 * r['low']:.0f}–{100 * r['high']:.0f}]" if ci else s
 
 
-def _table(report: dict[str, Any]) -> list[str]:
-    tab = report["sections"].get("table")
-    if not tab:
-        return []
+def _table(tab: dict[str, Any], report: dict[str, Any]) -> list[str]:
     eps = report["config"]["eps"]
     n_clean = next(iter(tab.values()))["clean_top1"]["n"]
     n_att = next(iter(tab.values()))["eps"][str(eps[0])]["adaptive_top1"]["n"]
@@ -52,10 +50,7 @@ def _table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _masking(report: dict[str, Any]) -> list[str]:
-    m = report["sections"].get("masking")
-    if not m:
-        return []
+def _masking(m: dict[str, Any], report: dict[str, Any]) -> list[str]:
     lines = ["## Gradient-masking checks (ε = 8/255, n = %d, on the model as the naive attacker sees it)"
              % next(iter(m.values()))["n"], "",
              "| defence | zero-grad fraction | all-zero samples | output randomised | PGD-10 success | "
@@ -76,10 +71,7 @@ def _masking(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _smoothing(report: dict[str, Any]) -> list[str]:
-    s = report["sections"].get("smoothing")
-    if not s:
-        return []
+def _smoothing(s: dict[str, Any], report: dict[str, Any]) -> list[str]:
     from scipy.stats import norm
 
     cap = s["sigma"] * float(norm.ppf(s["alpha"] ** (1 / s["n"])))
@@ -101,10 +93,7 @@ def _smoothing(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _detectors(report: dict[str, Any]) -> list[str]:
-    d = report["sections"].get("detectors")
-    if not d:
-        return []
+def _detectors(d: dict[str, Any], report: dict[str, Any]) -> list[str]:
     lines = ["## Detectors (threshold set on held-out clean images at the stated FPR)", "",
              "| detector | target FPR | FPR on fresh clean | ε | attack | attack success | detection rate of "
              "successful | success and undetected |", "|---|---|---|---|---|---|---|---|"]
@@ -120,33 +109,34 @@ def _detectors(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _channel(report: dict[str, Any]) -> list[str]:
-    c = report["sections"].get("channel")
-    if not c:
-        return []
+def _channel(c: dict[str, Any], report: dict[str, Any]) -> list[str]:
     lines = [f"## Through the print-photo loop (simulated, {c['images']} images, ε = {c['eps']}/255)", "",
              f"Channel: {c['channel']}, preset `{c['preset']}`. The adversarial images are the adaptive attack's "
-             "digital images (the attacker does not model the printer/camera, as in Kurakin et al. 2016).", "",
-             "| defence | attack | clean digital | clean print-photo | adversarial digital | adversarial "
-             "print-photo |", "|---|---|---|---|---|---|"]
-    for n, r in c["defences"].items():
-        lines.append(f"| {n} | {r['attack']} | {pct(r['clean_digital'], True)} | {pct(r['clean_print_photo'], True)} | "
-                     f"{pct(r['adversarial_digital'], True)} | {pct(r['adversarial_print_photo'], True)} |")
+             "digital images (the attacker does not model the printer/camera, as in Kurakin et al. 2016).", ""]
+    lines += md_table(["defence", "attack", "clean digital", "clean print-photo", "adversarial digital",
+                       "adversarial print-photo"],
+                      [[n, r["attack"]] + [pct(r[k], True) for k in ("clean_digital", "clean_print_photo",
+                                                                       "adversarial_digital", "adversarial_print_photo")]
+                       for n, r in c["defences"].items()])
     return lines + [""]
 
 
-def _sticker(report: dict[str, Any]) -> list[str]:
-    s = report["sections"].get("sticker")
-    if not s:
-        return []
+def _sticker(s: dict[str, Any], report: dict[str, Any]) -> list[str]:
     lines = [f"## RP2 sticker (stop → {s['target']}), tiny budget: {s['steps']} steps × {s['batch_size']} draws, "
-             f"{s['eval_draws']} fresh evaluation draws", "",
-             "| model | sticker area (of sign) | clean stop accuracy (same draws) | initial sticker success | "
-             "targeted success |", "|---|---|---|---|---|"]
-    for n, r in s["models"].items():
-        lines.append(f"| {n} | {100 * r['mask_fraction_of_sign']:.1f}% | {pct(r['clean_accuracy_same_draws'], True)} | "
-                     f"{pct(r['initial_success'], True)} | {pct(r['targeted_success'], True)} |")
+             f"{s['eval_draws']} fresh evaluation draws", ""]
+    lines += md_table(["model", "sticker area (of sign)", "clean stop accuracy (same draws)", "initial sticker success",
+                       "targeted success"],
+                      [[n, f"{100 * r['mask_fraction_of_sign']:.1f}%"]
+                       + [pct(r[k], True) for k in ("clean_accuracy_same_draws", "initial_success", "targeted_success")]
+                       for n, r in s["models"].items()])
     return lines + [""]
+
+
+#: The report's sections in order: (name in ``report["sections"]``, renderer of that section's data); a section
+#: the report does not have (not run, or empty) is left out.
+SECTIONS: tuple[tuple[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]], ...] = (
+    ("table", _table), ("masking", _masking), ("smoothing", _smoothing), ("detectors", _detectors),
+    ("channel", _channel), ("sticker", _sticker))
 
 
 def _plots(report: dict[str, Any], out_dir: Path) -> list[str]:
@@ -224,8 +214,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
             c = t["config"]
             head.append(f"| {n} | {c['method']} | {c['init']} | {c['n_train']} | {c['epochs']} | {t['train_seconds']} |")
         head.append("")
-    body = (_table(report) + _masking(report) + _smoothing(report) + _detectors(report) + _channel(report)
-            + _sticker(report))
+    body = [line for name, render in SECTIONS if report["sections"].get(name)
+            for line in render(report["sections"][name], report)]
     body += [f"![{p}]({p})" for p in plots] + [""]
     findings = report.get("findings") or derive_findings(report)
     if findings:
