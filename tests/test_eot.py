@@ -542,6 +542,28 @@ def test_toy_stage_is_drivable_through_the_preset_table(vignette, monkeypatch, t
         EOTConfig(vignette=0.3)  # not in the default stage list
 
 
+def test_toy_stage_through_the_patch_command(vignette, monkeypatch, tmp_path, capsys):
+    """The toy stage, named by a preset row, through ``testbed patch --eot FILE``: the run records it and its draws."""
+    from pipelines.main import main
+    from test_patch import _register_tiny_cli_model
+
+    monkeypatch.setitem(PRESETS, "toy-dark-corners", {**PRESETS["thys"], "stages": [*DEFAULT_STAGES, "toy-vignette"],
+                                                      "vignette": 0.5})
+    eot_file = tmp_path / "dark.yaml"
+    eot_file.write_text("preset: toy-dark-corners\nvignette: 0.2\n")
+    out = tmp_path / "run"
+    argv = ["patch", "--model", _register_tiny_cli_model(), "--target", "two", "--scenes", "chelsea,coffee",
+            "--area", "0.2", "--steps", "2", "--batch-size", "4", "--eval", "8", "--eot", str(eot_file),
+            "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    config = json.loads((out / "config.json").read_text())
+    assert config["eot"]["stages"][-1] == "toy-vignette" and config["eot"]["vignette"] == 0.2
+    draws = torch.load(out / "eval_draws.pt", weights_only=True)
+    strength = torch.cat([d["eot"]["stages"]["toy-vignette"]["vignette_strength"] for d in draws])
+    assert strength.numel() == 8 and 0 < float(strength.min()) and float(strength.max()) <= 0.2
+
+
 def test_presets_are_one_table_used_by_demo_secure_eval_and_the_experiment_files():
     from pipelines.demo import DemoConfig
     from pipelines.secure_eval import patch_eot_config
