@@ -75,32 +75,13 @@ def _colors(value: Any, where: str, key: str = "colors") -> np.ndarray:
 
 
 def read_palette(path: str | Path) -> Palette:
-    """Read a palette JSON/CSV file."""
+    """Read a palette file: CSV when it ends in ``.csv``, JSON otherwise (a folder, FIFO, empty or malformed file
+    is refused by ``testbed.inputs`` naming it)."""
     from testbed.inputs import load_json, read_text
 
     p = Path(path)
     where = f"palette file {p}"
-    suffix = p.suffix.lower()
-    if suffix == ".json":
-        doc = load_json(p, what="palette file")
-        if isinstance(doc, dict):
-            if "colors" not in doc:
-                raise ConfigError(f"{where} has no 'colors' list")
-            cols, intended, meta = doc["colors"], doc.get("intended"), doc.get("meta", {})
-        elif isinstance(doc, list):
-            cols, intended, meta = doc, None, {}
-        else:
-            raise ConfigError(f"{where} must hold a JSON object with a 'colors' list (or a list of [r, g, b]), "
-                              f"got {type(doc).__name__}")
-        colors = _colors(cols, where)
-        if intended is not None:
-            intended = _colors(intended, where, key="intended")
-            if len(intended) != len(colors):
-                raise ConfigError(f"{where}: 'intended' has {len(intended)} colours but 'colors' has {len(colors)}")
-        if not isinstance(meta, dict):
-            raise ConfigError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
-        return Palette(colors, intended, meta)
-    if suffix == ".csv":
+    if p.suffix.lower() == ".csv":
         text = read_text(p, what="palette file")
         try:
             rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), 1) if r]
@@ -120,7 +101,24 @@ def read_palette(path: str | Path) -> Palette:
                     raise ConfigError(f"{where} line {n}: {v.strip()[:30]!r} is not a number") from None
             values.append(row)
         return Palette(_colors(values, where))
-    raise ConfigError(f"palette file {p} must end in .json or .csv")
+    doc = load_json(p, what="palette file")
+    if isinstance(doc, dict):
+        if "colors" not in doc:
+            raise ConfigError(f"{where} has no 'colors' list")
+        cols, intended, meta = doc["colors"], doc.get("intended"), doc.get("meta", {})
+    elif isinstance(doc, list):
+        cols, intended, meta = doc, None, {}
+    else:
+        raise ConfigError(f"{where} must hold a JSON object with a 'colors' list (or a list of [r, g, b]), "
+                          f"got {type(doc).__name__}")
+    colors = _colors(cols, where)
+    if intended is not None:
+        intended = _colors(intended, where, key="intended")
+        if len(intended) != len(colors):
+            raise ConfigError(f"{where}: 'intended' has {len(intended)} colours but 'colors' has {len(colors)}")
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
+    return Palette(colors, intended, meta)
 
 
 @functools.lru_cache(maxsize=1)
