@@ -37,7 +37,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,8 @@ from torch import Tensor, nn
 
 from physical.eot import EOTParams, EOTTransform, resolve_config
 from physical.hyper import check_known_keys, check_nonneg
-from physical.loop import AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, device_of, logit
+from physical.loop import (AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, RunOptions, device_of,
+                           logit)
 from testbed.runs import RunDir
 from testbed.errors import ConfigError, ImageError
 from testbed.palette import resolve_palette
@@ -57,6 +58,9 @@ from worlds.faces import (
     transform_points,
 )
 from testbed.models.face_descriptor import MATCH_THRESHOLD, face_distance
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only the annotations need it
+    from typing import Unpack
 
 Mode = Literal["dodge", "impersonate"]
 #: Solid colours the frame texture can start from (RGB in [0, 1]); "brown" is a plain tortoiseshell frame.
@@ -489,10 +493,7 @@ class EyeglassFrame(PhysicalAttack):
         enrolled: Tensor,
         *,
         target: Tensor | None = None,
-        run_dir: str | Path | None = None,
-        run_extra: dict[str, Any] | None = None,
-        progress: bool = False,
-        callback: Callable[[int, float], None] | None = None,
+        **run: Unpack[RunOptions],
     ) -> PhysicalResult:
         """Optimise the frame for the wearer's aligned ``chips`` (N, 3, S, S), against the ``enrolled``
         descriptor (128,) and, for impersonation, the ``target`` descriptor (128,)."""
@@ -502,9 +503,9 @@ class EyeglassFrame(PhysicalAttack):
         if self.mode == "dodge" and ctx.target is not None:
             raise ConfigError("dodging takes no target=; use mode='impersonate' to impersonate someone")
         w0 = logit(self.initial_texture(int(ctx.chips.shape[-1]))).to(ctx.device)
-        extra = {"chips_shape": list(ctx.chips.shape), "mask_fraction": float(ctx.mask.mean()), **(run_extra or {})}
-        return self._attack(ctx, w0, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback,
-                            score_clean=True)
+        extra = {"chips_shape": list(ctx.chips.shape), "mask_fraction": float(ctx.mask.mean()),
+                 **(run.pop("run_extra", None) or {})}
+        return self._attack(ctx, w0, run_extra=extra, score_clean=True, **run)
 
     def evaluate(
         self,

@@ -38,7 +38,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,17 @@ from testbed.errors import ConfigError
 from testbed.palette import resolve_palette
 
 Callback = Callable[[int, float], None]
+
+
+class RunOptions(TypedDict, total=False):
+    """The per-call options every physical attack takes (``attack(model, ..., **run)``) and hands to the loop:
+    ``run_dir`` (config, checkpoints, resume, artefacts), ``run_extra`` (more values recorded in the run's config),
+    ``progress`` (a bar) and ``callback(step, loss)``."""
+
+    run_dir: str | Path | None
+    run_extra: dict[str, Any] | None
+    progress: bool
+    callback: Callback | None
 
 
 # ------------------------------------------------------------------------------------------------ result

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +33,16 @@ from torch import Tensor, nn
 from physical.eot import EOTParams, EOTTransform, ResizeStage, warp_pixels
 from physical.hyper import check_int, check_known_keys, check_nonneg
 from physical.loop import (  # noqa: F401 - PhysicalResult is re-exported: the attacks' result type
-    AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, device_of, logit, replace_context,
+    AttackContext, LoopOutcome, PhysicalAttack, PhysicalResult, RunOptions, device_of, logit, replace_context,
 )
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
 from physical.regularizers import lp_norm
 from testbed.runs import RunDir
 from testbed.errors import ConfigError, ImageError
 from testbed.palette import resolve_palette
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only the annotations need it
+    from typing import Unpack
 
 # ------------------------------------------------------------------------------------------------ masks
 
@@ -345,10 +348,7 @@ class UniversalPatch(_EOTAttack):
         *,
         target: int | None = None,
         labels: Tensor | None = None,
-        run_dir: str | Path | None = None,
-        run_extra: dict[str, Any] | None = None,
-        progress: bool = False,
-        callback: Callable[[int, float], None] | None = None,
+        **run: Unpack[RunOptions],
     ) -> PhysicalResult:
         """Optimise the patch over ``scenes`` (N, 3, H, W). Targeted: ``target`` class index; untargeted: pass
         ``labels`` (N,), the scenes' true classes, to push away from."""
@@ -360,8 +360,8 @@ class UniversalPatch(_EOTAttack):
             colours0 = torch.full((1, 3, self.patch_size, self.patch_size), 0.5)
         w0 = logit(colours0).to(ctx.device)
         extra = {"scenes_shape": list(ctx.scenes.shape), "target": target,
-                 "labels": None if ctx.labels is None else ctx.labels.tolist(), **(run_extra or {})}
-        return self._attack(ctx, w0, run_dir=run_dir, run_extra=extra, progress=progress, callback=callback)
+                 "labels": None if ctx.labels is None else ctx.labels.tolist(), **(run.pop("run_extra", None) or {})}
+        return self._attack(ctx, w0, run_extra=extra, **run)
 
     def context(self, model: nn.Module, scenes: Tensor, *, target: int | None = None, labels: Any = None
                 ) -> PatchContext:
@@ -531,10 +531,7 @@ class SignSticker(_EOTAttack):
         label: int | None = None,
         alpha: Tensor | None = None,
         source_label: int | None = None,
-        run_dir: str | Path | None = None,
-        run_extra: dict[str, Any] | None = None,
-        progress: bool = False,
-        callback: Callable[[int, float], None] | None = None,
+        **run: Unpack[RunOptions],
     ) -> PhysicalResult:
         """Optimise stickers (colours inside ``mask``, (1, 1, H, W) in [0, 1]) on ``sign`` (1, 3, H, W).
         Targeted: ``target`` class; untargeted: ``label``, the sign's true class.
@@ -586,10 +583,9 @@ class SignSticker(_EOTAttack):
             colours0 = sign.clone()
         extra = {"sign_shape": list(sign.shape), "mask_fraction": float(mask.mean()),
                  "mask_fraction_of_sign": fraction, "target": target, "label": label,
-                 "source_label": source_label, **(run_extra or {})}
+                 "source_label": source_label, **(run.pop("run_extra", None) or {})}
         # with a source label, the clean sign is scored on the same evaluation draws (the denominator)
-        return self._attack(ctx, logit(colours0), run_dir=run_dir, run_extra=extra, progress=progress,
-                            callback=callback, score_clean=source_label is not None)
+        return self._attack(ctx, logit(colours0), run_extra=extra, score_clean=source_label is not None, **run)
 
     def saliency(self, model: nn.Module, sign: Tensor, *, target: int, samples: int = 128,
                  alpha: Tensor | None = None) -> Tensor:
