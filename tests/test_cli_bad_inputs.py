@@ -56,8 +56,10 @@ def work(tmp_path, monkeypatch):
     import testbed.models.face_descriptor as fd
     import testbed.models.registry as reg
 
-    monkeypatch.setattr(reg, "get_model", tripwire)
-    monkeypatch.setattr(fd, "load_face_descriptor", tripwire)
+    # swap the functions' code, not the module attributes: modules that imported them by name (at import time,
+    # possibly during this test) keep the real function object, so nothing leaks past the test
+    monkeypatch.setattr(reg.get_model, "__code__", tripwire.__code__)
+    monkeypatch.setattr(fd.load_face_descriptor, "__code__", tripwire.__code__)
     return tmp_path
 
 
