@@ -16,8 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Write NAME.pdf (true size in mm, lossless images), NAME_p<N>.png (at --dpi) and NAME.json "
                     "(sidecar: markers, seed, config hash, DPI, palette, page size, git revision).")
     p.add_argument("kind", choices=KINDS)
-    p.add_argument("--image", help="perturbation: lossless PNG or .pt tensor (1x3xHxW in [0, 1])")
-    p.add_argument("--mask", help="mask PNG (white = sticker/frame pixels), same size as --image")
+    p.add_argument("--image", help="perturbation: lossless PNG, .pt tensor (1x3xHxW in [0, 1]), or a patch, sticker "
+                                   "or eyeglass run directory (its perturbation, mask and provenance are used)")
+    p.add_argument("--mask", help="mask PNG (white = patch/sticker/frame pixels), same size as --image; "
+                                  "default: the run directory's mask.png when --image is a run directory")
     p.add_argument("--width-mm", type=cli_types.millimetres,
                    help="printed width (patch/glasses/poster); glasses default 140, poster default 750")
     p.add_argument("--height-mm", type=cli_types.millimetres, help="printed height (default: keep aspect)")
@@ -62,25 +64,34 @@ def _seed_from_run(image: Path) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     from printouts import sheets
+    from printouts.runinput import load_run_input
     from testbed.imageio import load_image
 
-    seed = args.seed
-    image = None
+    seed, palette, provenance = args.seed, args.palette, None
+    image = mask = None
     sheets.page_size_mm(args.page)  # a bad --page is refused before any image is read
     if args.kind != "chart":
         if not args.image:
-            raise ConfigError(f"`print {args.kind}` needs --image (the perturbation PNG or .pt)")
-        image = sheets.load_perturbation(args.image)
-        if seed is None:
-            seed = _seed_from_run(Path(args.image))
+            raise ConfigError(f"`print {args.kind}` needs --image (the perturbation PNG or .pt, or a run directory)")
+        if Path(args.image).is_dir():  # a run directory: its image, mask and provenance
+            src = load_run_input(args.image)
+            image, mask, provenance = src.image, src.mask, src.provenance
+            seed = src.provenance.seed if seed is None else seed
+            palette = src.provenance.palette if palette is None else palette
+        else:
+            image = sheets.load_perturbation(args.image)
+            if seed is None:
+                seed = _seed_from_run(Path(args.image))
     base = args.marker_id_base if args.marker_id_base is not None else (4 if args.kind == "chart" else 0)
     cfg = sheets.SheetConfig(dpi=args.dpi, page=args.page, margin_mm=args.margin_mm, marker_mm=args.marker_mm,
-                             marker_id_base=base, seed=seed, palette=args.palette)
-    mask = load_image(args.mask, convert=True)[:, :1] if args.mask else None
+                             marker_id_base=base, seed=seed, palette=palette,
+                             run=provenance.as_dict() if provenance is not None else None)
+    if args.mask:
+        mask = load_image(args.mask, convert=True)[:, :1]
     if args.kind == "patch":
         if args.width_mm is None and args.height_mm is None:
             raise ConfigError("`print patch` needs --width-mm and/or --height-mm")
-        sheet = sheets.patch_sheet(image, args.width_mm, args.height_mm, cfg)
+        sheet = sheets.patch_sheet(image, args.width_mm, args.height_mm, cfg, mask=mask)
     elif args.kind == "stickers":
         if mask is None or args.sign_width_mm is None:
             raise ConfigError("`print stickers` needs --mask and --sign-width-mm")
@@ -96,4 +107,6 @@ def run(args: argparse.Namespace) -> int:
     for p in files.pngs:
         print(f"{p}  ({args.dpi:g} dpi)")
     print(f"{files.sidecar}  (sidecar: markers for `testbed rectify --sheet`)")
+    if provenance is not None:
+        print(f"from {provenance.footnote()}  (config sha256 {provenance.config_sha256})")
     return 0

@@ -63,6 +63,7 @@ class SheetConfig:
     seed: int | None = None  # seed of the run that produced the perturbation (provenance)
     palette: str | None = None  # palette file/name used by the NPS loss (provenance)
     title: str = ""
+    run: dict[str, Any] | None = None  # provenance of the run the image comes from (printouts.runinput.RunProvenance)
 
     def validate(self) -> "SheetConfig":
         check_dpi(self.dpi)
@@ -217,6 +218,7 @@ class Sheet:
             "config_hash": self.config_hash(),
             "dpi": self.config.dpi,
             "palette": self.config.palette,
+            "run": self.config.run,
             "page": {"name": self.config.page, "width_mm": w, "height_mm": h,
                      "pages": [{"width_mm": p.width_mm, "height_mm": p.height_mm} for p in self.pages]},
             "git_revision": git_revision(),
@@ -493,6 +495,21 @@ def _decorate(page: Page, cfg: SheetConfig, title: str) -> None:
         tick = 3.0 if t % 50 == 0 else 1.5
         page.items.append(LineItem([(m + t, y), (m + t, y - tick)], width_mm=0.2, color=MARK_COLOR))
     page.items.append(TextItem(m + bar + 3.0, y, f"{bar:.0f} mm: measure to check 100 % print scale", 2.2))
+    if cfg.run:  # small print above the scale bar: which run this sheet comes from
+        page.items.append(TextItem(m, y - 4.5, run_footnote(cfg.run)[:150], 1.8))
+
+
+def run_footnote(run: dict[str, Any]) -> str:
+    """'run 1a2b3c4d | patch | model M | target T | 2026-12-06 | seed 0' from a run provenance dict."""
+    parts = [f"run {run.get('run_id', '?')}", str(run.get("kind") or "run")]
+    if run.get("model"):
+        parts.append(f"model {run['model']}")
+    if run.get("target"):
+        parts.append(f"target {run['target']}")
+    if run.get("date"):
+        parts.append(str(run["date"]))
+    parts.append(f"seed {run['seed']}" if run.get("seed") is not None else "seed ?")
+    return " | ".join(parts)
 
 
 def _place_object(page: Page, cfg: SheetConfig, ox: float, oy: float, w: float, h: float,
@@ -558,15 +575,91 @@ def _size_from(rgb: np.ndarray, width_mm: float | None, height_mm: float | None)
 
 # ------------------------------------------------------------------------------------------- sheets
 def patch_sheet(image: torch.Tensor, width_mm: float | None = None, height_mm: float | None = None,
-                config: SheetConfig | None = None) -> Sheet:
-    """A rectangular adversarial patch at ``width_mm`` (aspect kept unless ``height_mm`` is given)."""
+                config: SheetConfig | None = None, mask: torch.Tensor | np.ndarray | None = None) -> Sheet:
+    """An adversarial patch at ``width_mm`` (aspect kept unless ``height_mm`` is given).
+
+    Without ``mask`` (or with an all-ones one) the patch is its full rectangle with a rectangular cut line and
+    is embedded at its own resolution. With a mask (HxW or 1x1xHxW in [0, 1], soft edges allowed, e.g. the
+    anti-aliased disc of a circular patch) the printing edge is the mask's 0.5 level after bilinear upsampling
+    (:func:`mask_edge`): inside it the perturbation's pixels (nearest-neighbour, exact colours), outside paper
+    white, and the cut line is that edge's outline.
+    """
     cfg = (config or SheetConfig()).validate()
     rgb = _to_rgb_uint8(image)
     w, h = _size_from(rgb, width_mm, height_mm)
-    cut = [[(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]]
-    sheet = _single_object_sheet("patch", rgb, w, h, cfg, cut, {"width_mm": w, "height_mm": h})
-    sheet.image_sha256 = _image_hash(rgb)
+    params: dict[str, Any] = {"width_mm": w, "height_mm": h}
+    soft = None if mask is None else _to_soft_mask(mask, rgb.shape[:2])
+    if soft is None or bool((soft >= 0.5).all()):
+        cut = [[(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]]
+        sheet = _single_object_sheet("patch", rgb, w, h, cfg, cut, params)
+        sheet.image_sha256 = _image_hash(rgb) if soft is None else _image_hash(rgb, soft)
+        return sheet
+    up = _edge_upsampling(rgb.shape[:2], w)
+    edge = mask_edge(soft, up)
+    if not edge.any():
+        raise ImageError("patch mask is empty (no value >= 0.5): nothing to print")
+    big = np.repeat(np.repeat(rgb, up, 0), up, 1)
+    big[~edge] = 255
+    cut = _mask_contours_mm(edge, w / edge.shape[1], up=1)
+    params.update({"mask": True, "edge_px_per_source_px": up, "edge_mm_per_px": w / edge.shape[1]})
+    sheet = _single_object_sheet("patch", big, w, h, cfg, cut, params, masked=True)
+    sheet.objects[0]["width_px"], sheet.objects[0]["height_px"] = rgb.shape[1], rgb.shape[0]
+    sheet.image_sha256 = _image_hash(rgb, soft)
     return sheet
+
+
+EDGE_MM = 0.1  # target resolution of a masked patch's printing edge and cut line
+MAX_EDGE_PX = 4096  # longest side of the upsampled masked patch
+
+
+def _edge_upsampling(shape: tuple[int, int], width_mm: float) -> int:
+    """Integer factor taking the perturbation to about EDGE_MM per pixel (1..MAX_EDGE_PX / longest side)."""
+    H, W = shape
+    want = math.ceil(width_mm / W / EDGE_MM)
+    return int(max(1, min(want, MAX_EDGE_PX // max(H, W))))
+
+
+def _to_soft_mask(mask: torch.Tensor | np.ndarray, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """An HxW float mask in [0, 1] (soft edges kept) of the image's size."""
+    m = mask.detach().float().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask, np.float32)
+    m = np.squeeze(m)
+    if m.ndim != 2:
+        raise ImageError(f"{name} must be HxW (or 1x1xHxW), got shape {tuple(np.shape(mask))}")
+    if m.shape != shape:
+        raise ImageError(f"{name} is {m.shape[0]}x{m.shape[1]} but the image is {shape[0]}x{shape[1]}")
+    if not np.isfinite(m).all() or m.min() < -1e-6 or m.max() > 1 + 1e-6:
+        raise ImageError(f"{name} must lie in [0, 1]")
+    return m.astype(np.float32)
+
+
+def _disc_mask(size: int) -> np.ndarray:
+    """The circular patch attack's anti-aliased disc (``physical.universal.circle_mask``) as HxW float."""
+    ax = np.arange(size, dtype=np.float32) - (size - 1) / 2
+    return np.clip(size / 2 - np.hypot(ax[:, None], ax[None, :]) + 0.5, 0.0, 1.0)
+
+
+def mask_edge(mask: np.ndarray, up: int) -> np.ndarray:
+    """The printing region of a soft HxW mask at ``up`` x its resolution: bilinear upsampling (pixel centres,
+    as ``F.interpolate(..., align_corners=False)``) thresholded at 0.5 -> (H*up)x(W*up) bool. A hard (0/1) mask
+    keeps its pixel edges (corners stay square). For the attack's
+    anti-aliased disc (``1/2 + size/2 - d`` clamped) the 0.5 level is the circle of radius size/2."""
+    import torch.nn.functional as F
+
+    H, W = np.shape(mask)
+    if H == W and np.abs(np.asarray(mask) - _disc_mask(H)).max() <= 2.0 / 255.0:
+        # the circular patch's own anti-aliased disc (physical.universal.circle_mask): its 0.5 level is exactly
+        # the circle of radius size/2 about the image centre, drawn here at full resolution
+        c = (np.arange(H * up) + 0.5) / up - H / 2
+        return np.hypot(c[:, None], c[None, :]) <= H / 2
+    m = np.asarray(mask)
+    if up <= 1 or bool((np.minimum(m, 1.0 - m) <= 1.0 / 255.0).all()):  # a hard mask: its pixel edges exactly
+        return np.repeat(np.repeat(m >= 0.5, up, 0), up, 1)
+    # one pixel of linear extrapolation around the mask (not edge replication): a disc that reaches the image's
+    # border keeps its round edge between the last pixel centres and the border
+    padded = np.clip(np.pad(np.asarray(mask, np.float32), 1, mode="reflect", reflect_type="odd"), 0.0, 1.0)
+    t = torch.from_numpy(np.ascontiguousarray(padded))[None, None]
+    big = F.interpolate(t, scale_factor=up, mode="bilinear", align_corners=False)[0, 0, up:-up, up:-up]
+    return big.numpy() >= 0.5
 
 
 def _mask_contours_mm(mask: np.ndarray, mm_per_px: float, up: int = 4) -> list[list[tuple[float, float]]]:

@@ -206,3 +206,107 @@ def test_impossible_dpi_and_page_sizes_are_refused():
     with pytest.raises(ConfigError, match=r"sticker #1 is 2000.0 x 2000.0 mm"):
         sticker_sheet(greenish(10, 10), mask, 2000.0)
     assert page_size_mm("300x400") == (300.0, 400.0)
+
+
+# ------------------------------------------------------------------ a run directory as input; the cut line follows the mask
+CUT_RGB = np.array([230, 0, 140])
+
+
+def make_patch_run(root, *, size: int = 32, seed: int = 1234):
+    """A finished patch run directory written by the run writers themselves (RunDir: marker, config.json,
+    lossless perturbation.png and the attack's anti-aliased circular mask.png, metrics.json)."""
+    from physical.universal import circle_mask
+    from testbed.runs import RunDir
+
+    cfg = {"attack": "patch", "model": "tiny-net", "target": 2, "seed": seed, "shape": "circle",
+           "palette": "printer_palette.json", "lambda_nps": 0.1, "patch_size": size, "steps": 2}
+    run = RunDir(root, cfg)
+    run.save_image("perturbation", greenish(size, size, seed=3))
+    run.save_image("mask", circle_mask(size))
+    run.save_metrics({"model": "tiny-net", "target": 2, "target_name": "two", "seed": seed, "success_rate": 0.5})
+    return root
+
+
+def cut_pixels_mm(page: np.ndarray, dpi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Page positions (mm, pixel centres) of the magenta cut-line pixels of an HxWx3 uint8 page."""
+    d = np.abs(page.astype(np.int32) - CUT_RGB).max(-1)
+    ys, xs = np.nonzero(d < 40)
+    k = dpi / 25.4
+    return (xs + 0.5) / k, (ys + 0.5) / k
+
+
+def test_print_patch_from_run_dir_cut_line_follows_the_circle(tmp_path, capsys):
+    import hashlib
+
+    from pipelines.main import main
+
+    run = make_patch_run(tmp_path / "run")
+    dpi, width = 200.0, 80.0
+    assert main(["print", "patch", "--image", str(run), "--width-mm", str(width), "--dpi", str(dpi),
+                 "--out", str(tmp_path / "prints")]) == 0
+    out = capsys.readouterr().out
+    digest = hashlib.sha256((run / "config.json").read_bytes()).hexdigest()
+    assert f"run {digest[:8]}" in out
+    side = json.loads((tmp_path / "prints" / "patch.json").read_text())
+    # provenance: the run's, not the print command's
+    assert side["seed"] == 1234 and side["palette"] == "printer_palette.json"
+    assert side["run"]["run_id"] == digest[:8] and side["run"]["config_sha256"] == digest
+    assert side["run"]["model"] == "tiny-net" and side["run"]["target"] == "two" and side["run"]["kind"] == "patch"
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", side["run"]["date"])
+    obj = side["objects"][0]
+    assert obj["width_mm"] == pytest.approx(width) and obj["height_mm"] == pytest.approx(width)
+    assert (obj["width_px"], obj["height_px"]) == (32, 32)  # rectify's digital frame: the perturbation's pixels
+    cx, cy, r = obj["x_mm"] + width / 2, obj["y_mm"] + width / 2, width / 2
+    png = np.array(Image.open(tmp_path / "prints" / "patch_p1.png").convert("RGB"))
+    pdf = (rasterize_pdf(tmp_path / "prints" / "patch.pdf", dpi)[0].permute(1, 2, 0).numpy() * 255).round()
+    for page in (png, pdf.astype(np.uint8)):  # our raster and a real PDF renderer
+        xs, ys = cut_pixels_mm(page, dpi)
+        rad = np.hypot(xs - cx, ys - cy)
+        near = rad < r + 5  # the cut line around the patch (not the page's other magenta, if any)
+        assert near.sum() > 500
+        assert np.abs(rad[near] - r).max() < 1.0, np.abs(rad[near] - r).max()  # on the circle within 1 mm
+        ang = np.degrees(np.arctan2(ys[near] - cy, xs[near] - cx))
+        assert len(np.unique(np.floor((ang + 180) / 10))) == 36  # all the way round
+        k = dpi / 25.4
+        for ex, ey in ((obj["x_mm"] + 2, obj["y_mm"] + 2), (obj["x_mm"] + width - 2, obj["y_mm"] + 2),
+                       (obj["x_mm"] + 2, obj["y_mm"] + width - 2), (obj["x_mm"] + width - 2, obj["y_mm"] + width - 2)):
+            assert (page[int(ey * k), int(ex * k)] >= 250).all()  # the square's corners are paper white
+        centre = page[int(cy * k), int(cx * k)].astype(int)
+        assert centre[1] - max(centre[0], centre[2]) > 60  # the perturbation inside
+    # the run id, model, target in small print on the sheet
+    texts = [it.text for it in __import__("printouts.sheets", fromlist=["x"]).patch_sheet(
+        greenish(8, 8), 50.0, config=SheetConfig(run=side["run"])).pages[0].items if hasattr(it, "text")]
+    assert any(t.startswith(f"run {digest[:8]} | patch | model tiny-net | target two | ") for t in texts)
+
+
+def test_print_refuses_a_folder_that_is_not_a_run_directory(tmp_path, capsys):
+    from pipelines.main import main
+
+    folder = tmp_path / "holiday_photos"
+    folder.mkdir()
+    (folder / "a.txt").write_text("x")
+    rc = main(["print", "patch", "--image", str(folder), "--width-mm", "50", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert str(folder) in err and "not a patch, sticker or eyeglass run directory" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_patch_sheet_with_an_arbitrary_mask_cuts_along_its_outline():
+    """An L-shaped mask: white outside it, the cut line on its outline (sampled in the rendered page)."""
+    img = greenish(20, 20)
+    mask = torch.zeros(20, 20)
+    mask[:, :8] = 1
+    mask[12:, :] = 1
+    sheet = patch_sheet(img, 60.0, config=SheetConfig(dpi=150), mask=mask)
+    obj = sheet.objects[0]
+    page = (sheet.render_page(0)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    k = 150 / 25.4
+    inside_l = page[int((obj["y_mm"] + 10) * k), int((obj["x_mm"] + 10) * k)].astype(int)
+    assert inside_l[1] - max(inside_l[0], inside_l[2]) > 60
+    assert (page[int((obj["y_mm"] + 15) * k), int((obj["x_mm"] + 45) * k)] >= 250).all()  # the L's notch
+    xs, ys = cut_pixels_mm(page, 150)
+    # the notch corner (x = 24 mm, y = 36 mm in object mm) lies on the cut line
+    d = np.hypot(xs - obj["x_mm"] - 24, ys - obj["y_mm"] - 36)
+    assert d.min() < 0.5
+    assert sheet.sidecar()["objects"][0]["masked"] is True
