@@ -56,17 +56,68 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_report(summary) -> list[str]:
+    """The printed summary of a live run: steady rate and start-up apart, the video's codec and rate, and the
+    secure path's accepted / rejected counts by reason."""
+    lines = [f"{summary.frames} frames in {summary.seconds:.1f} s: start-up {summary.startup_s:.2f} s, then "
+             f"{summary.steady_fps:.1f} frames/s steady ({summary.fps:.1f} frames/s over the whole run incl. "
+             f"start-up; model alone {summary.classify_fps:.1f} frames/s); stopped by {summary.stopped_by}"]
+    if summary.frames:
+        lines.append(f"video {summary.video} ({summary.video_frames} frames, {summary.codec}, "
+                     f"{summary.video_fps:g} fps from {summary.video_fps_from}), log {summary.log}")
+    if summary.secure is not None:
+        rejected = summary.secure.get("rejected", {})
+        by_reason = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
+        lines.append(f"secure path: {summary.secure.get('accepted', 0)} frames accepted, {sum(rejected.values())} "
+                     f"rejected ({by_reason}), {summary.secure.get('overwritten', 0)} overwritten in the ring")
+    if summary.rectify_failures:
+        lines.append(f"rectify: {summary.rectify_failures} frame(s) not rectified (classified as captured)")
+    return lines
+
+
 def _cmd_live(args: argparse.Namespace) -> int:
-    from pipelines.live import LiveConfig, run_live
+    """``testbed live``: SIGINT (Ctrl-C) and SIGTERM stop the run in order -- the video and the log are finalised
+    -- and exit 130 and 143 (128 + the signal); a second signal aborts at once. A source that dies mid-run keeps
+    the video and log, prints the summary, then the error on one line (exit 2)."""
+    import signal
+    import sys
+
+    from pipelines.live import LiveConfig, StopRequest, run_live
+    from testbed.errors import TestbedError
     from testbed.models.registry import get_entry
 
     get_entry(args.model)  # an unknown model is refused before the source is opened
     cfg = LiveConfig(source=args.source, model=args.model, out=Path(args.out), max_frames=args.max_frames,
                      secure=args.secure, rectify=args.rectify, display=args.display, width=args.width,
-                     height=args.height, seconds=args.seconds, torch_threads=args.threads or None)
+                     height=args.height, seconds=args.seconds, torch_threads=args.threads or None,
+                     video_fps=args.video_fps, codec=args.codec, timeout_s=args.timeout_s)
     cfg.validate()
-    summary = run_live(cfg)
-    print(f"{summary.frames} frames, {summary.fps:.1f} frames/s (pipeline), video {summary.video}, log {summary.log}")
+    stop = StopRequest()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second signal: abort now
+            raise KeyboardInterrupt
+        stop.request(signal.Signals(signum).name)
+        print(f"testbed live: {signal.Signals(signum).name} received: stopping, finishing the video and log "
+              "(send it again to abort)", file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = run_live(cfg, stop)
+    except TestbedError as exc:
+        partial = getattr(exc, "live_summary", None)
+        if partial is not None:
+            print("\n".join(_live_report(partial)), flush=True)
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    print("\n".join(_live_report(summary)), flush=True)
+    if summary.stopped_by in ("SIGINT", "SIGTERM"):
+        status = 128 + int(getattr(signal, summary.stopped_by))
+        print(f"testbed live: interrupted by {summary.stopped_by} after {summary.frames} frame(s); video and log "
+              f"kept (exit {status})", file=sys.stderr)
+        return status
     return 0
 
 
@@ -116,7 +167,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("source", help="webcam index, video file, image folder or stream URL (e.g. http://127.0.0.1:8080/)")
     p.add_argument("--model", default="mobilenet_v2")
     p.add_argument("--out", default="runs/live", type=cli_types.output_dir,
-                   help="folder for annotated.mp4 and log.jsonl (headless)")
+                   help="folder for annotated.webm (VP8; annotated.mp4 with mp4v where OpenCV has no "
+                        "browser-playable encoder) and log.jsonl (headless)")
     p.add_argument("--max-frames", type=cli_types.count(), default=None)
     p.add_argument("--seconds", type=cli_types.seconds, default=None, help="stop after this many seconds")
     p.add_argument("--secure", action="store_true", help="route frames through camera.secure (sealed, authenticated)")
@@ -128,6 +180,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=cli_types.integer(0, 4096), default=1,
                    help="torch threads for the model (default 1: capture and video writing use the other cores; "
                         "0 = leave torch's default)")
+    p.add_argument("--video-fps", type=cli_types.number(0.1, 1000.0), default=None,
+                   help="frame rate of the annotated video (default: the source's, or measured over the first "
+                        "frames when the source declares none)")
+    p.add_argument("--timeout-s", type=cli_types.seconds, default=10.0,
+                   help="how long to wait for the source to open and for each frame before it counts as dead "
+                        "(default: 10)")
+    p.add_argument("--codec", default="auto",
+                   help="video fourcc, or auto: the first of avc1, H264, VP80 (webm) this OpenCV can encode, else "
+                        "mp4v (default: auto)")
     p.set_defaults(func=_cmd_live)
 
     p = subparsers.add_parser(
