@@ -601,7 +601,7 @@ def patch_sheet(image: torch.Tensor, width_mm: float | None = None, height_mm: f
     big = np.repeat(np.repeat(rgb, up, 0), up, 1)
     big[~edge] = 255
     cut = _mask_contours_mm(edge, w / edge.shape[1], up=1)
-    params.update({"mask": True, "edge_px_per_source_px": up, "edge_mm_per_px": w / edge.shape[1]})
+    params.update({"mask": True, "edge": edge_method(soft), "edge_px_per_source_px": up, "edge_mm_per_px": w / edge.shape[1]})
     sheet = _single_object_sheet("patch", big, w, h, cfg, cut, params, masked=True)
     sheet.objects[0]["width_px"], sheet.objects[0]["height_px"] = rgb.shape[1], rgb.shape[0]
     sheet.image_sha256 = _image_hash(rgb, soft)
@@ -638,21 +638,33 @@ def _disc_mask(size: int) -> np.ndarray:
     return np.clip(size / 2 - np.hypot(ax[:, None], ax[None, :]) + 0.5, 0.0, 1.0)
 
 
+def edge_method(mask: np.ndarray) -> str:
+    """How a mask's printing edge is drawn: 'disc' (the circular patch's anti-aliased disc, to 2/255), 'pixel'
+    (a hard 0/1 mask: its pixel edges) or 'bilinear' (a soft mask: the 0.5 level of its bilinear upsampling)."""
+    m = np.asarray(mask)
+    if m.shape[0] == m.shape[1] and np.abs(m - _disc_mask(m.shape[0])).max() <= 2.0 / 255.0:
+        return "disc"
+    if bool((np.minimum(m, 1.0 - m) <= 1.0 / 255.0).all()):
+        return "pixel"
+    return "bilinear"
+
+
 def mask_edge(mask: np.ndarray, up: int) -> np.ndarray:
-    """The printing region of a soft HxW mask at ``up`` x its resolution: bilinear upsampling (pixel centres,
-    as ``F.interpolate(..., align_corners=False)``) thresholded at 0.5 -> (H*up)x(W*up) bool. A hard (0/1) mask
-    keeps its pixel edges (corners stay square). For the attack's
-    anti-aliased disc (``1/2 + size/2 - d`` clamped) the 0.5 level is the circle of radius size/2."""
+    """The printing region of an HxW mask in [0, 1] at ``up`` x its resolution, (H*up)x(W*up) bool, drawn as
+    :func:`edge_method` says: the circular patch's disc as the exact circle of radius size/2 (its 0.5 level); a hard
+    0/1 mask along its pixel edges (corners stay square); any other soft mask as the 0.5 level of its bilinear
+    upsampling (pixel centres, ``align_corners=False``, one pixel of linear extrapolation at the border)."""
     import torch.nn.functional as F
 
-    H, W = np.shape(mask)
-    if H == W and np.abs(np.asarray(mask) - _disc_mask(H)).max() <= 2.0 / 255.0:
+    method = edge_method(mask)
+    m = np.asarray(mask)
+    H = m.shape[0]
+    if method == "disc":
         # the circular patch's own anti-aliased disc (physical.universal.circle_mask): its 0.5 level is exactly
         # the circle of radius size/2 about the image centre, drawn here at full resolution
         c = (np.arange(H * up) + 0.5) / up - H / 2
         return np.hypot(c[:, None], c[None, :]) <= H / 2
-    m = np.asarray(mask)
-    if up <= 1 or bool((np.minimum(m, 1.0 - m) <= 1.0 / 255.0).all()):  # a hard mask: its pixel edges exactly
+    if up <= 1 or method == "pixel":  # a hard mask: its pixel edges exactly
         return np.repeat(np.repeat(m >= 0.5, up, 0), up, 1)
     # one pixel of linear extrapolation around the mask (not edge replication): a disc that reaches the image's
     # border keeps its round edge between the last pixel centres and the border

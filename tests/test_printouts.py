@@ -310,3 +310,26 @@ def test_patch_sheet_with_an_arbitrary_mask_cuts_along_its_outline():
     d = np.hypot(xs - obj["x_mm"] - 24, ys - obj["y_mm"] - 36)
     assert d.min() < 0.5
     assert sheet.sidecar()["objects"][0]["masked"] is True
+
+
+def test_print_from_a_real_tiny_patch_run(tmp_path, capsys):
+    """`testbed patch` (2 steps, the tiny test CNN) then `testbed print patch --image RUN_DIR`: the run's circular
+    mask is recognised and printed as the exact circle; the sidecar carries the run's seed and config hash."""
+    import hashlib
+
+    from pipelines.main import main
+    from test_patch import _register_tiny_cli_model
+
+    run = tmp_path / "run"
+    assert main(["patch", "--model", _register_tiny_cli_model(), "--target", "two", "--scenes", "chelsea",
+                 "--area", "0.2", "--steps", "2", "--batch-size", "2", "--eval", "4", "--eot", "thys",
+                 "--seed", "5", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["print", "patch", "--image", str(run), "--width-mm", "60", "--no-png", "--out",
+                 str(tmp_path / "p")]) == 0
+    side = json.loads((tmp_path / "p" / "patch.json").read_text())
+    digest = hashlib.sha256((run / "config.json").read_bytes()).hexdigest()
+    assert side["run"]["config_sha256"] == digest and side["run"]["run_id"] == digest[:8]
+    assert side["seed"] == 5 == json.loads((run / "config.json").read_text())["seed"]
+    assert side["palette"] == "unused (lambda_nps 0)" and side["run"]["shape"] == "circle"
+    assert side["config"]["params"]["edge"] == "disc"
