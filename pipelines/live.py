@@ -174,6 +174,17 @@ def probe_codec(preferred: str = "auto") -> tuple[str, str]:
     return FALLBACK_CODEC
 
 
+def _is_mjpeg_stream(src: Any) -> bool:
+    """Whether ``src`` is a network stream of MJPEG (whose CAP_PROP_FPS is FFmpeg's default, not the stream's)."""
+    import cv2
+
+    cap = getattr(src, "_cap", None)
+    if getattr(src, "kind", None) != "stream" or cap is None:
+        return False
+    code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).upper() in ("MJPG", "MJPEG")
+
+
 def _declared_fps(source: Any) -> float | None:
     """The frame rate a file declares (read with a short-lived ``cv2.VideoCapture``), else None."""
     import cv2
@@ -327,6 +338,8 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                else cfg.source).open()  # a source that cannot be opened fails here, before any file is written
         fps_attr = getattr(src, "fps", None)
         declared = float(fps_attr) if fps_attr and 0 < fps_attr <= 1000 else None
+        if declared is not None and _is_mjpeg_stream(src):
+            declared = None  # MJPEG over HTTP carries no timing: FFmpeg's 25 frames/s is a default, so measure
         frames_iter = _plain_frames(src)
     if rate["fps"] is None and declared is not None:
         rate = {"fps": declared, "from": "source (CAP_PROP_FPS)"}
@@ -426,7 +439,7 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
     interrupted = False
     capture_thread.start()
     writer_thread.start()
-    log = open(log_path, "w")
+    log = open(log_path, "w", buffering=1)  # line-buffered: each frame is on disk as it is classified
     try:
         try:
             while True:
@@ -504,6 +517,9 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                 continue
         writer_thread.join()
         capture_thread.join(timeout=1.0 if stopped_by != "end of source" else cfg.timeout_s + 5)
+        if stop_request.is_set() and stopped_by == "end of source":
+            # a signal ends the source too (Ctrl-C reaches the secure capture process): the request is the cause
+            stopped_by = stop_request.reason or "stop request"
         if writer_thread.error is not None:
             error, stopped_by = writer_thread.error, "error"
         elif capture_thread.error is not None and stopped_by == "end of source":  # the source failed

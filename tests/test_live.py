@@ -171,14 +171,14 @@ def test_signal_stops_in_order_and_keeps_video_and_log(tmp_path, sig, status):
         proc = _live_cli(url, tmp_path / "out")
         log = tmp_path / "out" / "log.jsonl"
         deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 5):
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == status, (out, err)
     rows, summary = _read_log(log)
-    assert len(rows) >= 5 and summary["stopped_by"] == sig.name and summary["video_frames"] == len(rows)
+    assert len(rows) >= 3 and summary["stopped_by"] == sig.name and summary["video_frames"] == len(rows)
     count, shape, _ = _read_video(tmp_path / "out" / f"annotated{probe_codec()[1]}")
     assert count == len(rows) and shape == (120, 160, 3)
     assert f"{len(rows)} frames" in out and "steady" in out and "start-up" in out
