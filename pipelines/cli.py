@@ -62,7 +62,7 @@ def _live_report(summary) -> list[str]:
     lines = [f"{summary.frames} frames in {summary.seconds:.1f} s: start-up {summary.startup_s:.2f} s, then "
              f"{summary.steady_fps:.1f} frames/s steady ({summary.fps:.1f} frames/s over the whole run incl. "
              f"start-up; model alone {summary.classify_fps:.1f} frames/s); stopped by {summary.stopped_by}"]
-    if summary.frames:
+    if summary.frames:  # (a run stopped before its first frame wrote nothing and removed its folder)
         lines.append(f"video {summary.video} ({summary.video_frames} frames, {summary.codec}, "
                      f"{summary.video_fps:g} fps from {summary.video_fps_from}), log {summary.log}")
     if summary.secure is not None:
@@ -115,8 +115,9 @@ def _cmd_live(args: argparse.Namespace) -> int:
     print("\n".join(_live_report(summary)), flush=True)
     if summary.stopped_by in ("SIGINT", "SIGTERM"):
         status = 128 + int(getattr(signal, summary.stopped_by))
-        print(f"testbed live: interrupted by {summary.stopped_by} after {summary.frames} frame(s); video and log "
-              f"kept (exit {status})", file=sys.stderr)
+        kept = "video and log kept" if summary.frames else "no frame had arrived: nothing written"
+        print(f"testbed live: interrupted by {summary.stopped_by} after {summary.frames} frame(s); {kept} "
+              f"(exit {status})", file=sys.stderr)
         return status
     return 0
 
