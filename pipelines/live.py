@@ -497,7 +497,15 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                 lines = [f"{cfg.model}  {fps:5.1f} fps  frame {seq}" + ("  [secure]" if verified else "")
                          + ("  [rectified]" if rectified else "") + (f"  [{note}]" if note else "")]
                 lines += [f"{100 * s:5.1f}%  {name[:40]}" for name, s in top5]
-                if not _put(to_write, (image, lines, t_captured), stop):
+                handed = False
+                while writer_thread.is_alive() and not handed:  # a dead writer must not block the loop
+                    try:
+                        to_write.put((image, lines, t_captured), timeout=0.2)
+                        handed = True
+                    except queue.Full:
+                        continue
+                if not handed:
+                    stopped_by = "error"
                     break
                 stages["rectify"] += t2 - t1
                 stages["classify"] += t3 - t2
@@ -549,8 +557,9 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
             record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()}
             log.write(json.dumps({"summary": record}) + "\n")
         log.close()
-        if n > 0 and video_tmp.exists():
-            os.replace(video_tmp, video)
+        if n > 0:  # the log is kept even where the video writer failed
+            if video_tmp.exists():
+                os.replace(video_tmp, video)
         else:
             for f in (video_tmp, log_path):
                 f.unlink(missing_ok=True)

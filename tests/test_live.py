@@ -147,6 +147,27 @@ def test_stream_dying_mid_run_is_an_error_and_keeps_video_and_log(stream, tmp_pa
     assert torch.get_num_threads() == before
 
 
+def test_a_video_writer_that_cannot_open_is_an_error_not_a_hang(stream, tmp_path, monkeypatch):
+    probe_codec()  # (cached) probed with the real encoder
+
+    class Broken:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def isOpened(self) -> bool:  # noqa: N802
+            return False
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(cv2, "VideoWriter", Broken)
+    with pytest.raises(SourceError, match="video writer"):
+        run_live(LiveConfig(source=stream, model=register_tiny(), out=tmp_path / "o", max_frames=N_FRAMES,
+                            width=160, height=120, timeout_s=3))
+    rows, summary = _read_log(tmp_path / "o" / "log.jsonl")  # the frames classified are still logged
+    assert summary["error"] and "video writer" in summary["error"] and summary["video_frames"] == 0
+
+
 # ------------------------------------------------------------------------------------------ the CLI, signals
 _CLI = ("import sys; sys.path.insert(0, {tests!r}); from test_experiment import register_tiny; register_tiny(); "
         "from pipelines.main import main; sys.exit(main(sys.argv[1:]))")
