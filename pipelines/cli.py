@@ -59,9 +59,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _live_report(summary) -> list[str]:
     """The printed summary of a live run: steady rate and start-up apart, the video's codec and rate, and the
     secure path's accepted / rejected counts by reason."""
-    lines = [f"{summary.frames} frames in {summary.seconds:.1f} s: start-up {summary.startup_s:.2f} s, then "
-             f"{summary.steady_fps:.1f} frames/s steady ({summary.fps:.1f} frames/s over the whole run incl. "
-             f"start-up; model alone {summary.classify_fps:.1f} frames/s); stopped by {summary.stopped_by}"]
+    lines = [(f"{summary.frames} frames in {summary.seconds:.1f} s: start-up {summary.startup_s:.2f} s, then "
+              f"{summary.steady_fps:.1f} frames/s steady ({summary.fps:.1f} frames/s over the whole run incl. "
+              f"start-up; model alone {summary.classify_fps:.1f} frames/s); stopped by {summary.stopped_by}")]
     if summary.frames:  # (a run stopped before its first frame wrote nothing and removed its folder)
         lines.append(f"video {summary.video} ({summary.video_frames} frames, {summary.codec}, "
                      f"{summary.video_fps:g} fps from {summary.video_fps_from}), log {summary.log}")

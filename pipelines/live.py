@@ -24,9 +24,10 @@ import queue
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ class LiveConfig:
     # None: leave torch's setting alone.
     torch_threads: int | None = 1
 
-    def validate(self) -> "LiveConfig":
+    def validate(self) -> LiveConfig:
         if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
             raise ConfigError(f"max_frames must be an integer >= 1, got {self.max_frames!r}")
         if self.seconds is not None and not self.seconds > 0:
@@ -150,7 +151,7 @@ def _suffix_for(fourcc: str) -> str:
     return ".webm" if fourcc.upper() in ("VP80", "VP90") else ".mp4"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe_codec(preferred: str = "auto") -> tuple[str, str]:
     """``(fourcc, suffix)`` of the video encoder to use: for ``"auto"``, the first of :data:`BROWSER_CODECS` with
     which a tiny ``cv2.VideoWriter`` opens and writes a non-empty file, else :data:`FALLBACK_CODEC`."""
@@ -278,7 +279,7 @@ class _Stage(threading.Thread):
             self.error = exc
 
 
-def _put(q: "queue.Queue", item: Any, stop: threading.Event) -> bool:
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     """Put ``item`` unless the loop is stopping; False when it stopped first."""
     while not stop.is_set():
         try:
@@ -375,7 +376,7 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
             if close:
                 try:
                     close()
-                except Exception:  # noqa: BLE001 - the error that ended the capture is the one reported
+                except Exception:  # noqa: BLE001, S110 - the error that ended the capture is the one reported
                     pass
             _put(captured, _END, stop)
 
@@ -439,7 +440,7 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
     interrupted = False
     capture_thread.start()
     writer_thread.start()
-    log = open(log_path, "w", buffering=1)  # line-buffered: each frame is on disk as it is classified
+    log = open(log_path, "w", buffering=1)  # noqa: SIM115 - closed in the finally below; line-buffered: each frame is on disk as it is classified
     try:
         try:
             while True:

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from mjpeg_stream import mjpeg_stream
-from pipelines.live import LiveConfig, _letterbox, probe_codec, run_live
 from test_experiment import TINY, register_tiny
+
+from pipelines.live import LiveConfig, _letterbox, probe_codec, run_live
 from testbed.errors import ConfigError, SourceError
 
 N_FRAMES = 8
@@ -154,7 +154,7 @@ def test_a_video_writer_that_cannot_open_is_an_error_not_a_hang(stream, tmp_path
         def __init__(self, *args, **kwargs) -> None:
             pass
 
-        def isOpened(self) -> bool:  # noqa: N802
+        def isOpened(self) -> bool:
             return False
 
         def release(self) -> None:
@@ -165,7 +165,7 @@ def test_a_video_writer_that_cannot_open_is_an_error_not_a_hang(stream, tmp_path
         run_live(LiveConfig(source=stream, model=register_tiny(), out=tmp_path / "o", max_frames=N_FRAMES,
                             width=160, height=120, timeout_s=3))
     rows, summary = _read_log(tmp_path / "o" / "log.jsonl")  # the frames classified are still logged
-    assert summary["error"] and "video writer" in summary["error"] and summary["video_frames"] == 0
+    assert len(rows) == N_FRAMES and summary["error"] and "video writer" in summary["error"] and summary["video_frames"] == 0
 
 
 # ------------------------------------------------------------------------------------------ the CLI, signals
