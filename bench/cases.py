@@ -383,14 +383,17 @@ def _video(path: Path, n: int, width: int = 640, height: int = 480) -> Path:
 
 @case
 def live(w: Workload, secure: bool = False) -> dict[str, Any]:
-    """pipelines.live.run_live at 640x480 on a video file (mp4v), mobilenet_v2; frames/s of the whole loop."""
+    """pipelines.live.run_live at 640x480 on a video file (mp4v), mobilenet_v2; frames/s of the whole loop.
+
+    The annotated video is written with mp4v, as in the earlier rows (the live command's default, VP8 where the
+    OpenCV build has no H.264 encoder, costs ~70 ms per 640x480 frame against ~11 ms: docs/harness.md)."""
     from pipelines.live import LiveConfig, run_live
 
     n = 90 if w.size >= 224 else 6
     with tempfile.TemporaryDirectory() as tmp:
         src = _video(Path(tmp) / "in.mp4", n)
         s = run_live(LiveConfig(source=str(src), model="mobilenet_v2", out=Path(tmp) / "out", max_frames=n,
-                                secure=secure))
+                                secure=secure, codec="mp4v"))
     return {"seconds": [1.0 / s.fps], "unit": "s/frame", "fps": s.fps, "classify_fps": s.classify_fps,
             "steady_fps": s.steady_fps, "startup_s": s.startup_s,
             "frames": s.frames, "stages_ms": s.stages_ms, "secure": secure}
