@@ -310,6 +310,11 @@ def _child_main() -> None:
     The control socket arrives as an inherited descriptor (its number on the command line is not a secret); the
     pickled (source factory, config) arrive on stdin from the parent that started us. The key is generated here.
     """
+    import signal
+
+    # A terminal's Ctrl-C goes to the whole foreground process group: the consumer stops us in order (and reports
+    # it); the child ignoring SIGINT keeps its own KeyboardInterrupt traceback off the user's terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
     source_factory, config = pickle.load(sys.stdin.buffer)
