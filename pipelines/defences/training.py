@@ -41,6 +41,7 @@ from physical.attacks.variants import MadryPGD, MaskedPGD, TradesPGD, trades_kl
 from physical.losses import margin
 from pipelines.defences import DefenceError
 from testbed.device import default_device
+from testbed.runs import save_checked
 from worlds.signs.train import deterministic, fit
 
 METHODS = ("clean", "fgsm_at", "pgd_at", "trades", "doa", "noise", "dropout", "distill_teacher", "distill_student")
@@ -188,7 +189,7 @@ def rendered_data(split: str, n: int, seed: int, cache_dir: Path = DEFAULT_CACHE
         d = _load_cache(path, f"defence {'training' if split == 'train' else 'held-out'}-data cache")
         return d["images"], d["labels"]
     ds = generate_dataset(DatasetConfig(n=n, split=split, seed=seed))
-    _atomic_save({"images": ds.images, "labels": ds.labels}, path)
+    save_checked({"images": ds.images, "labels": ds.labels}, path)
     return ds.images, ds.labels
 
 
@@ -202,15 +203,8 @@ def heldout_data(n: int, seed: int, cache_dir: Path = DEFAULT_CACHE) -> tuple[Te
     return rendered_data("heldout", n, seed, cache_dir)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """A cache file: tensors and plain data behind a checksum header, written atomically (testbed.runs)."""
-    from testbed.runs import save_checked
-
-    save_checked(obj, path)
-
-
 def _load_cache(path: Path, what: str) -> dict[str, Any]:
-    """A cache file written by :func:`_atomic_save`: checksum checked before unpickling, then loaded with
+    """A cache file written by :func:`testbed.runs.save_checked`: checksum checked before unpickling, then loaded with
     ``weights_only=True``; IntegrityError naming the file (and saying to delete it) otherwise."""
     from testbed.runs import load_checked
     from testbed.errors import IntegrityError
@@ -359,7 +353,7 @@ def train_defence(name: str, config: DefenceTrainConfig, *, cache_dir: Path = DE
                       log=lambda line: log(f"{name}: {line}"), started=t0)
     model = model.cpu().eval()
     seconds = time.time() - t0
-    _atomic_save({"state_dict": model.state_dict(), "config": config.to_dict(), "history": history,
+    save_checked({"state_dict": model.state_dict(), "config": config.to_dict(), "history": history,
                   "train_seconds": seconds, "torch": str(torch.__version__)}, path)
     return TrainedDefence(name, model, config, history, seconds, path)
 
