@@ -49,10 +49,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
-    from pipelines.experiment import write_report
+    from pipelines.run_reports import compare, run_kind, write_run_report
 
-    print(f"report: {write_report(Path(args.run_dir))}")
+    for d in args.run_dirs:  # every folder is recognised (or refused by name) before anything is written
+        run_kind(d)
+    if args.compare or args.csv:
+        table, rows = compare(args.run_dirs, csv_path=args.csv)
+        print(table, end="")
+        if args.csv:
+            print(f"{len(rows)} row(s) from {len(args.run_dirs)} run(s) written to {args.csv}")
+        return 0
+    for d in args.run_dirs:
+        print(f"report: {write_run_report(d)}")
     return 0
 
 
@@ -160,8 +168,16 @@ def add_parser(subparsers) -> None:
     cli_types.add_progress_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = subparsers.add_parser("report", help="(re)write report.md/.html/.json and plots of a run directory")
-    p.add_argument("run_dir", type=_existing_dir("run directory"))
+    p = subparsers.add_parser(
+        "report", help="(re)write report.md/.html and plots of run directories of any kind (patch, sticker, eyeglass, "
+                       "evaluate, survival, demo, secure-eval, defences), or compare several runs in one table")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=_existing_dir("run directory"),
+                   help="run directories (each gets its report.md, report.html and plots/)")
+    p.add_argument("--compare", action="store_true",
+                   help="print one Markdown table of every run's headline rates (k/n, Wilson 95%% interval) instead "
+                        "of writing the reports")
+    p.add_argument("--csv", type=cli_types.output_file, default=None,
+                   help="also write the --compare table as CSV to this file (implies --compare)")
     p.set_defaults(func=_cmd_report)
 
     p = subparsers.add_parser("live", help="live classification: capture -> [secure] -> [rectify] -> top-5 + FPS")

@@ -189,6 +189,9 @@ def run_demo(cfg: DemoConfig) -> Path:
                                        "printed": r_print.as_dict() if r_print else None},
                     "rectify": rect_info, "printout": {"pdf": str(files.pdf), "sidecar": str(files.sidecar)},
                     "seconds": time.time() - started})
+    from pipelines.report import demo_plots
+
+    lines += [""] + demo_plots(results, out)  # plots/target_success.png (the same section as `testbed report`)
     report = out / "report.md"
     write_atomic(report, "\n".join(lines) + "\n")
     write_atomic(out / "results.json", json.dumps(results, indent=2, default=str))

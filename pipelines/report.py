@@ -167,6 +167,108 @@ def plot_examples(run_dir: Path, cells: dict[str, dict], path: Path, per_row: in
     return path
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def rate_bar_data(r: Rate | dict[str, Any] | None) -> tuple[float, float, float]:
+    """(value, lower error, upper error) in percent of a rate for a bar with a Wilson 95% error bar; zeros for no
+    rate or n = 0."""
+    v = _rate(r)
+    if v is None or v[3] == 0:
+        return 0.0, 0.0, 0.0
+    return 100 * v[0], max(0.0, 100 * (v[0] - v[1])), max(0.0, 100 * (v[2] - v[0]))
+
+
+def plot_rate_bars(groups: dict[str, dict[str, Rate | dict[str, Any] | None]], path: Path, *, title: str,
+                   ylabel: str = "rate (%)") -> Path:
+    """Grouped bars with Wilson 95% error bars: ``groups`` maps a group label (x axis) to {series: rate}; each
+    series has its own colour and its n is written above its bar."""
+    import numpy as np
+
+    plt = _pyplot()
+    series = list(dict.fromkeys(s for g in groups.values() for s in g))
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(series)) * 0.6 + 2), 3.8))
+    cmap = plt.get_cmap("tab10")
+    for i, s in enumerate(series):
+        vals = [rate_bar_data(g.get(s)) for g in groups.values()]
+        off = (i - (len(series) - 1) / 2) * width
+        ax.bar(x + off, [v[0] for v in vals], width, yerr=[[v[1] for v in vals], [v[2] for v in vals]],
+               capsize=3, color=cmap(i % 10), label=s)
+        for xi, g in zip(x, groups.values()):
+            r = _rate(g.get(s))
+            if r is not None:
+                ax.text(xi + off, 101, f"n={r[3]}", ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_xticks(x, list(groups), fontsize=7, rotation=20 if len(groups) > 3 else 0,
+                  ha="right" if len(groups) > 3 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 118)
+    ax.set_title(f"{title} (Wilson 95% CI)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_loss(history: list[float], path: Path, *, title: str) -> Path:
+    """The optimisation's loss per step, with a running mean over ~5% of the steps."""
+    import numpy as np
+
+    plt = _pyplot()
+    y = np.asarray(history, dtype=float)
+    steps = np.arange(1, len(y) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(steps, y, lw=0.8, alpha=0.5, color="C0", label="loss per step")
+    k = max(1, len(y) // 20)
+    if k > 1:
+        smooth = np.convolve(y, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, lw=1.6, color="C1", label=f"running mean ({k} steps)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plots_section(out_dir: Path, plots: list[Path]) -> list[str]:
+    """The Markdown lines of a report's ``## Plots`` section (paths relative to the report's folder)."""
+    if not plots:
+        return []
+    return ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in plots] + [""]
+
+
+def survival_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    """The survival table as bars (digital, after print + photo, un-attacked) with Wilson intervals:
+    ``plots/survival.png`` under ``out_dir``; returns the report's Plots section."""
+    groups = {f"{r['kind']}: {r['goal']}": {"digital (held-out EOT)": r.get("digital"),
+                                           "after print + photo": r.get("printed"),
+                                           "un-attacked, same photos": r.get("clean_printed")} for r in rows}
+    path = plot_rate_bars(groups, Path(out_dir) / "plots" / "survival.png", title="Attack success before and "
+                          "after the print-and-photograph loop", ylabel="attack success (%)")
+    return plots_section(Path(out_dir), [path])
+
+
+def demo_plots(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """The demo's before / after target success as bars with Wilson intervals: ``plots/target_success.png``."""
+    ts = results.get("target_success") or {}
+    groups = {"held-out EOT draws": {"digital patch": results.get("eot_success")},
+              "scenes": {"no patch": ts.get("none"), "digital patch": ts.get("digital"),
+                         "printed + photographed patch": ts.get("printed")}}
+    path = plot_rate_bars(groups, Path(out_dir) / "plots" / "target_success.png",
+                          title="Target success of the demo patch", ylabel="target success (%)")
+    return plots_section(Path(out_dir), [path])
+
+
 def plot_transfer_heatmap(matrix: dict[str, Any], path: Path) -> Path:
     """One heatmap per attack (rows source, columns target): top-1 accuracy of the target on the adversarials."""
     import matplotlib
@@ -177,17 +279,27 @@ def plot_transfer_heatmap(matrix: dict[str, Any], path: Path) -> Path:
 
     attacks = matrix["attacks"]
     sources, targets = matrix["sources"], matrix["targets"]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.2), squeeze=False)
-    for ax, a in zip(axes[0], attacks):
+    # each panel wide enough for its column labels (rotated 45°, right-aligned under their column) and the
+    # first panel alone carries the source names, so neighbouring panels' labels never overlap
+    longest = max((len(str(t)) for t in [*sources, *targets]), default=8)
+    cell = 0.75
+    panel_w = max(2.6, cell * len(targets) + 0.5)
+    fig, axes = plt.subplots(1, len(attacks), squeeze=False, sharey=True,
+                             figsize=(panel_w * len(attacks) + 0.09 * longest + 1.4,
+                                      cell * len(sources) + 0.07 * longest + 1.2))
+    for n_ax, (ax, a) in enumerate(zip(axes[0], attacks)):
         m = np.array([[100 * matrix["top1"][a][s][t]["value"] for t in targets] for s in sources])
         im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
         for i in range(len(sources)):
             for j in range(len(targets)):
-                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", color="w" if m[i, j] < 60 else "k")
-        ax.set_xticks(range(len(targets)), targets, rotation=30, fontsize=7)
+                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color="w" if m[i, j] < 60 else "k")
+        ax.set_xticks(range(len(targets)), targets, rotation=45, ha="right", rotation_mode="anchor", fontsize=7)
         ax.set_yticks(range(len(sources)), sources, fontsize=7)
-        ax.set_title(f"{a} ε={matrix['eps']:g}: target top-1 %", fontsize=8)
-        ax.set_xlabel("target"); ax.set_ylabel("source")
+        ax.set_title(f"{a} ε={matrix['eps']:g}:\ntarget top-1 %", fontsize=8)
+        ax.set_xlabel("target")
+        if n_ax == 0:
+            ax.set_ylabel("source")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     _savefig(fig, path)
     plt.close(fig)

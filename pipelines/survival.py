@@ -355,6 +355,22 @@ def _save(path: Path, images: Tensor) -> None:
     save_image(make_grid(images.clamp(0, 1), nrow=images.shape[0], padding=4, pad_value=1.0)[None], path)
 
 
+def rows_from_dicts(rows: list[dict[str, Any]]) -> list[SurvivalRow]:
+    """The rows of a stored ``report.json`` (``SurvivalRow.as_dict()``) back as SurvivalRows (``testbed report``)."""
+
+    def as_rate(d: Any) -> Any:
+        return wilson(d["k"], d["n"]) if isinstance(d, dict) and {"k", "n"} <= set(d) else d
+
+    out = []
+    for d in rows:
+        d = dict(d)
+        for k in ("digital", "printed", "clean_printed"):
+            d[k] = as_rate(d[k])
+        d["extra"] = {k: as_rate(v) for k, v in (d.get("extra") or {}).items()}
+        out.append(SurvivalRow(**d))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ the table
 def run_survival(runs: list[tuple[str, str]], cfg: SurvivalConfig, out: str | Path,
                  log: Callable[[str], None] | None = None) -> list[SurvivalRow]:
@@ -380,7 +396,9 @@ def run_survival(runs: list[tuple[str, str]], cfg: SurvivalConfig, out: str | Pa
     data = {"config": asdict(cfg), "rows": [r.as_dict() for r in rows], "seconds": round(time.time() - started, 1),
             "machine": machine_line(), "date": time.strftime("%Y-%m-%d")}
     write_atomic(out / "report.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
-    write_atomic(out / "report.md", render_markdown(rows, cfg, data))
+    from pipelines.report import survival_plots
+
+    write_atomic(out / "report.md", render_markdown(rows, cfg, data) + "\n" + "\n".join(survival_plots(data["rows"], out)))
     return rows
 
 

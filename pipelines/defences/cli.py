@@ -21,7 +21,7 @@ from testbed import cli_types
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``defences`` subcommand (with ``train``, ``evaluate`` and ``all``) to ``subparsers``."""
-    p = subparsers.add_parser("defences", help="defences for sign-cnn, evaluated with adaptive attacks (issue 8)")
+    p = subparsers.add_parser("defences", help="defences for sign-cnn, evaluated with adaptive attacks")
     sub = p.add_subparsers(dest="defences_command", required=True)
     for name, help_ in (("train", "train the defended models (cached; seeded, deterministic)"),
                         ("evaluate", "evaluate every defence and write the report"),

@@ -1,0 +1,347 @@
+"""``testbed report``: a report for every kind of run directory, and one table across runs (``--compare``).
+
+Kinds (recognised from what the folder holds, see :func:`run_kind`):
+
+* ``patch`` / ``sticker`` / ``eyeglass`` (``testbed-run.json`` marker, ``config.json``, ``metrics.json``,
+  ``checkpoints/``): held-out success of the optimised, the initial and (when scored) the un-attacked object, each
+  k/n with a Wilson 95% interval, and the loss curve from the newest checkpoint's history;
+* ``experiment`` (``testbed evaluate``; ``config.resolved.yaml``): :func:`pipelines.experiment.write_report`;
+* ``survival`` (``report.json`` with ``rows``), ``demo`` (``results.json`` with ``target_success``),
+  ``secure-eval`` (``results.json`` with ``protected``), ``defences`` (``report.json`` with ``sections``).
+
+Each report is ``report.md`` + ``report.html`` (+ ``report.json`` where the run has none of its own) with its plots
+under ``plots/``. :func:`summary_rows` gives a run's headline rates (one row per measured rate) and
+:func:`compare` puts several runs' rows in one Markdown table and, optionally, a CSV file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.report import (ci, demo_plots, md_table, md_to_html, plot_loss, plot_rate_bars, plots_section,
+                              survival_plots)
+from testbed.errors import ConfigError, TestbedError
+from testbed.inputs import load_json
+from testbed.runs import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, load_checked, run_dir_kind, write_atomic
+from testbed.stats import Rate, wilson
+
+ATTACK_KINDS = ("patch", "sticker", "eyeglass")
+PLOTS = "plots"
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _json(path: Path, what: str) -> dict[str, Any]:
+    data = load_json(path, what=what)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def _rate(d: Any) -> Rate | None:
+    """A stored rate (``{"k", "n", ...}``) as a Rate with its Wilson interval recomputed; None if it is not one."""
+    if isinstance(d, dict) and isinstance(d.get("k"), int) and isinstance(d.get("n"), int) and 0 <= d["k"] <= d["n"]:
+        return wilson(d["k"], d["n"])
+    return None
+
+
+def _from_fraction(value: Any, n: Any) -> Rate | None:
+    """A rate stored as a fraction of ``n`` draws (``metrics.json``): k = round(value * n)."""
+    if not isinstance(n, int) or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return wilson(min(n, max(0, round(value * n))), n)
+
+
+def run_kind(run_dir: str | Path) -> str:
+    """What kind of run ``run_dir`` holds (see the module docstring); ConfigError for anything else."""
+    p = Path(run_dir)
+    if not p.is_dir():
+        raise ConfigError(f"{p} is not a folder")
+    kind = run_dir_kind(p)
+    if kind is not None:
+        if kind in ATTACK_KINDS or kind == "experiment":
+            return kind
+        raise ConfigError(f"{p} is a {kind} run directory; `testbed report` reads patch, sticker, eyeglass, "
+                          "experiment (evaluate), survival, demo, secure-eval and defences runs")
+    if (p / "results.json").is_file():
+        data = _json(p / "results.json", "results file")
+        if "target_success" in data:
+            return "demo"
+        if "protected" in data and "unprotected" in data:
+            return "secure-eval"
+    if (p / "report.json").is_file():
+        data = _json(p / "report.json", "report file")
+        if isinstance(data.get("rows"), list) and isinstance(data.get("config"), dict) and "photos" in data["config"]:
+            return "survival"
+        if isinstance(data.get("sections"), dict):
+            return "defences"
+    raise ConfigError(f"{p} is not a run directory (no {CONFIG_FILE} of an attack run, no config.resolved.yaml of an "
+                      "experiment, no survival / demo / secure-eval / defences results)")
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One measured rate of one run: what ``--compare`` tabulates."""
+
+    run: str
+    kind: str
+    model: str
+    goal: str
+    measure: str
+    rate: Rate | None
+
+    def cells(self) -> list[str]:
+        return [self.run, self.kind, self.model, self.goal, self.measure, ci(self.rate)]
+
+    def csv_cells(self) -> list[Any]:
+        r = self.rate
+        if r is None or r.n == 0:
+            return [self.run, self.kind, self.model, self.goal, self.measure, "", 0, "", "", ""]
+        return [self.run, self.kind, self.model, self.goal, self.measure, r.k, r.n, f"{r.value:.6g}",
+                f"{r.low:.6g}", f"{r.high:.6g}"]
+
+
+TABLE_HEADER = ["run", "kind", "model", "goal", "measure", "rate % [Wilson 95%] (n)"]
+CSV_HEADER = ["run", "kind", "model", "goal", "measure", "k", "n", "rate", "wilson_low", "wilson_high"]
+
+
+# ------------------------------------------------------------------------------------------------ attack runs
+def _attack_goal(kind: str, cfg: dict[str, Any], m: dict[str, Any]) -> str:
+    if kind == "eyeglass":
+        target = m.get("target") or cfg.get("target")
+        target = ", ".join(target) if isinstance(target, list) else target
+        wearer = ", ".join(cfg["wearer"]) if isinstance(cfg.get("wearer"), list) else cfg.get("wearer", "")
+        return f"{m.get('mode', cfg.get('mode', ''))} {wearer}" + (f" as {target}" if target else "")
+    target = m.get("target_name", m.get("target", cfg.get("target")))
+    if kind == "sticker":
+        sign = m.get("sign", cfg.get("sign", "sign"))
+        return f"{sign} -> {target}" if target is not None else f"{sign}, untargeted"
+    return f"target {target}" if target is not None else "untargeted"
+
+
+def _attack_model(kind: str, cfg: dict[str, Any], m: dict[str, Any]) -> str:
+    """The attacked model's name (eyeglass runs attack the one face descriptor and do not record it)."""
+    return str(m.get("model", cfg.get("model", "face-descriptor-dlib" if kind == "eyeglass" else "?")))
+
+
+def _attack_rates(m: dict[str, Any]) -> dict[str, Rate]:
+    n = m.get("eval_samples")
+    rates = {"optimised (held-out EOT draws)": _from_fraction(m.get("success_rate"), n),
+             "initial (same draws)": _from_fraction(m.get("initial_success_rate"), n),
+             "un-attacked (same draws)": _from_fraction(m.get("clean_success_rate"), n)}
+    return {k: v for k, v in rates.items() if v is not None}
+
+
+def _newest_history(run_dir: Path) -> list[float] | None:
+    """The loss per step from the newest intact checkpoint (read with :func:`testbed.runs.load_checked`)."""
+    for path in sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"), reverse=True):
+        try:
+            state = load_checked(path, what="checkpoint", expect=dict)
+        except TestbedError:  # a damaged or foreign checkpoint: no loss curve from it
+            continue
+        hist = state.get("history")
+        if isinstance(hist, list) and all(isinstance(v, (int, float)) for v in hist):
+            return [float(v) for v in hist]
+    return None
+
+
+def _attack_report(run_dir: Path, kind: str) -> tuple[str, list[str], dict[str, Any]]:
+    cfg = _json(run_dir / CONFIG_FILE, "run configuration")
+    if not (run_dir / METRICS_FILE).is_file():
+        raise ConfigError(f"{run_dir} has no {METRICS_FILE}: the {kind} run has not finished; rerun its command with "
+                          "the same --out to finish it, then `testbed report`")
+    m = _json(run_dir / METRICS_FILE, "metrics file")
+    model = _attack_model(kind, cfg, m)
+    goal = _attack_goal(kind, cfg, m)
+    rates = _attack_rates(m)
+    plots: list[Path] = []
+    if rates:
+        plots.append(plot_rate_bars({goal: rates}, run_dir / PLOTS / "success.png",
+                                    title=f"{kind} on {model}: attack success", ylabel="attack success (%)"))
+    history = _newest_history(run_dir)
+    if history:
+        plots.append(plot_loss(history, run_dir / PLOTS / "loss.png",
+                               title=f"{kind} on {model}: loss per optimisation step"))
+    lines = [f"# {kind.capitalize()} run report: `{run_dir.name}`", "",
+             f"Model {model}; goal: {goal}; {m.get('steps', cfg.get('steps'))} steps × {cfg.get('batch_size')} EOT "
+             f"draws (seed {m.get('seed', cfg.get('seed'))}); evaluation on {m.get('eval_samples')} fresh draws "
+             f"(seed {m.get('eval_seed', cfg.get('eval_seed'))}).", ""]
+    lines += md_table(["measure", "success % [Wilson 95%] (n)"], [[k, ci(v)] for k, v in rates.items()]) + [""]
+    facts = [("final loss", m.get("final_loss")), ("optimisation seconds", m.get("optimise_seconds")),
+             ("evaluation seconds", m.get("eval_seconds")), ("mask fill", m.get("mask_fill")),
+             ("machine", m.get("machine"))]
+    facts += [(k, m[k]) for k in sorted(m) if k.startswith("distance_") and k.endswith("_mean")]
+    lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in facts if v is not None]
+    lines.append("")
+    images = [f for f in ("perturbation_8bit.png", "adversarial_8bit.png", "texture_8bit.png",
+                          "wearer_with_frame_0.png") if (run_dir / f).is_file()]
+    if images:
+        lines += ["## Images", ""] + [f"![{Path(f).stem}]({f})" for f in images] + [""]
+    lines += plots_section(run_dir, plots)
+    data = {"kind": kind, "model": model, "goal": goal, "rates": {k: v.as_dict() for k, v in rates.items()},
+            "loss_history_steps": len(history or []), "plots": [p.relative_to(run_dir).as_posix() for p in plots],
+            "metrics": m}
+    return f"{kind} run {run_dir.name}", lines, data
+
+
+def _write(run_dir: Path, title: str, lines: list[str], data: dict[str, Any] | None) -> Path:
+    md = "\n".join(lines) + "\n"
+    write_atomic(run_dir / "report.md", md)
+    write_atomic(run_dir / "report.html", md_to_html(md, title))
+    if data is not None:
+        write_atomic(run_dir / "report.json", json.dumps(data, indent=1, default=str) + "\n")
+    return run_dir / "report.md"
+
+
+def _strip_plots(md: str) -> list[str]:
+    """A report's lines without an earlier ``## Plots`` section (so re-running ``testbed report`` is idempotent)."""
+    lines = md.rstrip("\n").split("\n")
+    if "## Plots" in lines:
+        i = lines.index("## Plots")
+        j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("#")), len(lines))
+        lines = lines[:i] + lines[j:]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines + [""]
+
+
+# ------------------------------------------------------------------------------------------------ writers
+def write_run_report(run_dir: str | Path) -> Path:
+    """(Re)write the report of any kind of run directory (with its plots); returns report.md."""
+    run_dir = Path(run_dir)
+    kind = run_kind(run_dir)
+    if kind == "experiment":
+        import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
+        from pipelines.experiment import write_report
+
+        return write_report(run_dir)
+    if kind in ATTACK_KINDS:
+        title, lines, data = _attack_report(run_dir, kind)
+        return _write(run_dir, title, lines, data)
+    if kind == "survival":
+        from pipelines.survival import SurvivalConfig, render_markdown, rows_from_dicts
+
+        data = _json(run_dir / "report.json", "report file")
+        rows = rows_from_dicts(data["rows"])
+        md = render_markdown(rows, SurvivalConfig(**data["config"]), data)
+        lines = md.rstrip("\n").split("\n") + [""] + survival_plots(data["rows"], run_dir)
+        return _write(run_dir, "survival", lines, None)
+    if kind == "demo":
+        data = _json(run_dir / "results.json", "results file")
+        md = (run_dir / "report.md").read_text(encoding="utf-8") if (run_dir / "report.md").is_file() else ""
+        lines = (_strip_plots(md) if md else ["# testbed demo", ""]) + demo_plots(data, run_dir)
+        return _write(run_dir, "testbed demo", lines, None)
+    if kind == "secure-eval":
+        data = _json(run_dir / "results.json", "results file")
+        md = (run_dir / "report.md").read_text(encoding="utf-8") if (run_dir / "report.md").is_file() else ""
+        groups = _secure_groups(data)
+        plot = plot_rate_bars(groups, run_dir / PLOTS / "top1.png", title="secure-eval: top-1 agreement with the "
+                              "clean label, unprotected vs protected path", ylabel="top-1 (%)")
+        lines = (_strip_plots(md) if md else ["# secure-eval", ""]) + plots_section(run_dir, [plot])
+        return _write(run_dir, "secure-eval", lines, None)
+    # defences
+    from pipelines.defences.report import write_report as write_defences
+
+    write_defences(_json(run_dir / "report.json", "defence report"), run_dir)
+    md = (run_dir / "report.md").read_text(encoding="utf-8")
+    write_atomic(run_dir / "report.html", md_to_html(md, "defences"))
+    return run_dir / "report.md"
+
+
+def _secure_groups(data: dict[str, Any]) -> dict[str, dict[str, Rate | None]]:
+    groups: dict[str, dict[str, Rate | None]] = {}
+    for path in ("unprotected", "protected"):
+        for exp, r in (data.get(path) or {}).items():
+            if isinstance(r, dict) and isinstance(r.get("top1_n"), int):
+                k = r.get("top1_correct", 0)
+                groups.setdefault(exp, {})[path] = wilson(int(k), r["top1_n"]) if 0 <= k <= r["top1_n"] else None
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+def _rows_attack(run_dir: Path, kind: str) -> list[SummaryRow]:
+    cfg = _json(run_dir / CONFIG_FILE, "run configuration")
+    if not (run_dir / METRICS_FILE).is_file():
+        raise ConfigError(f"{run_dir} has no {METRICS_FILE}: the {kind} run has not finished")
+    m = _json(run_dir / METRICS_FILE, "metrics file")
+    model, goal = _attack_model(kind, cfg, m), _attack_goal(kind, cfg, m)
+    return [SummaryRow(str(run_dir), kind, model, goal, k, v) for k, v in _attack_rates(m).items()]
+
+
+def _rows_experiment(run_dir: Path) -> list[SummaryRow]:
+    if not (run_dir / "report.json").is_file():
+        write_run_report(run_dir)
+    data = _json(run_dir / "report.json", "report file")
+    cfg = data.get("config") or {}
+    out = []
+    for r in data.get("rows") or []:  # kurakin: accuracy after the channel, per attack and ε
+        out.append(SummaryRow(str(run_dir), f"experiment ({cfg.get('kind')})", str(r.get("model")),
+                              f"{r.get('attack')} ε={r.get('eps'):g}", "adversarial photo top-1 accuracy",
+                              _rate((r.get("adv_photo") or {}).get("top1"))))
+    for s in data.get("scores") or []:  # every kind: the scored findings (success among the eligible images)
+        f = s.get("finding") or {}
+        if isinstance(f.get("n"), int):
+            out.append(SummaryRow(str(run_dir), f"experiment ({cfg.get('kind')})", ", ".join(cfg.get("models", [])),
+                                  str(f.get("title")), "finding success", _from_fraction(f.get("success_rate"), f["n"])))
+    return out
+
+
+def summary_rows(run_dir: str | Path) -> list[SummaryRow]:
+    """The headline rates of one run directory (any kind), one row per measured rate."""
+    run_dir = Path(run_dir)
+    kind = run_kind(run_dir)
+    name = str(run_dir)
+    if kind in ATTACK_KINDS:
+        return _rows_attack(run_dir, kind)
+    if kind == "experiment":
+        return _rows_experiment(run_dir)
+    if kind == "survival":
+        data = _json(run_dir / "report.json", "report file")
+        return [SummaryRow(name, f"survival ({r.get('kind')})", str(r.get("model")), str(r.get("goal")), measure,
+                           _rate(r.get(key)))
+                for r in data["rows"] for key, measure in (("digital", "digital (held-out EOT)"),
+                                                          ("printed", "after print + photo"),
+                                                          ("clean_printed", "un-attacked, same photos"))]
+    if kind == "demo":
+        data = _json(run_dir / "results.json", "results file")
+        cfg = data.get("config") or {}
+        model, goal = str(cfg.get("model", "?")), f"target {cfg.get('target', '?')}"
+        ts = data.get("target_success") or {}
+        return [SummaryRow(name, "demo", model, goal, "held-out EOT success", _rate(data.get("eot_success")))] + [
+            SummaryRow(name, "demo", model, goal, f"scenes: {label}", _rate(ts.get(key)))
+            for key, label in (("none", "no patch"), ("digital", "digital patch"),
+                               ("printed", "printed + photographed patch"))]
+    if kind == "secure-eval":
+        data = _json(run_dir / "results.json", "results file")
+        return [SummaryRow(name, "secure-eval", "mobilenet_v2", exp, f"top-1, {path} path", r)
+                for exp, g in _secure_groups(data).items() for path, r in g.items()]
+    data = _json(run_dir / "report.json", "defence report")
+    eps = (data.get("config") or {}).get("eps") or []
+    rows = []
+    for name_d, row in ((data.get("sections") or {}).get("table") or {}).items():
+        rows.append(SummaryRow(name, "defences", name_d, "clean", "top-1 accuracy", _rate(row.get("clean_top1"))))
+        for e in eps:
+            cell = (row.get("eps") or {}).get(str(e)) or {}
+            rows.append(SummaryRow(name, "defences", name_d, f"adaptive attacks ε={e}/255", "top-1 accuracy",
+                                   _rate(cell.get("adaptive_top1"))))
+    return rows
+
+
+def compare(run_dirs: list[str | Path], *, csv_path: str | Path | None = None) -> tuple[str, list[SummaryRow]]:
+    """One Markdown table of every run's headline rates (and the same rows as CSV at ``csv_path``)."""
+    rows = [r for d in run_dirs for r in summary_rows(d)]
+    table = "\n".join(md_table(TABLE_HEADER, [r.cells() for r in rows])) + "\n"
+    if csv_path is not None:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(CSV_HEADER)
+        w.writerows(r.csv_cells() for r in rows)
+        write_atomic(Path(csv_path), buf.getvalue())
+    return table, rows
+
+
+
+__all__ = ["SummaryRow", "compare", "run_kind", "summary_rows", "write_run_report"]

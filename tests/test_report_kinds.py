@@ -1,0 +1,156 @@
+"""``testbed report`` on every kind of run directory (patch, sticker, eyeglass, survival, demo, defences, evaluate)
+and ``testbed report --compare`` with its CSV: each report has its plots and carries the run's own figures."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.main import main
+from testbed.stats import wilson
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "reports"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def _pct(k: int, n: int) -> str:
+    """A rate as ``pipelines.report.ci`` prints it."""
+    r = wilson(k, n)
+    return f"{100 * r.value:.1f} [{100 * r.low:.0f}–{100 * r.high:.0f}] (n={n})"
+
+
+@pytest.fixture(scope="module")
+def patch_run(tmp_path_factory):
+    from test_patch import _register_tiny_cli_model
+
+    run = tmp_path_factory.mktemp("kinds") / "patch"
+    assert main(["patch", "--model", _register_tiny_cli_model(), "--target", "two", "--scenes", "chelsea",
+                 "--area", "0.2", "--steps", "4", "--batch-size", "2", "--eval", "10", "--eot", "thys",
+                 "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    return run
+
+
+def _check_attack_report(run: Path, capsys, *, n: int, loss_curve: bool = True) -> str:
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 0
+    assert f"report: {run / 'report.md'}" in capsys.readouterr().out
+    m = json.loads((run / "metrics.json").read_text())
+    md = (run / "report.md").read_text()
+    k = round(m["success_rate"] * n)
+    assert m["eval_samples"] == n and f"| optimised (held-out EOT draws) | {_pct(k, n)} |" in md
+    assert _is_png(run / "plots" / "success.png") and "![success](plots/success.png)" in md
+    assert _is_png(run / "plots" / "loss.png") == loss_curve
+    data = json.loads((run / "report.json").read_text())
+    assert data["rates"]["optimised (held-out EOT draws)"]["k"] == k
+    assert (run / "report.html").read_text().startswith("<!doctype html>")
+    return md
+
+
+def test_report_on_a_patch_run(patch_run, capsys):
+    md = _check_attack_report(patch_run, capsys, n=10)
+    assert "Model eot-test-tiny; goal: target two; 4 steps" in md
+    assert json.loads((patch_run / "report.json").read_text())["loss_history_steps"] == 4
+    before = (patch_run / "report.md").read_text()
+    assert main(["report", str(patch_run)]) == 0 and (patch_run / "report.md").read_text() == before  # idempotent
+    # the run still resumes as itself after its report was written (report files are not part of the run)
+    from test_patch import _register_tiny_cli_model
+
+    assert main(["patch", "--model", _register_tiny_cli_model(), "--target", "two", "--scenes", "chelsea",
+                 "--area", "0.2", "--steps", "4", "--batch-size", "2", "--eval", "10", "--eot", "thys",
+                 "--out", str(patch_run), "--no-progress", "--device", "cpu"]) == 0
+
+
+def test_report_on_a_sticker_run(tmp_path, capsys):
+    run = tmp_path / "sticker"
+    assert main(["sticker", "--sign", "stop", "--target", "no_entry", "--steps", "2", "--batch-size", "2", "--eval",
+                 "4", "--eval-batch-size", "4", "--out", str(run), "--no-progress", "--device", "cpu",
+                 "--allocator", "glibc"]) == 0
+    md = _check_attack_report(run, capsys, n=4)
+    assert "goal: stop -> no_entry" in md and "| un-attacked (same draws) |" in md
+
+
+def test_report_on_an_eyeglass_run_built_from_the_run_dir_format(tmp_path, capsys):
+    """An eyeglass run directory as the loop writes it (marker, config.json, metrics.json, a checked checkpoint)."""
+    from testbed.runs import RunDir
+
+    run = RunDir(tmp_path / "eye", {"attack": "eyeglass", "mode": "dodge", "wearer": ["astronaut"], "target": [],
+                                    "steps": 30, "batch_size": 4, "seed": 0})
+    run.save_checkpoint({"history": [1.0 - 0.02 * i for i in range(30)]}, 30)
+    run.save_metrics({"attack": "eyeglass", "mode": "dodge", "success_rate": 0.75, "initial_success_rate": 0.05,
+                      "clean_success_rate": 0.0, "eval_samples": 20, "steps": 30, "seed": 0, "eval_seed": 1000003,
+                      "target": None, "distance_enrolled_mean": 0.71})
+    md = _check_attack_report(run.path, capsys, n=20)
+    assert "goal: dodge astronaut" in md and f"| initial (same draws) | {_pct(1, 20)} |" in md
+    assert "face-descriptor-dlib" in md and "distance_enrolled_mean: 0.71" in md
+
+
+def test_report_refuses_an_unfinished_attack_run_and_a_foreign_folder(tmp_path, capsys):
+    from testbed.runs import RunDir
+
+    RunDir(tmp_path / "eye", {"attack": "eyeglass", "steps": 3})
+    assert main(["report", str(tmp_path / "eye")]) == 2
+    assert "has not finished" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    assert main(["report", str(tmp_path / "junk")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_on_a_survival_run(tmp_path, capsys):
+    run = tmp_path / "survival"
+    shutil.copytree(DOCS / "survival", run)
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    rows = json.loads((run / "report.json").read_text())["rows"]
+    for r in rows:  # every row's figures, as the survival command printed them
+        d = r["printed"]
+        assert f"{d['k']}/{d['n']} = {100 * d['value']:.1f}%" in md
+    assert _is_png(run / "plots" / "survival.png") and "![survival](plots/survival.png)" in md
+    assert "<img" in (run / "report.html").read_text()
+
+
+def test_report_on_a_demo_run(tmp_path, capsys):
+    run = tmp_path / "demo"
+    shutil.copytree(DOCS / "demo", run)
+    assert main(["report", str(run)]) == 0
+    assert main(["report", str(run)]) == 0  # twice: one Plots section, not two
+    md = (run / "report.md").read_text()
+    assert md.count("## Plots") == 1 and "![target_success](plots/target_success.png)" in md
+    assert _is_png(run / "plots" / "target_success.png")
+    assert "Before / after" in md  # the demo's own report is kept
+
+
+def test_report_on_a_defences_run(tmp_path, capsys):
+    run = tmp_path / "defences"
+    shutil.copytree(DOCS / "defences_sign", run)
+    assert main(["report", str(run)]) == 0
+    assert _is_png(run / "accuracy_vs_eps.png") and "issue 8" not in (run / "report.md").read_text()
+
+
+def test_compare_runs_in_one_table_and_csv(patch_run, tmp_path, capsys):
+    demo = tmp_path / "demo"
+    shutil.copytree(DOCS / "demo", demo)
+    kurakin = tmp_path / "kurakin"
+    shutil.copytree(DOCS / "kurakin_mobilenet_v2", kurakin)
+    out_csv = tmp_path / "cmp.csv"
+    capsys.readouterr()
+    assert main(["report", "--compare", str(patch_run), str(demo), str(kurakin), "--csv", str(out_csv)]) == 0
+    table = capsys.readouterr().out
+    m = json.loads((patch_run / "metrics.json").read_text())
+    k = round(m["success_rate"] * 10)
+    assert f"| {patch_run} | patch | eot-test-tiny | target two | optimised (held-out EOT draws) | {_pct(k, 10)} |" in table
+    assert f"| {demo} | demo | mobilenet_v2 | target toaster | held-out EOT success | {_pct(159, 200)} |" in table
+    assert "| bim ε=16 | adversarial photo top-1 accuracy |" in table
+    with out_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    printed = next(r for r in rows if r["run"] == str(demo) and r["measure"] == "scenes: printed + photographed patch")
+    assert (printed["k"], printed["n"]) == ("9", "60")
+    assert float(printed["wilson_low"]) == pytest.approx(wilson(9, 60).low, abs=1e-5)
+    assert {r["kind"] for r in rows} == {"patch", "demo", "experiment (kurakin)"}
+    assert not (patch_run / "report.csv").exists()  # --compare reads, it writes only the CSV asked for
