@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("inputs", nargs="+", help="photos: files, folders or globs")
     r.add_argument("--sheet", required=True, help="printout sidecar JSON (from `testbed print`)")
     r.add_argument("--object", help="object name in the sidecar (default: the first)")
-    r.add_argument("--out", required=True, type=cli_types.output_dir)
+    r.add_argument("--out", required=True, type=cli_types.output_dir, help="folder for the rectified images")
     r.add_argument("--px-per-mm", type=cli_types.number(0.0, 100.0, lo_open=True),
                    help="output resolution in (0, 100] (default: the object's own pixels)")
     r.add_argument("--min-markers", type=cli_types.integer(1, 4), default=3, help="1..4 (default 3)")
@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="in (0, 90) degrees")
     r.add_argument("--palette-out", type=_palette_out,
                    help="chart only: write the measured palette here (.json or .csv)")
-    r.add_argument("--convert-images", action="store_true")
+    r.add_argument("--convert-images", action="store_true", help="convert grayscale/RGBA/16-bit explicitly")
     r.set_defaults(func=run_rectify)
 
 

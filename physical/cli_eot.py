@@ -69,9 +69,11 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--cell", type=cli_types.pixels, default=8, help="sticker cell size in pixels for --mask saliency")
     s.add_argument("--saliency-samples", type=cli_types.count(), default=128, help="EOT draws for --mask saliency")
     s.add_argument("--background", default="0.5", help="grey level in [0, 1] or a shipped photo name")
-    s.add_argument("--norm", choices=["l1", "l2"], default="l2")
-    s.add_argument("--lambda-norm", type=cli_types.non_negative, default=0.0)
-    s.add_argument("--init", choices=["random", "gray", "source"], default="random")
+    s.add_argument("--norm", choices=["l1", "l2"], default="l2", help="norm of the sticker's change penalised by --lambda-norm")
+    s.add_argument("--lambda-norm", type=cli_types.non_negative, default=0.0,
+                   help="weight of ||mask * (sticker - sign)|| in the loss (0: no penalty)")
+    s.add_argument("--init", choices=["random", "gray", "source"], default="random",
+                   help="initial sticker colours: random, mid-grey, or the sign's own pixels")
     _common(s, default_eot="rp2", default_steps=300, default_lr=0.1)
     s.set_defaults(func=run_sticker)
 
@@ -82,16 +84,20 @@ def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int,
                    help=f"optimisation steps, >= 1 (default {default_steps})")
     p.add_argument("--batch-size", type=cli_types.batch, default=16, help="EOT draws per step (one forward pass)")
     p.add_argument("--lr", type=cli_types.positive, default=default_lr, help="Adam learning rate (on colour logits)")
-    p.add_argument("--loss", choices=["ce", "cw"], default="ce")
-    p.add_argument("--kappa", type=cli_types.non_negative, default=0.0)
-    p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0)
-    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0)
+    p.add_argument("--loss", choices=["ce", "cw"], default="ce", help="attack loss: cross-entropy or C&W margin")
+    p.add_argument("--kappa", type=cli_types.non_negative, default=0.0, help="confidence margin of --loss cw")
+    p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0,
+                   help="weight of the non-printability score against --palette (0: off)")
+    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0,
+                   help="weight of the total-variation smoothness penalty (0: off)")
     p.add_argument("--palette", help="palette JSON ({\"colors\": [[r,g,b],...]}); default: built-in")
     p.add_argument("--eval", type=cli_types.count(), default=1000, help="fresh EOT draws for the success rate, >= 1")
-    p.add_argument("--eval-batch-size", type=cli_types.batch, default=100)
-    p.add_argument("--seed", type=cli_types.seed, default=0)
+    p.add_argument("--eval-batch-size", type=cli_types.batch, default=100,
+                   help="evaluation draws per model pass")
+    p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the optimisation's draws and initial colours")
     p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default: seed + 1000003)")
-    p.add_argument("--checkpoint-every", type=cli_types.count(), default=50)
+    p.add_argument("--checkpoint-every", type=cli_types.count(), default=50,
+                   help="steps between checkpoints in --out (resume and extend from there)")
     p.add_argument("--device", type=cli_types.device, help="cpu / cuda / cuda:N (default: CUDA when available)")
     p.add_argument("--out", required=True, type=cli_types.output_dir,
                    help="run directory (resumed if it exists with the same config)")

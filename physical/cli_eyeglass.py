@@ -30,29 +30,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "eyeglass", help="adversarial eyeglass frame (Sharif et al. 2016): dodge or impersonate the face descriptor"
     )
     p.add_argument("--wearer", nargs="+", required=True, help="photo name(s) or image file(s) of the wearer")
-    p.add_argument("--mode", choices=("dodge", "impersonate"), default="dodge")
+    p.add_argument("--mode", choices=("dodge", "impersonate"), default="dodge",
+                   help="dodge: not recognised as the wearer; impersonate: recognised as --target")
     p.add_argument("--target", nargs="+", help="impersonation: photo name(s) or file(s) of the face to impersonate")
     p.add_argument("--out", required=True, type=cli_types.output_dir,
                    help="run folder (created; rerun the same command to resume)")
     p.add_argument("--steps", type=cli_types.count(), default=300, help="optimisation steps, >= 1")
     p.add_argument("--batch-size", type=cli_types.batch, default=16, help="EOT draws per step")
-    p.add_argument("--lr", type=cli_types.positive, default=0.05)
-    p.add_argument("--loss", choices=("hinge", "distance"), default="hinge")
-    p.add_argument("--margin", type=cli_types.non_negative, default=0.15)
-    p.add_argument("--lambda-own", type=cli_types.non_negative, default=1.0)
-    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0)
-    p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0)
+    p.add_argument("--lr", type=cli_types.positive, default=0.05, help="Adam learning rate (on colour logits)")
+    p.add_argument("--loss", choices=("hinge", "distance"), default="hinge",
+                   help="hinge on the descriptor distance around the threshold +- --margin, or the distance itself")
+    p.add_argument("--margin", type=cli_types.non_negative, default=0.15,
+                   help="distance margin beyond the recognition threshold")
+    p.add_argument("--lambda-own", type=cli_types.non_negative, default=1.0,
+                   help="impersonate: weight of 'closer to the target than to oneself'")
+    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0,
+                   help="weight of the total-variation smoothness penalty (0: off)")
+    p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0,
+                   help="weight of the non-printability score against --palette (0: off)")
     p.add_argument("--palette", help="palette JSON for NPS (default: the built-in palette)")
     p.add_argument("--init", default="brown", help="brown, gray, black, uniform or random")
     p.add_argument("--eot", default="sharif", help="EOT preset name, or a JSON/YAML EOT config file")
     p.add_argument("--eval-samples", type=cli_types.count(), default=1000,
                    help="fresh transformations for the success rate, >= 1")
-    p.add_argument("--eval-batch-size", type=cli_types.batch, default=100)
+    p.add_argument("--eval-batch-size", type=cli_types.batch, default=100,
+                   help="evaluation draws per model pass")
     p.add_argument("--enroll-views", type=cli_types.count_or_zero, default=0,
                    help="also average this many clean augmented views into the enrolled descriptor")
-    p.add_argument("--seed", type=cli_types.seed, default=0)
+    p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the optimisation's draws and initial colours")
     p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default seed + 1000003)")
-    p.add_argument("--checkpoint-every", type=cli_types.count(), default=25)
+    p.add_argument("--checkpoint-every", type=cli_types.count(), default=25,
+                   help="steps between checkpoints in --out (resume and extend from there)")
     cli_types.add_progress_option(p)
     from physical.cli_eot import add_speed_options
 

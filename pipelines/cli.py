@@ -154,7 +154,7 @@ def add_parser(subparsers) -> None:
         help="the main job on built-in defaults: models on the shipped photos, attack, print-photo loop, report",
     )
     p.add_argument("--out", default="runs/demo", type=cli_types.output_dir, help="output folder (default: runs/demo)")
-    p.add_argument("--seed", type=cli_types.seed, default=0)
+    p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the patch, the printout and the photos")
     p.add_argument("--quick", action="store_true", help="smaller budgets (for tests)")
     p.add_argument("--eot", default="print-aware",
                    help="EOT distribution of the patch: print-aware (default) or a physical.eot preset name")
@@ -186,14 +186,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="runs/live", type=cli_types.output_dir,
                    help="folder for annotated.webm (VP8; annotated.mp4 with mp4v where OpenCV has no "
                         "browser-playable encoder) and log.jsonl (headless)")
-    p.add_argument("--max-frames", type=cli_types.count(), default=None)
+    p.add_argument("--max-frames", type=cli_types.count(), default=None,
+                   help="stop after this many frames (default: until the source ends or a signal)")
     p.add_argument("--seconds", type=cli_types.seconds, default=None, help="stop after this many seconds")
     p.add_argument("--secure", action="store_true", help="route frames through camera.secure (sealed, authenticated)")
     p.add_argument("--rectify", default=None, type=cli_types.input_file("sheet sidecar", max_bytes=16 * 2**20),
                    help="printout sidecar JSON: rectify frames to the printed object")
     p.add_argument("--display", action="store_true", help="show a window (needs a display and a GUI OpenCV build)")
-    p.add_argument("--width", type=cli_types.integer(32, 7680), default=640)
-    p.add_argument("--height", type=cli_types.integer(32, 4320), default=480)
+    p.add_argument("--width", type=cli_types.integer(32, 7680), default=640, help="capture width asked of a webcam")
+    p.add_argument("--height", type=cli_types.integer(32, 4320), default=480, help="capture height asked of a webcam")
     p.add_argument("--threads", type=cli_types.integer(0, 4096), default=1,
                    help="torch threads for the model (default 1: capture and video writing use the other cores; "
                         "0 = leave torch's default)")
@@ -220,7 +221,8 @@ def add_parser(subparsers) -> None:
                    help="simulated print + photo draws per run (default 100)")
     p.add_argument("--seed", type=cli_types.seed, default=2026, help="print/photo and placement seed")
     p.add_argument("--preset", default="default", help="camera.simulated preset: default, mild, harsh")
-    p.add_argument("--patch-width-mm", type=cli_types.number(5.0, 1000.0), default=60.0)
-    p.add_argument("--sign-width-mm", type=cli_types.number(5.0, 1000.0), default=120.0)
-    p.add_argument("--face-width-mm", type=cli_types.number(5.0, 1000.0), default=150.0)
+    p.add_argument("--patch-width-mm", type=cli_types.number(5.0, 1000.0), default=60.0, help="printed patch width")
+    p.add_argument("--sign-width-mm", type=cli_types.number(5.0, 1000.0), default=120.0, help="printed sign width")
+    p.add_argument("--face-width-mm", type=cli_types.number(5.0, 1000.0), default=150.0,
+                   help="printed width of the face photo wearing the frame")
     p.set_defaults(func=_cmd_survival)

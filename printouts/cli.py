@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "print", help="make a print-ready sheet (patch, stickers, glasses, poster, chart) at true size",
         description="Write NAME.pdf (true size in mm, lossless images), NAME_p<N>.png (at --dpi) and NAME.json "
                     "(sidecar: markers, seed, config hash, DPI, palette, page size, git revision).")
-    p.add_argument("kind", choices=KINDS)
+    p.add_argument("kind", choices=KINDS, help="what is printed")
     p.add_argument("--image", help="perturbation: lossless PNG, .pt tensor (1x3xHxW in [0, 1]), or a patch, sticker "
                                    "or eyeglass run directory (its perturbation, mask and provenance are used)")
     p.add_argument("--mask", help="mask PNG (white = patch/sticker/frame pixels), same size as --image; "
@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dpi", type=cli_types.number(0.0, 2400.0, lo_open=True), default=300.0,
                    help="PNG resolution, in (0, 2400]")
     p.add_argument("--page", default="A4", help="A4, Letter, A3, ... or WIDTHxHEIGHT in mm")
-    p.add_argument("--margin-mm", type=cli_types.millimetres_or_zero, default=10.0)
+    p.add_argument("--margin-mm", type=cli_types.millimetres_or_zero, default=10.0, help="page margin in mm")
     p.add_argument("--marker-mm", type=cli_types.millimetres, help="ArUco marker side (default: from the object size)")
     p.add_argument("--marker-id-base", type=cli_types.integer(0, 1_000_000),
                    help="first marker id (default 0; chart 4)")

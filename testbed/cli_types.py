@@ -38,12 +38,37 @@ MAX_SEED = 2**63 - 1
 MAX_MM = 10_000.0
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, the one help formatter of every ``testbed`` parser (set by
+    :class:`OneLineArgumentParser`): an option's help ends with ``(default: X)`` unless its text already states its
+    default; on/off flags (``store_true``) and options without a default (None) show none."""
+
+    _SUFFIX = " (default: %(default)s)"
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if text.endswith(self._SUFFIX):  # BooleanOptionalAction adds it itself (Python < 3.14)
+            text = text[: -len(self._SUFFIX)]
+        if "default" in text.lower() or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text + self._SUFFIX
+        return text
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (``PROG: error: MESSAGE``) and exit status 2.
+    """An ArgumentParser whose errors are one line on stderr (``PROG: error: MESSAGE``) and exit status 2, and
+    whose ``--help`` shows every option's default (:class:`DefaultsHelpFormatter`).
 
     argparse's default prints the whole usage block first; the full usage stays one ``--help`` away. Sub-parsers
-    made with ``add_subparsers`` inherit this class.
+    made with ``add_subparsers`` inherit this class (and so its formatter).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         text = " ".join(message.split())

@@ -44,13 +44,14 @@ def add_parser(subparsers: Any) -> None:
             s.add_argument("--sticker-models", default="", help="defences for the sticker section")
             s.add_argument("--n-clean", type=cli_types.count(1_000_000), default=None,
                            help="images for clean accuracy (default 1000)")
-            s.add_argument("--seed", type=cli_types.seed, default=None)
-            s.add_argument("--threads", type=cli_types.threads, default=None)
+            s.add_argument("--seed", type=cli_types.seed, default=None, help="evaluation seed (default 0)")
+            s.add_argument("--threads", type=cli_types.threads, default=None, help="torch CPU threads (default 2)")
         s.set_defaults(func=run_defences)
     m = sub.add_parser("merge", help="merge the sections of partial runs (e.g. two processes) into one report")
     m.add_argument("--parts", required=True, help="comma-separated report directories")
     m.add_argument("--out", required=True, type=cli_types.output_dir, help="report directory to write")
-    m.add_argument("--cache", default=None, type=cli_types.output_dir)
+    m.add_argument("--cache", default=None, type=cli_types.output_dir,
+                   help="cache dir of the trained models (default: the one cache root, see --help of train)")
     m.set_defaults(func=run_defences)
 
 

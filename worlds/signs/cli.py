@@ -124,10 +124,11 @@ def add_parser(subparsers) -> None:
     r.set_defaults(func=_cmd_render)
 
     d = sub.add_parser("dataset", help="generate a rendered dataset (deterministic by seed)")
-    d.add_argument("--split", choices=["train", "heldout"], default="heldout")
-    d.add_argument("--n", type=cli_types.count(10_000_000), default=1000)
-    d.add_argument("--size", type=cli_types.integer(8, 1024), default=32)
-    d.add_argument("--seed", type=cli_types.seed, default=1)
+    d.add_argument("--split", choices=["train", "heldout"], default="heldout",
+                   help="training or held-out split (disjoint backgrounds, fonts, seeds)")
+    d.add_argument("--n", type=cli_types.count(10_000_000), default=1000, help="number of images")
+    d.add_argument("--size", type=cli_types.integer(8, 1024), default=32, help="image side in pixels")
+    d.add_argument("--seed", type=cli_types.seed, default=1, help="dataset seed")
     d.add_argument("--out", type=cli_types.output_file, help="output .pt with images, labels, class_names, config")
     d.add_argument("--preview", type=_png_out, help="PNG grid of the first 120 images")
     cli_types.add_progress_option(d)
@@ -139,16 +140,17 @@ def add_parser(subparsers) -> None:
     t.add_argument("--card", type=cli_types.output_file, help="model card path (default: OUT with .card.json)")
     t.add_argument("--data", choices=["rendered", "gtsrb"], default=None,
                    help="rendered signs (default, offline) or GTSRB's 43 classes (torchvision)")
-    t.add_argument("--seed", type=cli_types.seed)
+    t.add_argument("--seed", type=cli_types.seed, help=f"training seed (default {TrainConfig.seed})")
     t.add_argument("--n-train", type=cli_types.count(10_000_000),
                    help=f"rendered training images (default {TrainConfig.n_train})")
     t.add_argument("--epochs", type=cli_types.count(100_000), help=f"default {TrainConfig.epochs}")
-    t.add_argument("--batch-size", type=cli_types.batch)
-    t.add_argument("--lr", type=cli_types.positive)
+    t.add_argument("--batch-size", type=cli_types.batch, help=f"images per step (default {TrainConfig.batch_size})")
+    t.add_argument("--lr", type=cli_types.positive, help=f"learning rate (default {TrainConfig.lr:g})")
     t.add_argument("--threads", type=cli_types.threads, help=f"torch CPU threads (default {TrainConfig.threads}; "
                                                               "part of what makes a run reproducible)")
-    t.add_argument("--n-heldout", type=cli_types.count(10_000_000))
-    t.add_argument("--heldout-seed", type=cli_types.seed)
+    t.add_argument("--n-heldout", type=cli_types.count(10_000_000),
+                   help=f"held-out images scored after training (default {TrainConfig.n_heldout})")
+    t.add_argument("--heldout-seed", type=cli_types.seed, help=f"held-out set seed (default {TrainConfig.heldout_seed})")
     t.add_argument("--gtsrb-root", help=f"GTSRB folder (default {TrainConfig.gtsrb_root})")
     t.add_argument("--download", action="store_true", default=None, help="download GTSRB if missing (internet)")
     cli_types.add_progress_option(t)
@@ -157,11 +159,12 @@ def add_parser(subparsers) -> None:
     e = sub.add_parser("evaluate", help="top-1/top-5 of sign-cnn on a fresh rendered held-out set or GTSRB test")
     e.add_argument("--weights", type=cli_types.input_file("weights file"),
                    help="checkpoint (default: the committed sign_cnn.pt)")
-    e.add_argument("--data", choices=["rendered", "gtsrb"], default="rendered")
-    e.add_argument("--n", type=cli_types.count(10_000_000), default=2000)
-    e.add_argument("--seed", type=cli_types.seed, default=1)
-    e.add_argument("--gtsrb-root", default=TrainConfig.gtsrb_root)
-    e.add_argument("--download", action="store_true")
-    e.add_argument("--threads", type=cli_types.threads)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--data", choices=["rendered", "gtsrb"], default="rendered",
+                   help="fresh rendered held-out signs (offline) or the GTSRB test set")
+    e.add_argument("--n", type=cli_types.count(10_000_000), default=2000, help="rendered images to score")
+    e.add_argument("--seed", type=cli_types.seed, default=1, help="seed of the rendered held-out set")
+    e.add_argument("--gtsrb-root", default=TrainConfig.gtsrb_root, help="GTSRB folder")
+    e.add_argument("--download", action="store_true", help="download GTSRB if missing (internet)")
+    e.add_argument("--threads", type=cli_types.threads, help="torch CPU threads (default: torch's)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=_cmd_evaluate)
