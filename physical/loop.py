@@ -29,6 +29,10 @@ and may override ``_regularise(ctx, colours)`` (default ``lambda_nps * NPS + lam
 * checkpoint / exact resume through ``testbed.runs.RunDir`` (``w``, the Adam state, the generator state, the
   history and the draws, every ``checkpoint_every`` steps; a run resumes bit for bit on CPU);
 * a progress bar;
+* iterate selection and early stopping (``select_every`` > 0): every ``select_every`` steps the current colours
+  are scored on ``select_samples`` fixed VALIDATION draws (their own generator, seeded ``seed +
+  VALIDATION_SEED_OFFSET``: neither the optimisation's nor the evaluation's draws); the result is the best iterate
+  on them (the last of equals), and the run stops once validation success reaches ``stop_at``;
 * evaluation on ``eval_samples`` FRESH draws from a separate generator (``eval_seed``), scoring the optimised
   colours, the initial colours and (when asked) the clean scene on the same draws.
 """
@@ -53,6 +57,8 @@ from testbed.errors import ConfigError
 from testbed.palette import resolve_palette
 
 Callback = Callable[[int, float], None]
+#: the validation draws' generator is seeded ``seed + VALIDATION_SEED_OFFSET`` (the evaluation's is ``seed + 1_000_003``)
+VALIDATION_SEED_OFFSET = 2_000_029
 
 
 class RunOptions(TypedDict, total=False):
@@ -212,7 +218,8 @@ class PhysicalAttack(RunHyperParams):
     #: other values of them
     SPEED_KEYS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "compile", "eot_batch")
     #: keys left out of ``config()`` at these values, so run directories written before the key existed resume
-    CONFIG_OMIT_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32", "eot_batch": None, "tv_kind": "l1"}
+    CONFIG_OMIT_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32", "eot_batch": None, "tv_kind": "l1",
+                                                      "select_every": 0, "select_samples": 200, "stop_at": None}
 
     eot: Any = None  # EOTConfig, preset name, dict; None: the class's default preset
     steps: int = 200
@@ -234,6 +241,10 @@ class PhysicalAttack(RunHyperParams):
     channels_last: bool = True  # run the model in NHWC memory layout
     compile: bool = False  # torch.compile the model for the optimisation loop (slow first step)
     eot_batch: int | None = None  # draws per model pass in a step (None: all batch_size draws in one pass)
+    # iterate selection on validation draws (0: off, the result is the last iterate) and early stopping
+    select_every: int = 0  # score the current colours every this many steps (and after the last step)
+    select_samples: int = 200  # fixed validation draws (own generator: seed + VALIDATION_SEED_OFFSET)
+    stop_at: float | None = None  # stop once validation success >= this (needs select_every > 0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eot", resolve_config(self.eot if self.eot is not None else self.default_eot))
@@ -259,6 +270,13 @@ class PhysicalAttack(RunHyperParams):
                 raise ConfigError(f"{n} must be a bool, got {getattr(self, n)!r}")
         if self.eot_batch is not None:
             check_int("eot_batch", self.eot_batch)
+        check_int("select_every", self.select_every, 0)
+        check_int("select_samples", self.select_samples)
+        if self.stop_at is not None:
+            if isinstance(self.stop_at, bool) or not isinstance(self.stop_at, (int, float)) or not 0 < self.stop_at <= 1:
+                raise ConfigError(f"stop_at must be a success rate in (0, 1], got {self.stop_at!r}")
+            if self.select_every == 0:
+                raise ConfigError("stop_at needs select_every > 0 (early stopping checks the validation draws)")
         if self.palette is not None:
             resolve_palette(self.palette)
 
@@ -363,12 +381,13 @@ class PhysicalAttack(RunHyperParams):
         run_extra: dict[str, Any] | None,
         progress: bool,
         callback: Callback | None,
-    ) -> tuple[Tensor, list[float], list[dict[str, Any]], RunDir | None]:
+    ) -> tuple[Tensor, list[float], list[dict[str, Any]], RunDir | None, "Selection"]:
         gen = torch.Generator().manual_seed(self.seed)  # CPU generator: the same draws on any device
         w = w0.clone().requires_grad_(True)
         opt = torch.optim.Adam([w], lr=self.lr)
         history: list[float] = []
         draws: list[dict[str, Any]] = []
+        sel = Selection()
         start, run = 0, None
         if run_dir is not None:
             run = RunDir(run_dir, {**self.config(), **(run_extra or {})}, ignore=self.SPEED_KEYS)
@@ -379,6 +398,8 @@ class PhysicalAttack(RunHyperParams):
                 opt.load_state_dict(ckpt["optimizer"])
                 gen.set_state(ckpt["generator"])
                 history, draws, start = list(ckpt["history"]), list(ckpt.get("draws", [])), int(ckpt["step"])
+                sel = Selection.from_state(ckpt.get("selection"), w.device)
+        validation = self._validation_draws(ctx) if self.select_every > 0 else []
         bar = None
         if progress:
             from tqdm import tqdm
@@ -393,6 +414,8 @@ class PhysicalAttack(RunHyperParams):
 
         with prepared_model(ctx.model, channels_last=self.channels_last, compile=self.compile) as net:
             for step in range(start, self.steps):
+                if sel.stopped:
+                    break
                 draw = self._sample(ctx, self.batch_size, gen)
                 loss, grad = self.loss_and_grad(net, ctx, w, draw)
                 w.grad = grad  # only the perturbation's gradient: no weight gradients, whatever the model's flags
@@ -401,7 +424,11 @@ class PhysicalAttack(RunHyperParams):
                 if self.keep_draws:
                     draws.append(draw.to_dict())
                 done = step + 1
-                checkpoint = run is not None and (done % self.checkpoint_every == 0 or done == self.steps)
+                if validation and (done % self.select_every == 0 or done == self.steps):
+                    rate = self._validation_rate(net, ctx, torch.sigmoid(w.detach()), validation)
+                    sel.record(done, rate, w.detach(), self.stop_at)
+                stop = sel.stopped
+                checkpoint = run is not None and (done % self.checkpoint_every == 0 or done == self.steps or stop)
                 if callback is not None or checkpoint or (bar is not None and (done % 10 == 0 or done == self.steps)):
                     flush()
                 if bar is not None:
@@ -410,13 +437,32 @@ class PhysicalAttack(RunHyperParams):
                         bar.set_postfix(loss=f"{history[-1]:.4f}")
                 if checkpoint:
                     run.save_checkpoint({"w": w.detach().cpu(), "optimizer": opt.state_dict(),
-                                         "generator": gen.get_state(), "history": history, "draws": draws}, done)
+                                         "generator": gen.get_state(), "history": history, "draws": draws,
+                                         **({"selection": sel.state()} if validation else {})}, done)
                 if callback is not None:
                     callback(done, history[-1])
         flush()
         if bar is not None:
             bar.close()
-        return w.detach(), history, draws, run
+        return w.detach(), history, draws, run, sel
+
+    # -- iterate selection / early stopping on validation draws
+    def _validation_draws(self, ctx: AttackContext) -> list[Any]:
+        """``select_samples`` fixed draws from their own generator (``seed + VALIDATION_SEED_OFFSET``)."""
+        gen = torch.Generator().manual_seed(self.seed + VALIDATION_SEED_OFFSET)
+        out, left = [], self.select_samples
+        while left > 0:
+            n = min(self.eval_batch_size, left)
+            out.append(self._sample(ctx, n, gen))
+            left -= n
+        return out
+
+    @torch.no_grad()
+    def _validation_rate(self, net: Callable[[Tensor], Tensor], ctx: AttackContext, colours: Tensor,
+                         validation: list[Any]) -> float:
+        hits = [self._score(ctx, self._forward(net, self._render(ctx, colours, d), train=False),
+                            self._goal(ctx, d))["success"].float() for d in validation]
+        return float(torch.cat(hits).mean())
 
     @torch.no_grad()
     def _evaluate(self, ctx: AttackContext, variants: dict[str, Tensor | None]
@@ -456,9 +502,11 @@ class PhysicalAttack(RunHyperParams):
     ) -> PhysicalResult:
         """Optimise from the logits ``w0``, evaluate on fresh draws, build the result and write the run."""
         t0 = time.perf_counter()
-        w, history, draws, run = self._optimise(ctx, w0, run_dir=run_dir, run_extra=run_extra,
-                                                progress=progress, callback=callback)
+        w, history, draws, run, sel = self._optimise(ctx, w0, run_dir=run_dir, run_extra=run_extra,
+                                                     progress=progress, callback=callback)
         t1 = time.perf_counter()
+        if sel.best_w is not None:
+            w = sel.best_w
         colours, initial = torch.sigmoid(w), torch.sigmoid(w0)
         variants: dict[str, Tensor | None] = {"final": colours, "initial": initial}
         if score_clean:
@@ -466,7 +514,8 @@ class PhysicalAttack(RunHyperParams):
         scores, eval_draws = self._evaluate(ctx, variants)
         outcome = LoopOutcome(colours=colours, initial=initial, history=history, train_draws=draws,
                               scores=scores, eval_draws=eval_draws,
-                              extras={"optimise_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1})
+                              extras={"optimise_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1,
+                                      **sel.extras()})
         result = self._result(ctx, outcome)
         if run is not None:
             self._save(run, result)
@@ -506,10 +555,47 @@ class PhysicalAttack(RunHyperParams):
 
 
 @dataclass
+class Selection:
+    """Iterate selection on the validation draws: the best iterate so far (the later of equals), every check's
+    ``(step, validation success)``, and whether ``stop_at`` was reached."""
+
+    best_w: Tensor | None = None
+    best_rate: float = -1.0
+    best_step: int = 0
+    checks: list[tuple[int, float]] = field(default_factory=list)
+    stopped: bool = False
+
+    def record(self, step: int, rate: float, w: Tensor, stop_at: float | None) -> None:
+        self.checks.append((step, rate))
+        if rate >= self.best_rate:
+            self.best_w, self.best_rate, self.best_step = w.clone(), rate, step
+        self.stopped = stop_at is not None and rate >= stop_at
+
+    def state(self) -> dict[str, Any]:
+        return {"best_w": None if self.best_w is None else self.best_w.cpu(), "best_rate": self.best_rate,
+                "best_step": self.best_step, "checks": [list(c) for c in self.checks], "stopped": self.stopped}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, device: torch.device) -> "Selection":
+        if not state:
+            return cls()
+        w = state["best_w"]
+        return cls(None if w is None else w.to(device), float(state["best_rate"]), int(state["best_step"]),
+                   [(int(a), float(b)) for a, b in state["checks"]], bool(state["stopped"]))
+
+    def extras(self) -> dict[str, Any]:
+        """Result extras (empty when selection was off)."""
+        if not self.checks:
+            return {}
+        return {"selected_step": self.best_step, "validation_success": self.best_rate,
+                "validation_checks": [list(c) for c in self.checks], "stopped_early": self.stopped}
+
+
+@dataclass
 class LoopOutcome:
     """What the loop hands to an attack's ``_result`` hook."""
 
-    colours: Tensor  # sigmoid(w) after the last step
+    colours: Tensor  # sigmoid(w) of the result: after the last step, or the selected iterate (select_every > 0)
     initial: Tensor  # sigmoid(w0)
     history: list[float]
     train_draws: list[dict[str, Any]]
@@ -523,5 +609,5 @@ def replace_context(ctx: AttackContext, **changes: Any) -> AttackContext:
     return dataclasses.replace(ctx, **changes)
 
 
-__all__ = ["AttackContext", "LoopOutcome", "PhysicalAttack", "PhysicalResult", "device_of", "logit",
-           "replace_context"]
+__all__ = ["AttackContext", "LoopOutcome", "PhysicalAttack", "PhysicalResult", "Selection", "VALIDATION_SEED_OFFSET",
+           "device_of", "logit", "replace_context"]
