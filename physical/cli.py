@@ -28,8 +28,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d = sub.add_parser("digital", help="FGSM, Step-LL, BIM, Iter-LL, PGD (L∞/L2), C&W-L2, DeepFool on one image")
     d.add_argument("--attack", required=True, type=_attack_name, choices=_AttackNames(), metavar="NAME",
                    help=_attack_help())
-    d.add_argument("--model", default="mobilenet_v2", help="registered model name (testbed models list)")
-    d.add_argument("--image", required=True, help="image file or shipped photo name (e.g. chelsea)")
+    cli_types.add_model_options(d, default="mobilenet_v2")
+    d.add_argument("--image", required=True, help="image file or shipped photo name (e.g. chelsea); a folder or "
+                                                  "glob must name exactly one image")
     d.add_argument("--out", required=True, type=cli_types.output_dir, help="output folder (created)")
     d.add_argument("--eps", type=cli_types.positive, help="budget in the attack's units: " + _units_help())
     d.add_argument("--alpha", type=cli_types.positive,
@@ -133,10 +134,9 @@ def run_digital(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from physical.attacks.registry import build_attack_in_units, get_attack_spec
-    from testbed.imageio import load_image
     from testbed.runs import save_image, write_atomic
     from testbed.models.registry import get_entry, get_model  # lazily: the registry loads model modules
-    from testbed.photos import center_crop, list_photos, load_photo
+    from testbed.photos import center_crop, load_images, resolve_images
 
     hp = _parse_params(args.param)
     _, units = get_attack_spec(args.attack).budget(hp)  # --param norm=l2 makes pgd an L2 attack
@@ -153,7 +153,10 @@ def run_digital(args: argparse.Namespace) -> int:
     target_index = _resolve_class(args.target, entry.labels) if args.target is not None else None
     if args.label is not None and entry.labels and args.label >= len(entry.labels):
         raise ConfigError(f"--label {args.label} is out of range [0, {len(entry.labels) - 1}]")
-    x = load_photo(args.image) if args.image in list_photos() else load_image(args.image)
+    images = resolve_images(args.image, what="--image")
+    if len(images) != 1:
+        raise ConfigError(f"--image {args.image} names {len(images)} images; this command attacks one")
+    x = load_images(images, convert=False)[0]
     _check_out(Path(args.out))
     model = get_model(args.model)  # only once every option and the image are known to be good
     device = next(model.parameters()).device

@@ -34,11 +34,12 @@ from testbed.machine import machine_line
 def add_parser(subparsers: Any) -> None:
     """Add the ``patch`` and ``sticker`` subcommands to ``subparsers``."""
     p = subparsers.add_parser("patch", help="universal adversarial patch (Brown et al.) under EOT")
-    p.add_argument("--model", default="mobilenet_v2", help="registered classification model")
+    cli_types.add_model_options(p, default="mobilenet_v2")
     p.add_argument("--target", help="target class (label name or index); omit with --untargeted")
     p.add_argument("--untargeted", action="store_true", help="push each scene away from its clean top-1 class")
     p.add_argument("--scenes", default="astronaut,chelsea,coffee,rocket,motorcycle_left,grace_hopper",
-                   help="comma-separated shipped photo names or image paths")
+                   help="comma-separated shipped photo names, image files, folders or globs ('photos/*.jpg') "
+                        "(default: astronaut,chelsea,coffee,rocket,motorcycle_left,grace_hopper)")
     p.add_argument("--area", type=cli_types.fraction, default=0.1,
                    help="max fraction of the image the patch covers, in (0, 1]")
     p.add_argument("--area-min", type=cli_types.fraction, help="min fraction (default: --area, a fixed size)")
@@ -51,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run_patch)
 
     s = subparsers.add_parser("sticker", help="RP2 sign stickers under EOT")
-    s.add_argument("--model", default="sign-cnn", help="registered sign classification model")
+    cli_types.add_model_options(s, default="sign-cnn", what="sign classification model")
     s.add_argument("--sign", default="stop", help="sign class name to render (worlds.signs.render.class_names)")
     s.add_argument("--target", help="target class (label name or index); omit with --untargeted")
     s.add_argument("--untargeted", action="store_true", help="push the sign away from its true class")
@@ -255,7 +256,9 @@ def run_patch(args: argparse.Namespace) -> int:
     area_min = args.area_min if args.area_min is not None else area_max
     if area_min > area_max:
         raise ConfigError(f"--area-min {area_min:g} is larger than --area {area_max:g}")
-    names = [n for n in args.scenes.split(",") if n]
+    from testbed.photos import resolve_images
+
+    names = resolve_images(args.scenes, what="--scenes") if args.scenes.strip(" ,") else []
     if not names:
         raise ConfigError("--scenes is empty")
     patch_size = args.patch_size

@@ -182,7 +182,7 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser("live", help="live classification: capture -> [secure] -> [rectify] -> top-5 + FPS")
     p.add_argument("source", help="webcam index, video file, image folder or stream URL (e.g. http://127.0.0.1:8080/)")
-    p.add_argument("--model", default="mobilenet_v2")
+    cli_types.add_model_options(p, default="mobilenet_v2")
     p.add_argument("--out", default="runs/live", type=cli_types.output_dir,
                    help="folder for annotated.webm (VP8; annotated.mp4 with mp4v where OpenCV has no "
                         "browser-playable encoder) and log.jsonl (headless)")

@@ -25,6 +25,7 @@ import pipelines.cli_secure
 import pipelines.defences.cli
 import printouts.cli
 import worlds.signs.cli
+from testbed import cli_types
 from testbed.cli_types import OneLineArgumentParser
 from testbed.errors import TestbedError
 
@@ -62,6 +63,7 @@ def _cmd_assets(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from testbed.models import external
     from testbed.models.registry import get_entry, list_models
 
     if args.action == "list":
@@ -70,6 +72,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
             acc = e.accuracy[0] if e.accuracy else None
             acc_s = f"top-1 {acc.top1:.2f}% (n={acc.n}, {acc.dataset})" if acc else ""
             print(f"{name:24s} {e.task:16s} {e.input_size[0]}x{e.input_size[1]:<5d} {acc_s}")
+        for line in external.describe_user_models():  # added with `testbed models add CARD.yaml`
+            print(line)
+        return 0
+    if args.action == "add":
+        entry = external.add_user_model(args.card, registry_names=list_models(), replace=args.replace)
+        print(f"added user model {entry.name!r} ({len(entry.labels)} labels, input {entry.input_size[0]}x"
+              f"{entry.input_size[1]}) to {external.user_models_path()}")
+        return 0
+    if args.action == "remove":
+        external.remove_user_model(args.name)
+        print(f"removed user model {args.name!r} from {external.user_models_path()}")
         return 0
     print(json.dumps(get_entry(args.name).summary(), indent=2))
     return 0
@@ -78,20 +91,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     import torch
 
-    from testbed.imageio import load_image
     from testbed.models.registry import get_entry, get_model
-    from testbed.photos import imagenet_preprocess, list_photos, load_photo
+    from testbed.photos import imagenet_preprocess, load_images, resolve_images
 
     entry = get_entry(args.model)  # an unknown model is refused before anything is loaded
-    images = [load_photo(item) if item in list_photos() else load_image(item, convert=args.convert_images)
-              for item in args.images]  # every image is read (and refused by name) before the model is loaded
+    items = resolve_images(args.images, what="image")  # names, files, folders, globs
+    images = load_images(items, convert=args.convert_images)  # every image is read before the model is loaded
     model = get_model(args.model)
     device = next(model.parameters()).device
-    for item, x in zip(args.images, images):
+    for item, x in zip(items, images):
         x = imagenet_preprocess(x, entry.input_size[0])
         with torch.no_grad():
             probs = model(x.to(device)).softmax(-1)[0]
-        top = probs.topk(5)
+        top = probs.topk(min(5, probs.numel()))
         labels = ", ".join(f"{entry.labels[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
         print(f"{item}: {labels}")
     return 0
@@ -128,14 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models or show one")
     msub = p.add_subparsers(dest="action", required=True)
-    msub.add_parser("list", help="list models with their measured accuracy")
+    msub.add_parser("list", help="list models with their measured accuracy, then the user models")
     show = msub.add_parser("show", help="show one model's entry as JSON")
-    show.add_argument("name", help="registered model name (testbed models list)")
+    show.add_argument("name", help="registered or user model name (testbed models list)")
+    add = msub.add_parser("add", help="check a model card (YAML) and keep it as a user model for later commands")
+    add.add_argument("card", help="model card .yaml (docs/models.md, 'Bring your own model')")
+    add.add_argument("--replace", action="store_true", help="replace a user model of the same name (default: refuse)")
+    rm = msub.add_parser("remove", help="forget a user model")
+    rm.add_argument("name", help="user model name (testbed models list)")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("classify", help="top-5 of a model on image files or shipped photo names")
-    p.add_argument("images", nargs="+", help="image paths or shipped photo names (e.g. chelsea)")
-    p.add_argument("--model", default="mobilenet_v2", help="registered model name (testbed models list)")
+    p.add_argument("images", nargs="+",
+                   help="shipped photo names (e.g. chelsea), image files, folders or globs ('photos/*.jpg')")
+    cli_types.add_model_options(p, default="mobilenet_v2")
     p.add_argument("--convert-images", action="store_true", help="convert grayscale/RGBA/16-bit explicitly")
     p.set_defaults(func=_cmd_classify)
 
@@ -184,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from testbed.device import default_device
 
             default_device()  # a bad $TESTBED_DEVICE is refused before any work
+        cli_types.apply_model_options(args)  # --model from outside the registry: checked, then known by its spec
         return int(args.func(args) or 0)
     except TestbedError as exc:
         print(f"testbed {name}: error: {_one_line(exc)}", file=sys.stderr)

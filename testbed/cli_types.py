@@ -326,3 +326,53 @@ def add_progress_option(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                         help="progress bar on stderr (default: only when stderr is a terminal)")
+
+
+#: the attribute ``add_model_options`` sets, so the ``testbed`` command knows to apply them (``apply_model_options``)
+MODEL_OPTIONS_FLAG = "_model_options"
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, default: str, what: str = "classification model") -> None:
+    """The one ``--model`` option of every command that takes a model, with the options of a model from outside
+    the registry (``--weights``, ``--input-size``, ``--mean``, ``--std``, ``--labels``; docs/models.md, "Bring your
+    own model"). ``testbed`` applies them once after parsing (:func:`apply_model_options`), so the command's
+    ``get_entry(args.model)`` / ``get_model(args.model)`` find the model whatever its kind."""
+    parser.add_argument("--model", default=default, metavar="MODEL",
+                        help=f"{what}: a registry or user model name (testbed models list), torchvision:ARCH, a "
+                             "TorchScript .pt/.pth file, an .onnx file, a model card .yaml, or module.path:callable "
+                             f"(your own code, imported) (default: {default})")
+    g = parser.add_argument_group("a model from outside the registry (docs/models.md, 'Bring your own model')")
+    g.add_argument("--weights", metavar="FILE|NAME",
+                   help="torchvision:ARCH only: a state-dict file (read with weights_only=True), or torchvision's "
+                        "weights name (IMAGENET1K_V1, DEFAULT) when its file is in torch hub's cache "
+                        "(default: DEFAULT, from the cache)")
+    g.add_argument("--input-size", type=pixels, nargs=2, metavar=("H", "W"),
+                   help="the model's input size in pixels (default: none; 224 224 for torchvision:ARCH)")
+    g.add_argument("--mean", type=number(-1e3, 1e3), nargs=3, metavar=("R", "G", "B"),
+                   help="normalisation mean on the [0, 1] pixel scale (default: none; ImageNet's for "
+                        "torchvision:ARCH)")
+    g.add_argument("--std", type=number(0.0, 1e3, lo_open=True), nargs=3, metavar=("R", "G", "B"),
+                   help="normalisation std on the [0, 1] pixel scale (default: none; ImageNet's for "
+                        "torchvision:ARCH)")
+    g.add_argument("--labels", metavar="FILE",
+                   help="class names: a text file (one a line, UTF-8) or JSON (list, or index -> name) "
+                        "(default: none; ImageNet's 1,000 for torchvision:ARCH)")
+    parser.set_defaults(**{MODEL_OPTIONS_FLAG: True})
+
+
+def apply_model_options(args: argparse.Namespace) -> None:
+    """Make ``args.model`` with its options a model name for the rest of this command (a no-op for a command
+    without model options, or a registry / user model name given alone). Bad options or files: ConfigError."""
+    if not getattr(args, MODEL_OPTIONS_FLAG, False):
+        return
+    from testbed.models.external import source_kind, use_model
+
+    options = {"weights": args.weights, "input_size": args.input_size, "mean": args.mean, "std": args.std,
+               "labels": args.labels}
+    if source_kind(args.model) is None:
+        given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+        if given:
+            raise ConfigError(f"{' '.join(given)}: only for a model outside the registry; {args.model} is a "
+                              "registry or user model name")
+        return
+    use_model(args.model, **options)

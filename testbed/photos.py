@@ -4,9 +4,12 @@ Only files that are inside the wheels are used, never the ones scikit-image down
 """
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +84,51 @@ def load_photo(name: str, size: int | tuple[int, int] | None = None) -> torch.Te
     """A shipped photo as a 1x3xHxW float tensor in [0, 1]; optionally resized (short side, or (H, W))."""
     x = _load_cached(name).clone()
     return x if size is None else resize(x, size)
+
+
+#: characters that make a scene/image item a glob pattern
+_GLOB_CHARS = "*?["
+
+
+def resolve_images(items: str | Sequence[str], *, what: str = "scene") -> list[str]:
+    """The one resolver of the images a command takes (``--scenes``, ``classify IMAGES``, ``--image``, ...): each
+    item is a shipped photo name (kept as the name), an image file, a folder (its images, by the one folder
+    reader ``testbed.inputs.list_images``) or a glob (``'photos/*.jpg'``, ``**`` recursive; image files only, in
+    natural order). A str is split on commas (``chelsea,coffee``); so is each item of a list that is not an
+    existing path. Returns photo names and file paths in order; ImageError naming an item that is none of these."""
+    from testbed.inputs import IMAGE_EXTENSIONS, list_images, natural_key
+
+    parts: list[str] = []
+    for item in [items] if isinstance(items, str) else list(items):
+        item = str(item)
+        parts.extend([item] if os.path.exists(item) else [p.strip() for p in item.split(",") if p.strip()])
+    if not parts:
+        raise ImageError(f"no {what}s given")
+    out: list[str] = []
+    for item in parts:
+        path = Path(os.path.expanduser(item))
+        if item in _BY_NAME:
+            out.append(item)
+        elif path.is_dir():
+            out.extend(str(q) for q in list_images(path, what=f"{what} folder {path}"))
+        elif path.is_file():
+            out.append(str(path))
+        elif any(c in item for c in _GLOB_CHARS):
+            found = sorted((q for q in glob.glob(os.path.expanduser(item), recursive=True)
+                            if Path(q).suffix.lower() in IMAGE_EXTENSIONS and Path(q).is_file()), key=natural_key)
+            if not found:
+                raise ImageError(f"{what} glob {item!r} matches no image file ({' '.join(IMAGE_EXTENSIONS)})")
+            out.extend(found)
+        else:
+            raise ImageError(f"{what} {item!r} is not a shipped photo name ({', '.join(list_photos())}), an image "
+                             "file, a folder or a glob")
+    return out
+
+
+def load_images(items: Sequence[str], *, convert: bool = True) -> list[torch.Tensor]:
+    """Each item of :func:`resolve_images` as a 1x3xHxW tensor in [0, 1] (``convert``: grayscale/RGBA/16-bit
+    files converted to RGB instead of refused; shipped photos are always converted)."""
+    return [load_photo(item) if item in _BY_NAME else load_image(item, convert=convert) for item in items]
 
 
 def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

@@ -6,8 +6,9 @@ Keeping the entry types here, below both, means no module of ``testbed.models`` 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -96,3 +97,25 @@ def register_model(entry: ModelEntry) -> ModelEntry:
         raise ConfigError(f"a model named {entry.name!r} is already registered")
     _REGISTRY[entry.name] = entry
     return entry
+
+
+@contextlib.contextmanager
+def model_state_guard(model: nn.Module) -> Iterator[nn.Module]:
+    """The one guard of a model's state during an attack (used by ``physical.speed.prepared_model``, so by every
+    digital attack and the physical loop): the model is put in eval mode for the call (BatchNorm uses its running
+    statistics and never updates them, dropout is off) and every module's train/eval flag is restored on exit;
+    its buffers (BatchNorm running mean/var, ``num_batches_tracked``, any other) are put back bit for bit should
+    anything have written them. Parameters are never written by an attack (gradients are taken w.r.t. inputs)."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        with torch.no_grad():
+            for n, b in model.named_buffers():  # by name: a layout change may have replaced the tensor objects
+                saved = buffers.get(n)
+                if saved is not None and b.shape == saved.shape and not torch.equal(b, saved.to(b.device)):
+                    b.copy_(saved)

@@ -6,11 +6,13 @@ in [0, 1]), its labels, and the accuracy measured on a stated set.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from testbed.device import default_device
-from testbed.errors import ModelNotFoundError
+from testbed.errors import ConfigError, ModelNotFoundError
 from testbed.models.base import (  # noqa: F401  re-exported: the registry's public API
     _REGISTRY,
     Accuracy,
@@ -39,21 +41,40 @@ def list_models(task: Task | None = None) -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``; an unknown name lists the known ones."""
+    """The entry for ``name``: a registry model, else (``testbed.models.external.entry_for_name``) this process's
+    ``--model`` spec, a user model (``testbed models add``), a model card file or ``torchvision:ARCH``; an unknown
+    name lists the known ones."""
     _ensure_loaded()
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(list_models()) or "(none)"
-        raise ModelNotFoundError(f"unknown model {name!r}; known models: {known}") from None
+    from testbed.models.external import entry_for_name, user_models
+
+    entry = entry_for_name(str(name))
+    if entry is not None:
+        return entry
+    known = ", ".join([*list_models(), *user_models()]) or "(none)"
+    raise ModelNotFoundError(f"unknown model {name!r}; known models: {known} (or torchvision:ARCH, a TorchScript "
+                             "or ONNX file, a model card, module.path:callable: docs/models.md)")
 
 
-def get_model(name: str, device: torch.device | str | None = None) -> nn.Module:
+def get_model(name: str, device: torch.device | str | None = None, **options: Any) -> nn.Module:
     """Build the model ``name`` with its weights, in eval mode, with parameters frozen.
 
+    ``name`` is a registry name or anything :func:`get_entry` takes; a model outside the registry may come with
+    its ``options`` (``weights``, ``input_size``, ``mean``, ``std``, ``labels``: see
+    ``testbed.models.external.external_entry``), e.g. ``get_model("net.onnx", input_size=(32, 32),
+    mean=(0.5,) * 3, std=(0.25,) * 3, labels="labels.txt")``.
     Classification models take BCHW RGB float in [0, 1] and return logits.
     """
-    entry = get_entry(name)
+    if any(v is not None for v in options.values()):
+        from testbed.models.external import external_entry
+
+        _ensure_loaded()
+        if name in _REGISTRY:
+            raise ConfigError(f"{name} is a registry model: it takes no weights/input_size/mean/std/labels")
+        entry = external_entry(name, **options)
+    else:
+        entry = get_entry(name)
     model = entry.builder()
     model.eval()
     for p in model.parameters():
