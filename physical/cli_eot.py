@@ -92,7 +92,9 @@ def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int,
     p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0,
                    help="weight of the total-variation smoothness penalty (0: off)")
     p.add_argument("--palette", help="palette JSON ({\"colors\": [[r,g,b],...]}); default: built-in")
-    p.add_argument("--eval", type=cli_types.count(), default=1000, help="fresh EOT draws for the success rate, >= 1")
+    ev = p.add_argument("--eval-samples", type=cli_types.count(), default=1000,
+                        help="fresh EOT draws for the success rate, >= 1")
+    cli_types.add_deprecated_alias(p, "--eval", ev)
     p.add_argument("--eval-batch-size", type=cli_types.batch, default=100,
                    help="evaluation draws per model pass")
     p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the optimisation's draws and initial colours")
@@ -210,7 +212,7 @@ def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         eot=_eot_arg(args.eot), steps=args.steps, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
         kappa=args.kappa, lambda_nps=args.lambda_nps, lambda_tv=args.lambda_tv, palette=args.palette,
-        eval_samples=args.eval, eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
+        eval_samples=args.eval_samples, eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
         checkpoint_every=args.checkpoint_every, **_speed_kwargs(args),
     )
 

@@ -95,7 +95,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
     from testbed.models.registry import get_entry
 
     get_entry(args.model)  # an unknown model is refused before the source is opened
-    cfg = LiveConfig(source=args.source, model=args.model, out=Path(args.out), max_frames=args.max_frames,
+    cfg = LiveConfig(source=args.source, model=args.model, out=Path(args.out), max_frames=args.frames,
                      secure=args.secure, rectify=args.rectify, display=args.display, width=args.width,
                      height=args.height, seconds=args.seconds, torch_threads=args.threads or None,
                      video_fps=args.video_fps, codec=args.codec, timeout_s=args.timeout_s)
@@ -139,7 +139,7 @@ def _cmd_survival(args: argparse.Namespace) -> int:
             + [("eyeglass", r) for r in args.eyeglass or []])
     if not runs:
         raise ConfigError("give at least one attack run (--patch, --sticker or --eyeglass)")
-    cfg = SurvivalConfig(photos=args.photos, seed=args.seed, preset=args.preset, patch_width_mm=args.patch_width_mm,
+    cfg = SurvivalConfig(photos=args.eval_samples, seed=args.seed, preset=args.preset, patch_width_mm=args.patch_width_mm,
                          sign_width_mm=args.sign_width_mm, face_width_mm=args.face_width_mm).validate()
     rows = run_survival(runs, cfg, args.out, log=lambda s: print(s, file=sys.stderr, flush=True))
     for r in rows:
@@ -186,8 +186,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="runs/live", type=cli_types.output_dir,
                    help="folder for annotated.webm (VP8; annotated.mp4 with mp4v where OpenCV has no "
                         "browser-playable encoder) and log.jsonl (headless)")
-    p.add_argument("--max-frames", type=cli_types.count(), default=None,
-                   help="stop after this many frames (default: until the source ends or a signal)")
+    frames = p.add_argument("--frames", type=cli_types.count(), default=None,
+                            help="stop after this many frames (default: until the source ends or a signal)")
+    cli_types.add_deprecated_alias(p, "--max-frames", frames)
     p.add_argument("--seconds", type=cli_types.seconds, default=None, help="stop after this many seconds")
     p.add_argument("--secure", action="store_true", help="route frames through camera.secure (sealed, authenticated)")
     p.add_argument("--rectify", default=None, type=cli_types.input_file("sheet sidecar", max_bytes=16 * 2**20),
@@ -217,8 +218,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--eyeglass", nargs="+", type=run, help="run directories of `testbed eyeglass`")
     p.add_argument("--out", default="runs/survival", type=cli_types.output_dir,
                    help="report folder (report.md, report.json, examples/)")
-    p.add_argument("--photos", type=cli_types.count(100_000), default=100,
-                   help="simulated print + photo draws per run (default 100)")
+    ev = p.add_argument("--eval-samples", type=cli_types.count(100_000), default=100,
+                        help="simulated print + photo draws per run (default 100)")
+    cli_types.add_deprecated_alias(p, "--photos", ev)
     p.add_argument("--seed", type=cli_types.seed, default=2026, help="print/photo and placement seed")
     p.add_argument("--preset", default="default", help="camera.simulated preset: default, mild, harsh")
     p.add_argument("--patch-width-mm", type=cli_types.number(5.0, 1000.0), default=60.0, help="printed patch width")

@@ -319,6 +319,13 @@ def check_run_out(path: str | os.PathLike[str], kind: str) -> None:
         raise ConfigError(f"--out {p} is a {found} run directory, not a {kind} one; use a new --out folder")
 
 
+def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, action: argparse.Action) -> None:
+    """``old``, an earlier spelling of ``action``'s option, kept working but hidden from ``--help`` (the one option
+    vocabulary, docs/harness.md: ``--eval-samples`` for evaluation draws, ``--frames`` for frames)."""
+    parser.add_argument(old, dest=action.dest, type=action.type, choices=action.choices, metavar=action.metavar,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def add_progress_option(parser: argparse.ArgumentParser) -> None:
     """The one progress option of every command that can draw a progress bar: ``--progress`` / ``--no-progress``
     (``args.progress``). Default: on when stderr is a terminal, off when it is redirected (no bars in logs)."""

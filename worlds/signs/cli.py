@@ -97,7 +97,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from worlds.signs.train import evaluate_checkpoint
 
-    ev = evaluate_checkpoint(args.weights, data=args.data, n=args.n, seed=args.seed, gtsrb_root=args.gtsrb_root,
+    ev = evaluate_checkpoint(args.weights, data=args.data, n=args.eval_samples, seed=args.seed, gtsrb_root=args.gtsrb_root,
                              download=args.download, threads=args.threads)
     if args.json:
         print(json.dumps({"n": ev.n, "top1": ev.top1, "top5": ev.top5, "per_class_top1": ev.per_class_top1}, indent=2))
@@ -161,7 +161,9 @@ def add_parser(subparsers) -> None:
                    help="checkpoint (default: the committed sign_cnn.pt)")
     e.add_argument("--data", choices=["rendered", "gtsrb"], default="rendered",
                    help="fresh rendered held-out signs (offline) or the GTSRB test set")
-    e.add_argument("--n", type=cli_types.count(10_000_000), default=2000, help="rendered images to score")
+    ev = e.add_argument("--eval-samples", type=cli_types.count(10_000_000), default=2000,
+                        help="rendered images to score")
+    cli_types.add_deprecated_alias(e, "--n", ev)
     e.add_argument("--seed", type=cli_types.seed, default=1, help="seed of the rendered held-out set")
     e.add_argument("--gtsrb-root", default=TrainConfig.gtsrb_root, help="GTSRB folder")
     e.add_argument("--download", action="store_true", help="download GTSRB if missing (internet)")
