@@ -46,6 +46,6 @@ def add_parser(subparsers) -> None:
                    help="fraction of the frame the patch covers, in (0, 1]")
     p.add_argument("--no-multipath", action="store_true", help="skip the multi-path experiment")
     p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the frames, attacks and patch")
-    p.add_argument("--out", default="docs/reports/secure-path", type=cli_types.output_dir,
-                   help="output folder (default docs/reports/secure-path)")
+    p.add_argument("--out", default="runs/secure-eval", type=cli_types.output_dir,
+                   help="output folder (docs/reports/secure-path holds the shipped report)")
     p.set_defaults(func=_cmd_secure_eval)

@@ -117,9 +117,21 @@ ASSETS: dict[str, Asset] = {
 
 
 def cache_dir() -> Path:
-    """Where non-torchvision assets live: ``$TESTBED_CACHE`` or ``~/.cache/physical-testbed``."""
+    """The one cache root of the testbed: ``$TESTBED_CACHE`` or ``~/.cache/physical-testbed``. Assets live in its
+    ``assets/`` folder, the trained defences in ``defences/``, GTSRB in ``gtsrb/`` (torchvision's weights stay in torch
+    hub's cache)."""
     root = os.environ.get("TESTBED_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "physical-testbed"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "physical-testbed"
+
+
+def cache_subdir(name: str, *, legacy: Path | None = None) -> Path:
+    """``cache_dir() / name``. ``legacy``: where an earlier testbed kept this cache; it is used instead only while
+    it exists and the new folder does not (so nothing cached there is lost or recomputed; move it into the cache
+    root to finish the change)."""
+    new = cache_dir() / name
+    if legacy is not None and not new.exists() and legacy.is_dir():
+        return legacy
+    return new
 
 
 def torch_hub_checkpoints() -> Path:

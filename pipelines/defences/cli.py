@@ -27,8 +27,9 @@ def add_parser(subparsers: Any) -> None:
                         ("evaluate", "evaluate every defence and write the report"),
                         ("all", "train (cached) then evaluate")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--cache", default=None, type=cli_types.output_dir, help="cache dir for data and weights (default "
-                                                     "~/.cache/testbed/defences or $TESTBED_DEFENCES_CACHE)")
+        s.add_argument("--cache", default=None, type=cli_types.output_dir, help="cache dir for data and weights (default: defences/ in the "
+                                                     "cache root, $TESTBED_CACHE or ~/.cache/physical-testbed; "
+                                                     "$TESTBED_DEFENCES_CACHE overrides)")
         if name in ("train", "all"):
             s.add_argument("--only", default="", help="comma-separated model names (default: all)")
             s.add_argument("--force", action="store_true", help="retrain even when a matching checkpoint exists")
@@ -51,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
     m.add_argument("--parts", required=True, help="comma-separated report directories")
     m.add_argument("--out", required=True, type=cli_types.output_dir, help="report directory to write")
     m.add_argument("--cache", default=None, type=cli_types.output_dir,
-                   help="cache dir of the trained models (default: the one cache root, see --help of train)")
+                   help="cache dir of the trained models (default: defences/ in the cache root, as for train)")
     m.set_defaults(func=run_defences)
 
 

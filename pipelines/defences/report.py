@@ -219,7 +219,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         head.append("")
     tr = report.get("training") or {}
     if tr:
-        head += ["Trained models (cache `~/.cache/testbed/defences/`, not committed):", "",
+        head += ["Trained models (cache `defences/` in the cache root `~/.cache/physical-testbed/`, not committed):", "",
                  "| model | method | init | train images | epochs | train seconds |", "|---|---|---|---|---|---|"]
         for n, t in tr.items():
             c = t["config"]

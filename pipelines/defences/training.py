@@ -40,12 +40,16 @@ from torch import Tensor, nn
 from physical.attacks.variants import MadryPGD, MaskedPGD, TradesPGD, trades_kl
 from physical.losses import margin
 from pipelines.defences import DefenceError
+from testbed.assets import cache_subdir
 from testbed.device import default_device
 from testbed.runs import save_checked
 from worlds.signs.train import deterministic, fit
 
 METHODS = ("clean", "fgsm_at", "pgd_at", "trades", "doa", "noise", "dropout", "distill_teacher", "distill_student")
-DEFAULT_CACHE = Path(os.environ.get("TESTBED_DEFENCES_CACHE", "~/.cache/testbed/defences")).expanduser()
+#: the trained defences' cache: ``$TESTBED_DEFENCES_CACHE`` if set, else ``defences/`` in the one cache root
+#: (``testbed.assets.cache_dir``; the earlier ``~/.cache/testbed/defences`` is read while it is the only one)
+DEFAULT_CACHE = (Path(os.environ["TESTBED_DEFENCES_CACHE"]).expanduser() if os.environ.get("TESTBED_DEFENCES_CACHE")
+                 else cache_subdir("defences", legacy=Path("~/.cache/testbed/defences").expanduser()))
 
 
 # ------------------------------------------------------------------------------------------------ models
