@@ -69,7 +69,21 @@ def add_parser(subparsers: Any) -> None:
                    help="refuse a mask covering more than this fraction of the sign's area (default 0.10)")
     s.add_argument("--cell", type=cli_types.pixels, default=8, help="sticker cell size in pixels for --mask saliency")
     s.add_argument("--saliency-samples", type=cli_types.count(), default=128, help="EOT draws for --mask saliency")
-    s.add_argument("--background", default="0.5", help="grey level in [0, 1] or a shipped photo name")
+    s.add_argument("--background", default=None, help="grey level in [0, 1] or a shipped photo name (default 0.5)")
+    ph = s.add_argument_group("the user's own sign photo (physical/sign_photo.py; --sign names its class)")
+    ph.add_argument("--sign-photo", metavar="PHOTO",
+                    help="attack the sign in this photo (image file or shipped photo name) instead of a rendering")
+    ph.add_argument("--sign-polygon", metavar="X1,Y1,...",
+                    help="the sign's outline in photo pixels (x right, y down, origin at the top-left corner)")
+    ph.add_argument("--sign-mask", metavar="MASK.png", help="mask of the photo's size, white = the sign")
+    ph.add_argument("--sign-corners", metavar="X1,Y1,...,X4,Y4",
+                    help="corners TL, TR, BR, BL of the sign's bounding square (camera/rectify order): the photo is "
+                         "rectified to a frontal view; the outline is --sign-polygon / --sign-mask, else the square")
+    ph.add_argument("--sign-margin", type=cli_types.number(0.0, 1.0), default=0.1,
+                    help="photo context kept around the sign, a fraction of its size (default 0.1)")
+    s.add_argument("--sign-width-mm", type=cli_types.millimetres,
+                   help="physical width of the sign (its outline's extent), recorded for `testbed print stickers`; "
+                        "default for a rendered sign: its nominal size (e.g. stop 900)")
     s.add_argument("--norm", choices=["l1", "l2"], default="l2", help="norm of the sticker's change penalised by --lambda-norm")
     s.add_argument("--lambda-norm", type=cli_types.non_negative, default=0.0,
                    help="weight of ||mask * (sticker - sign)|| in the loss (0: no penalty)")
@@ -294,6 +308,24 @@ def run_patch(args: argparse.Namespace) -> int:
     )
 
 
+def _sign_photo(args: argparse.Namespace, size: int) -> Any:
+    """The sign of ``--sign-photo`` located by --sign-polygon / --sign-mask / --sign-corners, at ``size`` px."""
+    from physical.sign_photo import parse_points, sign_from_photo
+    from testbed.imageio import load_image
+    from testbed.photos import list_photos, load_photo
+
+    given = [o for o in ("sign_polygon", "sign_mask", "sign_corners") if getattr(args, o, None)]
+    if not given:
+        raise ConfigError("--sign-photo needs the sign's place in it: --sign-polygon X1,Y1,..., --sign-mask MASK.png "
+                          "or --sign-corners (TL, TR, BR, BL of its bounding square)")
+    polygon = parse_points(args.sign_polygon, what="--sign-polygon") if args.sign_polygon else None
+    corners = parse_points(args.sign_corners, what="--sign-corners", count=4) if args.sign_corners else None
+    photo = (load_photo(args.sign_photo) if args.sign_photo in list_photos()
+             else load_image(args.sign_photo, convert=True, what="sign photo"))
+    mask = load_image(args.sign_mask, convert=True, what="sign mask")[:, :1] if args.sign_mask else None
+    return sign_from_photo(photo, size, polygon=polygon, mask=mask, corners=corners, margin=args.sign_margin)
+
+
 def run_sticker(args: argparse.Namespace) -> int:
     from physical.universal import (
         SignSticker, load_mask, mask_fraction_of_sign, rp2_sign_rectangles, saliency_mask, strokes_mask,
@@ -320,23 +352,43 @@ def run_sticker(args: argparse.Namespace) -> int:
         raise ConfigError("--mask saliency needs --target (the saliency of the targeted loss)")
     if args.mask not in ("rects", "saliency", "strokes"):
         load_mask(args.mask, (size, size))  # a bad mask file is refused before the model is loaded
-    try:
-        background: Any = cli_types.unit_interval(args.background)
-    except argparse.ArgumentTypeError as exc:
-        if _is_number(args.background):
-            raise ConfigError(f"--background {args.background}: {exc}") from None
-        background = _load_scene(args.background, size)[..., :size, :size]
+    sign_extra: dict[str, Any] = {}
+    if args.sign_photo is None:
+        given = [o for o in ("sign_polygon", "sign_mask", "sign_corners") if getattr(args, o, None)]
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} locates the sign in a photo: give --sign-photo too")
+        args.background = "0.5" if args.background is None else args.background
+        try:
+            background: Any = cli_types.unit_interval(args.background)
+        except argparse.ArgumentTypeError as exc:
+            if _is_number(args.background):
+                raise ConfigError(f"--background {args.background}: {exc}") from None
+            background = _load_scene(args.background, size)[..., :size, :size]
+        rgba = render_sign(args.sign, size)  # the sign at print resolution; the camera resamples to (h, w)
+        sign = composite(rgba, background).clamp(0, 1)
+        alpha = rgba[:, 3:4]
+        box = (0.0, 0.0, float(size), float(size))  # the rendered canvas is the sign's nominal size
+        if args.sign_width_mm is not None:
+            sign_extra["sign_width_mm"] = args.sign_width_mm
+    else:
+        if args.background is not None:
+            raise ConfigError("--background is for a rendered sign; the --sign-photo brings its own surroundings")
+        sp = _sign_photo(args, size)
+        sign, alpha, box = sp.sign, sp.alpha, sp.box
+        args.background = "photo"
+        sign_extra.update(sign_photo=args.sign_photo, sign_photo_source=sp.source, sign_box_px=list(box),
+                          sign_width_mm=args.sign_width_mm,
+                          sign_outline_px=None if sp.outline is None else [list(q) for q in sp.outline])
     attack = SignSticker(norm=args.norm, lambda_norm=args.lambda_norm, init=args.init, input_size=(h, w),
                          max_mask_fraction=args.max_mask_fraction, **_attack_kwargs(args))
-    rgba = render_sign(args.sign, size)  # the sign at print resolution; the camera resamples to (h, w)
-    sign = composite(rgba, background).clamp(0, 1)
-    alpha = rgba[:, 3:4]
     cli_types.check_run_out(args.out, "sticker")
     ensure_allocator(getattr(args, "allocator", "glibc"))
     model = get_model(args.model, device=device)
     t0 = time.perf_counter()
-    if args.mask == "rects":
-        mask = rp2_sign_rectangles(alpha, args.budget)
+    if args.mask == "rects":  # RP2's bars above / below the legend, placed within the sign's box
+        (x0, y0, x1, y1), bw, bh = box, box[2] - box[0], box[3] - box[1]
+        mask = rp2_sign_rectangles(alpha, args.budget, x_range=((x0 + 0.18 * bw) / size, (x0 + 0.82 * bw) / size),
+                                   legend=((y0 + 0.385 * bh) / size, (y0 + 0.615 * bh) / size))
     elif args.mask == "saliency":
         sal = attack.saliency(model, sign.to(device), target=target, samples=args.saliency_samples, alpha=alpha)
         mask = saliency_mask(sal, alpha, args.budget, cell=args.cell)
@@ -350,8 +402,12 @@ def run_sticker(args: argparse.Namespace) -> int:
         source_label=label, run_dir=args.out, progress=args.progress,
         run_extra={"model": args.model, "sign": args.sign, "mask": args.mask, "background": args.background,
                    "sign_size": size, "budget": args.budget, "cell": args.cell,
-                   "saliency_samples": args.saliency_samples},
+                   "saliency_samples": args.saliency_samples, **sign_extra},
     )
+    from testbed.runs import save_image
+
+    # the sign's own area, for `testbed print stickers RUN` (its outline on the placement guide)
+    save_image(alpha.expand(1, 3, -1, -1).clamp(0, 1), Path(args.out) / "sign_alpha.png", bits=8)
     with torch.no_grad():
         small = torch.nn.functional.interpolate(sign, size=(h, w), mode="bilinear", align_corners=False,
                                                 antialias=True)

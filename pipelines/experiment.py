@@ -280,12 +280,14 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
         raise ConfigError("config images.folder is required when images.source is 'folder'")
     if "names" in img and img["names"] is not None:
         img["names"] = _str_list("images.names", img["names"])
-        if check_names:
-            from testbed.photos import list_photos
+        if check_names:  # shipped photo names, image files, folders or globs: the one resolver of every command
+            from testbed.errors import ImageError
+            from testbed.photos import resolve_images
 
-            unknown = [n for n in img["names"] if n not in list_photos()]
-            if unknown:
-                raise ConfigError(f"config images.names: unknown photo(s) {unknown}; known: {', '.join(list_photos())}")
+            try:
+                resolve_images(img["names"], what="config images.names")
+            except ImageError as exc:
+                raise ConfigError(str(exc)) from None
     _int("images.crops_per_photo", img.get("crops_per_photo", 1), 1, 64)
     if img.get("limit") is not None:
         _int("images.limit", img["limit"], 1)

@@ -91,13 +91,15 @@ def build_image_set(cfg: ImageSetConfig, size: tuple[int, int]) -> ImageSet:
     images, ids, groups, canonical = [], [], [], {}
     given: dict[str, int] | None = None
     if cfg.source == "photos":
-        from testbed.photos import list_photos, load_photo
+        from testbed.photos import list_photos, load_images, resolve_images
 
-        names = list(cfg.names) if cfg.names else list_photos(cfg.kind)
+        # names: shipped photos, image files, folders or globs (the one resolver); files are known by their stem
+        names = resolve_images(cfg.names, what="images.names") if cfg.names else list_photos(cfg.kind)
         if not names:
             raise ImageError(f"no shipped photos of kind {cfg.kind!r}")
-        for name in names:
-            views = crop_views(load_photo(name), cfg.crops_per_photo, size)
+        for item in names:
+            name = item if item in list_photos() else Path(item).stem
+            views = crop_views(load_images([item])[0], cfg.crops_per_photo, size)
             canonical[name] = views[0]
             for j, v in enumerate(views):
                 images.append(v); ids.append(f"{name}-{j}"); groups.append(name)

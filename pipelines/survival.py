@@ -166,7 +166,7 @@ def paste_at(scene: Tensor, patch: Tensor, mask: Tensor, side: int, top: int, le
 
 def patch_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None = None) -> SurvivalRow:
     from testbed.models.registry import get_entry, get_model
-    from testbed.photos import imagenet_view, list_photos
+    from testbed.photos import imagenet_preprocess, load_images, resolve_images
 
     t0 = time.perf_counter()
     run = Path(run_dir)
@@ -180,11 +180,11 @@ def patch_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None =
     if patch.ndim != 4 or mask.shape[-2:] != patch.shape[-2:]:
         raise ConfigError(f"{run}: perturbation {tuple(patch.shape)} and mask {tuple(mask.shape)} do not match")
     names = list(metrics.get("scenes") or config.get("scenes") or [])
-    unknown = [n for n in names if n not in list_photos()]
-    if not names or unknown:
-        raise ConfigError(f"{run}: scenes {unknown or names} are not shipped photos; survival needs the run's scenes")
+    if not names:
+        raise ConfigError(f"{run}: the run records no scenes; survival needs the run's scenes")
     h, w = entry.input_size
-    scenes = torch.cat([imagenet_view(n, h) for n in names])
+    # the run's scenes as `testbed patch --scenes` took them: shipped photos, files, folders, globs
+    scenes = torch.cat([imagenet_preprocess(x, h) for x in load_images(resolve_images(names, what=f"{run}: scene"))])
     area = float(config["placement"]["area"][1])
     if float(mask.mean()) <= 0:
         raise ConfigError(f"{run}: the patch mask (mask.pt) is empty")

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 
 from testbed import cli_types
 from testbed.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("patch", "stickers", "glasses", "poster", "chart")
 
@@ -24,7 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="printed width (patch/glasses/poster); glasses default 140, poster default 750")
     p.add_argument("--height-mm", type=cli_types.millimetres, help="printed height (default: keep aspect)")
     p.add_argument("--sign-width-mm", type=cli_types.millimetres,
-                   help="stickers: width of the whole sign the image covers")
+                   help="stickers: width of the sign (default from a sticker run directory: its --sign-width-mm, "
+                        "or a rendered sign's nominal size)")
+    p.add_argument("--no-split", action="store_true",
+                   help="stickers: refuse a sticker larger than the page instead of cutting it into page-sized pieces")
     p.add_argument("--overlap-mm", type=cli_types.millimetres_or_zero, default=15.0, help="poster: tile overlap")
     p.add_argument("--levels", type=cli_types.integer(2, 16), default=5,
                    help="chart: RGB cube levels per channel, 2..16")
@@ -62,12 +70,37 @@ def _seed_from_run(image: Path) -> int | None:
     return None
 
 
+def _run_sign(run: Path, config: dict[str, Any], image: torch.Tensor, width_mm: float | None
+              ) -> tuple[float | None, list[float] | None, torch.Tensor | None]:
+    """A sticker run's sign: (physical width in mm, its box in image pixels, its alpha) from the run's config and
+    ``sign_alpha.png``. A rendered sign's default width is its nominal size (``worlds.signs.render``)."""
+    from testbed.imageio import load_image
+
+    box = config.get("sign_box_px")
+    box = [float(v) for v in box] if isinstance(box, list) and len(box) == 4 else None
+    if width_mm is None:
+        w = config.get("sign_width_mm")
+        if isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0:
+            width_mm = float(w)
+        elif not config.get("sign_photo"):
+            from worlds.signs.render import class_names, get_sign
+
+            if config.get("sign") in class_names():
+                width_mm = get_sign(config["sign"]).size_mm  # the rendered canvas is the sign's nominal size
+    alpha = None
+    if (run / "sign_alpha.png").is_file():
+        alpha = load_image(run / "sign_alpha.png", convert=True, what="run sign alpha")[:, :1]
+        if alpha.shape[-2:] != image.shape[-2:]:
+            alpha = None
+    return width_mm, box, alpha
+
+
 def run(args: argparse.Namespace) -> int:
     from printouts import sheets
     from printouts.runinput import load_run_input
     from testbed.imageio import load_image
 
-    seed, palette, provenance = args.seed, args.palette, None
+    seed, palette, provenance, run_config = args.seed, args.palette, None, None
     image = mask = None
     sheets.page_size_mm(args.page)  # a bad --page is refused before any image is read
     if args.kind != "chart":
@@ -75,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"`print {args.kind}` needs --image (the perturbation PNG or .pt, or a run directory)")
         if Path(args.image).is_dir():  # a run directory: its image, mask and provenance
             src = load_run_input(args.image)
-            image, mask, provenance = src.image, src.mask, src.provenance
+            image, mask, provenance, run_config = src.image, src.mask, src.provenance, src.config
             seed = src.provenance.seed if seed is None else seed
             palette = src.provenance.palette if palette is None else palette
         else:
@@ -93,9 +126,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("`print patch` needs --width-mm and/or --height-mm")
         sheet = sheets.patch_sheet(image, args.width_mm, args.height_mm, cfg, mask=mask)
     elif args.kind == "stickers":
-        if mask is None or args.sign_width_mm is None:
-            raise ConfigError("`print stickers` needs --mask and --sign-width-mm")
-        sheet = sheets.sticker_sheet(image, mask, args.sign_width_mm, cfg)
+        width, box, alpha = args.sign_width_mm, None, None
+        if run_config is not None and provenance is not None and provenance.kind == "sticker":
+            width, box, alpha = _run_sign(Path(args.image), run_config, image, width)
+        if mask is None or width is None:
+            raise ConfigError("`print stickers` needs --mask and --sign-width-mm (the sign's physical width; a sticker "
+                              "run on a sign photo made without --sign-width-mm needs it here)")
+        sheet = sheets.sticker_sheet(image, mask, width, cfg, sign_box_px=box, sign_alpha=alpha,
+                                     split=not args.no_split)
     elif args.kind == "glasses":
         sheet = sheets.glasses_sheet(image, mask, args.width_mm or 140.0, cfg)
     elif args.kind == "poster":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from testbed.errors import ConfigError, ImageError
 # image file (without .png) and mask file for each kind of run directory; the first that exists is used
 _IMAGE_NAMES: dict[str, tuple[str, ...]] = {
     "eyeglass": ("texture", "perturbation"),
+    # a sticker run's perturbation.png is mask * (sticker - sign), clamped: the stickered sign holds the colours
+    "sticker": ("adversarial", "perturbation"),
 }
 _DEFAULT_IMAGE_NAMES = ("perturbation",)
 
@@ -61,6 +63,7 @@ class RunInput:
     image: torch.Tensor  # 1x3xHxW in [0, 1]
     mask: torch.Tensor | None  # 1x1xHxW in [0, 1] (soft edge kept), same size as image; None: no mask file
     provenance: RunProvenance
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config.json (e.g. a sticker run's sign size)
 
 
 def load_run_input(path: str | Path, *, option: str = "--image") -> RunInput:
@@ -103,7 +106,7 @@ def load_run_input(path: str | Path, *, option: str = "--image") -> RunInput:
                          model=_str_or_none(config.get("model", metrics.get("model"))),
                          target=_target(config, metrics), date=_date(p / METRICS_FILE, p / CONFIG_FILE),
                          shape=_str_or_none(config.get("shape")))
-    return RunInput(image=image, mask=mask, provenance=prov)
+    return RunInput(image=image, mask=mask, provenance=prov, config=config)
 
 
 def _int_or_none(v: Any) -> int | None:

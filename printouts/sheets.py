@@ -713,38 +713,49 @@ def glasses_sheet(image: torch.Tensor, mask: torch.Tensor | np.ndarray | None = 
 
 
 def sticker_sheet(image: torch.Tensor, mask: torch.Tensor | np.ndarray, sign_width_mm: float,
-                  config: SheetConfig | None = None, spacing_mm: float = 5.0, min_area_px: int = 4) -> Sheet:
-    """Stickers cut from a sign-sized perturbation: each connected mask region at true scale, with cut lines.
+                  config: SheetConfig | None = None, spacing_mm: float = 5.0, min_area_px: int = 4, *,
+                  sign_box_px: Sequence[float] | None = None, sign_alpha: torch.Tensor | np.ndarray | None = None,
+                  guide: bool = True, split: bool = False) -> Sheet:
+    """Stickers cut from a sign-sized perturbation: each connected mask region at true scale, with cut lines, and a
+    placement guide.
 
-    ``image`` covers the whole sign (``sign_width_mm`` wide); ``mask`` marks the sticker pixels. Stickers are
-    packed onto as many pages as needed; the sidecar records where each goes on the sign (mm from top-left).
+    ``image`` shows the sign; ``mask`` marks the sticker pixels. The sign spans ``sign_box_px`` = (x0, y0, x1, y1)
+    of the image (pixel edges; default: the whole image), ``sign_width_mm`` wide: that fixes the millimetres per
+    pixel, and every sticker position is measured from the box's top-left corner. Stickers are packed onto as many
+    pages as needed; the sidecar records where each goes on the sign (mm from top-left). With ``guide`` a last page
+    draws the sign's outline (``sign_alpha``, the sign's own area in the image, > 0.5; default: its box) to scale
+    with each sticker in place, numbered, and a table of positions and sizes in mm. Stickers are the 4-connected
+    regions of the mask (two squares touching at a corner are two stickers); with ``split`` a region larger than the
+    page's free area is cut into page-sized pieces along a pixel grid, each placed by its own position.
     """
     cfg = (config or SheetConfig()).validate()
     rgb = _to_rgb_uint8(image)
     H, W = rgb.shape[:2]
     m = _to_mask(mask, (H, W))
-    mm = _positive("sign_width_mm", sign_width_mm) / W
+    bx0, by0, bx1, by1 = _sign_box(sign_box_px, W, H)
+    mm = _positive("sign_width_mm", sign_width_mm) / (bx1 - bx0)
     _positive("spacing_mm", spacing_mm)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
-    stickers = []
-    for lab in range(1, n):
-        x, y, bw, bh, area = (int(v) for v in stats[lab])
-        if area < min_area_px:
-            continue
-        comp = labels[y:y + bh, x:x + bw] == lab
-        crop = rgb[y:y + bh, x:x + bw].copy()
-        crop[~comp] = 255
-        stickers.append({"crop": crop, "comp": comp, "sign_x_mm": x * mm, "sign_y_mm": y * mm,
-                         "w": bw * mm, "h": bh * mm})
-    if not stickers:
-        raise ImageError(f"sticker mask has no region of at least {min_area_px} px: nothing to print")
-    for i, s in enumerate(stickers):
-        s["index"] = i + 1
+    outline_mask = None if sign_alpha is None else _to_mask(sign_alpha, (H, W), "sign alpha")
     label_h = 4.0
     pw, ph = page_size_mm(cfg.page)
     # markers sized for the page, not the sign
     s_mk = cfg.marker_mm if cfg.marker_mm is not None else 15.0
     b = s_mk + cfg.marker_gap_mm
+    tile = None
+    if split:  # pieces no larger than the portrait page's free area, cut along a grid of whole pixels
+        _, _, cw0, ch0 = _content_area(pw, ph, cfg)
+        tile = (max(1, int((cw0 - 2 * b) / mm)), max(1, int((ch0 - 2 * b - label_h) / mm)))
+    stickers = []
+    for x, y, comp in _sticker_regions(m, min_area_px, tile):
+        bh, bw = comp.shape
+        crop = rgb[y:y + bh, x:x + bw].copy()
+        crop[~comp] = 255
+        stickers.append({"crop": crop, "comp": comp, "sign_x_mm": (x - bx0) * mm, "sign_y_mm": (y - by0) * mm,
+                         "w": bw * mm, "h": bh * mm})
+    if not stickers:
+        raise ImageError(f"sticker mask has no region of at least {min_area_px} px: nothing to print")
+    for i, s in enumerate(stickers):
+        s["index"] = i + 1
     for pw, ph in ((pw, ph), (ph, pw)):
         cx, cy, cw, ch = _content_area(pw, ph, cfg)
         avail_w, avail_h = cw - 2 * b, ch - 2 * b
@@ -755,7 +766,7 @@ def sticker_sheet(image: torch.Tensor, mask: torch.Tensor | np.ndarray, sign_wid
         raise ConfigError(
             f"sticker #{big['index']} is {big['w']:.1f} x {big['h']:.1f} mm at a sign width of {sign_width_mm:g} mm "
             f"and does not fit the printable area of page {cfg.page!r} (minus {b:.0f} mm fiducial border) in "
-            "either orientation; use a larger page or the tiled `poster` sheet")
+            "either orientation; use a larger page, split=True (CLI: the default) or the tiled `poster` sheet")
     # shelf packing, tallest first
     order = sorted(stickers, key=lambda s: -s["h"])
     pages_pack: list[list[dict]] = [[]]
@@ -800,10 +811,103 @@ def sticker_sheet(image: torch.Tensor, mask: torch.Tensor | np.ndarray, sign_wid
         pages.append(page)
         objects.append(_object_record(f"stickers_p{pi + 1}", "stickers", pi, ox, oy, bw_, bh_, block.shape[1],
                                       block.shape[0], cfg, markers, stickers=sorted(recs, key=lambda r: r["index"])))
-    params = {"sign_width_mm": float(sign_width_mm), "spacing_mm": spacing_mm, "n_stickers": len(stickers)}
+    sign_mm = ((bx1 - bx0) * mm, (by1 - by0) * mm)
+    params = {"sign_width_mm": float(sign_width_mm), "spacing_mm": spacing_mm, "n_stickers": len(stickers),
+              "sign_box_px": [bx0, by0, bx1, by1], "sign_height_mm": sign_mm[1], "mm_per_px": mm}
+    if guide:
+        pages.append(_placement_guide(cfg, pages[0].width_mm, pages[0].height_mm, stickers, mm, (bx0, by0),
+                                      sign_mm, outline_mask))
+        params["guide_page"] = len(pages) - 1
     sheet = Sheet("stickers", cfg, pages, objects, params)
-    sheet.image_sha256 = _image_hash(rgb, m)
+    sheet.image_sha256 = _image_hash(rgb, m) if outline_mask is None else _image_hash(rgb, m, outline_mask)
     return sheet
+
+
+def _sticker_regions(m: np.ndarray, min_area_px: int, tile: tuple[int, int] | None
+                     ) -> list[tuple[int, int, np.ndarray]]:
+    """(x, y, region mask of its bounding box) for each 4-connected region of ``m`` of at least ``min_area_px``
+    pixels; with ``tile`` = (w, h) pixels, each region cut by a grid of that cell size first."""
+    grids = [(0, 0, m)]
+    if tile is not None:
+        tw, th = tile
+        grids = [(x, y, m[y:y + th, x:x + tw]) for y in range(0, m.shape[0], th) for x in range(0, m.shape[1], tw)]
+    out = []
+    for gx, gy, part in grids:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(part.astype(np.uint8), connectivity=4)
+        for lab in range(1, n):
+            x, y, bw, bh, area = (int(v) for v in stats[lab])
+            if area >= min_area_px:
+                out.append((gx + x, gy + y, labels[y:y + bh, x:x + bw] == lab))
+    return sorted(out, key=lambda r: (r[1], r[0]))
+
+
+def _sign_box(box: Sequence[float] | None, W: int, H: int) -> tuple[float, float, float, float]:
+    """The sign's extent (x0, y0, x1, y1) in image pixels, checked; None: the whole image."""
+    if box is None:
+        return 0.0, 0.0, float(W), float(H)
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ConfigError(f"sign box must be four numbers x0, y0, x1, y1 (image pixels), got {box!r}") from None
+    if not (all(math.isfinite(v) for v in (x0, y0, x1, y1)) and -W <= x0 < x1 <= 2 * W and -H <= y0 < y1 <= 2 * H):
+        raise ConfigError(f"sign box {box!r} must satisfy x0 < x1, y0 < y1 near the {W}x{H} image")
+    return x0, y0, x1, y1
+
+
+GUIDE_ROW_MM = 3.6  # line spacing of the placement guide's table
+
+
+def _placement_guide(cfg: SheetConfig, pw: float, ph: float, stickers: list[dict[str, Any]], mm: float,
+                     origin_px: tuple[float, float], sign_mm: tuple[float, float],
+                     outline: np.ndarray | None) -> Page:
+    """The placement guide: the sign (its outline, else its box) drawn to scale with every sticker in place and
+    numbered, its width and height, and a table of each sticker's position (from the sign's top-left) and size."""
+    page = Page(pw, ph)
+    sw, sh = sign_mm
+    n = len(stickers)
+    cx, cy, cw, ch = _content_area(pw, ph, cfg)
+    col_w = 78.0
+    cols = max(1, int(cw // col_w))
+    rows = math.ceil(n / cols)
+    table_h = (rows + 1) * GUIDE_ROW_MM
+    draw_h = ch - table_h - 14.0
+    if draw_h < 40.0:  # too many stickers for one page: keep the drawing, list the first rows that fit
+        draw_h = 40.0
+        rows = max(1, int((ch - draw_h - 14.0) // GUIDE_ROW_MM) - 1)
+    k = min((cw - 16.0) / sw, draw_h / sh)  # page mm per sign mm
+    ox, oy = cx + 12.0 + (cw - 16.0 - sw * k) / 2, cy + 6.0
+    _decorate(page, cfg, cfg.title or f"placement guide: {sw:.0f} x {sh:.0f} mm sign drawn at 1:{1 / k:.3g}; "
+              "positions in mm from its top-left corner")
+    box = [(ox, oy), (ox + sw * k, oy), (ox + sw * k, oy + sh * k), (ox, oy + sh * k)]
+    page.items.append(LineItem(box, closed=True, width_mm=0.15, color=(150, 150, 150), dash_mm=1.5))
+    # dimensions: width above the drawing, height to its left
+    page.items.append(LineItem([(ox, oy - 2.0), (ox + sw * k, oy - 2.0)], width_mm=0.15, color=MARK_COLOR))
+    page.items.append(TextItem(ox + sw * k / 2 - 6.0, oy - 3.0, f"{sw:.0f} mm", 2.2))
+    page.items.append(LineItem([(ox - 2.0, oy), (ox - 2.0, oy + sh * k)], width_mm=0.15, color=MARK_COLOR))
+    page.items.append(TextItem(ox - 12.0, oy + sh * k / 2, f"{sh:.0f} mm", 2.2))
+    for s in stickers:
+        x, y = ox + s["sign_x_mm"] * k, oy + s["sign_y_mm"] * k
+        page.items.append(ImageItem(x, y, s["w"] * k, s["h"] * k, s["crop"]))
+        for line in _mask_contours_mm(s["comp"], mm * k):
+            page.items.append(LineItem([(x + a, y + b) for a, b in line], closed=True, width_mm=0.15))
+        page.items.append(TextItem(x + s["w"] * k + 0.5, y + 2.0, f"#{s['index']}", 1.8))
+    if outline is not None:
+        x0, y0 = origin_px
+        for line in _mask_contours_mm(outline, mm * k):
+            page.items.append(LineItem([(ox + a - x0 * mm * k, oy + b - y0 * mm * k) for a, b in line], closed=True,
+                                       width_mm=0.35, color=MARK_COLOR))
+    ty = oy + sh * k + 10.0
+    page.items.append(TextItem(cx, ty, "#  left, top (mm from the sign's top-left)  width x height (mm)", 2.2))
+    shown = stickers[: rows * cols]
+    for i, s in enumerate(shown):
+        c, r = divmod(i, rows)
+        page.items.append(TextItem(cx + c * col_w, ty + (r + 1) * GUIDE_ROW_MM,
+                                   f"#{s['index']}  {s['sign_x_mm']:.0f}, {s['sign_y_mm']:.0f}   "
+                                   f"{s['w']:.0f} x {s['h']:.0f}", 2.2))
+    if len(shown) < n:
+        page.items.append(TextItem(cx, ty + (rows + 1) * GUIDE_ROW_MM, f"... {n - len(shown)} more: see the "
+                                   "sidecar's 'stickers' records", 2.2))
+    return page
 
 
 def poster_sheet(image: torch.Tensor, width_mm: float = 750.0, height_mm: float | None = None,

@@ -120,7 +120,7 @@ def resolve_images(items: str | Sequence[str], *, what: str = "scene") -> list[s
                 raise ImageError(f"{what} glob {item!r} matches no image file ({' '.join(IMAGE_EXTENSIONS)})")
             out.extend(found)
         else:
-            raise ImageError(f"{what} {item!r} is not a shipped photo name ({', '.join(list_photos())}), an image "
+            raise ImageError(f"{what} {item!r}: unknown photo name ({', '.join(list_photos())}), and not an image "
                              "file, a folder or a glob")
     return out
 
