@@ -126,6 +126,11 @@ class EOTConfig:
     def __init__(self, *, stages: Sequence[str] | None = None, **fields: Any) -> None:
         order = _stage_order(stages)
         owners = field_owners()
+        if stages is None:  # a key of an opt-in stage (e.g. printer_profile) puts that stage where it belongs
+            for name in dict.fromkeys(owners[k] for k in fields if k in owners):
+                anchor = STAGES[name].insert_before
+                if name not in order and anchor in order:
+                    order = order[:order.index(anchor)] + (name,) + order[order.index(anchor):]
         grouped: dict[str, dict[str, Any]] = {name: {} for name in order}
         unknown = []
         for key, value in fields.items():
@@ -516,8 +521,8 @@ class EOTTransform:
               skip: Collection[str] = ()) -> Tensor:
         """Apply drawn transformations to a BCHW batch (differentiable w.r.t. ``images``), stage by stage in order.
 
-        ``skip`` names stages to leave out; ``print_stage=False`` skips ``print`` (for callers that apply the
-        printer error to the printed part only, with ``apply_print``, before compositing it into a scene).
+        ``skip`` names stages to leave out; ``print_stage=False`` skips the printer's stages (``print``, ``profile``:
+        for callers that apply them to the printed part only, with ``apply_print``, before compositing it).
         """
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -526,7 +531,7 @@ class EOTTransform:
             raise ConfigError(f"EOT params hold {params.batch_size} draws but the batch has {images.shape[0]} images")
         x = images
         pending: ColourMap | None = None  # colour-affine stages not applied yet (composed)
-        for s in self._active(skip if print_stage else (*skip, "print")):
+        for s in self._active(skip if print_stage else (*skip, *(t.name for t in self.stages if t.printed))):
             p = _on(params[s.name], x.device) if s.random or s.name in params else {}
             if s.colour_affine:
                 cm = s.colour_map(p)
@@ -549,11 +554,12 @@ class EOTTransform:
 
     # -- single stages (callers that print a part before compositing it; tests)
     def apply_print(self, x: Tensor, params: EOTParams) -> Tensor:
-        """The printer colour error alone (identity when there is no enabled print stage)."""
-        s = next((s for s in self.stages if s.name == "print"), None)
-        if s is None or not s.enabled:
-            return x
-        return s.apply(x, _on(params["print"], x.device))
+        """The printer's stages alone (``printed``: the printer profile, then the print error), in order; identity
+        when none is enabled."""
+        for s in self.stages:
+            if s.printed and s.enabled:
+                x = s.apply(x, _on(params[s.name], x.device))
+        return x
 
     def homography(self, params: EOTParams, height: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """(B, 3, 3) source -> destination pixel homography of the geometry stage."""

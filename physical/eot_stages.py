@@ -135,6 +135,8 @@ class Stage:
     Config: ClassVar[type] = type(None)
     colour_affine: ClassVar[bool] = False
     random: ClassVar[bool] = True  # False: draws nothing (applies to params drawn without this stage too)
+    printed: ClassVar[bool] = False  # True: acts on the printed part only (EOTTransform.apply_print; print_stage=False skips it)
+    insert_before: ClassVar[str | None] = None  # an opt-in stage: a config setting its keys without a stage list gets it here
 
     def __init__(self, config: Any = None) -> None:
         if config is None:
@@ -235,6 +237,7 @@ class PrintStage(Stage):
     name = "print"
     Config = PrintConfig
     colour_affine = True
+    printed = True
 
     @property
     def enabled(self) -> bool:
@@ -247,6 +250,52 @@ class PrintStage(Stage):
 
     def colour_map(self, params: Params) -> ColourMap:
         return ColourMap(params["printer_gain"], params["printer_offset"])
+
+
+# ------------------------------------------------------------------------------------------------ printer profile
+@dataclass(frozen=True)
+class ProfileConfig:
+    printer_profile: str | None = None  # printer-profile JSON (`testbed printer-profile`); None: identity
+    printer_profile_jitter: float = 0.0  # per-channel offset uniform in [-j, j] after the profile (its residual)
+
+    def __post_init__(self) -> None:
+        path = self.printer_profile
+        if path is not None:
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"EOT config printer_profile must be a profile file path, got {path!r}")
+            from physical.printer_profile import load_profile
+
+            load_profile(path)  # validated now (ConfigError naming the file and the problem); cached
+        _set(self, printer_profile_jitter=_nonneg("printer_profile_jitter", self.printer_profile_jitter, 0.5))
+
+
+@register_stage
+class ProfileStage(Stage):
+    """The user's printer + paper + camera as measured from their chart (``physical.printer_profile``): intended
+    colour -> printed colour as photographed, relative to paper white; then a per-channel offset ``± jitter``.
+    Applied to the printed part only, before the ``print`` stage; a config that sets ``printer_profile`` without a
+    stage list gets it first."""
+
+    name = "profile"
+    Config = ProfileConfig
+    printed = True
+    insert_before = "print"
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.printer_profile is not None or self.config.printer_profile_jitter > 0
+
+    def sample(self, n: int, generator: torch.Generator, device: torch.device) -> Params:
+        return {"profile_offset": _sym(self.uniforms(n, 3, generator, device), self.config.printer_profile_jitter)}
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        if self.config.printer_profile is not None:
+            from physical.printer_profile import load_profile
+
+            x = load_profile(self.config.printer_profile).apply(x)
+        if self.config.printer_profile_jitter > 0:
+            x = x + params["profile_offset"].to(x.dtype)[:, :, None, None]
+        return x
 
 
 # ------------------------------------------------------------------------------------------------ geometry

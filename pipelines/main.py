@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Sequence
 
 import camera.cli
+import camera.printer_profile
 import camera.secure.cli
 import physical.cli
 import physical.cli_eot
@@ -36,6 +37,7 @@ PART_CLIS: tuple[ModuleType, ...] = (
     physical.cli_eyeglass,  # eyeglass
     printouts.cli,  # print
     camera.cli,  # capture, rectify
+    camera.printer_profile,  # printer-profile
     camera.secure.cli,  # secure
     worlds.signs.cli,  # signs
     pipelines.cli,  # evaluate, report, live, survival, demo
