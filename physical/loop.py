@@ -390,8 +390,16 @@ class PhysicalAttack(RunHyperParams):
         sel = Selection()
         start, run = 0, None
         if run_dir is not None:
-            run = RunDir(run_dir, {**self.config(), **(run_extra or {})}, ignore=self.SPEED_KEYS)
+            # ``steps`` is where the run ends, not how it runs: a run directory continues with more steps (extended
+            # from its newest checkpoint, bit for bit what a run of that many steps from the start gives on CPU)
+            run = RunDir(run_dir, {**self.config(), **(run_extra or {})}, ignore=self.SPEED_KEYS + ("steps",))
             ckpt = run.latest_checkpoint()
+            if ckpt is not None and int(ckpt["step"]) > self.steps:
+                raise ConfigError(f"run directory {run.path} has {int(ckpt['step'])} steps done, more than steps="
+                                  f"{self.steps}; give at least {int(ckpt['step'])} steps to resume or extend it, "
+                                  "or a new --out folder")
+            if (run.read_config() or {}).get("steps") != self.steps:
+                run.write_config()  # the new end is the run's configuration from now on
             if ckpt is not None:
                 with torch.no_grad():
                     w.copy_(ckpt["w"].to(w.device))
