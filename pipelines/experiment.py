@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -471,9 +472,65 @@ def execute_cells(run: RunDir, cells: list[Cell], *, progress: bool = True,
     return computed, skipped
 
 
+def run_experiment_cell(kind_module: str, config: dict[str, Any], run_dir: str, key: str) -> dict[str, Any]:
+    """One experiment cell as a task of ``pipelines.executors`` (a worker process or a Ray worker): import the
+    kind's module (which registers it), reopen the run directory (same config, nothing rewritten), build the
+    cells lazily, compute the one named ``key`` and save it into the run directory. Returns its key and time."""
+    import importlib
+
+    importlib.import_module(kind_module)
+    cfg = parse_config(config, check_names=False)
+    run = RunDir(run_dir, cfg)
+    cell = next((c for c in get_kind(cfg.kind).build_cells(cfg, run) if c.key == key), None)
+    if cell is None:
+        raise RunDirError(f"experiment {cfg.name}: no cell {key!r} in {run_dir}")
+    started = time.time()
+    result = cell.compute()
+    result["seconds"] = round(time.time() - started, 3)
+    run.save_cell(key, result)
+    return {"key": key, "seconds": result["seconds"]}
+
+
+def execute_cells_on(executor: Any, run: RunDir, cells: list[Cell], *, progress: bool = True) -> tuple[list[str], list[str]]:
+    """Compute the cells not already saved as tasks of ``executor`` (``pipelines.executors``: local worker
+    processes, Ray): each task rebuilds its cell where it runs (``run_experiment_cell``) and writes it into the run
+    directory, which therefore has to be on a file system every worker sees. A failed cell raises its error
+    after the others finished (the saved cells are kept; rerunning resumes)."""
+    from pipelines.executors import Task
+    from tqdm.auto import tqdm
+
+    config = run.experiment
+    kind = get_kind(config.kind)
+    module = getattr(kind, "__name__", None)
+    if not isinstance(module, str) or module not in sys.modules:
+        raise ConfigError(f"experiment kind {config.kind!r} is not a module; only the serial executor can run it")
+    skipped = [c.key for c in cells if run.has_cell(c.key)]
+    todo = [c for c in cells if c.key not in skipped]
+    tasks = [Task(c.key, run_experiment_cell, (module, config.to_dict(), str(run.path.resolve()), c.key)) for c in todo]
+    computed, errors = [], []
+    bar = tqdm(total=len(todo), desc=config.name, unit="cell", disable=not progress, dynamic_ncols=True)
+
+    def on_done(outcome: Any) -> None:
+        bar.update(1)
+        (computed.append(outcome.key) if outcome.ok else errors.append(f"{outcome.key}: {outcome.error}"))
+
+    executor.run(tasks, on_done)
+    bar.close()
+    if errors:
+        raise ConfigError(f"{len(errors)} experiment cell(s) failed ({'; '.join(errors)[:400]}); the other cells "
+                          "are saved, rerun to resume")
+    return [c.key for c in todo if c.key in computed], skipped
+
+
 def run_experiment(config: ExperimentConfig | str | Path | dict, run_dir: str | Path, *, progress: bool = True,
-                   stop_after: int | None = None) -> RunSummary:
-    """Run (or resume) an experiment into ``run_dir`` and write its reports; returns what was computed."""
+                   stop_after: int | None = None, executor: Any = None) -> RunSummary:
+    """Run (or resume) an experiment into ``run_dir`` and write its reports; returns what was computed.
+
+    ``executor``: a ``pipelines.executors`` executor. None or a ``SerialExecutor`` computes the cells here, one
+    after another (they share the loaded models); a local or Ray executor runs each cell as a task
+    (:func:`execute_cells_on`) with the config's ``torch_threads`` per task when set."""
+    from pipelines.executors import SerialExecutor
+
     if isinstance(config, (str, Path)):
         config = load_config(config)
     elif isinstance(config, dict):
@@ -484,10 +541,16 @@ def run_experiment(config: ExperimentConfig | str | Path | dict, run_dir: str | 
         torch.set_num_threads(config.torch_threads)
     started = time.time()
     cells = kind.build_cells(config, run)
-    computed, skipped = execute_cells(run, cells, progress=progress, stop_after=stop_after)
+    if executor is None or isinstance(executor, SerialExecutor):
+        computed, skipped = execute_cells(run, cells, progress=progress, stop_after=stop_after)
+    else:
+        if config.torch_threads and getattr(executor, "threads", None) is None:
+            executor.threads = config.torch_threads
+        computed, skipped = execute_cells_on(executor, run, cells, progress=progress)
     seconds = time.time() - started
     meta = {"machine": machine_info(), "seconds_this_invocation": round(seconds, 1), "computed": computed,
-            "skipped": skipped, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "skipped": skipped, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "executor": "serial" if executor is None else executor.describe()}
     write_atomic(run.path / "run.json", json.dumps(meta, indent=2))
     write_report(run.path)
     return RunSummary(run.path, computed, skipped, seconds, run.cells())
