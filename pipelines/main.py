@@ -21,6 +21,7 @@ import camera.secure.cli
 import physical.cli
 import physical.cli_eot
 import physical.cli_eyeglass
+import pipelines.campaign
 import pipelines.cli
 import pipelines.cli_secure
 import pipelines.defences.cli
@@ -43,6 +44,7 @@ PART_CLIS: tuple[ModuleType, ...] = (
     pipelines.cli,  # evaluate, report, live, survival, demo
     pipelines.cli_secure,  # secure-eval
     pipelines.defences.cli,  # defences
+    pipelines.campaign,  # campaign run
 )
 
 
@@ -174,7 +176,7 @@ _NO_DEVICE = frozenset({"assets", "models", "print", "rectify", "capture"})
 
 def _command_name(args: argparse.Namespace) -> str:
     parts = [args.command]
-    for dest in ("attack_kind", "signs_command", "defences_command"):
+    for dest in ("attack_kind", "signs_command", "defences_command", "campaign_command"):
         sub = getattr(args, dest, None)
         if isinstance(sub, str):
             parts.append(sub)
