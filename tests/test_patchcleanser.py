@@ -180,3 +180,50 @@ def test_cpu_cuda_parity() -> None:
     assert torch.equal(r_cpu.first_round, r_gpu.first_round.cpu())
     assert torch.equal(r_cpu.label, r_gpu.label.cpu())
     assert torch.equal(c_cpu, gpu.certify(x.cuda(), r_cpu.label.cuda()).cpu())
+
+
+def test_cli_patch_options_and_default_sections() -> None:
+    import argparse
+
+    from pipelines.defences.cli import _eval_config, add_parser
+    from pipelines.defences.evaluate import PATCH_SECTIONS, EvalConfig
+
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="command"))
+    a = p.parse_args(["defences", "evaluate", "--out", "x", "--sections", "patchcleanser,derandomized",
+                      "--patch-fractions", "0.01,0.1", "--patch-images", "20", "--pc-bases", "masked"])
+    cfg = _eval_config(a)
+    assert cfg.patch_fractions == (0.01, 0.1) and cfg.patch_images == 20 and cfg.pc_bases == ("masked",)
+    assert cfg.sections == ("patchcleanser", "derandomized")
+    for bad in (["--patch-fractions", "2"], ["--patch-fractions", "a"], ["--pc-bases", "other"]):
+        with pytest.raises(DefenceError):
+            _eval_config(p.parse_args(["defences", "evaluate", "--out", "x", *bad]))
+    assert not set(PATCH_SECTIONS) & set(EvalConfig().sections)  # the patch sections run only when named
+
+
+def test_certificate_check_fails_loudly() -> None:
+    from pipelines.defences.evaluate import CertificateViolation, _check_certificate
+
+    assert _check_certificate("x", torch.tensor([True, False]), torch.tensor([True, False]))["certified_but_broken"] == 0
+    with pytest.raises(CertificateViolation, match="1 certified image"):
+        _check_certificate("x", torch.tensor([True, True]), torch.tensor([True, False]))
+
+
+def test_report_renders_the_patch_sections(tmp_path) -> None:
+    from pipelines.defences.report import write_report
+
+    r = {"n": 10, "k": 5, "value": 0.5, "low": 0.24, "high": 0.76}
+    ms = mask_set(32, 3, 6).as_dict()
+    report = {"command": "c", "date": "d", "machine": "m", "torch": "t", "wall_seconds": 1.0,
+              "config": {"seed": 0, "heldout_seed": 7, "eps": [2]}, "training": {}, "sections": {
+                  "patchcleanser": {"images": 10, "k": 6, "weights": {"masked": "abc"}, "attack": {
+                      "kind": "k", "grid": 3, "steps": 10, "eot_masks": 4}, "models": {"masked": {"3": {
+                          "mask_set": ms, "base_clean": r, "clean": r, "certified": r, "empirical_robust": r}}}},
+                  "derandomized": {"sides": [3], "models": {"column4/x": {"images": 10, "weights_sha256": "e",
+                                                                          "votes_per_image": 32, "sides": {"3": {
+                                                                              "delta": 6, "clean": r,
+                                                                              "certified": r}}}}}}}
+    write_report(report, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## PatchCleanser" in md and "| masked | 3×3 (0.9%) | 7 / 5 / 36 |" in md and "50.0% [24–76]" in md
+    assert "## De-randomized smoothing" in md and (tmp_path / "patch_certified.png").is_file()

@@ -36,7 +36,15 @@ def add_parser(subparsers: Any) -> None:
         if name in ("evaluate", "all"):
             s.add_argument("--out", required=True, type=cli_types.output_dir, help="report directory")
             s.add_argument("--sections", default="", help="comma-separated: table,masking,smoothing,detectors,"
-                                                          "channel,sticker (default: all)")
+                                                          "channel,sticker (default: these six); the patch "
+                                                          "sections patchcleanser,derandomized,patch_sticker,"
+                                                          "patch_detector,patch_imagenet run only when named")
+            s.add_argument("--patch-fractions", default="", help="patch sections: comma-separated patch areas as "
+                                                                 "fractions of the image (default 0.01,0.04,0.1)")
+            s.add_argument("--patch-images", type=cli_types.count(100_000), default=None,
+                           help="patch sections: held-out images certified and attacked (default 50)")
+            s.add_argument("--pc-bases", default="", help="patchcleanser: base classifiers, masked,shipped "
+                                                          "(default both; only masked is attacked)")
             s.add_argument("--defences", default="", help="comma-separated defences for table/masking (default: "
                                                           "all; see pipelines.defences.evaluate.DEFENCE_NAMES)")
             s.add_argument("--n-attack", type=cli_types.count(100_000), default=None,
@@ -76,7 +84,18 @@ def _eval_config(args: argparse.Namespace) -> Any:
             kw[key] = _names(getattr(args, opt), DEFENCE_NAMES, "--" + opt.replace("_", "-"))
     if args.sections:
         kw["sections"] = _names(args.sections, SECTIONS, "--sections")
-    for a, f in (("n_attack", "n_attack"), ("n_clean", "n_clean"), ("seed", "seed"), ("threads", "threads")):
+    if args.patch_fractions:
+        try:
+            fr = tuple(float(v) for v in cli_types.name_list(args.patch_fractions))
+        except ValueError:
+            raise DefenceError(f"--patch-fractions: not a list of numbers: {args.patch_fractions!r}") from None
+        if not fr or not all(0 < v <= 1 for v in fr):
+            raise DefenceError(f"--patch-fractions: each must be in (0, 1], got {args.patch_fractions!r}")
+        kw["patch_fractions"] = fr
+    if args.pc_bases:
+        kw["pc_bases"] = _names(args.pc_bases, ("masked", "shipped"), "--pc-bases")
+    for a, f in (("n_attack", "n_attack"), ("n_clean", "n_clean"), ("seed", "seed"), ("threads", "threads"),
+                 ("patch_images", "patch_images")):
         if getattr(args, a) is not None:
             kw[f] = getattr(args, a)
     known = {f.name for f in fields(EvalConfig)}

@@ -111,3 +111,38 @@ class MCDropoutUncertainty:
     def mc_logits(self, x: Tensor) -> Tensor:
         """log of the MC-averaged softmax (the Bayesian prediction)."""
         return torch.log(self.mc_probs(x).mean(0).clamp_min(1e-30))
+
+
+class FeatureNormDetector:
+    """A patch detector from feature norms (after Yu et al. 2021, "Defending against universal adversarial patches
+    by clipping feature norms": a patch drives unusually large activations at its location): score(x) = the
+    largest channel-L2 norm over the spatial positions of ``layer``'s output (a module inside ``model``); flag x
+    above a threshold set on clean images at a stated false-positive rate."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
+        if not any(m is layer for m in model.modules()):
+            raise DefenceError("the feature-norm layer must be a module of the model")
+        self.model, self.layer = model, layer
+
+    def score_differentiable(self, x: Tensor) -> Tensor:
+        """(B,) scores, differentiable w.r.t. ``x`` (for the detector-aware attack)."""
+        got: list[Tensor] = []
+        handle = self.layer.register_forward_hook(lambda m, i, o: got.append(o))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return got[0].norm(dim=1).flatten(1).amax(1)
+
+    @torch.no_grad()
+    def score(self, x: Tensor) -> Tensor:
+        return torch.cat([self.score_differentiable(x[i:i + 256]) for i in range(0, len(x), 256)])
+
+
+def first_stage(model: nn.Module) -> nn.Module:
+    """The module whose output feeds a convolutional model's first max-pooling (its first stage's features)."""
+    mods = list(model.modules())
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.MaxPool2d) and i > 0:
+            return mods[i - 1]
+    raise DefenceError("the model has no max-pooling layer to take the first stage's features before")

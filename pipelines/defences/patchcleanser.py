@@ -301,11 +301,12 @@ class PatchAttackResult:
 
 
 def patch_attack(model: nn.Module, x: Tensor, y: Tensor, side: int, *, grid: int = 4, steps: int = 20,
-                 alpha: float = 16 / 255, seed: int = 0, loss: str = "cw") -> PatchAttackResult:
+                 alpha: float = 16 / 255, seed: int = 0, loss: str = "cw", loss_fn: Any = None) -> PatchAttackResult:
     """The testbed's masked (ROA) patch attack per image: ``physical.attacks.variants.MaskedPGD`` (unbounded inside
     a ``side × side`` square, uniform-noise start) at ``grid × grid`` positions, on ``model`` (an
     :class:`AdaptiveView` for the adaptive attack, the bare classifier for the non-adaptive one). A patched image
-    differs from ``x`` only inside its square (checked)."""
+    differs from ``x`` only inside its square (checked). ``loss_fn``: the PGD base's loss hook instead of ``loss``
+    (e.g. the detector-aware objective)."""
     from physical.attacks.variants import MaskedPGD
 
     h, w = x.shape[-2:]
@@ -315,7 +316,7 @@ def patch_attack(model: nn.Module, x: Tensor, y: Tensor, side: int, *, grid: int
     xs = x.repeat_interleave(n_pos, 0)
     ys = y.repeat_interleave(n_pos, 0)
     grad_mask = sq.repeat(len(x), 1, 1, 1)
-    attack = MaskedPGD(steps=steps, alpha=alpha, loss=loss)
+    attack = MaskedPGD(steps=steps, alpha=alpha, loss=loss, loss_fn=loss_fn)
     r = attack(model, xs, ys, generator=torch.Generator().manual_seed(seed), grad_mask=grad_mask)
     adv = r.adversarial
     if bool(((adv - xs).abs() * (1 - grad_mask)).amax() > 0):
@@ -405,3 +406,14 @@ def fine_tune_sign_cnn(name: str, augment: Callable[[Tensor, torch.Generator], T
     record = {k: ckpt[k] for k in ("config", "history", "train_seconds") if k in ckpt}
     record["sha256"] = weights_sha256(path)
     return model, record
+
+
+def masked_sign_cnn(sides: tuple[int, ...] = (3, 6, 10), k: int = 6, *, epochs: int = 3, fill: float = 0.5,
+                    cache_dir: Path | None = None, log: Callable[[str], None] | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """The sign-cnn fine-tuned for PatchCleanser: two random masks of the 32 px mask sets for ``sides`` (cached as
+    ``patchcleanser_masked.pt``)."""
+    sets = [mask_set(32, s, k) for s in sides]
+    return fine_tune_sign_cnn("patchcleanser_masked", random_two_masks(sets, fill),
+                              {"augment": "two random masks of the PatchCleanser mask sets", "patch_sides": list(sides),
+                               "k": k, "fill": fill}, epochs=epochs, cache_dir=cache_dir, log=log)
