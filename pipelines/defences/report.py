@@ -132,11 +132,123 @@ def _sticker(s: dict[str, Any], report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _patchcleanser(p: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    a = p["attack"]
+    lines = [f"## PatchCleanser (double masking, k = {p['k']} masks per axis) against one square patch", "",
+             f"n = {p['images']} held-out images (the first of the attacked subset). *Certified*: every one- and "
+             "two-mask prediction is the true class (Xiang et al. 2022, Theorem 1): no patch of that size anywhere "
+             "changes the prediction. *Empirical robust*: correct on the clean image and under every attack — the "
+             f"adaptive patch ({a['kind']}; {a['grid']}×{a['grid']} positions, {a['steps']} steps, EOT over "
+             f"{a['eot_masks']} random one- or two-mask images per step, scored on the exact double-masked vote) and "
+             "the non-adaptive one (the same patch crafted on the bare classifier). Certified images broken by an "
+             "attack would stop the run (none). Weights (sha256 prefix): "
+             + ", ".join(f"{k} `{v}`" for k, v in p.get("weights", {}).items()) + ".", ""]
+    rows = []
+    for base, by_side in p["models"].items():
+        for side, r in by_side.items():
+            ms = r["mask_set"]
+            rows.append([base, f"{side}×{side} ({100 * ms['patch_fraction']:.1f}%)", f"{ms['mask_size'][0]} / "
+                         f"{ms['stride'][0]} / {ms['masks']}", pct(r["base_clean"], True), pct(r["clean"], True),
+                         pct(r["certified"], True), pct(r.get("undefended_under_patch"), True),
+                         pct(r.get("non_adaptive_robust"), True), pct(r.get("adaptive_robust"), True),
+                         pct(r.get("empirical_robust"), True), pct(r.get("adaptive_success_on_clean_correct"), True)])
+    lines += md_table(["base", "patch", "mask / stride / masks", "base clean", "PC clean", "PC certified",
+                       "undefended under patch", "PC non-adaptive", "PC adaptive", "PC empirical robust",
+                       "adaptive success (of clean-correct)"], rows)
+    return lines + [""]
+
+
+def _derandomized(d: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    lines = ["## De-randomized smoothing (Levine & Feizi 2020): clean / certified accuracy", "",
+             "Votes over every band position (ablated pixels grey); certified when the vote gap exceeds 2Δ "
+             "(tie-break to the smaller class index); Δ = p + b − 1 (columns), (p + b − 1)² (blocks). Not attacked "
+             "(certificate only).", ""]
+    sides = d["sides"]
+    rows = [[name, str(r["images"]), f"`{r['weights_sha256']}`"]
+            + [f"{pct(r['sides'][str(s)]['clean'], True)} / {pct(r['sides'][str(s)]['certified'], True)} "
+               f"(Δ {r['sides'][str(s)]['delta']} of {r['votes_per_image']})" for s in sides]
+            for name, r in d["models"].items()]
+    lines += md_table(["smoothing / base", "n", "weights"] + [f"{s}×{s} patch: clean / certified" for s in sides], rows)
+    return lines + [""]
+
+
+def _patch_sticker(s: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    lines = [f"## RP2 sticker against PatchCleanser (stop → {s['target']}, {s['steps']} steps × {s['batch_size']} "
+             f"draws, {s['eval_draws']} fresh draws scored on the exact vote; weights `{s['weights_sha256']}`)", "",
+             "Several sticker cells spread over the sign: outside the one-patch threat model, so no certificate "
+             "applies.", ""]
+    lines += md_table(["model", "sticker area (of sign)", "clean stop accuracy (same draws)", "targeted success"],
+                      [[n, f"{100 * r['mask_fraction_of_sign']:.1f}%", pct(r["clean_accuracy_same_draws"], True),
+                        pct(r["targeted_success"], True)] for n, r in s["models"].items()])
+    return lines + [""]
+
+
+def _patch_detector(d: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    lines = [f"## Patch detector: {d['description']}", "",
+             f"Threshold at {100 * d['target_fpr']:.0f}% FPR on {d['calibration_images']} clean images; FPR on the "
+             f"n = {d['images']} attacked images' clean versions: {pct(d['fpr_on_fresh_clean'], True)}. "
+             f"Weights `{d['weights_sha256']}`.", ""]
+    rows = []
+    for side, r in d["sides"].items():
+        for kind in ("non_adaptive", "adaptive"):
+            rows.append([f"{side}×{side} ({100 * r['fraction']:.1f}%)", r[kind]["attack"],
+                         pct(r[kind]["attack_success"], True), pct(r[kind]["success_and_undetected"], True)])
+    lines += md_table(["patch", "attack", "attack success", "success and undetected"], rows)
+    return lines + [""]
+
+
+def _patch_imagenet(r: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    ms = r["mask_set"]
+    return [f"## PatchCleanser around MobileNetV2 on {len(r['photos'])} shipped photos ({r['size']} px, "
+            f"{ms['patch_size'][0]} px patch = {100 * ms['patch_fraction']:.1f}%)", "",
+            f"Labels: {r['labels']}; device {r['device']}; {ms['masks']} masks of {ms['mask_size'][0]} px, stride "
+            f"{ms['stride'][0]}; photos: {', '.join(r['photos'])}.", "",
+            *md_table(["clean agreement", "certified", "empirical robust (adaptive patch, "
+                       f"{r['attack']['grid']}×{r['attack']['grid']} positions, {r['attack']['steps']} steps)"],
+                      [[pct(r["clean_agreement"], True), pct(r["certified"], True), pct(r["empirical_robust"], True)]]),
+            ""]
+
+
+def _patch_plot(report: dict[str, Any], out_dir: Path, plt: Any) -> list[str]:
+    p, d = report["sections"].get("patchcleanser"), report["sections"].get("derandomized")
+    if not p and not d:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    series = []
+    for base, by_side in (p or {}).get("models", {}).items():
+        for key, label in (("clean", "clean"), ("certified", "certified"), ("empirical_robust", "empirical robust")):
+            pts = [(100 * r["mask_set"]["patch_fraction"], r[key]) for r in by_side.values() if r.get(key)]
+            if pts:
+                series.append((f"PatchCleanser({base}) {label}", pts))
+    for name, r in (d or {}).get("models", {}).items():
+        series.append((f"DRS {name} certified", [(100 * int(s) ** 2 / 1024, v["certified"])
+                                                  for s, v in r["sides"].items()]))
+    markers = "osD^vP*Xh<>p"
+    cmap = plt.get_cmap("tab10")
+    for i, (label, pts) in enumerate(series):
+        xs = [x for x, _ in pts]
+        v = [100 * q["value"] for _, q in pts]
+        lo = [max(0.0, vv - 100 * q["low"]) for vv, (_, q) in zip(v, pts)]
+        hi = [max(0.0, 100 * q["high"] - vv) for vv, (_, q) in zip(v, pts)]
+        ax.errorbar([x + (i - len(series) / 2) * 0.04 for x in xs], v, yerr=[lo, hi], marker=markers[i % 12], ms=4,
+                    lw=1.1, capsize=2, color=cmap(i % 10), label=label)
+    ax.set_xlabel("patch area (% of the 32 × 32 image)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("patch defences on sign-cnn (Wilson 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(out_dir / "patch_certified.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return ["patch_certified.png"]
+
+
 #: The report's sections in order: (name in ``report["sections"]``, renderer of that section's data); a section
 #: the report does not have (not run, or empty) is left out.
 SECTIONS: tuple[tuple[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]], ...] = (
     ("table", _table), ("masking", _masking), ("smoothing", _smoothing), ("detectors", _detectors),
-    ("channel", _channel), ("sticker", _sticker))
+    ("channel", _channel), ("sticker", _sticker), ("patchcleanser", _patchcleanser), ("derandomized", _derandomized),
+    ("patch_sticker", _patch_sticker), ("patch_detector", _patch_detector), ("patch_imagenet", _patch_imagenet))
 
 
 def _plots(report: dict[str, Any], out_dir: Path) -> list[str]:
@@ -192,6 +304,7 @@ def _plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         fig.savefig(out_dir / "certified_accuracy.png", dpi=110)
         plt.close(fig)
         made.append("certified_accuracy.png")
+    made += _patch_plot(report, out_dir, plt)
     return made
 
 
