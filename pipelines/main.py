@@ -66,6 +66,22 @@ def _cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what a registered accuracy figure is, per task (top-1 is a classifier's measure only)
+_ACCURACY_MEASURE = {"classification": "top-1", "face-detector": "correct detection outcome",
+                     "face-descriptor": "pair verification accuracy"}
+
+
+def _accuracy_text(entry) -> str:
+    """A registry entry's first accuracy figure as ``models list`` prints it: the task's measure, whether the figure
+    is published (by the weights' authors) or measured here, n and the evaluation set."""
+    acc = entry.accuracy[0] if entry.accuracy else None
+    if acc is None:
+        return ""
+    published = any(w in acc.dataset for w in ("published", "README", "not re-measured"))
+    return (f"{_ACCURACY_MEASURE.get(entry.task, 'accuracy')} {acc.top1:.2f}% "
+            f"({'published' if published else 'measured here'}; n={acc.n}, {acc.dataset})")
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from testbed.models import external
     from testbed.models.registry import get_entry, list_models
@@ -73,8 +89,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for name in list_models():
             e = get_entry(name)
-            acc = e.accuracy[0] if e.accuracy else None
-            acc_s = f"top-1 {acc.top1:.2f}% (n={acc.n}, {acc.dataset})" if acc else ""
+            acc_s = _accuracy_text(e)
             print(f"{name:24s} {e.task:16s} {e.input_size[0]}x{e.input_size[1]:<5d} {acc_s}")
         for line in external.describe_user_models():  # added with `testbed models add CARD.yaml`
             print(line)
@@ -144,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models or show one")
     msub = p.add_subparsers(dest="action", required=True)
-    msub.add_parser("list", help="list models with their measured accuracy, then the user models")
+    msub.add_parser("list", help="list models with their accuracy (published, or measured here: each line says which), then the user models")
     show = msub.add_parser("show", help="show one model's entry as JSON")
     show.add_argument("name", help="registered or user model name (testbed models list)")
     add = msub.add_parser("add", help="check a model card (YAML) and keep it as a user model for later commands")
