@@ -37,6 +37,7 @@ from physical.loop import (  # noqa: F401 - PhysicalResult is re-exported: the a
 )
 from physical.losses import LOSS_KINDS, classification_loss, is_adversarial
 from physical.regularizers import lp_norm
+from physical.speed import prepared_model
 from testbed.runs import RunDir
 from testbed.errors import ConfigError, ImageError
 from testbed.palette import resolve_palette
@@ -602,16 +603,17 @@ class SignSticker(_EOTAttack):
         gen = torch.Generator().manual_seed(self.seed + 11)
         acc = torch.zeros(1, 1, *sign.shape[-2:], device=device)
         left = samples
-        while left > 0:
-            n = min(self.batch_size, left)
-            x = sign.clone().requires_grad_(True)
-            draw = self._sample(ctx, n, gen)
-            logits = model(self._render(replace_context(ctx, sign=x), None, draw))
-            goal = torch.full((n,), target, dtype=torch.int64, device=device)
-            loss = classification_loss(logits, goal, targeted=True, kind=self.loss, kappa=self.kappa)
-            (grad,) = torch.autograd.grad(loss, x)
-            acc += grad.abs().sum(1, keepdim=True)
-            left -= n
+        with prepared_model(model, channels_last=False, compile=False) as net:  # eval, state restored
+            while left > 0:
+                n = min(self.batch_size, left)
+                x = sign.clone().requires_grad_(True)
+                draw = self._sample(ctx, n, gen)
+                logits = net(self._render(replace_context(ctx, sign=x), None, draw))
+                goal = torch.full((n,), target, dtype=torch.int64, device=device)
+                loss = classification_loss(logits, goal, targeted=True, kind=self.loss, kappa=self.kappa)
+                (grad,) = torch.autograd.grad(loss, x)
+                acc += grad.abs().sum(1, keepdim=True)
+                left -= n
         acc = acc.cpu()
         return acc * alpha.cpu().float() if alpha is not None else acc
 

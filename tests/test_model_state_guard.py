@@ -100,7 +100,7 @@ def test_every_digital_attack_leaves_a_train_mode_bn_model_unchanged(name):
     assert torch.equal(attack(ref, x, labels).adversarial, result.adversarial)
 
 
-def test_patch_and_sticker_loops_leave_a_train_mode_bn_model_unchanged():
+def test_patch_sticker_and_saliency_leave_a_train_mode_bn_model_unchanged():
     from physical.universal import SignSticker, UniversalPatch
 
     model = _model()
@@ -114,6 +114,9 @@ def test_patch_and_sticker_loops_leave_a_train_mode_bn_model_unchanged():
     mask = torch.zeros(1, 1, 24, 24)
     mask[..., 4:8, 4:20] = 1
     sticker = SignSticker(input_size=16, **run)
+    saliency = sticker.saliency(model, _images(1, 24), target=3, samples=4)  # RP2's mask-placing stage
+    assert saliency.shape == (1, 1, 24, 24)
+    _assert_unchanged(model, before)
     result = sticker(model, _images(1, 24), mask, target=3)
     assert result.success.numel() == 4
     assert model.net.train_mode_calls == 0
