@@ -62,7 +62,7 @@ def run_kind(run_dir: str | Path) -> str:
         raise ConfigError(f"{p} is not a folder")
     kind = run_dir_kind(p)
     if kind is not None:
-        if kind in ATTACK_KINDS or kind == "experiment":
+        if kind in ATTACK_KINDS or kind in ("experiment", "campaign"):
             return kind
         raise ConfigError(f"{p} is a {kind} run directory; `testbed report` reads patch, sticker, eyeglass, "
                           "experiment (evaluate), survival, demo, secure-eval and defences runs")
@@ -213,6 +213,10 @@ def write_run_report(run_dir: str | Path) -> Path:
     """(Re)write the report of any kind of run directory (with its plots); returns report.md."""
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
+    if kind == "campaign":  # testbed campaign run: one table over its cells (pipelines.campaign)
+        from pipelines.campaign import write_campaign_report
+
+        return write_campaign_report(run_dir)
     if kind == "experiment":
         import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
         from pipelines.experiment import write_report
@@ -296,6 +300,12 @@ def summary_rows(run_dir: str | Path) -> list[SummaryRow]:
     name = str(run_dir)
     if kind in ATTACK_KINDS:
         return _rows_attack(run_dir, kind)
+    if kind == "campaign":  # one row per finished cell (each cell is an attack run directory)
+        from pipelines.campaign import read_status
+
+        return [r for key, st in read_status(run_dir).items()
+                if st.get("state") == "done" and st.get("attack") != "digital"
+                for r in summary_rows(run_dir / "cells" / key)]
     if kind == "experiment":
         return _rows_experiment(run_dir)
     if kind == "survival":

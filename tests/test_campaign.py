@@ -120,6 +120,12 @@ def test_serial_cells_are_ordinary_runs_resume_and_report(serial_run, tmp_path):
     report = (serial_run / "report.md").read_text()
     assert "4 done, 0 failed" in report and "[95% CI]" in report and "pid" in report
     assert (serial_run / "plots" / "success.png").is_file() and (serial_run / "report.html").is_file()
+    from pipelines.run_reports import summary_rows, write_run_report  # what `testbed report DIR` calls
+
+    (serial_run / "report.md").unlink()
+    assert write_run_report(serial_run) == serial_run / "report.md" and "4 done" in (serial_run / "report.md").read_text()
+    rows = [r for r in summary_rows(serial_run) if r.measure.startswith("optimised")]
+    assert len(rows) == 4 and all(r.rate.n == 24 for r in rows)
     with pytest.raises(ConfigError, match="steps"):  # another campaign in the same folder is refused
         run_campaign(parse_campaign(tiny_campaign(options={**tiny_campaign()["options"], "steps": 7})), serial_run)
 
