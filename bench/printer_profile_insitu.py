@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -44,10 +43,9 @@ def make_chart(out: Path, strength: float, photos: int, preset: str, seed: int) 
     print(f"{photos} chart photos (strength {strength}, preset {preset}) in {out / 'photos'}; sidecar {files.sidecar}")
 
 
-def in_situ(run: Path, strength: float, photos: int, seed: int, preset: str) -> dict:
+def in_situ(run: Path, strength: float, photos: int, seed: int, preset: str, frame: tuple[int, int]) -> dict:
     from camera.printer_profile import ColourError, transform_u8
     from camera.simulated import InSituConfig, InSituPatch
-    from pipelines.survival import held_out_scenes
     from testbed.models.registry import get_entry, get_model
     from testbed.runs import load_checked, read_json_file
     from testbed.stats import rate
@@ -61,10 +59,14 @@ def in_situ(run: Path, strength: float, photos: int, seed: int, preset: str) -> 
     entry, model = get_entry(model_name), get_model(model_name)
     area = float(config["placement"]["area"][1])
     shooter = InSituPatch(patch.float(), mask.float(), InSituConfig(preset=preset, area=area, sample_printer=False,
-                                                                    input_size=int(entry.input_size[0])))
+                                                                    input_size=int(entry.input_size[0]),
+                                                                    frame_size=frame))
     if strength > 0:  # the printer's driver maps every inked colour through the known error first
         shooter.raster = transform_u8(shooter.raster, ColourError.hue_shift(strength))
-    scenes = held_out_scenes(config, metrics)
+    from testbed.photos import list_photos
+
+    used = set(metrics.get("scenes") or config.get("scenes") or [])
+    scenes = [n for n in list_photos() if n not in used]  # evaluation never reuses the optimisation's scenes
     ok, per_scene = [], {s: [0, 0] for s in scenes}
     dev = next(model.parameters()).device
     with torch.no_grad():
@@ -76,7 +78,7 @@ def in_situ(run: Path, strength: float, photos: int, seed: int, preset: str) -> 
             per_scene[scene][0] += int(hit)
             per_scene[scene][1] += 1
     r = rate(ok)
-    res = {"run": str(run), "strength": strength, "preset": preset, "seed": seed, "in_situ": r.as_dict(),
+    res = {"run": str(run), "strength": strength, "preset": preset, "frame": list(frame), "seed": seed, "in_situ": r.as_dict(),
            "summary": str(r), "per_scene": {k: f"{a}/{b}" for k, (a, b) in per_scene.items()},
            "eot": config.get("eot"), "steps": config.get("steps"), "seconds": round(time.perf_counter() - t0, 1)}
     (run / f"insitu_strength_{strength:g}.json").write_text(json.dumps(res, indent=1))
@@ -99,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--photos", type=int, default=300)
     s.add_argument("--seed", type=int, default=16016)
     s.add_argument("--preset", default="phone")
+    s.add_argument("--frame", type=int, nargs=2, default=(1280, 960), metavar=("W", "H"))
     a = ap.parse_args(argv)
     if a.cmd == "chart":
         make_chart(a.out, a.strength, a.photos, a.preset, a.seed)
     else:
-        in_situ(a.run, a.strength, a.photos, a.seed, a.preset)
+        in_situ(a.run, a.strength, a.photos, a.seed, a.preset, tuple(a.frame))
     return 0
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,7 +101,7 @@ class ColourError:
     gamma: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     @staticmethod
-    def hue_shift(strength: float) -> "ColourError":
+    def hue_shift(strength: float) -> ColourError:
         """Each channel takes ``strength`` of the next one (R <- G, G <- B, B <- R): a hue rotation."""
         s = float(strength)
         if not 0 <= s <= 1:
@@ -131,7 +132,7 @@ class ProfiledPrinter(SimulatedPrinter):
         self.colour_transform = colour_transform
 
     @staticmethod
-    def from_profile(profile: Any, params: PrinterParams | None = None) -> "ProfiledPrinter":
+    def from_profile(profile: Any, params: PrinterParams | None = None) -> ProfiledPrinter:
         """The simulated printer driven by a fitted profile: a neutral ink model (no gamut compression, no dot
         gain, ideal black) behind the profile's colours, so prints look as the profile predicts (plus halftone)."""
         base = params or PrinterParams(saturation=1.0, dot_gain_gamma=1.0, black=(0.0, 0.0, 0.0))

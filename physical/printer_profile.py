@@ -22,11 +22,13 @@ Colour science here is float64 torch: :func:`srgb_to_lab` (sRGB, D65, 2-degree o
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,7 +157,7 @@ class LutModel(ColourModel):
         return {"kind": "lut", "grid": g, "table": np.round(self.table.double().numpy().reshape(g, g, g, 3), 6).tolist()}
 
     @staticmethod
-    def fit(x: np.ndarray, y: np.ndarray, grid: int = 9, smooth: float = 1e-2) -> "LutModel":
+    def fit(x: np.ndarray, y: np.ndarray, grid: int = 9, smooth: float = 1e-2) -> LutModel:
         """Least squares over the table entries + ``smooth`` x the squared second differences along each axis."""
         n_nodes = grid ** 3
         idx, w = _trilinear(torch.as_tensor(x, dtype=torch.float64), grid)
@@ -164,7 +166,7 @@ class LutModel(ColourModel):
         rows = []
         ids = np.arange(n_nodes).reshape(grid, grid, grid)
         for axis in range(3):
-            lo = np.take(ids, range(0, grid - 2), axis=axis).ravel()
+            lo = np.take(ids, range(grid - 2), axis=axis).ravel()
             mid = np.take(ids, range(1, grid - 1), axis=axis).ravel()
             hi = np.take(ids, range(2, grid), axis=axis).ravel()
             d = np.zeros((len(lo), n_nodes))
@@ -206,7 +208,7 @@ class PolyModel(ColourModel):
         return {"kind": "poly", "degree": self.degree, "coef": np.round(self.coef.double().numpy(), 8).tolist()}
 
     @staticmethod
-    def fit(x: np.ndarray, y: np.ndarray, degree: int = 2, ridge: float = 1e-6) -> "PolyModel":
+    def fit(x: np.ndarray, y: np.ndarray, degree: int = 2, ridge: float = 1e-6) -> PolyModel:
         f = PolyModel.features(torch.as_tensor(x, dtype=torch.float64), degree).numpy()
         coef = np.linalg.solve(f.T @ f + ridge * len(x) * np.eye(f.shape[1]), f.T @ y)
         return PolyModel(degree, torch.as_tensor(coef))
@@ -241,19 +243,19 @@ class MlpModel(ColourModel):
                             "bias": np.round(lin.bias.detach().double().numpy(), 8).tolist()} for lin in self.linears]}
 
     @staticmethod
-    def fit(x: np.ndarray, y: np.ndarray, hidden: int = 16, **options: Any) -> "MlpModel":
+    def fit(x: np.ndarray, y: np.ndarray, hidden: int = 16, **options: Any) -> MlpModel:
         return MlpModel.fit_many(x, y, np.ones((1, len(x)), bool), hidden, **options)[0]
 
     @staticmethod
     def fit_many(x: np.ndarray, y: np.ndarray, masks: np.ndarray, hidden: int = 16, steps: int = 500,
-                 lr: float = 0.02, weight_decay: float = 1e-4, seed: int = 0) -> list["MlpModel"]:
+                 lr: float = 0.02, weight_decay: float = 1e-4, seed: int = 0) -> list[MlpModel]:
         """One model per row of ``masks`` (K, N) (the patches it is fitted to), all trained at once: batched
         Adam on the mean squared error (the folds of a cross-validation cost one training)."""
         g = torch.Generator().manual_seed(seed)
         k = len(masks)
         sizes = [3, hidden, hidden, 3]
         params = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             scale = 0.0 if i == len(sizes) - 2 else 1.0 / math.sqrt(a)
             w = (torch.randn(b, a, generator=g) * scale).expand(k, b, a).clone().requires_grad_(True)
             params += [w, torch.zeros(k, 1, b, requires_grad=True)]

@@ -9,11 +9,21 @@ import pytest
 import torch
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from camera.printer_profile import ColourError, ProfiledPrinter, measure_chart_photos, transform_u8
+from camera.printer_profile import (
+    ColourError,
+    ProfiledPrinter,
+    measure_chart_photos,
+    transform_u8,
+)
 from camera.simulated import PrinterParams, SimCameraConfig, SimulatedCamera
 from physical.eot import EOTConfig, EOTTransform
 from physical.printer_profile import (
-    PROFILE_FORMAT, delta_e2000, delta_e2000_rgb, fit_profile, load_profile, srgb_to_lab,
+    PROFILE_FORMAT,
+    delta_e2000,
+    delta_e2000_rgb,
+    fit_profile,
+    load_profile,
+    srgb_to_lab,
 )
 from physical.regularizers import nps
 from pipelines.main import main
@@ -86,7 +96,7 @@ def fitted(chart_photos, tmp_path_factory):
 
 
 def test_profile_from_simulated_chart_photos_predicts_held_out_patches_within_de2000_3(fitted):
-    path, prof = fitted
+    _, prof = fitted
     fit = prof.fit
     assert fit["n_patches"] == 130 and prof.meta["photos_used"] == 2
     held = fit["held_out_de2000"]
@@ -102,7 +112,7 @@ def test_profile_from_simulated_chart_photos_predicts_held_out_patches_within_de
 
 
 def test_profile_file_is_plain_json_validated_on_load(fitted, tmp_path):
-    path, prof = fitted
+    path, _ = fitted
     doc = json.loads(path.read_text())
     assert doc["format"] == PROFILE_FORMAT and doc["model"]["kind"] in ("lut", "poly", "mlp")
     # the gamut doubles as a palette file for NPS
@@ -172,7 +182,7 @@ def test_profile_stage_in_an_eot_config_prints_only_the_printed_part(fitted):
 
 def test_profile_gamut_is_the_nps_palette(fitted):
     _, prof = fitted
-    intended, printed = prof.gamut(5)
+    _, printed = prof.gamut(5)
     pal = torch.as_tensor(printed, dtype=torch.float32)
     on_gamut = pal[:4].reshape(1, 4, 1, 3).permute(0, 3, 1, 2)
     assert float(nps(on_gamut, pal)) == pytest.approx(0.0, abs=1e-6)
@@ -201,7 +211,7 @@ def test_chart_photos_that_cannot_be_read_are_named(chart_photos, tmp_path):
     photos, sidecar = chart_photos
     blank = tmp_path / "blank.png"
     save_image(torch.full((1, 3, 120, 160), 0.5), blank)
-    m = measure_chart_photos([str(blank), str(sorted(photos.iterdir())[0])], sidecar)
+    m = measure_chart_photos([str(blank), str(min(photos.iterdir()))], sidecar)
     assert [r["ok"] for r in m.photos] == [False, True] and "blank.png" in m.photos[0]["photo"]
     assert m.measured.shape == (130, 3)
     with pytest.raises(ImageError, match="no chart photo"):
