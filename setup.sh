@@ -46,7 +46,7 @@ if [ -n "$TORCH_INDEX" ]; then
     # shellcheck disable=SC2086
     run .venv/bin/python -m pip install --quiet --index-url "$TORCH_INDEX" $pins
 fi
-run .venv/bin/python -m pip install --quiet -e ".[dev,bench]"
+run .venv/bin/python -m pip install --quiet -e ".[dev,bench,ray]"
 
 # tcmalloc (Debian/Ubuntu libtcmalloc-minimal4): glibc malloc spends most of a batched EOT step in system time
 # (docs/performance.md). `testbed patch`/`testbed sticker` and bench.run_all preload it when present; without it
