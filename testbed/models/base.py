@@ -19,7 +19,8 @@ Task = Literal["classification", "face-descriptor", "face-detector"]
 
 @dataclass(frozen=True)
 class Accuracy:
-    """Accuracy measured on a stated evaluation set (``n`` samples)."""
+    """An accuracy figure on a stated evaluation set (``n`` samples): published by the weights' authors or measured
+    here, as ``dataset`` / ``note`` say (``testbed models list`` marks which)."""
 
     dataset: str
     n: int
