@@ -81,6 +81,13 @@ def add_parser(subparsers: Any) -> None:
                          "rectified to a frontal view; the outline is --sign-polygon / --sign-mask, else the square")
     ph.add_argument("--sign-margin", type=cli_types.number(0.0, 1.0), default=0.1,
                     help="photo context kept around the sign, a fraction of its size (default 0.1)")
+    aw = s.add_argument_group("artwork variation (worlds.signs.render.sample_artwork): a sticker for 'a stop sign'")
+    aw.add_argument("--artwork", type=cli_types.count_or_zero, default=0, metavar="N",
+                    help="optimise over N drawings of the sign from the 'train' artwork split (fonts, legend, rim, "
+                         "paints, wear, dirt), one picked per EOT draw; 0 (default): the canonical drawing only")
+    aw.add_argument("--eval-artwork", type=cli_types.count_or_zero, default=None, metavar="M",
+                    help="evaluate on M drawings from the 'heldout-artwork' split, never optimised on (default: as "
+                         "many as --artwork); 0: evaluate on the training drawings")
     s.add_argument("--sign-width-mm", type=cli_types.millimetres,
                    help="physical width of the sign (its outline's extent), recorded for `testbed print stickers`; "
                         "default for a rendered sign: its nominal size (e.g. stop 900)")
@@ -326,6 +333,29 @@ def _sign_photo(args: argparse.Namespace, size: int) -> Any:
     return sign_from_photo(photo, size, polygon=polygon, mask=mask, corners=corners, margin=args.sign_margin)
 
 
+def _artwork_pools(args: argparse.Namespace, size: int, background: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """``signs`` / ``eval_signs`` for ``SignSticker`` from --artwork / --eval-artwork (recorded in ``record``)."""
+    from physical.universal import sign_artwork_pool
+
+    n = getattr(args, "artwork", 0) or 0
+    m = getattr(args, "eval_artwork", None)
+    if not n:
+        if m:
+            raise ConfigError("--eval-artwork needs --artwork N (the drawings the sticker is optimised over)")
+        return {}
+    m = n if m is None else m
+    signs, _ = sign_artwork_pool(args.sign, size, n, split="train", seed=args.seed, background=background)
+    record.update(artwork=n, artwork_split="train", artwork_seed=args.seed)
+    pools = {"signs": signs}
+    if m:
+        # the held-out split, from another stream than the training pool's: drawings (and fonts) never optimised on
+        eval_seed = args.seed + 1_000_003
+        pools["eval_signs"], _ = sign_artwork_pool(args.sign, size, m, split="heldout-artwork", seed=eval_seed,
+                                                   background=background)
+        record.update(eval_artwork=m, eval_artwork_split="heldout-artwork", eval_artwork_seed=eval_seed)
+    return pools
+
+
 def run_sticker(args: argparse.Namespace) -> int:
     from physical.universal import (
         SignSticker, load_mask, mask_fraction_of_sign, rp2_sign_rectangles, saliency_mask, strokes_mask,
@@ -370,9 +400,13 @@ def run_sticker(args: argparse.Namespace) -> int:
         box = (0.0, 0.0, float(size), float(size))  # the rendered canvas is the sign's nominal size
         if args.sign_width_mm is not None:
             sign_extra["sign_width_mm"] = args.sign_width_mm
+        pools = _artwork_pools(args, size, background, sign_extra)
     else:
         if args.background is not None:
             raise ConfigError("--background is for a rendered sign; the --sign-photo brings its own surroundings")
+        if getattr(args, "artwork", 0) or getattr(args, "eval_artwork", None):
+            raise ConfigError("--artwork varies a rendered sign's drawing; a --sign-photo is one real sign")
+        pools = {}
         sp = _sign_photo(args, size)
         sign, alpha, box = sp.sign, sp.alpha, sp.box
         args.background = "photo"
@@ -399,7 +433,7 @@ def run_sticker(args: argparse.Namespace) -> int:
     mask_fraction = mask_fraction_of_sign(mask, alpha)
     result = attack(
         model, sign, mask, target=target, label=None if target is not None else label, alpha=alpha,
-        source_label=label, run_dir=args.out, progress=args.progress,
+        source_label=label, run_dir=args.out, progress=args.progress, **pools,
         run_extra={"model": args.model, "sign": args.sign, "mask": args.mask, "background": args.background,
                    "sign_size": size, "budget": args.budget, "cell": args.cell,
                    "saliency_samples": args.saliency_samples, **sign_extra},

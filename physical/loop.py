@@ -315,6 +315,11 @@ class PhysicalAttack(RunHyperParams):
     def _result(self, ctx: AttackContext, run: "LoopOutcome") -> PhysicalResult:
         raise NotImplementedError
 
+    def _eval_context(self, ctx: AttackContext) -> AttackContext:
+        """The context the fresh-draw evaluation samples from (default: the optimisation's; the sticker swaps in
+        held-out sign drawings)."""
+        return ctx
+
     def _save(self, run: RunDir, result: PhysicalResult) -> None:
         """Write the perturbation, the adversarial example, the mask, the draws and the metrics."""
         run.save_image("perturbation", result.perturbation)
@@ -478,6 +483,7 @@ class PhysicalAttack(RunHyperParams):
         """Score each variant (name -> colours; None = the clean scene) on the same ``eval_samples`` fresh draws
         from the evaluation generator: ({variant: {score: (E,) tensor}}, the draws per chunk)."""
         gen = torch.Generator().manual_seed(self.resolved_eval_seed)
+        ctx = self._eval_context(ctx)
         parts: dict[str, dict[str, list[Tensor]]] = {v: {} for v in variants}
         draws: list[dict[str, Any]] = []
         left = self.eval_samples

@@ -532,9 +532,16 @@ class SignSticker(_EOTAttack):
         label: int | None = None,
         alpha: Tensor | None = None,
         source_label: int | None = None,
+        signs: Tensor | None = None,
+        eval_signs: Tensor | None = None,
         **run: Unpack[RunOptions],
     ) -> PhysicalResult:
         """Optimise stickers (colours inside ``mask``, (1, 1, H, W) in [0, 1]) on ``sign`` (1, 3, H, W).
+
+        ``signs`` (K, 3, H, W): other drawings of the same sign (its artwork varied, ``sign_artwork_pool``; the
+        outline, hence the mask, unchanged): each draw puts the sticker on one of them, picked uniformly (the
+        artwork is part of the EOT distribution). ``eval_signs`` (M, 3, H, W): the drawings the fresh-draw
+        evaluation uses instead (a held-out artwork split: drawings the optimisation never saw); default: ``signs``.
         Targeted: ``target`` class; untargeted: ``label``, the sign's true class.
 
         ``alpha`` (1, 1, H, W): the sign's shape mask; the sticker's fraction of the sign is measured against
@@ -573,9 +580,14 @@ class SignSticker(_EOTAttack):
             raise ConfigError(f"source_label must be a class index >= 0, got {source_label!r}")
         if not targeted and source_label is None:
             source_label = label
+        signs, eval_signs = (_check_pool(v, n, sign) for v, n in ((signs, "signs"), (eval_signs, "eval_signs")))
+        if eval_signs is not None and signs is None:
+            raise ConfigError("eval_signs needs signs (the drawings the sticker is optimised over)")
         ctx = StickerContext(model=model, device=device, mask=mask, transform=EOTTransform(self.eot),
                              palette=resolve_palette(self.palette).to(device), targeted=targeted, sign=sign,
-                             goal=goal, source_label=source_label, fraction_of_sign=fraction)
+                             goal=goal, source_label=source_label, fraction_of_sign=fraction,
+                             signs=None if signs is None else signs.to(device),
+                             eval_signs=None if eval_signs is None else eval_signs.to(device))
         if self.init == "random":
             colours0 = torch.rand(sign.shape, generator=torch.Generator().manual_seed(self.seed + 7)).to(device)
         elif self.init == "gray":
@@ -585,6 +597,9 @@ class SignSticker(_EOTAttack):
         extra = {"sign_shape": list(sign.shape), "mask_fraction": float(mask.mean()),
                  "mask_fraction_of_sign": fraction, "target": target, "label": label,
                  "source_label": source_label, **(run.pop("run_extra", None) or {})}
+        if signs is not None:
+            extra.update(artwork_pool=int(signs.shape[0]),
+                         eval_artwork_pool=None if eval_signs is None else int(eval_signs.shape[0]))
         # with a source label, the clean sign is scored on the same evaluation draws (the denominator)
         return self._attack(ctx, logit(colours0), run_extra=extra, score_clean=source_label is not None, **run)
 
@@ -623,17 +638,25 @@ class SignSticker(_EOTAttack):
         return sign * (1 - mask) + mask * colours
 
     def _sample(self, ctx: StickerContext, n: int, generator: torch.Generator) -> Draw:
-        return Draw(eot=ctx.transform.sample(n, generator, ctx.device))
+        eot = ctx.transform.sample(n, generator, ctx.device)
+        if ctx.signs is None:
+            return Draw(eot=eot)
+        # which drawing of the sign each draw shows (the artwork stage of the distribution)
+        return Draw(eot=eot, scene_index=torch.randint(ctx.signs.shape[0], (n,), generator=generator).to(ctx.device))
+
+    def _eval_context(self, ctx: StickerContext) -> StickerContext:
+        return ctx if ctx.eval_signs is None else replace_context(ctx, signs=ctx.eval_signs)
 
     def _render(self, ctx: StickerContext, colours: Tensor | None, draw: Draw) -> Tensor:
         """Print the sticker, put it on the sign, photograph the scene (``colours=None``: the clean sign)."""
         t: EOTTransform = ctx.transform
         b = draw.eot.batch_size
+        sign = ctx.sign.expand(b, -1, -1, -1) if ctx.signs is None else ctx.signs[draw.scene_index]
         if colours is None:
-            x = ctx.sign.expand(b, -1, -1, -1)
+            x = sign
         else:
             printed = t.apply_print(colours.expand(b, -1, -1, -1), draw.eot)
-            x = ctx.sign * (1 - ctx.mask) + ctx.mask * printed
+            x = sign * (1 - ctx.mask) + ctx.mask * printed
         if self.input_size is None or tuple(x.shape[-2:]) == tuple(self.input_size):
             return t.apply(x, draw.eot, print_stage=False)
         return self.photograph(x, draw.eot, t)
@@ -672,6 +695,7 @@ class SignSticker(_EOTAttack):
 
     def _save_scores(self, run: RunDir, result: PhysicalResult) -> None:
         super()._save_scores(run, result)
+        run.save_image("colours", result.colours)  # the sticker colours (put on any drawing of the sign)
         if "clean_correct" in result.extras:
             run.save_tensors("clean_eval", {"predictions": result.extras["clean_predictions"],
                                             "correct": result.extras["clean_correct"]})
@@ -685,3 +709,37 @@ class StickerContext(AttackContext):
     goal: int  # the target class (targeted) or the sign's label (untargeted)
     source_label: int | None = None
     fraction_of_sign: float | None = None  # the mask's share of the sign's own area
+    signs: Tensor | None = None  # (K, 3, H, W) drawings of the sign the draws pick from (None: ``sign`` only)
+    eval_signs: Tensor | None = None  # (M, 3, H, W) drawings for the evaluation (held-out artwork)
+
+
+def _check_pool(pool: Tensor | None, name: str, sign: Tensor) -> Tensor | None:
+    """A (K, 3, H, W) pool of sign drawings of ``sign``'s size in [0, 1], or None."""
+    if pool is None:
+        return None
+    if not isinstance(pool, Tensor) or pool.ndim != 4 or pool.shape[0] < 1 or pool.shape[1:] != sign.shape[1:]:
+        shape = tuple(pool.shape) if isinstance(pool, Tensor) else type(pool).__name__
+        raise ConfigError(f"{name} must be (K, {sign.shape[1]}, {sign.shape[2]}, {sign.shape[3]}) drawings of the "
+                          f"sign, got {shape}")
+    if not torch.isfinite(pool).all() or float(pool.min()) < 0 or float(pool.max()) > 1:
+        raise ConfigError(f"{name} must lie in [0, 1]")
+    return pool.detach().float()
+
+
+def sign_artwork_pool(sign: str, size: int, n: int, *, split: str = "train", seed: int = 0,
+                      background: Any = 0.5) -> tuple[Tensor, list[dict[str, Any]]]:
+    """``n`` drawings of sign class ``sign`` from artwork split ``split`` (``worlds.signs.render.sample_artwork``:
+    fonts, legend size and weight, rim, paints, arrows, wear, dirt), rendered at ``size`` px and composited on
+    ``background`` (a grey level or a (1, 3, size, size) image): ((n, 3, size, size), the artworks as dicts).
+    Drawing ``i`` comes from ``numpy.random.default_rng([seed, i])``: the same seed gives the same pool."""
+    import numpy as np
+
+    from worlds.signs.render import composite, render_sign, sample_artwork
+
+    _check_pos_int("n", n)
+    out, arts = [], []
+    for i in range(n):
+        art = sample_artwork(sign, np.random.default_rng([int(seed), i]), split=split)
+        out.append(composite(render_sign(sign, size, artwork=art), background).clamp(0, 1))
+        arts.append(art.to_dict())
+    return torch.cat(out), arts

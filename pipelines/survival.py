@@ -250,7 +250,14 @@ def sticker_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None
     clean = composite(rgba, background).clamp(0, 1)
     target, source = int(config["target"]), config.get("source_label")
     keys = list(range(cfg.photos))
-    both = torch.cat([adversarial.expand(cfg.photos, -1, -1, -1), clean.expand(cfg.photos, -1, -1, -1)])
+    adv_batch, clean_batch = adversarial.expand(cfg.photos, -1, -1, -1), clean.expand(cfg.photos, -1, -1, -1)
+    if config.get("eval_artwork_split"):  # a sticker optimised over artwork: each photo shows a fresh held-out drawing
+        from physical.universal import SignSticker, sign_artwork_pool
+
+        clean_batch, _ = sign_artwork_pool(config["sign"], size, cfg.photos, split=config["eval_artwork_split"],
+                                           seed=cfg.seed + 7, background=background)  # not the run's drawings
+        adv_batch = SignSticker.stickered(clean_batch, _load_tensor(run / "mask.pt"), _load_tensor(run / "colours.pt"))
+    both = torch.cat([adv_batch, clean_batch])
     shots, _ = _print_photo(both, keys + keys, cfg, cfg.sign_width_mm)  # same key: same printer, same photo
     h, w = entry.input_size
     small = F.interpolate(shots, size=(h, w), mode="bilinear", antialias=True, align_corners=False)

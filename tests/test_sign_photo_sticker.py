@@ -196,3 +196,55 @@ def test_sticker_sheet_positions_are_measured_from_the_sign_box():
     pieces = sticker_sheet(img, big, 900.0, split=True)
     area = sum(r["width_mm"] * r["height_mm"] for o in pieces.objects for r in o["stickers"])
     assert area == pytest.approx(900.0 * 900.0)
+
+
+class _Brightness(torch.nn.Module):
+    """Class 1 when the image is bright on average, else class 0 (a model whose answer shows which drawing it saw)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean((1, 2, 3))
+        return torch.stack([0.5 - m, m - 0.5], 1) * 50
+
+
+def test_sticker_over_artwork_draws_training_drawings_and_evaluates_on_held_out_ones():
+    from physical.universal import SignSticker
+
+    sign = torch.full((1, 3, 16, 16), 0.8)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 6:8, 6:8] = 1
+    signs = torch.full((3, 3, 16, 16), 0.9)  # the training drawings: bright
+    eval_signs = torch.full((5, 3, 16, 16), 0.1)  # the held-out drawings: dark
+    attack = SignSticker(eot={"rotation": 5.0}, steps=2, batch_size=6, eval_samples=40,
+                         eval_batch_size=20, channels_last=False)
+    res = attack(_Brightness(), sign, mask, target=1, source_label=1, signs=signs, eval_signs=eval_signs)
+    train_idx = torch.cat([d["scene_index"] for d in res.train_draws])
+    eval_idx = torch.cat([d["scene_index"] for d in res.eval_draws])
+    assert train_idx.numel() == 12 and int(train_idx.max()) < 3
+    assert eval_idx.numel() == 40 and int(eval_idx.max()) < 5 and len(set(eval_idx.tolist())) > 3
+    # every clean evaluation draw shows a dark held-out drawing (class 0), never a bright training one
+    assert res.extras["clean_correct_count"] == 0 and not bool(res.success.any())
+    with pytest.raises(ConfigError, match="eval_signs must be"):
+        attack(_Brightness(), sign, mask, target=1, signs=signs, eval_signs=torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ConfigError, match="eval_signs needs signs"):
+        attack(_Brightness(), sign, mask, target=1, eval_signs=eval_signs)
+
+
+def test_cli_sticker_over_artwork_records_the_splits(tmp_path, capsys):
+    from pipelines.main import main
+    from physical.universal import sign_artwork_pool
+
+    run = tmp_path / "run"
+    assert main(["sticker", "--target", "no_entry", "--sign-size", "64", "--artwork", "2", "--eval-artwork", "3",
+                 "--steps", "2", "--batch-size", "4", "--eval-samples", "10", "--device", "cpu", "--no-progress",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    config = json.loads((run / "config.json").read_text())
+    assert (config["artwork"], config["artwork_split"], config["eval_artwork"], config["eval_artwork_split"]) == (
+        2, "train", 3, "heldout-artwork")
+    assert (run / "colours.png").is_file()  # survival puts the sticker on fresh held-out drawings
+    a, arts_a = sign_artwork_pool("stop", 64, 2, split="train", seed=0)
+    b, arts_b = sign_artwork_pool("stop", 64, 2, split="heldout-artwork", seed=0)
+    assert torch.equal(a, sign_artwork_pool("stop", 64, 2, split="train", seed=0)[0])  # replayable
+    assert not {x["font"] for x in arts_a} & {x["font"] for x in arts_b}  # disjoint legend fonts
+    assert main(["sticker", "--target", "no_entry", "--eval-artwork", "3", "--out", str(tmp_path / "r2")]) == 2
+    assert "--eval-artwork needs --artwork" in capsys.readouterr().err
