@@ -67,6 +67,15 @@ def test_config_round_trips_and_keeps_the_grid_order():
     assert cell.argv[:1] == ("sticker",) and "--eval" in cell.argv and cell.argv[cell.argv.index("--seed") + 1] == "1"
 
 
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("experiments/campaign_*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_campaigns_parse(path):
+    from pipelines.campaign import load_campaign, parse_campaign
+
+    cfg = load_campaign(path)
+    assert parse_campaign(cfg.to_dict()) == cfg and len(cfg.cells()) >= 4
+
+
 @pytest.mark.parametrize("change, message", [
     ({"grid": {"target": ["no_such_sign"]}}, "no_such_sign"),
     ({"grid": {"stepz": [1, 2]}}, "has no option 'stepz'"),
