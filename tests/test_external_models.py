@@ -192,3 +192,15 @@ def test_bad_input_exits_2_with_one_line(made, tmp_path, capsys, on_path):
         assert main(["classify", img, *args]) == 2, expected
         err = _err(capsys)
         assert expected in err, (expected, err)
+
+
+def test_torchvision_weights_from_the_hub_cache(tmp_path, monkeypatch, capsys):
+    """torchvision:ARCH with no --weights: its own weights from torch hub's cache, read with weights_only=True;
+    ImageNet input size, mean/std and labels by default: the same top-5 as the registry's mobilenet_v2."""
+    assert main(["classify", "chelsea", "--model", "mobilenet_v2"]) == 0
+    registry = capsys.readouterr().out
+    assert main(["classify", "chelsea", "--model", "torchvision:mobilenet_v2"]) == 0
+    assert capsys.readouterr().out == registry
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # nothing cached, and nothing is downloaded
+    assert main(["classify", "chelsea", "--model", "torchvision:mobilenet_v2"]) == 2
+    assert "not in torch hub's cache" in _err(capsys)

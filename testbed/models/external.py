@@ -212,6 +212,12 @@ def _load_torchvision(arch: str, weights: str | None, num_classes: int) -> nn.Mo
 
     enum = _weights_enum(arch, weights or "DEFAULT")
     cached = torch_hub_checkpoints() / Path(enum.url).name
+    if weights is None and not cached.is_file():  # no --weights: DEFAULT, else any of its weights that is cached
+        import torchvision.models as tvm
+
+        enum = next((w for w in tvm.get_model_weights(arch)
+                     if (torch_hub_checkpoints() / Path(w.url).name).is_file()), enum)
+        cached = torch_hub_checkpoints() / Path(enum.url).name
     if not cached.is_file():
         raise ConfigError(f"torchvision:{arch} weights {enum} are not in torch hub's cache ({cached}); nothing is "
                           "downloaded: give --weights FILE (a state dict), or place the file there with "
