@@ -240,6 +240,22 @@ def plot_loss(history: list[float], path: Path, *, title: str) -> Path:
     return path
 
 
+def plot_rate_and_latency(t: list[float], fps: list[float], latency_ms: list[float], path: Path) -> Path:
+    """A live run over time: the running frame rate (left axis) and each frame's latency (right axis)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.plot(t, fps, color="C0")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("running frames/s", color="C0")
+    ax2 = ax.twinx()
+    ax2.plot(t, latency_ms, color="C1", lw=0.8)
+    ax2.set_ylabel("latency per frame (ms)", color="C1")
+    ax.set_title("live: frame rate and latency over the run", fontsize=9)
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plots_section(out_dir: Path, plots: list[Path]) -> list[str]:
     """The Markdown lines of a report's ``## Plots`` section (paths relative to the report's folder)."""
     if not plots:

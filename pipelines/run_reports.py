@@ -6,6 +6,8 @@ Kinds (recognised from what the folder holds, see :func:`run_kind`):
   ``checkpoints/``): held-out success of the optimised, the initial and (when scored) the un-attacked object, each
   k/n with a Wilson 95% interval, and the loss curve from the newest checkpoint's history;
 * ``experiment`` (``testbed evaluate``; ``config.resolved.yaml``): :func:`pipelines.experiment.write_report`;
+* ``live`` (``log.jsonl``): frames, start-up and steady rate, how it stopped, the top-1 labels' shares (Wilson
+  intervals) and the rate / latency over time;
 * ``survival`` (``report.json`` with ``rows``), ``demo`` (``results.json`` with ``target_success``),
   ``secure-eval`` (``results.json`` with ``protected``), ``defences`` (``report.json`` with ``sections``).
 
@@ -22,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.report import (ci, demo_plots, md_table, md_to_html, plot_loss, plot_rate_bars, plots_section,
-                              survival_plots)
+from pipelines.report import (ci, demo_plots, md_table, md_to_html, plot_loss, plot_rate_and_latency, plot_rate_bars,
+                              plots_section, survival_plots)
 from testbed.errors import ConfigError, TestbedError
 from testbed.inputs import load_json
 from testbed.runs import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, load_checked, run_dir_kind, write_atomic
@@ -65,13 +67,15 @@ def run_kind(run_dir: str | Path) -> str:
         if kind in ATTACK_KINDS or kind in ("experiment", "campaign"):
             return kind
         raise ConfigError(f"{p} is a {kind} run directory; `testbed report` reads patch, sticker, eyeglass, "
-                          "experiment (evaluate), survival, demo, secure-eval and defences runs")
+                          "experiment (evaluate), campaign, survival, demo, live, secure-eval and defences runs")
     if (p / "results.json").is_file():
         data = _json(p / "results.json", "results file")
         if "target_success" in data:
             return "demo"
         if "protected" in data and "unprotected" in data:
             return "secure-eval"
+    if (p / "log.jsonl").is_file():
+        return "live"
     if (p / "report.json").is_file():
         data = _json(p / "report.json", "report file")
         if isinstance(data.get("rows"), list) and isinstance(data.get("config"), dict) and "photos" in data["config"]:
@@ -79,7 +83,7 @@ def run_kind(run_dir: str | Path) -> str:
         if isinstance(data.get("sections"), dict):
             return "defences"
     raise ConfigError(f"{p} is not a run directory (no {CONFIG_FILE} of an attack run, no config.resolved.yaml of an "
-                      "experiment, no survival / demo / secure-eval / defences results)")
+                      "experiment, no survival / demo / live / secure-eval / defences results)")
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,9 @@ def write_run_report(run_dir: str | Path) -> Path:
         md = (run_dir / "report.md").read_text(encoding="utf-8") if (run_dir / "report.md").is_file() else ""
         lines = (_strip_plots(md) if md else ["# testbed demo", ""]) + demo_plots(data, run_dir)
         return _write(run_dir, "testbed demo", lines, None)
+    if kind == "live":
+        title, lines, data = _live_report(run_dir)
+        return _write(run_dir, title, lines, data)
     if kind == "secure-eval":
         data = _json(run_dir / "results.json", "results file")
         md = (run_dir / "report.md").read_text(encoding="utf-8") if (run_dir / "report.md").is_file() else ""
@@ -253,6 +260,80 @@ def write_run_report(run_dir: str | Path) -> Path:
     md = (run_dir / "report.md").read_text(encoding="utf-8")
     write_atomic(run_dir / "report.html", md_to_html(md, "defences"))
     return run_dir / "report.md"
+
+
+#: largest live log read (a day of frames at 30 frames/s is ~0.5 GB; a report needs far less)
+MAX_LOG_BYTES = 256 * 2**20
+
+
+def _read_live_log(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(frame records, closing summary or None) of a live run's ``log.jsonl``; ConfigError for a foreign file."""
+    from testbed.inputs import check_input_file
+
+    path = run_dir / "log.jsonl"
+    check_input_file(path, what="live log", max_bytes=MAX_LOG_BYTES)
+    frames, summary = [], None
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise ConfigError(f"live log {path}: line {i} is not JSON") from None
+            if isinstance(rec, dict) and isinstance(rec.get("summary"), dict):
+                summary = rec["summary"]
+            elif isinstance(rec, dict) and isinstance(rec.get("top5"), list) and rec["top5"]:
+                frames.append(rec)
+    if not frames:
+        raise ConfigError(f"live log {path} has no frame records: is {run_dir} a `testbed live` folder?")
+    return frames, summary
+
+
+def _live_top1(frames: list[dict[str, Any]]) -> dict[str, Rate]:
+    """The share of frames with each top-1 label (most frequent first, at most 8 and the rest together)."""
+    from collections import Counter
+
+    counts = Counter(str(f["top5"][0][0]) for f in frames)
+    n = len(frames)
+    top = counts.most_common(8)
+    out = {label: wilson(k, n) for label, k in top}
+    rest = n - sum(k for _, k in top)
+    if rest:
+        out["(other labels)"] = wilson(rest, n)
+    return out
+
+
+def _live_report(run_dir: Path) -> tuple[str, list[str], dict[str, Any]]:
+    frames, summary = _read_live_log(run_dir)
+    shares = _live_top1(frames)
+    s = summary or {}
+    plots = [plot_rate_bars({"top-1 label": dict(shares)}, run_dir / PLOTS / "top1_labels.png",
+                            title=f"live: share of the {len(frames)} frames with each top-1 label",
+                            ylabel="frames (%)")]
+    plots.append(plot_rate_and_latency([float(f.get("t", i)) for i, f in enumerate(frames)],
+                                       [float(f.get("fps", 0.0)) for f in frames],
+                                       [float(f.get("latency_ms", 0.0)) for f in frames], run_dir / PLOTS / "rate.png"))
+    lines = [f"# Live run report: `{run_dir.name}`", ""]
+    if summary:
+        lines += [f"{s.get('frames')} frames in {float(s.get('seconds', 0)):.1f} s: start-up "
+                  f"{float(s.get('startup_s', 0)):.2f} s, then {float(s.get('steady_fps', 0)):.1f} frames/s steady; "
+                  f"stopped by {s.get('stopped_by')}; video {Path(str(s.get('video'))).name} ({s.get('video_frames')} "
+                  f"frames, {s.get('codec')}, {s.get('video_fps')} fps from {s.get('video_fps_from')}).", ""]
+        if s.get("secure"):
+            rej = s["secure"].get("rejected", {})
+            lines += [f"Secure path: {s['secure'].get('accepted', 0)} frames accepted, {sum(rej.values())} rejected "
+                      f"({', '.join(f'{k} {v}' for k, v in sorted(rej.items())) or 'none'}).", ""]
+        if s.get("error"):
+            lines += [f"Ended with an error: {s['error']}", ""]
+    else:
+        lines += ["The log has no closing summary record (the run did not finish in order).", ""]
+    lines += md_table(["top-1 label", "frames % [Wilson 95%] (n)"], [[k, ci(v)] for k, v in shares.items()]) + [""]
+    lines += plots_section(run_dir, plots)
+    data = {"kind": "live", "frames": len(frames), "summary": summary,
+            "top1_shares": {k: v.as_dict() for k, v in shares.items()},
+            "plots": [q.relative_to(run_dir).as_posix() for q in plots]}
+    return f"live run {run_dir.name}", lines, data
 
 
 def _secure_groups(data: dict[str, Any]) -> dict[str, dict[str, Rate | None]]:
@@ -324,6 +405,10 @@ def summary_rows(run_dir: str | Path) -> list[SummaryRow]:
             SummaryRow(name, "demo", model, goal, f"scenes: {label}", _rate(ts.get(key)))
             for key, label in (("none", "no patch"), ("digital", "digital patch"),
                                ("printed", "printed + photographed patch"))]
+    if kind == "live":
+        frames, _ = _read_live_log(run_dir)
+        return [SummaryRow(name, "live", "", "frames", f"top-1 label {label}", r)
+                for label, r in _live_top1(frames).items()]
     if kind == "secure-eval":
         data = _json(run_dir / "results.json", "results file")
         return [SummaryRow(name, "secure-eval", "mobilenet_v2", exp, f"top-1, {path} path", r)

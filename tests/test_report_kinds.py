@@ -154,3 +154,23 @@ def test_compare_runs_in_one_table_and_csv(patch_run, tmp_path, capsys):
     assert float(printed["wilson_low"]) == pytest.approx(wilson(9, 60).low, abs=1e-5)
     assert {r["kind"] for r in rows} == {"patch", "demo", "experiment (kurakin)"}
     assert not (patch_run / "report.csv").exists()  # --compare reads, it writes only the CSV asked for
+
+
+def test_report_on_a_live_run_built_from_its_log(tmp_path, capsys):
+    """A `testbed live` folder: log.jsonl (one record per frame, then the closing summary record)."""
+    run = tmp_path / "live"
+    run.mkdir()
+    labels = ["espresso"] * 7 + ["cup"] * 3
+    recs = [{"seq": i, "t": 0.5 + 0.1 * i, "top5": [[lab, 0.9], ["other", 0.05]], "fps": 9.5, "latency_ms": 30.0,
+             "secure": False, "rectified": False, "note": None} for i, lab in enumerate(labels)]
+    summary = {"frames": 10, "seconds": 1.6, "startup_s": 0.5, "steady_fps": 10.0, "stopped_by": "end of source",
+               "video": str(run / "annotated.webm"), "video_frames": 10, "codec": "VP80", "video_fps": 10.0,
+               "video_fps_from": "source", "secure": {"accepted": 9, "rejected": {"bad_tag": 1}}, "error": None}
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + json.dumps({"summary": summary}) + "\n")
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert f"| espresso | {_pct(7, 10)} |" in md and f"| cup | {_pct(3, 10)} |" in md
+    assert "10.0 frames/s steady" in md and "9 frames accepted, 1 rejected (bad_tag 1)" in md
+    assert _is_png(run / "plots" / "top1_labels.png") and _is_png(run / "plots" / "rate.png")
+    assert main(["report", "--compare", str(run)]) == 0
+    assert f"| top-1 label espresso | {_pct(7, 10)} |" in capsys.readouterr().out
