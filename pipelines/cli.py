@@ -170,7 +170,7 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "report", help="(re)write report.md/.html and plots of run directories of any kind (patch, sticker, eyeglass, "
-                       "evaluate, survival, demo, secure-eval, defences), or compare several runs in one table")
+                       "evaluate, campaign, survival, demo, live, secure-eval, defences), or compare several runs in one table")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=_existing_dir("run directory"),
                    help="run directories (each gets its report.md, report.html and plots/)")
     p.add_argument("--compare", action="store_true",
