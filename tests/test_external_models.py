@@ -75,6 +75,16 @@ def _reference(made):
     return NormalizedModel(made["net"], MEAN, STD).eval()
 
 
+@pytest.fixture(autouse=True)
+def fresh_session():
+    """Each test starts with no model named on an earlier in-process command line."""
+    from testbed.models import external
+
+    external._SESSION.clear()
+    yield
+    external._SESSION.clear()
+
+
 @pytest.fixture
 def on_path(made, monkeypatch):
     monkeypatch.syspath_prepend(str(made["dir"]))
@@ -204,3 +214,21 @@ def test_torchvision_weights_from_the_hub_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # nothing cached, and nothing is downloaded
     assert main(["classify", "chelsea", "--model", "torchvision:mobilenet_v2"]) == 2
     assert "not in torch hub's cache" in _err(capsys)
+
+
+def test_code_runs_only_when_named_by_the_user(made, on_path, tmp_path, capsys):
+    """A card naming module:callable imports code when given as --model (the user's own command line), never when
+    its path is read from a config or a run directory (get_entry without the command line)."""
+    from testbed.errors import ConfigError
+    from testbed.models.registry import get_entry
+
+    d = made["dir"]
+    card = tmp_path / "code_card.yaml"
+    card.write_text(f"model: byom_test_models:build\ninput_size: [{SIZE}, {SIZE}]\nmean: {list(MEAN)}\n"
+                    f"std: {list(STD)}\nlabels: {d / 'labels.txt'}\n")
+    with pytest.raises(ConfigError, match="names Python code"):
+        get_entry(str(card))
+    with pytest.raises(ConfigError, match="outside the registry"):
+        get_entry("byom_test_models:build")
+    assert main(["classify", str(d / "scenes" / "s0.png"), "--model", str(card)]) == 0
+    assert capsys.readouterr().out.startswith(str(d / "scenes" / "s0.png"))

@@ -509,7 +509,11 @@ def entry_for_name(name: str) -> ModelEntry | None:
         return card_entry(models[name])
     kind = source_kind(name)
     if kind == "card":
-        return card_entry(read_card(name))
+        card = read_card(name)
+        if source_kind(card["model"]) == "callable":  # a card path read from a config or run: no code imported
+            raise ConfigError(f"model card {name} names Python code ({card['model']}); give the card as --model on "
+                              "the command line, or add it with `testbed models add` and use its name")
+        return card_entry(card)
     if kind == "torchvision":
         return external_entry(name)
     if kind in ("torchscript", "onnx", "callable"):
