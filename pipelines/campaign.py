@@ -14,7 +14,7 @@ A campaign file (``experiments/campaign_*.yaml``; docs/campaigns.md)::
       batch_size: 8
     options_by_attack: {}         # e.g. {sticker: {sign: stop}}: options of one attack kind only
     evaluation:
-      eot_draws: 500              # fresh EOT draws for the success rate (the command's --eval / --eval-samples)
+      eot_draws: 500              # fresh EOT draws for the success rate (the command's --eval-samples)
       eval_seed: null             # their seed (default: the command's, seed + 1000003)
       print_photo: {photos: 50, preset: default, seed: 2026}   # optional: simulated print -> photo, in situ
     resources: {num_cpus: 1, num_gpus: 0}   # what each cell declares to the executor (Ray schedules by it)
@@ -202,7 +202,7 @@ def _make_cell(parser: argparse.ArgumentParser, cfg: CampaignConfig, attack: str
     opts = {**cfg.options, **cfg.options_by_attack.get(attack, {}), **values}
     ev = cfg.evaluation
     if attack != "digital":
-        draws_opt = "eval_samples" if attack == "eyeglass" else "eval"
+        draws_opt = "eval_samples"  # the one name of every attack command (docs/harness.md, option vocabulary)
         if ev.get("eot_draws") is not None:
             opts[draws_opt] = ev["eot_draws"]
         if ev.get("eval_seed") is not None:
