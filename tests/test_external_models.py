@@ -91,11 +91,12 @@ def on_path(made, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["torchvision", "torchscript", "onnx", "callable"])
-def test_model_through_classify_attack_and_patch(made, kind, on_path, tmp_path, capsys):
+def test_model_through_classify_attack_and_patch(made, kind, on_path, tmp_path, capsys, monkeypatch):
     from physical.attacks.registry import build_attack_in_units
     from testbed.imageio import load_image
     from testbed.photos import center_crop
 
+    monkeypatch.setenv("TESTBED_DEVICE", "cpu")  # compared with the CPU reference to 1e-5 (no cuDNN rounding)
     d = made["dir"]
     ref = _reference(made)
     # classify: the same top-5 as the original module, over a folder of scenes
