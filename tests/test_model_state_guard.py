@@ -105,7 +105,7 @@ def test_patch_sticker_and_saliency_leave_a_train_mode_bn_model_unchanged():
 
     model = _model()
     before = _state(model)
-    run = dict(steps=2, batch_size=2, eval_samples=4, eval_batch_size=4, seed=0)
+    run = {"steps": 2, "batch_size": 2, "eval_samples": 4, "eval_batch_size": 4, "seed": 0}
     patch = UniversalPatch(patch_size=6, shape="square", placement={"area": [0.1, 0.1], "rotation": 0.0}, **run)
     result = patch(model, _images(3, 24), labels=torch.tensor([0, 1, 2]))
     assert result.success.numel() == 4
@@ -126,10 +126,9 @@ def test_patch_sticker_and_saliency_leave_a_train_mode_bn_model_unchanged():
 def test_guard_restores_modes_and_buffers_on_error_and_after_writes():
     model = _model()
     before = _state(model)
-    with pytest.raises(RuntimeError, match="boom"):
-        with model_state_guard(model):
-            assert not any(m.training for m in model.modules())
-            with torch.no_grad():
-                model.net.features[1].running_mean.add_(1.0)  # something writes a buffer...
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), model_state_guard(model):
+        assert not any(m.training for m in model.modules())
+        with torch.no_grad():
+            model.net.features[1].running_mean.add_(1.0)  # something writes a buffer...
+        raise RuntimeError("boom")
     _assert_unchanged(model, before)  # ...and it is put back bit for bit, modes too
