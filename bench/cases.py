@@ -399,6 +399,47 @@ def live(w: Workload, secure: bool = False) -> dict[str, Any]:
             "frames": s.frames, "stages_ms": s.stages_ms, "secure": secure}
 
 
+# ------------------------------------------------------------------------------------------ campaigns
+def _campaign_cells(run_dir: Path) -> dict[str, bytes]:
+    return {c.name: (c / "perturbation.npy").read_bytes() for c in sorted((run_dir / "cells").iterdir())}
+
+
+@case
+def campaign(w: Workload, cells: int = 4, steps: int = 12, workers: int = 2) -> dict[str, Any]:
+    """``testbed campaign run`` on ``cells`` equal patch cells (mobilenet_v2, one per seed), serially (torch's
+    default threads) and with ``--executor local --workers N`` (1 torch thread per worker), each as the real
+    command in a subprocess, one after the other in this run: wall seconds of each, the speed-up, whether the
+    cells came out identical, and the load average around each."""
+    import os
+    import subprocess
+
+    import yaml
+
+    opts = ({"model": "sign-cnn", "sign": "stop", "target": "yield", "steps": 2, "batch_size": 2, "device": "cpu"}
+            if w.size < 100 else {"model": "mobilenet_v2", "target": "toaster", "steps": steps, "batch_size": 8,
+                                  "area": 0.1, "device": "cpu"})
+    spec = {"name": "bench-campaign", "attack": "sticker" if w.size < 100 else "patch",
+            "grid": {"seed": list(range(cells))}, "options": opts,
+            "evaluation": {"eot_draws": 16 if w.size < 100 else 100}}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "campaign.yaml"
+        f.write_text(yaml.safe_dump(spec))
+        for name, extra in (("serial", []), ("local", ["--executor", "local", "--workers", str(workers)])):
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "pipelines.main", "campaign", "run", str(f), "--out",
+                                str(Path(tmp) / name), *extra], capture_output=True, text=True)
+            out[f"{name}_s"] = time.perf_counter() - t0
+            out[f"load_{name}"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+            if p.returncode != 0:
+                raise RuntimeError(f"campaign {name}: exit {p.returncode}: {p.stderr.strip()[-300:]}")
+        out["identical"] = _campaign_cells(Path(tmp) / "serial") == _campaign_cells(Path(tmp) / "local")
+    out.update(seconds=[out["local_s"]], speedup=out["serial_s"] / out["local_s"], cells=cells, workers=workers,
+               campaign=spec)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ entry point
 def _value(v: str) -> Any:
     for conv in (int, float):

@@ -73,6 +73,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("secure", "secure", "secure capture path 640x480"),
     Spec("live", "live", "live loop 640x480 mobilenet_v2, plain", {"secure": False}),
     Spec("live-secure", "live", "live loop 640x480 mobilenet_v2, secure path", {"secure": True}),
+    Spec("campaign-local2", "campaign", "testbed campaign run, 4 equal patch cells: serial vs --executor local "
+         "--workers 2", {"cells": 4, "workers": 2}),
 )
 BY_KEY = {s.key: s for s in SPECS}
 
@@ -259,6 +261,17 @@ def build_tables(rows: dict[str, dict[str, Any]]) -> list[Table]:
              for k in eye],
             ["EyeglassFrame (dodge, hinge, TV + NPS, EOT preset sharif) in the shared loop (physical.loop), batch "
              "of w.batch draws of the astronaut chip per step; steps after a 3-step warm-up."]))
+    if "campaign-local2" in rows:  # issue 18: the local executor's speed-up, both sides in one run
+        c = rows["campaign-local2"]
+        tables.append(Table(
+            "Campaign: serial vs --executor local --workers 2 (same run)",
+            ["case", "serial s", "local s", "speed-up", "cells identical", "load average (serial; local)"],
+            [[BY_KEY["campaign-local2"].label, get("campaign-local2", "serial_s"), get("campaign-local2", "local_s"),
+              get("campaign-local2", "speedup"), get("campaign-local2", "identical"),
+              f"{c.get('load_serial')}; {c.get('load_local')}" if "error" not in c else c["error"]]],
+            ["Whole `testbed campaign run` commands (start-up included), mobilenet_v2 patch cells of equal size (one "
+             "per seed); serial: torch's default threads in one process; local: 2 worker processes with 1 torch "
+             "thread each. 'cells identical': the optimised patches of the two runs compared byte for byte."]))
     tables.append(Table("Camera, harness, secure path and live loop", ["case", "rate", "unit", "detail"], srows,
                         ["issue-7 goal: live loop >= 25 frames/s with the secure path. 'rate' is frames / whole run (90 frames, "
                          "start-up included: the secure path starts a capture process and exchanges its key, ~1.4 s); "
@@ -284,6 +297,7 @@ def headline(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "eotpgd_speedup_vs_torchattacks_kornia": _r(g("ta-eotpgd-kornia"), g("eotpgd")),
         "live_secure_fps": g("live-secure", "fps"),
         "live_secure_steady_fps": g("live-secure", "steady_fps"),
+        "campaign_local2_speedup": g("campaign-local2", "speedup"),
     }
 
 

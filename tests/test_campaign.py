@@ -125,7 +125,7 @@ def test_serial_cells_are_ordinary_runs_resume_and_report(serial_run, tmp_path):
     res = status["sticker_target=yield_seed=1"]["result"]
     assert res["success"]["n"] == 24 and 0 <= res["success"]["low"] <= res["success"]["high"] <= 1
     again = run_campaign(parse_campaign(tiny_campaign()), serial_run)  # everything finished: all skipped
-    assert again.computed == [] and len(again.skipped) == 4
+    assert again.computed == [] and len(again.skipped) == 5
     report = (serial_run / "report.md").read_text()
     assert "4 done, 0 failed" in report and "[95% CI]" in report and "pid" in report
     assert (serial_run / "plots" / "success.png").is_file() and (serial_run / "report.html").is_file()
@@ -208,3 +208,43 @@ def test_local_executor_is_bit_identical_and_survives_a_killed_worker(tmp_path):
     assert res["resumed_from_step"] > 0  # resumed from its checkpoint, not from step 0
     assert read_status(out)[victim]["worker"]["pid"] != killed[0]
     assert cell_results(out) == cell_results(ref)
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+def sign_cnn_experiment(**over) -> dict:
+    """A tiny Kurakin experiment on the shipped sign-cnn (importable by any worker process), no channel."""
+    cfg = {"name": "exec-kurakin", "kind": "kurakin", "seed": 0, "models": ["sign-cnn"], "attacks": ["fgsm", "bim"],
+           "eps": [4, 16], "images": {"names": ["chelsea", "coffee"], "crops_per_photo": 2},
+           "channel": {"kind": "none"}, "batch_size": 4, "examples": 0, "torch_threads": 1}
+    cfg.update(over)
+    return cfg
+
+
+class _TaskExecutor:
+    """Runs the tasks in this process through the executors' task wrapper (not a SerialExecutor, so the
+    experiment runner ships its cells as tasks, as it does to worker processes and Ray)."""
+
+    threads = None
+
+    def describe(self) -> str:
+        return "inline tasks"
+
+    def run(self, tasks, on_done):
+        from pipelines.executors import Outcome, run_task
+
+        for t in reversed(tasks):  # another order than the serial runner's
+            on_done(Outcome(**run_task(t.fn, t.args, t.key, "inline", self.threads)))
+
+
+def test_experiment_cells_run_as_executor_tasks_equal_serial(tmp_path):
+    import pipelines.kinds  # noqa: F401
+    from pipelines.experiment import read_cells, run_experiment
+
+    strip = lambda cells: {k: {f: v for f, v in c.items() if f != "seconds"} for k, c in cells.items()}  # noqa: E731
+    serial = run_experiment(sign_cnn_experiment(), tmp_path / "serial", progress=False)
+    tasks = run_experiment(sign_cnn_experiment(), tmp_path / "tasks", progress=False, executor=_TaskExecutor())
+    assert sorted(tasks.computed) == sorted(serial.computed) and len(serial.computed) == 5  # clean + 2 x 2
+    assert strip(read_cells(tmp_path / "tasks")) == strip(read_cells(tmp_path / "serial"))
+    assert json.loads((tmp_path / "tasks" / "run.json").read_text())["executor"] == "inline tasks"
+    again = run_experiment(sign_cnn_experiment(), tmp_path / "tasks", progress=False, executor=_TaskExecutor())
+    assert again.computed == [] and len(again.skipped) == 5

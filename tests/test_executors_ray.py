@@ -16,7 +16,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_campaign import _kill_when_checkpointed, cell_results, tiny_campaign  # noqa: E402
+from test_campaign import _kill_when_checkpointed, cell_results, sign_cnn_experiment, tiny_campaign  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -129,3 +129,17 @@ def test_killed_ray_worker_is_rescheduled_and_resumes(cluster, reference, tmp_pa
     assert status["worker"]["pid"] != killed[0] and status["result"]["resumed_from_step"] > 0
     assert cell_results(out) == reference
     assert json.loads((out / "run.json").read_text())["failed"] == {}
+
+
+def test_experiment_cells_on_ray_equal_serial(cluster, tmp_path):
+    """The harness's experiment runner on the same executor interface: each cell a Ray task writing its cell file
+    into the run directory; the cells equal the serial run's."""
+    import pipelines.kinds  # noqa: F401
+    from pipelines.executors import RayExecutor
+    from pipelines.experiment import read_cells, run_experiment
+
+    strip = lambda cells: {k: {f: v for f, v in c.items() if f != "seconds"} for k, c in cells.items()}  # noqa: E731
+    run_experiment(sign_cnn_experiment(), tmp_path / "serial", progress=False)
+    summary = run_experiment(sign_cnn_experiment(), tmp_path / "ray", progress=False, executor=RayExecutor(cluster))
+    assert len(summary.computed) == 5
+    assert strip(read_cells(tmp_path / "ray")) == strip(read_cells(tmp_path / "serial"))
