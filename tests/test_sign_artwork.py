@@ -82,3 +82,52 @@ def test_placement_on_a_pole_is_perspective_correct_and_differentiable():
     with pytest.raises(ConfigError, match="yaw"):
         PlacementParams(yaw_deg=85)
     assert composite(render_sign("stop", 32)).shape == (1, 3, 32, 32)
+
+
+def test_datasets_draw_artwork_from_their_own_split_and_default_data_is_unchanged():
+    from worlds.signs.dataset import AugmentConfig, DatasetConfig, generate_dataset, generate_sample
+
+    plain = DatasetConfig(n=6, split="train", seed=2)
+    assert all(generate_sample(plain, i)[1].artwork is None for i in range(6))  # default: canonical drawings
+    aug = AugmentConfig(artwork_prob=1.0, pole_prob=1.0)
+    for split, fonts in (("train", ARTWORK_FONTS["train"]), ("heldout", ARTWORK_FONTS["heldout-artwork"])):
+        cfg = DatasetConfig(n=30, split=split, seed=2, augment=aug)
+        params = [generate_sample(cfg, i)[1] for i in range(30)]
+        assert all(p.artwork is not None and p.artwork.font in fonts and p.pole is not None for p in params)
+    a = generate_dataset(DatasetConfig(n=12, split="train", seed=2, augment=aug))
+    b = generate_dataset(DatasetConfig(n=12, split="train", seed=2, augment=aug))
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, generate_dataset(plain.__class__(n=12, split="train", seed=2)).images)
+
+
+def test_independent_set_shares_no_code_with_the_training_renderer():
+    """The independent held-out set is drawn by another method: it imports nothing of the renderer or the dataset
+    generator, nor OpenCV or PIL's ImageDraw (the training path's rasteriser and warps)."""
+    import ast
+    import inspect
+
+    import worlds.signs.independent as ind
+
+    tree = ast.parse(inspect.getsource(ind))
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in mods if m and (m.startswith("worlds") or m.startswith("cv2"))}, mods
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert "ImageDraw" not in names
+    assert not set(ind.INDEPENDENT_FONTS) & {f for fs in ARTWORK_FONTS.values() for f in fs}
+    from testbed.photos import list_photos
+
+    assert not set(ind._STOCK) & set(list_photos())  # backgrounds the training set never shows
+
+
+def test_independent_set_is_deterministic_and_class_balanced():
+    from worlds.signs.independent import independent_sample, independent_set
+
+    x, y = independent_set(36, seed=3)
+    assert x.shape == (36, 3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.tolist() == [i % 30 for i in range(36)]
+    img, label = independent_sample(7, seed=3)
+    assert label == 7 and torch.equal(torch.from_numpy(img).permute(2, 0, 1), x[7])
+    assert not torch.equal(independent_set(2, seed=4)[0], x[:2])
+    with pytest.raises(ConfigError):
+        independent_set(0)

@@ -106,10 +106,19 @@ def _card() -> dict:
 
 
 def _accuracy_from_card(card: dict) -> tuple[Accuracy, ...]:
+    """The card's measured accuracies: the independent held-out set first (drawn by another method than the
+    training renderer, never used in training or model selection), then the renderer's own held-out split."""
+    out = []
+    ind = card.get("independent_eval")
+    if ind:
+        worst = ind.get("lowest_class")
+        note = (f"top-1 Wilson 95% [{ind['top1_low']:.2f}, {ind['top1_high']:.2f}] (k={ind['k']}); lowest class "
+                f"{worst} {ind['per_class'][worst]['top1']:.1f}%; {ind.get('note', '')}") if worst else ind.get("note", "")
+        out.append(Accuracy(ind["dataset"], int(ind["n"]), float(ind["top1"]), float(ind["top5"]), note))
     ev = card.get("heldout_eval")
-    if not ev:
-        return ()
-    return (Accuracy(ev["dataset"], int(ev["n"]), float(ev["top1"]), float(ev["top5"]), ev.get("note", "")),)
+    if ev:
+        out.append(Accuracy(ev["dataset"], int(ev["n"]), float(ev["top1"]), float(ev["top5"]), ev.get("note", "")))
+    return tuple(out)
 
 
 def _labels() -> tuple[str, ...]:

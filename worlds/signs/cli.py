@@ -84,7 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                         "n_heldout", "heldout_seed", "gtsrb_root", "download")
           if getattr(args, k) is not None}
     cfg = TrainConfig(**kw)
-    result = train(cfg, progress=args.progress, log=print)
+    result = train(cfg, progress=args.progress, log=print, cache_dir=args.data_cache)
     command = "testbed " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["signs"] else None
     out, card = save_checkpoint(result, args.out, args.card, command=command)
     ev = result.heldout
@@ -97,6 +97,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from worlds.signs.train import evaluate_checkpoint
 
+    if args.record_card:
+        from worlds.signs.train import record_independent_eval
+
+        if args.data != "independent" or not args.weights:
+            raise ConfigError("--record-card needs --data independent and --weights (the card's weights file)")
+        rec = record_independent_eval(args.record_card, args.weights, n=args.eval_samples, seed=args.seed,
+                                      threads=args.threads)
+        print(f"independent held-out top-1 {rec['top1']:.2f}% [{rec['top1_low']:.2f}, {rec['top1_high']:.2f}] "
+              f"(k={rec['k']}, n={rec['n']}); lowest class {rec['lowest_class']} "
+              f"{rec['per_class'][rec['lowest_class']]['top1']:.1f}%; written to {args.record_card}")
+        return 0
     ev = evaluate_checkpoint(args.weights, data=args.data, n=args.eval_samples, seed=args.seed, gtsrb_root=args.gtsrb_root,
                              download=args.download, threads=args.threads)
     if args.json:
@@ -153,20 +164,27 @@ def add_parser(subparsers) -> None:
     t.add_argument("--heldout-seed", type=cli_types.seed, help=f"held-out set seed (default {TrainConfig.heldout_seed})")
     t.add_argument("--gtsrb-root", help=f"GTSRB folder (default {TrainConfig.gtsrb_root})")
     t.add_argument("--download", action="store_true", default=None, help="download GTSRB if missing (internet)")
+    t.add_argument("--data-cache", type=cli_types.output_dir,
+                   help="keep the rendered datasets in this folder (checked files, keyed by their config) so a "
+                        "second run on the same data skips rendering")
     cli_types.add_progress_option(t)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="top-1/top-5 of sign-cnn on a fresh rendered held-out set or GTSRB test")
     e.add_argument("--weights", type=cli_types.input_file("weights file"),
                    help="checkpoint (default: the committed sign_cnn.pt)")
-    e.add_argument("--data", choices=["rendered", "gtsrb"], default="rendered",
-                   help="fresh rendered held-out signs (offline) or the GTSRB test set")
+    e.add_argument("--data", choices=["rendered", "independent", "gtsrb"], default="rendered",
+                   help="fresh rendered held-out signs (offline), the independent held-out set "
+                        "(worlds.signs.independent: another drawing method, never trained on) or the GTSRB test set")
     ev = e.add_argument("--eval-samples", type=cli_types.count(10_000_000), default=2000,
                         help="rendered images to score")
     cli_types.add_deprecated_alias(e, "--n", ev)
-    e.add_argument("--seed", type=cli_types.seed, default=1, help="seed of the rendered held-out set")
+    e.add_argument("--seed", type=cli_types.seed, default=1, help="seed of the rendered held-out set "
+                   "(the card's independent set uses seed 0)")
     e.add_argument("--gtsrb-root", default=TrainConfig.gtsrb_root, help="GTSRB folder")
     e.add_argument("--download", action="store_true", help="download GTSRB if missing (internet)")
     e.add_argument("--threads", type=cli_types.threads, help="torch CPU threads (default: torch's)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--record-card", type=cli_types.output_file,
+                   help="with --data independent: write the result into this model card (independent_eval)")
     e.set_defaults(func=_cmd_evaluate)

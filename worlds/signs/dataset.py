@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from testbed.errors import ConfigError
-from worlds.signs.render import SIGN_CLASSES, class_names, render_sign_array
+from worlds.signs.render import (SIGN_CLASSES, ArtworkParams, class_names, render_sign_array,
+                                 sample_artwork)
 
 # Background photographs per split: disjoint. The two motorcycle photos are a stereo pair (nearly the same
 # scene), so they go to the same split.
@@ -31,6 +32,8 @@ SPLIT_PHOTOS: dict[str, tuple[str, ...]] = {
     "heldout": ("chelsea", "grace_hopper", "retina", "coins", "gravel", "moon"),
 }
 _SPLIT_CODE = {"train": 1, "heldout": 2}
+#: The artwork split (``worlds.signs.render.ARTWORK_SPLITS``) each dataset split draws its sign drawings from.
+SPLIT_ARTWORK: dict[str, str] = {"train": "train", "heldout": "heldout-artwork"}
 _BASE_RENDER = 128  # signs are rendered once per class at this size, then resampled
 BACKGROUND_KINDS = ("photo", "paper", "noise", "gradient")
 
@@ -58,6 +61,9 @@ class AugmentConfig:
     jpeg_quality: tuple[int, int] = (40, 95)
     occlusion_prob: float = 0.25
     occlusion_depth: tuple[float, float] = (0.05, 0.2)  # band depth / sign side
+    artwork_prob: float = 0.0  # a random drawing of the sign (render.sample_artwork) instead of the canonical one
+    artwork_pool: int = 96  # drawings per class and split a sample picks from (0: a fresh drawing per sample)
+    pole_prob: float = 0.0  # a grey pole below the sign, in the sign's plane (perspective-correct)
 
     def __post_init__(self) -> None:
         for name in ("sign_scale", "sign_gain", "desaturate", "global_gain", "gamma", "blur_sigma", "noise_std",
@@ -70,7 +76,10 @@ class AugmentConfig:
         p = self.background_probs
         if len(p) != 4 or min(p) < 0 or abs(sum(p) - 1.0) > 1e-6:
             raise ConfigError(f"AugmentConfig.background_probs must be 4 non-negative numbers summing to 1, got {p}")
-        for name in ("shadow_prob", "print_prob", "motion_blur_prob", "jpeg_prob", "occlusion_prob"):
+        if not isinstance(self.artwork_pool, int) or not 0 <= self.artwork_pool <= 100_000:
+            raise ConfigError(f"AugmentConfig.artwork_pool must be an integer in [0, 100000], got {self.artwork_pool!r}")
+        for name in ("shadow_prob", "print_prob", "motion_blur_prob", "jpeg_prob", "occlusion_prob", "artwork_prob",
+                     "pole_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"AugmentConfig.{name} must be a probability in [0, 1], got {getattr(self, name)}")
 
@@ -133,6 +142,9 @@ class SampleParams:
     noise_std: float
     noise_seed: int
     jpeg_quality: int | None
+    artwork: ArtworkParams | None = None  # None: the canonical drawing
+    artwork_key: tuple[int, int, int] | None = None  # (dataset seed, split code, pool index) of a pooled drawing
+    pole: tuple[float, float] | None = None  # (width / sign side, grey level) of a pole below the sign
 
 
 def _u(rng: np.random.Generator, lohi: tuple[float, float]) -> float:
@@ -140,8 +152,10 @@ def _u(rng: np.random.Generator, lohi: tuple[float, float]) -> float:
 
 
 def sample_params(rng: np.random.Generator, label: int, photos: tuple[str, ...], work: int,
-                  aug: AugmentConfig) -> SampleParams:
-    """Draw one sample's parameters (work = side of the working image in pixels)."""
+                  aug: AugmentConfig, artwork_split: str = "train", pool_seed: int = 0) -> SampleParams:
+    """Draw one sample's parameters (work = side of the working image in pixels; the sign's drawing, when
+    ``aug.artwork_prob`` > 0, from ``artwork_split``). With ``artwork_prob`` and ``pole_prob`` 0 the draws are
+    exactly those of the datasets made before artwork variation existed."""
     kind = BACKGROUND_KINDS[int(rng.choice(4, p=np.asarray(aug.background_probs)))]
     photo = photos[int(rng.integers(len(photos)))] if kind == "photo" else None
     side = _u(rng, (0.12, 0.7))
@@ -173,14 +187,41 @@ def sample_params(rng: np.random.Generator, label: int, photos: tuple[str, ...],
     if rng.random() < aug.motion_blur_prob:
         motion = (_u(rng, (2.0, 4.0)), _u(rng, (0, 180)))
     jpeg = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1)) if rng.random() < aug.jpeg_prob else None
+    artwork = pole = key = None
+    if aug.artwork_prob > 0 and rng.random() < aug.artwork_prob:
+        if aug.artwork_pool > 0:  # one of the split's pooled drawings of this class (drawn from their own seeds)
+            key = (pool_seed, int(rng.integers(aug.artwork_pool)))
+            artwork = _pooled_artwork(label, artwork_split, *key)
+        else:
+            artwork = sample_artwork(SIGN_CLASSES[label].name, rng, artwork_split)
+    if aug.pole_prob > 0 and rng.random() < aug.pole_prob:
+        pole = (_u(rng, (0.04, 0.1)), _u(rng, (0.25, 0.75)))
     return SampleParams(
         label=label, background=kind, photo=photo, crop=crop, flip_background=flip, texture_seed=tex_seed,
         quad=tuple(corners), sign_gain=_u(rng, aug.sign_gain), channel_gain=cg,  # type: ignore[arg-type]
         desaturate=_u(rng, aug.desaturate), print_range=print_range, shadow=shadow, occlusion=occ,
         global_gain=_u(rng, aug.global_gain), gamma=_u(rng, aug.gamma), blur_sigma=_u(rng, aug.blur_sigma),
         motion_blur=motion, noise_std=_u(rng, aug.noise_std), noise_seed=int(rng.integers(2**31)),
-        jpeg_quality=jpeg,
+        jpeg_quality=jpeg, artwork=artwork, pole=pole,
+        artwork_key=None if key is None else (key[0], _ARTWORK_SPLIT_CODE[artwork_split], key[1]),
     )
+
+
+_ARTWORK_SPLIT_CODE = {"train": 1, "heldout-artwork": 2}
+_POOL_RENDER = 80  # pooled drawings are rendered once at this size (2x supersampled) and resampled
+
+
+@lru_cache(maxsize=8192)
+def _pooled_artwork(label: int, split: str, seed: int, k: int) -> ArtworkParams:
+    return sample_artwork(SIGN_CLASSES[label].name, np.random.default_rng([seed, _ARTWORK_SPLIT_CODE[split], label, k]),
+                          split)
+
+
+@lru_cache(maxsize=4096)
+def _pooled_render(label: int, art: ArtworkParams) -> np.ndarray:
+    out = render_sign_array(SIGN_CLASSES[label].name, _POOL_RENDER, supersample=2, artwork=art)
+    out.setflags(write=False)
+    return out
 
 
 @lru_cache(maxsize=32)
@@ -227,12 +268,28 @@ def _background(p: SampleParams, work: int) -> np.ndarray:
 def apply_params(p: SampleParams, size: int, work: int) -> np.ndarray:
     """Render the sample described by ``p`` as a ``size x size x 3`` float32 RGB array in [0, 1]."""
     bg = _background(p, work)
-    sign = _sign_base(p.label)
     side = max(8, int(round(max(math.dist(p.quad[0], p.quad[1]), math.dist(p.quad[1], p.quad[2])))))
-    src_img = cv2.resize(sign, (side, side), interpolation=cv2.INTER_AREA) if side < _BASE_RENDER else sign
+    if p.artwork is None:
+        sign = _sign_base(p.label)
+    elif p.artwork_key is not None:
+        sign = _pooled_render(p.label, p.artwork)
+    else:  # drawn at about its size in the work image (2x supersampled), not cached per class
+        sign = render_sign_array(SIGN_CLASSES[p.label].name, min(_BASE_RENDER, max(32, -(-side // 16) * 16)),
+                                 supersample=2, artwork=p.artwork)
+    src_img = cv2.resize(sign, (side, side), interpolation=cv2.INTER_AREA) if side < sign.shape[0] else sign
     n = src_img.shape[0]
     src = np.float32([[0, 0], [n, 0], [n, n], [0, n]])
     hom = cv2.getPerspectiveTransform(src, np.float32(p.quad))
+    if p.pole is not None:  # the pole runs down from the sign's centre in the sign's plane, behind the sign
+        width, grey = p.pole
+        corners = np.float32([[[n * (0.5 - width / 2), n * 0.5], [n * (0.5 + width / 2), n * 0.5],
+                               [n * (0.5 + width / 2), n * 3.0], [n * (0.5 - width / 2), n * 3.0]]])
+        pts = cv2.perspectiveTransform(corners, hom)[0]
+        if np.isfinite(pts).all() and np.abs(pts).max() < 50 * work:
+            mask = np.zeros((work, work), np.uint8)
+            cv2.fillConvexPoly(mask, np.round(pts * 16).astype(np.int32), 255, cv2.LINE_AA, 4)
+            m = (mask.astype(np.float32) / 255.0)[..., None]
+            bg = bg * (1 - m) + np.float32(grey) * m
     warped = cv2.warpPerspective(src_img, hom, (work, work), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                  borderValue=(0, 0, 0, 0))
     rgb, alpha = warped[..., :3], warped[..., 3:]
@@ -316,7 +373,7 @@ def generate_sample(config: DatasetConfig, index: int) -> tuple[np.ndarray, Samp
     """Sample ``index`` (label ``index % num_classes``, so datasets are class-balanced) and its parameters."""
     work = 2 * config.size
     params = sample_params(sample_rng(config, index), index % len(SIGN_CLASSES), SPLIT_PHOTOS[config.split], work,
-                           config.augment)
+                           config.augment, SPLIT_ARTWORK[config.split], config.seed)
     return apply_params(params, config.size, work), params
 
 

@@ -29,7 +29,7 @@ from testbed.device import default_device
 from testbed.errors import ConfigError
 from testbed.machine import machine_line
 from testbed.runs import write_atomic
-from worlds.signs.dataset import DatasetConfig, generate_dataset
+from worlds.signs.dataset import AugmentConfig, DatasetConfig, SignDataset, generate_dataset
 from worlds.signs.render import GTSRB_CLASS_NAMES, SIGN_CLASSES, class_names
 
 DEFAULT_COMMAND = "testbed signs train --out testbed/models/weights/sign_cnn.pt --seed 0"
@@ -41,7 +41,7 @@ class TrainConfig:
 
     data: str = "rendered"  # "rendered" | "gtsrb"
     seed: int = 0
-    n_train: int = 16000
+    n_train: int = 20000
     size: int = 32
     epochs: int = 6
     batch_size: int = 64
@@ -55,6 +55,8 @@ class TrainConfig:
     heldout_seed: int = 1
     gtsrb_root: str = "~/.cache/physical-testbed/gtsrb"
     download: bool = False
+    artwork_prob: float = 0.85  # share of samples drawn with a random artwork (render.sample_artwork), per split
+    pole_prob: float = 0.3  # share of samples with a pole below the sign
 
     def __post_init__(self) -> None:
         if self.data not in ("rendered", "gtsrb"):
@@ -66,11 +68,15 @@ class TrainConfig:
             raise ConfigError(f"invalid optimiser settings lr={self.lr}, weight_decay={self.weight_decay}, "
                               f"label_smoothing={self.label_smoothing}")
 
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(artwork_prob=self.artwork_prob, pole_prob=self.pole_prob)
+
     def train_data_config(self) -> DatasetConfig:
-        return DatasetConfig(n=self.n_train, size=self.size, split="train", seed=self.seed)
+        return DatasetConfig(n=self.n_train, size=self.size, split="train", seed=self.seed, augment=self.augment())
 
     def heldout_data_config(self) -> DatasetConfig:
-        return DatasetConfig(n=self.n_heldout, size=self.size, split="heldout", seed=self.heldout_seed)
+        return DatasetConfig(n=self.n_heldout, size=self.size, split="heldout", seed=self.heldout_seed,
+                             augment=self.augment())
 
 
 @dataclass(frozen=True)
@@ -149,15 +155,34 @@ def load_gtsrb(root: str | Path, split: str, size: int, download: bool) -> tuple
     return images, labels
 
 
-def _data(config: TrainConfig, progress: bool):
+def cached_dataset(config: DatasetConfig, cache_dir: str | Path | None, *, progress: bool = False) -> SignDataset:
+    """``generate_dataset(config)``, kept in ``cache_dir`` (checked save/load, keyed by the config's hash) so a
+    second training run on the same data does not render it again; ``cache_dir`` None: always generated."""
+    if cache_dir is None:
+        return generate_dataset(config, progress=progress)
+    from testbed.runs import load_checked, save_checked
+
+    key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
+    path = Path(cache_dir).expanduser() / f"signs-{config.split}-{key}.pt"
+    if path.is_file():
+        d = load_checked(path, what="sign dataset cache", expect=dict)
+        return SignDataset(d["images"], d["labels"], class_names(), config)
+    ds = generate_dataset(config, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checked({"images": ds.images, "labels": ds.labels}, path)
+    return ds
+
+
+def _data(config: TrainConfig, progress: bool, cache_dir: str | Path | None = None):
     if config.data == "gtsrb":
         xtr, ytr = load_gtsrb(config.gtsrb_root, "train", config.size, config.download)
         xte, yte = load_gtsrb(config.gtsrb_root, "test", config.size, config.download)
         return xtr, ytr, xte, yte, GTSRB_CLASS_NAMES, f"GTSRB test (torchvision, resized to {config.size}px)"
-    tr = generate_dataset(config.train_data_config(), progress=progress)
+    tr = cached_dataset(config.train_data_config(), cache_dir, progress=progress)
     hcfg = config.heldout_data_config()
-    te = generate_dataset(hcfg, progress=progress)
-    desc = (f"rendered signs, held-out split (photos and seeds disjoint from training), seed={hcfg.seed}, "
+    te = cached_dataset(hcfg, cache_dir, progress=progress)
+    desc = (f"rendered signs, held-out split: background photos, legend fonts and seeds disjoint from training, "
+            f"artwork split heldout-artwork for {hcfg.augment.artwork_prob:.0%} of signs, seed={hcfg.seed}, "
             f"n={hcfg.n}")
     return tr.images, tr.labels, te.images, te.labels, class_names(), desc
 
@@ -249,14 +274,16 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs:
     return history
 
 
-def train(config: TrainConfig, *, progress: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train sign-cnn from scratch as ``config`` says; returns the model, history and held-out accuracy."""
+def train(config: TrainConfig, *, progress: bool = False, log: Callable[[str], None] | None = None,
+          cache_dir: str | Path | None = None) -> TrainResult:
+    """Train sign-cnn from scratch as ``config`` says; returns the model, history and held-out accuracy.
+    ``cache_dir``: keep the rendered datasets there (see :func:`cached_dataset`)."""
     from testbed.models.signs import build_sign_cnn
 
     log = log or (lambda s: None)
     t_start = time.time()
     with deterministic(config.threads):
-        xtr, ytr, xte, yte, names, eval_desc = _data(config, progress)
+        xtr, ytr, xte, yte, names, eval_desc = _data(config, progress, cache_dir)
         log(f"data: {len(ytr)} train / {len(yte)} held-out images in {time.time() - t_start:.1f} s")
         gen = torch.Generator().manual_seed(config.seed)
         model = build_sign_cnn(len(names), config.widths, config.size)
@@ -336,13 +363,60 @@ def evaluate_checkpoint(weights: str | Path | None = None, *, data: str = "rende
             x, y = load_gtsrb(gtsrb_root, "test", size, download)
             names = GTSRB_CLASS_NAMES
         elif data == "rendered":
-            ds = generate_dataset(DatasetConfig(n=n, size=size, split="heldout", seed=seed))
+            ds = generate_dataset(DatasetConfig(n=n, size=size, split="heldout", seed=seed,
+                                                augment=TrainConfig().augment()))
             x, y, names = ds.images, ds.labels, ds.class_names
+        elif data == "independent":
+            from worlds.signs.independent import independent_set
+
+            x, y = independent_set(n, seed, size)
+            names = class_names()
         else:
-            raise ConfigError(f"data must be 'rendered' or 'gtsrb', got {data!r}")
+            raise ConfigError(f"data must be 'rendered', 'independent' or 'gtsrb', got {data!r}")
         labels = tuple(getattr(model, "labels", ()) or names)
         if model.net.num_classes != len(names):
             raise ConfigError(f"checkpoint has {model.net.num_classes} classes but the {data} data has {len(names)}")
         return evaluate(model, x, y, labels)
     finally:
         torch.set_num_threads(prev)
+
+
+#: The independent held-out set the card reports (``worlds.signs.independent``): its size and seed.
+INDEPENDENT_N = 3000
+INDEPENDENT_SEED = 0
+
+
+def independent_record(ev: EvalResult, seed: int) -> dict:
+    """The card's ``independent_eval``: top-1 / top-5 with n and Wilson 95 % intervals, per class too."""
+    from testbed.stats import wilson
+
+    per_class = {}
+    n_c = ev.n // len(ev.per_class_top1) if ev.per_class_top1 else 0
+    for name, pct in ev.per_class_top1.items():
+        r = wilson(round(pct * n_c / 100), n_c)
+        per_class[name] = {"k": r.k, "n": r.n, "top1": round(100 * r.value, 2), "low": round(100 * r.low, 2),
+                           "high": round(100 * r.high, 2)}
+    top1 = wilson(round(ev.top1 * ev.n / 100), ev.n)
+    worst = min(per_class, key=lambda k: per_class[k]["top1"]) if per_class else None
+    return {
+        "dataset": (f"independent held-out signs (worlds.signs.independent: own vector designs, matplotlib Agg, "
+                    f"unseen fonts and backgrounds), seed={seed}, n={ev.n}"),
+        "seed": seed, "n": ev.n, "k": top1.k, "top1": round(100 * top1.value, 2),
+        "top1_low": round(100 * top1.low, 2), "top1_high": round(100 * top1.high, 2), "top5": round(ev.top5, 2),
+        "lowest_class": worst, "per_class": per_class,
+        "note": "never used in training or model selection; measured after training",
+    }
+
+
+def record_independent_eval(card_path: str | Path, weights: str | Path, *, n: int = INDEPENDENT_N,
+                            seed: int = INDEPENDENT_SEED, threads: int | None = 1) -> dict:
+    """Measure ``weights`` on the independent held-out set and write the result into the model card (atomically).
+    The card's ``weights_sha256`` must be that of ``weights`` (the record belongs to those weights)."""
+    card_path, weights = Path(card_path), Path(weights)
+    card = json.loads(card_path.read_text())
+    if card.get("weights_sha256") != hashlib.sha256(weights.read_bytes()).hexdigest():
+        raise ConfigError(f"{card_path} does not describe {weights} (sha256 differs); retrain or pass the right card")
+    ev = evaluate_checkpoint(weights, data="independent", n=n, seed=seed, threads=threads)
+    card["independent_eval"] = independent_record(ev, seed)
+    write_atomic(card_path, json.dumps(card, indent=2) + "\n")
+    return card["independent_eval"]
