@@ -42,7 +42,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    summary = run_experiment(config, out, progress=args.progress)
+    from pipelines.executors import executor_from_args
+
+    summary = run_experiment(config, out, progress=args.progress, executor=executor_from_args(args))
     print(f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} resumed from {out}; "
           f"{summary.seconds:.0f} s\nreport: {out / 'report.md'}")
     return 0
@@ -166,6 +168,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=cli_types.output_dir,
                    help="run directory (default: runs/<name>); an existing one of the same config resumes")
     cli_types.add_progress_option(p)
+    from pipelines.executors import add_executor_options
+
+    add_executor_options(p)  # --executor serial|local|ray (docs/campaigns.md)
     p.set_defaults(func=_cmd_evaluate)
 
     p = subparsers.add_parser(

@@ -248,3 +248,14 @@ def test_experiment_cells_run_as_executor_tasks_equal_serial(tmp_path):
     assert json.loads((tmp_path / "tasks" / "run.json").read_text())["executor"] == "inline tasks"
     again = run_experiment(sign_cnn_experiment(), tmp_path / "tasks", progress=False, executor=_TaskExecutor())
     assert again.computed == [] and len(again.skipped) == 5
+
+
+def test_evaluate_takes_the_executor_options(tmp_path, capsys):
+    from pipelines.main import main
+
+    f = tmp_path / "e.yaml"
+    f.write_text(yaml.safe_dump(sign_cnn_experiment()))
+    assert main(["evaluate", str(f), "--out", str(tmp_path / "o"), "--executor", "ray", "--workers", "2"]) == 2
+    assert "--workers is for --executor local, not ray" in capsys.readouterr().err
+    assert main(["evaluate", str(f), "--out", str(tmp_path / "o"), "--executor", "local", "--address", "auto"]) == 2
+    assert "--address is for --executor ray" in capsys.readouterr().err
