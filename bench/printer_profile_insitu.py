@@ -47,13 +47,14 @@ def in_situ(run: Path, strength: float, photos: int, seed: int, preset: str, fra
     from camera.printer_profile import ColourError, transform_u8
     from camera.simulated import InSituConfig, InSituPatch
     from testbed.models.registry import get_entry, get_model
-    from testbed.runs import load_checked, read_json_file
+    from testbed.runs import read_json_file
     from testbed.stats import rate
 
     t0 = time.perf_counter()
     config, metrics = read_json_file(run / "config.json", "config"), read_json_file(run / "metrics.json", "metrics")
-    patch = load_checked(run / "perturbation.pt", what="patch", expect=torch.Tensor)
-    mask = load_checked(run / "mask.pt", what="mask", expect=torch.Tensor)
+    # the run's own tensors (plain tensors, weights_only: nothing in them runs)
+    patch = torch.load(run / "perturbation.pt", map_location="cpu", weights_only=True)
+    mask = torch.load(run / "mask.pt", map_location="cpu", weights_only=True)
     model_name = metrics.get("model") or config.get("model")
     target = int(metrics.get("target", config.get("target")))
     entry, model = get_entry(model_name), get_model(model_name)
