@@ -155,8 +155,9 @@ class SimulatedPrinter:
         """:meth:`print_linear` for an 8-bit page raster (HxWx3 uint8 RGB, what a printer driver receives).
 
         The same model, computed with OpenCV per-pixel ops (a LUT for sRGB decoding, ``cv2.transform`` for the
-        saturation matrix, one table lookup for halftone + ink/paper reflectance), and only inside the bounding
-        box of non-white pixels (bare paper elsewhere): ~10x faster than the float path on a sheet.
+        saturation matrix, one table lookup for halftone + ink/paper reflectance). Bare paper (255) stays paper and,
+        when halftoning, solid black (0, 0, 0) is full ink whatever the screen (every dot inked), so the full model
+        runs only over the bounding box, per band of rows, of the other pixels (the image, anti-aliased text).
         """
         if page.dtype != np.uint8 or page.ndim != 3 or page.shape[2] != 3:
             raise ImageError(f"page must be an HxWx3 uint8 array, got {page.dtype} {page.shape}")
@@ -167,11 +168,31 @@ class SimulatedPrinter:
         else:
             out = cv2.merge([np.full((H, W), v, np.float32) for v in p.paper])
         white = cv2.inRange(page, (255, 255, 255), (255, 255, 255))  # 255 where bare paper
-        ink_rows = np.flatnonzero(cv2.reduce(white, 1, cv2.REDUCE_MIN).ravel() == 0)
-        if not len(ink_rows):
+        if not p.halftone_cell:
+            ink_rows = np.flatnonzero(cv2.reduce(white, 1, cv2.REDUCE_MIN).ravel() == 0)
+            if len(ink_rows):
+                ink_cols = np.flatnonzero(cv2.reduce(white[ink_rows[0]:ink_rows[-1] + 1], 0,
+                                                     cv2.REDUCE_MIN).ravel() == 0)
+                self._print_block(page, out, ink_rows[0], ink_rows[-1] + 1, ink_cols[0], ink_cols[-1] + 1, 1)
             return out
-        ink_cols = np.flatnonzero(cv2.reduce(white[ink_rows[0]:ink_rows[-1] + 1], 0, cv2.REDUCE_MIN).ravel() == 0)
-        y0, y1, x0, x1 = ink_rows[0], ink_rows[-1] + 1, ink_cols[0], ink_cols[-1] + 1
+        black = cv2.inRange(page, (0, 0, 0), (0, 0, 0))
+        if black.any():
+            out[black > 0] = np.array(p.black, np.float32)
+        other = cv2.bitwise_not(cv2.bitwise_or(white, black))  # 255 where neither paper nor solid ink
+        band = 64
+        rows_any = cv2.reduce(other, 1, cv2.REDUCE_MAX).ravel()
+        for y0 in range(0, H, band):
+            y1 = min(H, y0 + band)
+            if not rows_any[y0:y1].any():
+                continue
+            cols = np.flatnonzero(cv2.reduce(other[y0:y1], 0, cv2.REDUCE_MAX).ravel())
+            self._print_block(page, out, y0, y1, int(cols[0]), int(cols[-1]) + 1, int(dots_per_px))
+        return out
+
+    def _print_block(self, page: np.ndarray, out: np.ndarray, y0: int, y1: int, x0: int, x1: int, b: int) -> None:
+        """The full printer model on ``page[y0:y1, x0:x1]``, written into ``out`` (halftone screen phase from the
+        absolute position, so blocks tile exactly)."""
+        p = self.params
         lin = cv2.LUT(np.ascontiguousarray(page[y0:y1, x0:x1]), _srgb_to_linear_table())
         w = np.array([0.2126, 0.7152, 0.0722], np.float32)
         m = p.saturation * np.eye(3, dtype=np.float32) + (1 - p.saturation) * np.outer(np.ones(3, np.float32), w)
@@ -182,13 +203,11 @@ class SimulatedPrinter:
         n = p.halftone_cell
         if not n:
             out[y0:y1, x0:x1] = black + (paper - black) * t
-            return out
-        b = int(dots_per_px)
+            return
         nn = n * n
         g = n // math.gcd(n, b)
         # reflectance table per channel: [class, q] -> black + (paper - black) * (1 - ink fraction)
         refl = black[:, None, None] + (paper - black)[:, None, None] * (1.0 - self._block_table(b))
-        hh, ww = y1 - y0, x1 - x0
         cls = (((np.arange(y0, y1) % g)[:, None] * g + (np.arange(x0, x1) % g)[None, :]) * (nn + 1)).astype(np.int32)
         t *= np.float32(-nn)
         t += np.float32(nn - 0.5)  # coverage * n^2 - 0.5
@@ -199,7 +218,6 @@ class SimulatedPrinter:
             qc = qi[..., c]
             qc += cls
             out[y0:y1, x0:x1, c] = np.take(refl[c].ravel(), qc)
-        return out
 
     def print_linear(self, page_srgb: np.ndarray, dots_per_px: int = 1) -> np.ndarray:
         """A page raster (HxWx3 sRGB float) as printed: linear reflectance of each raster pixel's area.
@@ -244,12 +262,38 @@ class SimCameraConfig:
     shot_noise: tuple[float, float] = (0.0, 0.0004)  # variance per unit signal
     jpeg_quality: tuple[int, int] = (75, 95)
     pixel_sigma: float = 0.4  # pixel aperture (box ~ 0.29) + lens MTF, as one Gaussian (frame px), before sampling
+    # what real cameras do before the sensor data becomes a JPEG (off in the legacy presets 'default'/'mild'/'harsh'):
+    auto_exposure: bool = False  # meter the frame: mean to ae_mid, highlights (98th pct) at most ae_high; `exposure`
+    ae_mid: float = 0.18  # is then the metering error (a gain around 1)
+    ae_high: float = 0.9
+    illuminant: float = 0.0  # colour of the light: red/blue gains in [1 - x, 1 + x] (drawn only when > 0)
+    auto_white_balance: bool = False  # white-patch AWB on the brightest 5% of the frame; `white_balance` = residual
+    auto_black_level: bool = False  # the ISP maps the frame's darkest 0.5% to black (auto levels)
+    saturation_boost: tuple[float, float] = (1.0, 1.0)  # the ISP's colour saturation (linear, around luminance)
+    sharpen: tuple[float, float] = (0.0, 0.0)  # the ISP's unsharp mask amount (sigma 1 px), drawn only when > 0
 
     @staticmethod
     def preset(name: str, **overrides: Any) -> "SimCameraConfig":
-        """'default' (a hand-held phone photo), 'mild' (a careful photo: head-on, sharp, good JPEG) or 'harsh'."""
+        """A named set of ranges (``PRESETS``): 'phone' (Kurakin et al.'s phone photo of a printed page, calibrated),
+        'webcam' (a webcam 1-2 m away), 'harsh' (stress), and the legacy uncalibrated 'default' and 'mild'."""
         presets: dict[str, dict[str, Any]] = {
             "default": {},
+            # Kurakin et al. 2016: a phone photo of a printed page, the page filling most of the frame, held roughly
+            # square to it, good light; the phone meters the frame (auto-exposure) and white-balances it, then
+            # writes a high-quality JPEG. Calibrated against the paper's clean photo accuracy (docs/harness.md).
+            "phone": dict(sheet_height_frac=(0.8, 0.95), max_tilt_deg=15.0, rotation_deg=(-8.0, 8.0),
+                          focal_frac=(0.9, 1.3), auto_exposure=True, ae_mid=0.45, exposure=(0.85, 1.1), illuminant=0.12,
+                          auto_white_balance=True, white_balance=0.03, auto_black_level=True,
+                          saturation_boost=(1.05, 1.2), sharpen=(0.3, 0.7), gradient=(0.0, 0.1),
+                          blur_probs=(0.7, 0.3, 0.0), defocus_radius=(1, 1), read_noise=(0.002, 0.005),
+                          shot_noise=(0.0, 0.0002), jpeg_quality=(88, 96)),
+            # a webcam 1-2 m from the object: small in the frame, softer optics, more noise, stronger compression
+            "webcam": dict(sheet_height_frac=(0.35, 0.6), max_tilt_deg=25.0, rotation_deg=(-10.0, 10.0),
+                           auto_exposure=True, exposure=(0.8, 1.15), illuminant=0.15, auto_white_balance=True,
+                           white_balance=0.05, auto_black_level=True, saturation_boost=(1.0, 1.15), sharpen=(0.2, 0.5),
+                           gradient=(0.0, 0.15), blur_probs=(0.4, 0.5, 0.1),
+                           defocus_radius=(1, 2), motion_length=(3, 5), read_noise=(0.004, 0.012),
+                           shot_noise=(0.0001, 0.0006), jpeg_quality=(70, 90)),
             "mild": dict(max_tilt_deg=12.0, rotation_deg=(-8.0, 8.0), blur_probs=(0.6, 0.4, 0.0),
                          defocus_radius=(1, 1), gradient=(0.0, 0.05), read_noise=(0.001, 0.004),
                          shot_noise=(0.0, 0.0001), jpeg_quality=(90, 98)),
@@ -286,6 +330,11 @@ class SimCameraConfig:
             raise ConfigError(f"jpeg_quality {self.jpeg_quality} must satisfy 1 <= lo <= hi <= 100")
         if not 0 <= self.pixel_sigma <= 3:
             raise ConfigError(f"pixel_sigma must be in [0, 3] frame px, got {self.pixel_sigma}")
+        if not (0 < self.ae_mid < self.ae_high <= 1.5):
+            raise ConfigError(f"auto-exposure targets must satisfy 0 < ae_mid < ae_high <= 1.5, got "
+                              f"{self.ae_mid}, {self.ae_high}")
+        if not 0 <= self.illuminant < 0.5:
+            raise ConfigError(f"illuminant must be in [0, 0.5), got {self.illuminant}")
         return self
 
 
@@ -312,13 +361,57 @@ class SimParams:
     shot_noise: float
     noise_seed: int
     jpeg_quality: int
+    auto_exposure: bool = False
+    ae_mid: float = 0.18
+    ae_high: float = 0.9
+    illuminant_gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    auto_white_balance: bool = False
+    auto_black_level: bool = False
+    saturation: float = 1.0
+    sharpen: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "SimParams":
+        d = dict(d)
+        for k in ("scene_offset", "wb_gains", "illuminant_gains"):
+            if k in d:
+                d[k] = tuple(d[k])
         return SimParams(**d)
+
+
+def draw_optics(rng: np.random.Generator, c: SimCameraConfig) -> dict[str, Any]:
+    """The photo's lighting, optics, sensor and JPEG parameters (every ``SimParams`` field but the pose), drawn
+    from ``c``'s ranges in a fixed order (the legacy presets' streams are unchanged: the auto-exposure / white
+    balance fields draw nothing, the illuminant draws only when ``c.illuminant`` > 0)."""
+    blur = ("none", "defocus", "motion")[int(rng.choice(3, p=np.array(c.blur_probs)))]
+    blur_size = 0
+    if blur == "defocus":
+        blur_size = int(rng.integers(c.defocus_radius[0], c.defocus_radius[1] + 1))
+    elif blur == "motion":
+        blur_size = int(rng.integers(c.motion_length[0], c.motion_length[1] + 1)) | 1
+    wb = (float(rng.uniform(1 - c.white_balance, 1 + c.white_balance)), 1.0,
+          float(rng.uniform(1 - c.white_balance, 1 + c.white_balance)))
+    out = dict(exposure=float(rng.uniform(*c.exposure)), wb_gains=wb,
+               gradient_amp=float(rng.uniform(*c.gradient)), gradient_angle=float(rng.uniform(0, 2 * math.pi)),
+               blur=blur, blur_size=blur_size, blur_angle=float(rng.uniform(0, 180)),
+               read_noise=float(rng.uniform(*c.read_noise)), shot_noise=float(rng.uniform(*c.shot_noise)),
+               noise_seed=int(rng.integers(2**31 - 1)),
+               jpeg_quality=int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)),
+               auto_exposure=bool(c.auto_exposure), ae_mid=float(c.ae_mid), ae_high=float(c.ae_high),
+               auto_white_balance=bool(c.auto_white_balance))
+    if c.illuminant > 0:
+        out["illuminant_gains"] = (float(rng.uniform(1 - c.illuminant, 1 + c.illuminant)), 1.0,
+                                   float(rng.uniform(1 - c.illuminant, 1 + c.illuminant)))
+    if c.auto_black_level:
+        out["auto_black_level"] = True
+    if tuple(c.saturation_boost) != (1.0, 1.0):
+        out["saturation"] = float(rng.uniform(*c.saturation_boost))
+    if c.sharpen[1] > 0:
+        out["sharpen"] = float(rng.uniform(*c.sharpen))
+    return out
 
 
 def _rot(ax: str, deg: float) -> np.ndarray:
@@ -401,23 +494,8 @@ class SimulatedCamera(FrameSource):
             u_off = rng.uniform(size=2)
         if hom is None:
             raise ConfigError("could not place the page inside the frame; lower sheet_height_frac")
-        blur = ("none", "defocus", "motion")[int(rng.choice(3, p=np.array(c.blur_probs)))]
-        blur_size = 0
-        if blur == "defocus":
-            blur_size = int(rng.integers(c.defocus_radius[0], c.defocus_radius[1] + 1))
-        elif blur == "motion":
-            blur_size = int(rng.integers(c.motion_length[0], c.motion_length[1] + 1)) | 1
-        wb = (float(rng.uniform(1 - c.white_balance, 1 + c.white_balance)), 1.0,
-              float(rng.uniform(1 - c.white_balance, 1 + c.white_balance)))
-        return SimParams(
-            index=int(index), scene=scene, scene_offset=scene_offset, homography_mm=hom.tolist(),
-            tilt_x_deg=tx, tilt_y_deg=ty, rotation_deg=rot, focal_px=f,
-            exposure=float(rng.uniform(*c.exposure)), wb_gains=wb,
-            gradient_amp=float(rng.uniform(*c.gradient)), gradient_angle=float(rng.uniform(0, 2 * math.pi)),
-            blur=blur, blur_size=blur_size, blur_angle=float(rng.uniform(0, 180)),
-            read_noise=float(rng.uniform(*c.read_noise)), shot_noise=float(rng.uniform(*c.shot_noise)),
-            noise_seed=int(rng.integers(2**31 - 1)), jpeg_quality=int(rng.integers(c.jpeg_quality[0],
-                                                                                   c.jpeg_quality[1] + 1)))
+        return SimParams(index=int(index), scene=scene, scene_offset=scene_offset, homography_mm=hom.tolist(),
+                         tilt_x_deg=tx, tilt_y_deg=ty, rotation_deg=rot, focal_px=f, **draw_optics(rng, c))
 
     def _homography(self, tx: float, ty: float, rot: float, f: float, frac: float, u_off: np.ndarray,
                     W: int, H: int) -> np.ndarray | None:
@@ -459,10 +537,6 @@ class SimulatedCamera(FrameSource):
 
     def render(self, params: SimParams) -> tuple[torch.Tensor, dict[str, Any]]:
         """Apply ``params``: the frame (1x3xHxW RGB in [0, 1]) and metadata with the true corner positions."""
-        import albumentations.augmentations.blur.functional as abf
-
-        from testbed.imageio import jpeg_round_trip
-
         cfg = self.config
         W, H = cfg.frame_size
         hom = np.asarray(params.homography_mm, np.float64) @ self.page_px_to_mm()  # page px -> frame px
@@ -505,34 +579,7 @@ class SimulatedCamera(FrameSource):
             warped -= roi
             warped *= a
             roi += warped
-        # lighting: exposure x white balance x a linear brightness ramp (rank-1 construction, one multiply)
-        ca, sa = math.cos(params.gradient_angle), math.sin(params.gradient_angle)
-        k = params.gradient_amp / (0.5 * math.hypot(W, H))
-        ramp = (1.0 + k * ((np.arange(H, dtype=np.float32) - H / 2) * sa)[:, None]
-                + k * ((np.arange(W, dtype=np.float32) - W / 2) * ca)[None, :]).astype(np.float32)
-        light = cv2.merge([ramp * np.float32(params.exposure * g) for g in params.wb_gains])
-        cv2.multiply(lin, light, dst=lin)
-        # optics blur (albumentations kernels)
-        if params.blur == "defocus" and params.blur_size > 0:
-            lin = abf.convolve(lin, kernel=_defocus_kernel(params.blur_size, 0.3))
-        elif params.blur == "motion" and params.blur_size > 1:
-            lin = abf.convolve(lin, kernel=_motion_kernel(params.blur_size, params.blur_angle))
-        srgb = _encode_srgb(lin)
-        # sensor noise, read + shot (variance read^2 + shot * signal), in the encoded domain; Gaussian draws by
-        # inverse-CDF lookup of uniform bytes from the frame's own numpy Generator (no global RNG)
-        nrng = np.random.default_rng(params.noise_seed)
-        sigma = srgb * np.float32(params.shot_noise)
-        sigma += np.float32(params.read_noise ** 2)
-        cv2.sqrt(sigma, dst=sigma)
-        z = cv2.LUT(np.frombuffer(nrng.bytes(srgb.size), np.uint8).reshape(srgb.shape), _normal_table())
-        cv2.multiply(sigma, z, dst=sigma)
-        srgb += sigma
-        u8 = cv2.convertScaleAbs(srgb, alpha=255.0)  # round + saturate to uint8
-        u8 = jpeg_round_trip(u8, params.jpeg_quality)  # the project's one reference JPEG (the same bytes as OpenCV's)
-        image = torch.empty((1, 3, H, W), dtype=torch.float32)
-        out = image.numpy()
-        for c, plane in enumerate(cv2.split(u8)):  # R, G, B planes (contiguous CHW)
-            np.multiply(plane, np.float32(1 / 255), out=out[0, c], dtype=np.float32)
+        image, develop = develop_frame(lin, params)
         page_corners = self.project_mm(params, [[0, 0], [self.page_w_mm, 0], [self.page_w_mm, self.page_h_mm],
                                                 [0, self.page_h_mm]])
         objects = {}
@@ -540,7 +587,7 @@ class SimulatedCamera(FrameSource):
             x, y, w, h = o["x_mm"], o["y_mm"], o["width_mm"], o["height_mm"]
             objects[o["name"]] = self.project_mm(params, [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]).tolist()
         meta = {"params": params.to_dict(), "page_corners_px": page_corners.tolist(), "objects": objects,
-                "printer": asdict(self.printer.params)}
+                "printer": asdict(self.printer.params), "develop": develop}
         return image, meta
 
     def project_mm(self, params: SimParams, points_mm: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -555,6 +602,81 @@ class SimulatedCamera(FrameSource):
         q = p @ h.T
         J = (h[None, :2, :2] * q[:, 2, None, None] - q[:, :2, None] * h[None, 2:3, :2]) / q[:, 2, None, None] ** 2
         return np.linalg.svd(J, compute_uv=False)[:, 0]
+
+
+def develop_frame(lin: np.ndarray, params: SimParams) -> tuple[torch.Tensor, dict[str, float]]:
+    """The camera after the optics' geometry: light the linear frame ``lin`` (HxWx3 float32, modified in place),
+    meter it (auto-exposure / white balance, when the params say so), blur, encode to sRGB, add sensor noise and
+    write a JPEG. Returns the frame (1x3xHxW RGB in [0, 1]) and what the metering chose."""
+    import albumentations.augmentations.blur.functional as abf
+
+    from testbed.imageio import jpeg_round_trip
+
+    H, W = lin.shape[:2]
+    # lighting: exposure x white balance x a linear brightness ramp (rank-1 construction, one multiply)
+    ca, sa = math.cos(params.gradient_angle), math.sin(params.gradient_angle)
+    k = params.gradient_amp / (0.5 * math.hypot(W, H))
+    ramp = (1.0 + k * ((np.arange(H, dtype=np.float32) - H / 2) * sa)[:, None]
+            + k * ((np.arange(W, dtype=np.float32) - W / 2) * ca)[None, :]).astype(np.float32)
+    gains = np.array(params.illuminant_gains, np.float64)
+    exposure = float(params.exposure)
+    info: dict[str, Any] = {}
+    black = 0.0
+    if params.auto_exposure or params.auto_white_balance or params.auto_black_level:
+        # metering on a 1/64 subsample of the frame as the light reaches the sensor (illuminant and ramp included)
+        sub = lin[::8, ::8].astype(np.float64) * ramp[::8, ::8, None] * gains
+        lum = sub @ np.array([0.2126, 0.7152, 0.0722])
+        if params.auto_white_balance:  # white patch: the brightest 5% should be neutral
+            top = sub[lum >= np.percentile(lum, 95)].mean(0)
+            corr = np.clip(top[1] / np.maximum(top, 1e-6), 0.7, 1.4)  # a camera's AWB covers plausible lights only
+            gains = gains * corr
+            sub = sub * corr
+            lum = sub @ np.array([0.2126, 0.7152, 0.0722])
+            info["awb_gains"] = [round(float(v), 5) for v in corr]
+        if params.auto_exposure:  # average metering to middle grey, highlights protected
+            ae = min(params.ae_mid / max(float(lum.mean()), 1e-6),
+                     params.ae_high / max(float(np.percentile(lum, 98)), 1e-6))
+            exposure *= ae
+            info["ae_gain"] = round(float(ae), 5)
+        if params.auto_black_level:
+            black = min(0.2, 0.95 * float(np.percentile(lum, 0.5)) * exposure)  # the darkest 0.5% -> ~black
+            info["black_level"] = round(black, 6)
+    info["exposure"] = round(exposure, 6)
+    gains = gains * np.array(params.wb_gains, np.float64)
+    light = cv2.merge([ramp * np.float32(exposure * g) for g in gains])
+    cv2.multiply(lin, light, dst=lin)
+    if black > 0 or params.saturation != 1.0:  # the ISP: levels and saturation, one 3x4 colour transform
+        y = np.array([0.2126, 0.7152, 0.0722])
+        m = params.saturation * np.eye(3) + (1 - params.saturation) * np.outer(np.ones(3), y)
+        m /= 1.0 - black
+        lin = cv2.transform(lin, np.hstack([m, np.full((3, 1), -black / (1.0 - black))]).astype(np.float32))
+        np.maximum(lin, 0.0, out=lin)
+    # optics blur (albumentations kernels)
+    if params.blur == "defocus" and params.blur_size > 0:
+        lin = abf.convolve(lin, kernel=_defocus_kernel(params.blur_size, 0.3))
+    elif params.blur == "motion" and params.blur_size > 1:
+        lin = abf.convolve(lin, kernel=_motion_kernel(params.blur_size, params.blur_angle))
+    if params.sharpen > 0:  # the ISP's unsharp mask
+        soft = cv2.GaussianBlur(lin, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE)
+        lin = cv2.addWeighted(lin, 1.0 + params.sharpen, soft, -params.sharpen, 0.0)
+        np.maximum(lin, 0.0, out=lin)
+    srgb = _encode_srgb_fast(lin)
+    # sensor noise, read + shot (variance read^2 + shot * signal), in the encoded domain; Gaussian draws by
+    # inverse-CDF lookup of uniform bytes from the frame's own numpy Generator (no global RNG)
+    nrng = np.random.default_rng(params.noise_seed)
+    sigma = srgb * np.float32(params.shot_noise)
+    sigma += np.float32(params.read_noise ** 2)
+    cv2.sqrt(sigma, dst=sigma)
+    z = cv2.LUT(np.frombuffer(nrng.bytes(srgb.size), np.uint8).reshape(srgb.shape), _normal_table())
+    cv2.multiply(sigma, z, dst=sigma)
+    srgb += sigma
+    u8 = cv2.convertScaleAbs(srgb, alpha=255.0)  # round + saturate to uint8
+    u8 = jpeg_round_trip(u8, params.jpeg_quality)  # the project's one reference JPEG (the same bytes as OpenCV's)
+    image = torch.empty((1, 3, H, W), dtype=torch.float32)
+    out = image.numpy()
+    for c, plane in enumerate(cv2.split(u8)):  # R, G, B planes (contiguous CHW)
+        np.multiply(plane, np.float32(1 / 255), out=out[0, c], dtype=np.float32)
+    return image, info
 
 
 @functools.lru_cache(maxsize=1)
@@ -585,11 +707,31 @@ def _srgb_to_linear_table() -> np.ndarray:
     return srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
 
 
+#: sRGB's 1.055 x^(1/2.4) - 0.055 as a x^(1/2) + b x^(1/4) + c x^(1/8) + d x (least squares on [0.0031308, 1.2]):
+#: within 0.03/255 of the exact curve, and three square roots cost ~1/8 of one ``np.power`` on a frame
+_SRGB_ROOTS = (0.64211402, 0.71294505, -0.33735899, -0.01769342)
+
+
 def _encode_srgb(lin: np.ndarray) -> np.ndarray:
     """sRGB encoding of non-negative linear float32 (values > 1 stay > 1; they saturate at uint8 conversion)."""
     out = np.power(lin, np.float32(1 / 2.4))
     out *= np.float32(1.055)
     out -= np.float32(0.055)
+    dark = lin <= 0.0031308
+    if dark.any():
+        out[dark] = lin[dark] * np.float32(12.92)
+    return out
+
+
+def _encode_srgb_fast(lin: np.ndarray) -> np.ndarray:
+    """:func:`_encode_srgb` within 0.03/255 (``_SRGB_ROOTS``), for the camera's frames before 8-bit quantisation."""
+    a, b, c, d = _SRGB_ROOTS
+    s1 = cv2.sqrt(lin)
+    s2 = cv2.sqrt(s1)
+    s3 = cv2.sqrt(s2)
+    out = cv2.addWeighted(s1, a, s2, b, 0.0)
+    cv2.scaleAdd(s3, c, out, dst=out)
+    cv2.scaleAdd(lin, d, out, dst=out)
     dark = lin <= 0.0031308
     if dark.any():
         out[dark] = lin[dark] * np.float32(12.92)
@@ -761,3 +903,244 @@ def replay_print_photograph(image: torch.Tensor, record: dict[str, Any],
     layout = _SheetLayout(image.shape[-2], image.shape[-1], cfg)
     out, _ = _photograph_one(image[0].cpu(), layout, PrinterParams(**pr), cfg.camera_config(), sim, 0, "replay")
     return out.to(image.device)
+
+
+# ------------------------------------------------------------------------------- in situ: the patch in the scene
+@dataclass
+class InSituConfig:
+    """A printed patch photographed where it is used: cut out along its mask, lying in a scene at its physical
+    size, the whole scene photographed by :class:`SimulatedCamera`'s develop stage (``preset``), and the frame
+    classified as the model sees a photo (resize the short side to 256/224 x input, centre crop).
+
+    Geometry: the scene is a plane textured with a shipped photo. At the nominal distance the model's centre crop
+    of the frame spans the photo's own canonical crop, in which the patch (``width_mm`` wide) covers ``area`` of
+    the model's input; ``zoom`` draws the apparent size relative to that (<= 1: the camera is never closer, so the
+    patch never covers more than ``area``). The plane is tilted about x and y (``max_tilt_deg``), the camera rolled
+    (``roll_deg``), aimed within ``aim`` x the view of the centre; the patch lies anywhere in the nominal view,
+    rotated by up to ``patch_rotation_deg``. The print's paper white is lit like the scene's bright surfaces
+    (``paper_light``, relative to the photo's linear scale). None of this is the EOT code the attacks optimise over.
+    """
+
+    preset: str = "phone"
+    frame_size: tuple[int, int] = (640, 480)  # the model's crop of it is 420 px: ~2x its 224-px input
+    width_mm: float = 60.0
+    area: float = 0.1
+    zoom: tuple[float, float] = (0.8, 1.0)
+    max_tilt_deg: float = 30.0
+    roll_deg: tuple[float, float] = (-10.0, 10.0)
+    aim: float = 0.1
+    patch_rotation_deg: float = 22.5
+    paper_light: tuple[float, float] = (0.7, 1.0)
+    focal_frac: tuple[float, float] = (0.8, 1.4)
+    raster_dpi: float = 300.0
+    printer_dpi: float = 600.0
+    halftone_cell: int = 16
+    sample_printer: bool = True
+    input_size: int = 224
+    camera: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "InSituConfig":
+        if not (isinstance(self.width_mm, (int, float)) and 5 <= self.width_mm <= 1000):
+            raise ConfigError(f"in-situ width_mm must be a printed width in [5, 1000] mm, got {self.width_mm!r}")
+        if not 0 < self.area < 1:
+            raise ConfigError(f"in-situ area must be in (0, 1), got {self.area}")
+        lo, hi = self.zoom
+        if not 0.2 <= lo <= hi <= 3:
+            raise ConfigError(f"in-situ zoom {self.zoom} must satisfy 0.2 <= lo <= hi <= 3")
+        if not 0 <= self.max_tilt_deg < 70:
+            raise ConfigError(f"in-situ max_tilt_deg must be in [0, 70), got {self.max_tilt_deg}")
+        lo, hi = self.paper_light
+        if not 0 < lo <= hi <= 2:
+            raise ConfigError(f"in-situ paper_light {self.paper_light} must satisfy 0 < lo <= hi <= 2")
+        if not 16 <= int(self.input_size) <= 1024:
+            raise ConfigError(f"in-situ input_size must be in [16, 1024], got {self.input_size}")
+        from printouts.sheets import check_dpi
+
+        check_dpi(self.raster_dpi)
+        PrinterParams(halftone_cell=self.halftone_cell, dpi=self.printer_dpi).validate()
+        self.camera_config()
+        return self
+
+    def camera_config(self) -> SimCameraConfig:
+        return SimCameraConfig.preset(self.preset, frame_size=tuple(self.frame_size), **(self.camera or {}))
+
+
+@dataclass
+class InSituShot:
+    """One in-situ photo: the frame (1x3xHxW), what the model sees of it (1x3xSxS), the same without the patch
+    (``clean_view``, when asked for) and the JSON-serialisable record (``params``)."""
+
+    frame: torch.Tensor
+    view: torch.Tensor
+    clean_view: torch.Tensor | None
+    params: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=24)
+def _photo_linear(name: str) -> np.ndarray:
+    """A shipped photo at its own resolution in linear light (cached, read-only)."""
+    from testbed.photos import load_photo
+
+    x = srgb_to_linear(load_photo(name)[0].permute(1, 2, 0).numpy())
+    x.flags.writeable = False
+    return x
+
+
+class InSituPatch:
+    """Prints one patch (``patch`` 1x3xSxS in [0, 1], ``mask`` 1x1xSxS) cut along its mask and photographs it
+    lying in scenes: :meth:`shoot` (scene name, seed, index) -> :class:`InSituShot`; any shot replays from its
+    record with :meth:`replay`."""
+
+    def __init__(self, patch: torch.Tensor, mask: torch.Tensor, config: InSituConfig | None = None) -> None:
+        from printouts.sheets import _to_soft_mask, mask_edge
+
+        if not isinstance(patch, torch.Tensor) or patch.ndim != 4 or patch.shape[:2] != (1, 3):
+            raise ImageError(f"patch must be a 1x3xHxW tensor, got {getattr(patch, 'shape', type(patch))}")
+        self.config = (config or InSituConfig()).validate()
+        self.cam_cfg = self.config.camera_config()
+        h, w = patch.shape[-2:]
+        soft = _to_soft_mask(mask, (h, w))
+        if float(soft.mean()) <= 0:
+            raise ImageError("the patch mask is empty")
+        self.mask_fraction = float(soft.mean())
+        cfg = self.config
+        # the printer driver's raster: each patch pixel replicated to about raster_dpi (integer factor, nearest, as
+        # the sheet writer does), the cut following the mask's edge at that resolution
+        up = max(1, int(round(cfg.width_mm / max(h, w) * cfg.raster_dpi / 25.4)))
+        rgb = np.clip(patch[0].detach().float().cpu().numpy() * 255 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        self.raster = np.ascontiguousarray(np.repeat(np.repeat(rgb, up, 0), up, 1))
+        self.cut = mask_edge(soft, up).astype(np.float32)
+        self.raster[self.cut == 0] = 255  # cut away: nothing printed outside the edge
+        self.up = up
+        self.raster_dpi = 25.4 * self.raster.shape[1] / cfg.width_mm
+        self.pitch_mm = cfg.width_mm / self.raster.shape[1]
+        # the patch side in the model's canonical view: mask area / view area = cfg.area
+        S = int(cfg.input_size)
+        self.side_px = (cfg.area * S * S / self.mask_fraction) ** 0.5 * (w / max(h, w))
+        self.view_mm = cfg.width_mm * S / self.side_px  # the model's canonical view of the scene, in mm
+
+    # -- sampling
+    def sample(self, scene: str, seed: int, index: int) -> dict[str, Any]:
+        """One photo's parameters from ``numpy.random.default_rng([seed, index])`` (JSON-serialisable)."""
+        cfg, c = self.config, self.cam_cfg
+        rng = np.random.default_rng([int(seed), int(index)])
+        printer = PrinterParams.sample(rng) if cfg.sample_printer else PrinterParams()
+        printer = PrinterParams(**{**asdict(printer), "halftone_cell": cfg.halftone_cell, "dpi": cfg.printer_dpi})
+        V, half = self.view_mm, cfg.width_mm / 2
+        lim = max(0.0, V / 2 - half)
+        rec = {
+            "scene": scene, "seed": int(seed), "index": int(index), "printer": asdict(printer),
+            "patch_centre_mm": [float(rng.uniform(-lim, lim)), float(rng.uniform(-lim, lim))],
+            "patch_rotation_deg": float(rng.uniform(-cfg.patch_rotation_deg, cfg.patch_rotation_deg)),
+            "zoom": float(rng.uniform(*cfg.zoom)),
+            "tilt_x_deg": float(rng.uniform(-cfg.max_tilt_deg, cfg.max_tilt_deg)),
+            "tilt_y_deg": float(rng.uniform(-cfg.max_tilt_deg, cfg.max_tilt_deg)),
+            "roll_deg": float(rng.uniform(*cfg.roll_deg)),
+            "aim_mm": [float(rng.uniform(-cfg.aim, cfg.aim) * V), float(rng.uniform(-cfg.aim, cfg.aim) * V)],
+            "focal_px": float(rng.uniform(*cfg.focal_frac)) * c.frame_size[0],
+            "paper_light": float(rng.uniform(*cfg.paper_light)),
+        }
+        optics = draw_optics(rng, c)
+        rec["camera"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in optics.items()}
+        return rec
+
+    # -- geometry
+    def _plane_to_frame(self, rec: dict[str, Any]) -> np.ndarray:
+        """Homography scene-plane mm (origin: the canonical view's centre) -> frame px (pixel centres)."""
+        W, H = self.cam_cfg.frame_size
+        f = rec["focal_px"]
+        R = _rot("z", rec["roll_deg"]) @ _rot("y", rec["tilt_y_deg"]) @ _rot("x", rec["tilt_x_deg"])
+        crop_px = H * 224.0 / 256.0  # the model's centre crop of the frame (short side 256 -> crop 224)
+        z = f * (self.view_mm / rec["zoom"]) / crop_px
+        ax, ay = rec["aim_mm"]
+        t = -R[:, :2] @ np.array([ax, ay]) + np.array([0.0, 0.0, z])
+        K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]])
+        return K @ np.column_stack([R[:, 0], R[:, 1], t])
+
+    def _patch_to_plane(self, rec: dict[str, Any]) -> np.ndarray:
+        """Homography patch-raster px (pixel centres) -> scene-plane mm."""
+        n_h, n_w = self.raster.shape[:2]
+        a = math.radians(rec["patch_rotation_deg"])
+        cx, cy = rec["patch_centre_mm"]
+        k = self.pitch_mm
+        centre = np.array([[k, 0, -k * (n_w - 1) / 2], [0, k, -k * (n_h - 1) / 2], [0, 0, 1.0]])
+        rot = np.array([[math.cos(a), -math.sin(a), cx], [math.sin(a), math.cos(a), cy], [0, 0, 1.0]])
+        return rot @ centre
+
+    def _scene_to_plane(self, scene: str) -> np.ndarray:
+        """Homography scene-photo px (its own resolution) -> plane mm: its canonical crop spans the view."""
+        h, w = _photo_linear(scene).shape[:2]
+        k = self.view_mm / (min(h, w) * 224.0 / 256.0)  # mm per photo pixel
+        return np.array([[k, 0, -k * (w - 1) / 2], [0, k, -k * (h - 1) / 2], [0, 0, 1.0]])
+
+    # -- rendering
+    def shoot(self, scene: str, seed: int, index: int, clean: bool = False) -> InSituShot:
+        """Draw and render one photo of the patch in ``scene`` (also the same photo without it if ``clean``)."""
+        return self.replay(self.sample(scene, seed, index), clean=clean)
+
+    def replay(self, rec: dict[str, Any], clean: bool = False) -> InSituShot:
+        """Render a recorded photo (bit-exact for the same record)."""
+        from testbed.photos import imagenet_preprocess
+
+        W, H = self.cam_cfg.frame_size
+        to_frame = self._plane_to_frame(rec)
+        scene = _photo_linear(rec["scene"])
+        lin = cv2.warpPerspective(scene, to_frame @ self._scene_to_plane(rec["scene"]), (W, H),
+                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        base = lin.copy() if clean else None
+        coverage = self._composite(lin, rec, to_frame)
+        optics = SimParams.from_dict({"index": rec["index"], "scene": rec["scene"], "scene_offset": (0.0, 0.0),
+                                      "homography_mm": to_frame.tolist(), "tilt_x_deg": rec["tilt_x_deg"],
+                                      "tilt_y_deg": rec["tilt_y_deg"], "rotation_deg": rec["roll_deg"],
+                                      "focal_px": rec["focal_px"], **rec["camera"]})
+        frame, info = develop_frame(lin, optics)
+        S = int(self.config.input_size)
+        view = imagenet_preprocess(frame, S)
+        clean_view = None
+        if base is not None:
+            clean_view = imagenet_preprocess(develop_frame(base, optics)[0], S)
+        return InSituShot(frame, view, clean_view, {**rec, "develop": info, "patch_fraction_of_view": coverage})
+
+    def _composite(self, lin: np.ndarray, rec: dict[str, Any], to_frame: np.ndarray) -> float:
+        """Print the patch (the record's printer), lay it on the plane, composite it into ``lin`` (linear, in
+        place) with its cut edge anti-aliased; returns the fraction of the model's view the patch covers."""
+        W, H = self.cam_cfg.frame_size
+        pr = dict(rec["printer"])
+        pr["black"], pr["paper"] = tuple(pr["black"]), tuple(pr["paper"])
+        printer = SimulatedPrinter(PrinterParams(**pr))
+        refl = printer.print_u8(self.raster, printer.dots_per_px(self.raster_dpi))
+        refl *= np.float32(rec["paper_light"])
+        src = np.dstack([refl * self.cut[..., None], self.cut])  # premultiplied colour + coverage
+        hom = to_frame @ self._patch_to_plane(rec)
+        n_h, n_w = src.shape[:2]
+        corners = np.array([[0, 0], [n_w - 1, 0], [n_w - 1, n_h - 1], [0, n_h - 1], [n_w / 2, n_h / 2]], float)
+        scales = SimulatedCamera._scales(hom, corners)
+        r = min(1.0, 2.0 * float(scales.max()))
+        if r < 1.0:  # the camera integrates over its pixel footprint (as SimulatedCamera.render)
+            src = cv2.resize(src, (max(2, round(n_w * r)), max(2, round(n_h * r))), interpolation=cv2.INTER_AREA)
+            rx, ry = src.shape[1] / n_w, src.shape[0] / n_h
+            hom = hom @ np.linalg.inv(np.array([[rx, 0, 0.5 * rx - 0.5], [0, ry, 0.5 * ry - 0.5], [0, 0, 1.0]]))
+        sig = self.cam_cfg.pixel_sigma / (float(scales.max()) / min(r, 1.0))
+        if sig > 0.2:
+            src = cv2.GaussianBlur(src, (0, 0), sig, borderType=cv2.BORDER_CONSTANT)
+        quad = project_points(hom, np.array([[-1, -1], [src.shape[1], -1], [src.shape[1], src.shape[0]],
+                                             [-1, src.shape[0]]], float))
+        x0, y0 = (max(0, int(math.floor(v)) - 2) for v in quad.min(0))
+        x1, y1 = min(W, int(math.ceil(quad[:, 0].max())) + 2), min(H, int(math.ceil(quad[:, 1].max())) + 2)
+        if x1 <= x0 or y1 <= y0:
+            return 0.0
+        shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1.0]])
+        warped = cv2.warpPerspective(src, shift @ hom, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        a = warped[..., 3:4]
+        roi = lin[y0:y1, x0:x1]
+        roi *= 1.0 - a
+        roi += warped[..., :3]
+        # coverage of the model's centre crop (a square of 224/256 of the frame's short side)
+        c = H * 224.0 / 256.0
+        cx0, cy0 = (W - c) / 2, (H - c) / 2
+        ix0, iy0 = max(x0, int(round(cx0))), max(y0, int(round(cy0)))
+        ix1, iy1 = min(x1, int(round(cx0 + c))), min(y1, int(round(cy0 + c)))
+        if ix1 <= ix0 or iy1 <= iy0:
+            return 0.0
+        return float(a[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0].sum() / (c * c))

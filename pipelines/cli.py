@@ -142,7 +142,9 @@ def _cmd_survival(args: argparse.Namespace) -> int:
     if not runs:
         raise ConfigError("give at least one attack run (--patch, --sticker or --eyeglass)")
     cfg = SurvivalConfig(photos=args.eval_samples, seed=args.seed, preset=args.preset, patch_width_mm=args.patch_width_mm,
-                         sign_width_mm=args.sign_width_mm, face_width_mm=args.face_width_mm).validate()
+                         sign_width_mm=args.sign_width_mm, face_width_mm=args.face_width_mm,
+                         in_situ_photos=args.in_situ_photos, in_situ_preset=args.in_situ_preset,
+                         photos_dir=args.photos_dir).validate()
     rows = run_survival(runs, cfg, args.out, log=lambda s: print(s, file=sys.stderr, flush=True))
     for r in rows:
         print(f"{r.kind:8s} {r.goal}: digital {r.digital}; after print + photo {r.printed}")
@@ -232,4 +234,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sign-width-mm", type=cli_types.number(5.0, 1000.0), default=120.0, help="printed sign width")
     p.add_argument("--face-width-mm", type=cli_types.number(5.0, 1000.0), default=150.0,
                    help="printed width of the face photo wearing the frame")
+    p.add_argument("--in-situ-photos", type=cli_types.integer(0, 100_000), default=600,
+                   help="patch runs: photos of the printed patch lying in held-out scenes, whole frame classified "
+                        "(default 600; 0 = only the rectify-and-paste rows)")
+    p.add_argument("--in-situ-preset", default="phone", help="camera of the in-situ photos (default: phone)")
+    p.add_argument("--photos-dir", type=_existing_dir("photo folder"), default=None,
+                   help="patch runs: a folder of real photos of the printed patch in scenes (a row scored like "
+                        "`testbed score`)")
     p.set_defaults(func=_cmd_survival)

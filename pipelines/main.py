@@ -23,6 +23,7 @@ import physical.cli_eot
 import physical.cli_eyeglass
 import pipelines.campaign
 import pipelines.cli
+import pipelines.cli_score
 import pipelines.cli_secure
 import pipelines.defences.cli
 import printouts.cli
@@ -42,6 +43,7 @@ PART_CLIS: tuple[ModuleType, ...] = (
     camera.secure.cli,  # secure
     worlds.signs.cli,  # signs
     pipelines.cli,  # evaluate, report, live, survival, demo
+    pipelines.cli_score,  # score
     pipelines.cli_secure,  # secure-eval
     pipelines.defences.cli,  # defences
     pipelines.campaign,  # campaign run

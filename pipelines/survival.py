@@ -50,10 +50,18 @@ class SurvivalConfig:
     patch_width_mm: float = 60.0
     sign_width_mm: float = 120.0
     face_width_mm: float = 150.0
+    # patch rows measured in situ: the printed patch cut along its mask, lying in a held-out scene, the whole scene
+    # photographed (camera.simulated.InSituPatch) and classified; 0 turns them off
+    in_situ_photos: int = 600
+    in_situ_preset: str = "phone"  # the camera of the in-situ photos (auto-exposure + white balance)
+    in_situ_scenes: tuple[str, ...] | None = None  # default: every shipped photo the run did not optimise on
+    photos_dir: str | None = None  # real photos of the printed patch in scenes (testbed score's folder reader)
 
     def validate(self) -> "SurvivalConfig":
         if isinstance(self.photos, bool) or not isinstance(self.photos, int) or self.photos < 1:
             raise ConfigError(f"photos must be a positive integer, got {self.photos!r}")
+        if isinstance(self.in_situ_photos, bool) or not isinstance(self.in_situ_photos, int) or self.in_situ_photos < 0:
+            raise ConfigError(f"in_situ_photos must be a non-negative integer, got {self.in_situ_photos!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         for name in ("patch_width_mm", "sign_width_mm", "face_width_mm"):
@@ -63,6 +71,16 @@ class SurvivalConfig:
         from camera.simulated import SimCameraConfig
 
         SimCameraConfig.preset(self.preset)  # ConfigError naming the unknown preset
+        SimCameraConfig.preset(self.in_situ_preset)
+        if self.in_situ_scenes is not None:
+            from testbed.photos import list_photos
+
+            bad = [n for n in self.in_situ_scenes if n not in list_photos()]
+            if bad or not self.in_situ_scenes:
+                raise ConfigError(f"in-situ scenes {bad or '(none)'} are not shipped photos; known: "
+                                  f"{', '.join(list_photos())}")
+        if self.photos_dir is not None and not Path(self.photos_dir).is_dir():
+            raise ConfigError(f"--photos-dir {self.photos_dir} is not a folder of photos")
         return self
 
     def channel(self, width_mm: float) -> Any:
@@ -85,6 +103,7 @@ class SurvivalRow:
     survival: float | None  # printed / digital success rate
     extra: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    method: str = "rectify-and-paste"  # or "in situ (simulated)", "in situ (real photos)"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -229,6 +248,95 @@ def patch_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None =
     )
 
 
+def _load_patch_run(run: Path) -> tuple[dict[str, Any], dict[str, Any], str, int, Tensor, Tensor]:
+    config, metrics = load_run(run, "patch")
+    model_name = metrics.get("model") or config.get("model")
+    patch, mask = _load_tensor(run / "perturbation.pt"), _load_tensor(run / "mask.pt")
+    if patch.ndim != 4 or mask.shape[-2:] != patch.shape[-2:]:
+        raise ConfigError(f"{run}: perturbation {tuple(patch.shape)} and mask {tuple(mask.shape)} do not match")
+    if float(mask.mean()) <= 0:
+        raise ConfigError(f"{run}: the patch mask (mask.pt) is empty")
+    return config, metrics, model_name, int(config["target"]), patch, mask
+
+
+def held_out_scenes(config: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """Every shipped photo the run did not optimise on (evaluation never reuses the optimisation's scenes)."""
+    from testbed.photos import list_photos
+
+    used = set(metrics.get("scenes") or config.get("scenes") or [])
+    return [n for n in list_photos() if n not in used]
+
+
+def patch_in_situ_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None = None) -> SurvivalRow:
+    """The patch printed, cut along its mask, lying in held-out scenes at its physical size, the whole scene
+    photographed (``camera.simulated.InSituPatch``, preset ``cfg.in_situ_preset``) and the frame classified as the
+    model sees a photo. Photo ``i`` is drawn from ``default_rng([seed, i])`` with seed = derive(cfg.seed, 'in situ')
+    in scene ``scenes[i % len(scenes)]``; the un-attacked column is the same photo without the patch."""
+    from camera.simulated import InSituConfig, InSituPatch
+    from testbed.models.registry import get_entry, get_model
+
+    t0 = time.perf_counter()
+    run = Path(run_dir)
+    config, metrics, model_name, target, patch, mask = _load_patch_run(run)
+    entry, model = get_entry(model_name), get_model(model_name)
+    dev = _device(model)
+    scenes = list(cfg.in_situ_scenes) if cfg.in_situ_scenes else held_out_scenes(config, metrics)
+    if not scenes:
+        raise ConfigError(f"{run}: no shipped photo is left that the run did not optimise on; give in_situ_scenes")
+    h = int(entry.input_size[0])
+    area = float(config["placement"]["area"][1])
+    shooter = InSituPatch(patch, mask, InSituConfig(preset=cfg.in_situ_preset, width_mm=cfg.patch_width_mm,
+                                                    area=area, input_size=h))
+    seed = int(np.random.default_rng([cfg.seed, 1_000_003]).integers(2**62))  # not the rectify rows' draws
+    ok, clean_ok, fractions, per_scene = [], [], [], {n: [0, 0] for n in scenes}
+    examples = []
+    with torch.no_grad():
+        for i in range(cfg.in_situ_photos):
+            scene = scenes[i % len(scenes)]
+            shot = shooter.shoot(scene, seed, i, clean=True)
+            pred = model(torch.cat([shot.view, shot.clean_view]).to(dev)).argmax(1).cpu()
+            ok.append(bool(pred[0] == target))
+            clean_ok.append(bool(pred[1] == target))
+            fractions.append(shot.params["patch_fraction_of_view"])
+            per_scene[scene][0] += int(ok[-1])
+            per_scene[scene][1] += 1
+            if save is not None and len(examples) < 8:
+                examples.append(shot.view)
+    if save is not None and examples:
+        _save(save / "patch_in_situ_examples.png", torch.cat(examples))
+    printed, recorded = rate(ok), _recorded_digital(metrics)
+    label = str(entry.labels[target]) if entry.labels else str(target)
+    return SurvivalRow(
+        "patch", str(run), model_name,
+        f"target '{label}' (patch {area:.0%} of the scene; EOT {Path(str(metrics.get('eot'))).stem}, "
+        f"{config.get('steps')} steps)", recorded, printed, rate(clean_ok), _ratio(printed, recorded),
+        {"photos": cfg.in_situ_photos, "preset": cfg.in_situ_preset, "scenes": scenes,
+         "per_scene_success": {k: f"{v[0]}/{v[1]}" for k, v in per_scene.items()},
+         "patch_fraction_of_view_mean": float(np.mean(fractions)), "patch_fraction_of_view_max": float(np.max(fractions)),
+         "printed_width_mm": cfg.patch_width_mm},
+        time.perf_counter() - t0, method="in situ (simulated)")
+
+
+def patch_photos_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None = None) -> SurvivalRow:
+    """Real photos of the printed patch in scenes (``cfg.photos_dir``), each whole photo classified as the model sees
+    a photo (``pipelines.scoring.score_photos``); unreadable photos are listed in the row, never dropped silently."""
+    from pipelines.scoring import score_photos
+    from testbed.models.registry import get_entry
+
+    t0 = time.perf_counter()
+    run = Path(run_dir)
+    config, metrics, model_name, target, _, _ = _load_patch_run(run)
+    res = score_photos(cfg.photos_dir, model_name, target=target)
+    label = str(get_entry(model_name).labels[target])
+    area = float(config["placement"]["area"][1])
+    recorded = _recorded_digital(metrics)
+    return SurvivalRow(
+        "patch", str(run), model_name, f"target '{label}' (patch {area:.0%} of the scene)", recorded, res.rate,
+        wilson(0, 0), _ratio(res.rate, recorded),
+        {"photos_dir": str(cfg.photos_dir), "skipped": {p: why for p, why in res.skipped}},
+        time.perf_counter() - t0, method="in situ (real photos)")
+
+
 # ------------------------------------------------------------------------------------------------ sticker
 def sticker_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None = None) -> SurvivalRow:
     from testbed.models.registry import get_entry, get_model
@@ -278,6 +386,7 @@ def sticker_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None
     return SurvivalRow(
         "sticker", str(run), model_name, f"{config['sign']} -> {labels[target]}", recorded, printed,
         rate(clean_pred == target), _ratio(printed, recorded), extra, time.perf_counter() - t0,
+        method="rectified photo of the printed sign",
     )
 
 
@@ -342,7 +451,7 @@ def eyeglass_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | Non
         extra["distance_target_mean_clean"] = mean([o[2] for o in cln_found])
     return SurvivalRow("eyeglass", str(run), "face-descriptor-dlib", goal, recorded, printed,
                        rate([bool(o[0]) for o in cln_found]), _ratio(printed, recorded), extra,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, method="rectified photo of the printed face")
 
 
 SURVIVAL_FUNCTIONS: dict[str, Callable[..., SurvivalRow]] = {
@@ -400,6 +509,12 @@ def run_survival(runs: list[tuple[str, str]], cfg: SurvivalConfig, out: str | Pa
         if log:
             log(f"survival: {kind} {run} ({cfg.photos} photos)")
         rows.append(SURVIVAL_FUNCTIONS[kind](run, cfg, save=out / "examples"))
+        if kind == "patch" and cfg.in_situ_photos:
+            if log:
+                log(f"survival: patch {run} in situ ({cfg.in_situ_photos} photos, preset {cfg.in_situ_preset})")
+            rows.append(patch_in_situ_survival(run, cfg, save=out / "examples"))
+        if kind == "patch" and cfg.photos_dir:
+            rows.append(patch_photos_survival(run, cfg, save=out / "examples"))
     data = {"config": asdict(cfg), "rows": [r.as_dict() for r in rows], "seconds": round(time.time() - started, 1),
             "machine": machine_line(), "date": time.strftime("%Y-%m-%d")}
     write_atomic(out / "report.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -422,15 +537,15 @@ def render_markdown(rows: list[SurvivalRow], cfg: SurvivalConfig, data: dict[str
              "random draws with the kornia EOT the attacks optimised over.", "",
              f"Machine: {data['machine']}; date {data['date']}; {data['seconds']:.0f} s.", "",
              "Rates: k/n = rate [Wilson 95% interval].", "",
-             "| attack | model | goal | digital (held-out EOT draws) | after print + photo | un-attacked, same photos "
-             "| survival (printed / digital) |", "|---|---|---|---|---|---|---|"]
+             "| attack | how measured | model | goal | digital (held-out EOT draws) | after print + photo "
+             "| un-attacked, same photos | survival (printed / digital) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         surv = "n/a" if r.survival is None else f"{r.survival:.2f}"
-        lines.append(f"| {r.kind} | {r.model} | {r.goal} | {_fmt(r.digital)} | {_fmt(r.printed)} | "
+        lines.append(f"| {r.kind} | {r.method} | {r.model} | {r.goal} | {_fmt(r.digital)} | {_fmt(r.printed)} | "
                      f"{_fmt(r.clean_printed)} | {surv} |")
     lines += ["", "## Details", ""]
     for r in rows:
-        lines.append(f"### {r.kind}: `{r.run}` ({r.seconds:.0f} s)")
+        lines.append(f"### {r.kind}, {r.method}: `{r.run}` ({r.seconds:.0f} s)")
         lines.append("")
         for k, v in r.extra.items():
             if k == "per_photo_success":
@@ -450,5 +565,16 @@ def render_markdown(rows: list[SurvivalRow], cfg: SurvivalConfig, data: dict[str
               "baseline.",
               "* *destruction rate* (patch): of the (photo, scene) pairs where the digital patch at the same "
               "placement succeeds, the fraction where the printed one fails (Kurakin et al. 2016's definition "
-              "applied to a targeted patch).", ""]
+              "applied to a targeted patch).",
+              "* *how measured* (patch): **in situ (simulated)** is how a patch is used: printed, cut along its "
+              "mask, lying in a scene the attack never optimised on at its physical size (at most its nominal "
+              "share of the view), the whole scene photographed (auto-exposure and white balance meter the "
+              "whole frame) and the photo classified; n = in-situ photos, one scene each, the un-attacked "
+              "column is the same photo without the patch. **rectify-and-paste** photographs the printed sheet, "
+              "rectifies the patch from its markers and pastes the recovered pixels digitally into the run's "
+              "scenes: it measures the print's colour fidelity through a second resampling (the patch is "
+              "photographed at ~300 px, rectified back and resized again), lit by a camera that exposes the "
+              "sheet, not the scene, so it is a lower bound on what the print keeps, not the way the patch is "
+              "used. **in situ (real photos)**: photos of the printed patch in scenes (`--photos-dir`), each "
+              "whole photo classified, unreadable photos listed as skipped.", ""]
     return "\n".join(lines) + "\n"

@@ -224,3 +224,58 @@ def test_the_one_jpeg_is_the_codec_every_former_copy_used(quality):
     for bad in (0, 101, 75.0, True):
         with pytest.raises(TestbedError, match="JPEG quality"):
             jpeg_round_trip(rgb, bad)
+
+
+def test_auto_exposure_and_white_balance_neutralise_the_light():
+    """Whatever the illuminant and exposure drawn, AE puts the brightest part of the frame (the paper) at its
+    highlight target and AWB makes the paper neutral; the legacy preset keeps its fixed 0.55-0.8 exposure."""
+    from camera.simulated import SimCameraConfig, SimulatedCamera
+
+    page = torch.ones(1, 3, 120, 90)
+    page[..., 40:80, 20:70] = 0.3
+    quiet = dict(frame_size=(320, 240), blur_probs=(1.0, 0.0, 0.0), read_noise=(0.0, 0.0),
+                 shot_noise=(0.0, 0.0), gradient=(0.0, 0.0), jpeg_quality=(98, 98), sharpen=(0.0, 0.0))
+    cam = SimulatedCamera(page, (90.0, 120.0), config=SimCameraConfig.preset("phone", **quiet), seed=3, n_frames=1)
+    old = SimulatedCamera(page, (90.0, 120.0), config=SimCameraConfig.preset("default", **quiet), seed=3, n_frames=1)
+    for i in range(4):
+        p = cam.sample_params(i)
+        assert p.auto_exposure and p.auto_white_balance and p.illuminant_gains != (1.0, 1.0, 1.0)
+        frame, meta = cam.render(p)
+        corners = np.array(meta["page_corners_px"])
+        c = corners.mean(0).round().astype(int)
+        paper = frame[0, :, c[1] - 60 + 10, c[0] - 5].numpy()  # top of the page: bare paper
+        lin = np.asarray(srgb_to_linear(paper))
+        assert 0.7 < float(lin.mean()) < 1.05  # paper near the highlight target (0.9 x metering error 0.85-1.1)
+        assert float(np.ptp(np.asarray(srgb_to_linear(paper)))) < 0.08  # neutral despite a +-12 % coloured light
+        assert "ae_gain" in meta["develop"] and "awb_gains" in meta["develop"]
+        q = old.sample_params(i)
+        assert not q.auto_exposure and q.illuminant_gains == (1.0, 1.0, 1.0) and 0.55 <= q.exposure <= 0.8
+        assert "ae_gain" not in old.render(q)[1]["develop"]
+
+
+def test_in_situ_patch_replays_stays_within_its_area_and_is_independent_of_the_eot():
+    import ast
+    from pathlib import Path
+
+    from camera.simulated import InSituConfig, InSituPatch
+    from physical.universal import circle_mask
+
+    patch = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mask = circle_mask(32).view(1, 1, 32, 32)
+    shooter = InSituPatch(patch, mask, InSituConfig(frame_size=(320, 240), max_tilt_deg=0.0, roll_deg=(0.0, 0.0),
+                                                    zoom=(1.0, 1.0), aim=0.0))
+    a = shooter.shoot("brick", 7, 0, clean=True)
+    b = shooter.replay(json.loads(json.dumps(a.params)), clean=True)  # JSON round trip, bit-exact
+    assert torch.equal(a.frame, b.frame) and torch.equal(a.view, b.view)
+    assert a.view.shape == (1, 3, 224, 224) and a.frame.shape == (1, 3, 240, 320)
+    # head-on at the nominal distance the patch covers its nominal 10 % of the model's view
+    assert a.params["patch_fraction_of_view"] == pytest.approx(0.1, abs=0.01)
+    assert (a.view - a.clean_view).abs().amax() > 0.2 and torch.equal(
+        shooter.shoot("brick", 7, 0).view, a.view)
+    far = InSituPatch(patch, mask, InSituConfig(frame_size=(320, 240), zoom=(0.8, 0.8)))
+    assert far.shoot("grass", 1, 2).params["patch_fraction_of_view"] <= 0.1 * 0.8 ** 2 + 0.01
+    # the simulator checks the EOT, so it must not use it: no import of physical/ or kornia in camera/simulated.py
+    tree = ast.parse(Path("camera/simulated.py").read_text())
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m.startswith(("physical", "kornia")) for m in mods)

@@ -102,7 +102,54 @@ def test_cli_writes_the_report(tmp_path: Path) -> None:
     data = json.loads((out / "report.json").read_text())
     assert data["config"]["photos"] == 1 and data["rows"][0]["printed"]["n"] == 1
     md = (out / "report.md").read_text()
-    assert "| sticker | sign-cnn | stop -> no_entry |" in md and "0/1 = 0.0%" in md
+    assert "| sticker | rectified photo of the printed sign | sign-cnn | stop -> no_entry |" in md and "0/1 = 0.0%" in md
     bad = subprocess.run([sys.executable, "-m", "pipelines.main", "survival", "--patch", str(stk), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "not a 'patch' run" in bad.stderr
+
+
+def _noop_patch_run(tmp_path: Path, mask_value: float = 1e-9) -> Path:
+    patch = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    return _fake_run(tmp_path / "patch", {"attack": "patch", "model": "mobilenet_v2", "target": 859, "steps": 0,
+                                          "placement": {"area": [0.1, 0.1]}, "scenes": ["chelsea", "coffee"]},
+                     {"eval_samples": 100, "success_rate": 0.5, "model": "mobilenet_v2",
+                      "scenes": ["chelsea", "coffee"]},
+                     {"perturbation": patch, "mask": torch.full((1, 1, 40, 40), mask_value)})
+
+
+def test_in_situ_rows_pair_with_the_same_photo_without_the_patch_in_held_out_scenes(tmp_path: Path) -> None:
+    from pipelines.survival import held_out_scenes, patch_in_situ_survival
+
+    run = _noop_patch_run(tmp_path)
+    cfg = SurvivalConfig(photos=1, seed=5, in_situ_photos=3)
+    row = patch_in_situ_survival(run, cfg)
+    assert row.method == "in situ (simulated)" and row.printed.n == 3
+    assert row.printed == row.clean_printed  # a ~zero mask is cut to nothing: the same photo as without it
+    assert row.extra["patch_fraction_of_view_max"] == 0.0
+    scenes = held_out_scenes({"scenes": ["chelsea", "coffee"]}, {})
+    assert row.extra["scenes"] == scenes and "chelsea" not in scenes and "coffee" not in scenes  # never the run's
+    assert patch_in_situ_survival(run, cfg).as_dict()["printed"] == row.as_dict()["printed"]  # seeded
+
+
+def test_survival_cli_in_situ_and_real_photo_rows(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from testbed.photos import load_photo
+    from testbed.runs import save_image
+
+    run = _noop_patch_run(tmp_path, mask_value=1.0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save_image(load_photo("coffee"), photos / "p1.png")
+    Image.new("L", (32, 32)).save(photos / "p2_gray.png")
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.main", "survival", "--patch", str(run), "--photos", "1",
+                           "--in-situ-photos", "2", "--photos-dir", str(photos), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["rectify-and-paste", "in situ (simulated)", "in situ (real photos)"]
+    assert rows[1]["printed"]["n"] == 2 and rows[2]["printed"]["n"] == 1  # the grayscale photo is skipped...
+    assert "p2_gray.png" in next(iter(rows[2]["extra"]["skipped"]))  # ...and named
+    assert 0 < rows[1]["extra"]["patch_fraction_of_view_mean"] <= 0.1 + 1e-6  # never above its nominal 10 %
+    assert "| patch | in situ (simulated) | mobilenet_v2 |" in (out / "report.md").read_text()
