@@ -227,3 +227,20 @@ def test_report_renders_the_patch_sections(tmp_path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "## PatchCleanser" in md and "| masked | 3×3 (0.9%) | 7 / 5 / 36 |" in md and "50.0% [24–76]" in md
     assert "## De-randomized smoothing" in md and (tmp_path / "patch_certified.png").is_file()
+
+
+def test_merge_keeps_the_parts_of_a_merged_report(tmp_path) -> None:
+    import json
+
+    from pipelines.defences.report import merge_reports
+
+    base = {"command": "a ; b", "date": "d", "machine": "m", "torch": "t", "wall_seconds": 5.0,
+            "config": {"seed": 0, "heldout_seed": 7, "eps": [2]}, "training": {}, "sections": {},
+            "parts": [{"command": "a", "config": {}, "wall_seconds": 5.0, "date": "d"},
+                      {"command": "b", "config": {}, "wall_seconds": 4.0, "date": "d"}]}
+    new = {**base, "command": "c", "wall_seconds": 7.0, "parts": None}
+    for name, r in (("one", base), ("two", new)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(r))
+    out = merge_reports([tmp_path / "one", tmp_path / "two"], tmp_path / "out")
+    assert [p["command"] for p in out["parts"]] == ["a", "b", "c"] and out["wall_seconds"] == 7.0

@@ -95,6 +95,7 @@ class EvalConfig:
     imagenet_fraction: float = 0.02
     imagenet_size: int = 224
     imagenet_grid: int = 2
+    imagenet_k: int = 6  # masks per axis at 224 px (the paper's k)
     imagenet_steps: int = 10
     seed: int = 0
     threads: int = 2
@@ -780,7 +781,7 @@ def section_patch_imagenet(cfg: EvalConfig, log: Callable[[str], None]) -> dict[
     with torch.no_grad():
         y = model(x).argmax(1)
     side = patch_side(cfg.imagenet_fraction, s)
-    ms = mask_set(s, side, cfg.pc_k)
+    ms = mask_set(s, side, cfg.imagenet_k)
     pc = PatchCleanser(model, ms, num_classes=1000, batch=72).to(dev)
     t0 = time.time()
     pred = pc.predict(x)

@@ -383,8 +383,8 @@ def merge_reports(parts: list[Path], out_dir: Path, command: str = "") -> dict[s
     refresh_masking(out)
     out["wall_seconds"] = max(r["wall_seconds"] for r in reports)
     out["command"] = command or " ; ".join(r["command"] for r in reports)
-    out["parts"] = [{"command": r["command"], "config": r["config"], "wall_seconds": r["wall_seconds"],
-                     "date": r["date"]} for r in reports]
+    out["parts"] = [p for r in reports for p in (r.get("parts") or [  # a merged report brings its own parts
+        {"command": r["command"], "config": r["config"], "wall_seconds": r["wall_seconds"], "date": r["date"]}])]
     write_report(out, out_dir)
     return out
 
