@@ -6,8 +6,8 @@
     .venv/bin/python -m bench.run_all --only patch-fp32-cl,art    # a subset (keys: --list)
 
 Each case runs in its own subprocess (``python -m bench.cases``) so that it reports its own peak RSS, with the
-allocator preloaded the same way on both sides of a comparison (tcmalloc when installed: ``bash setup.sh``
-installs Debian's libtcmalloc-minimal4; ``--allocator glibc`` to run without it). ``--repeat N`` runs the whole
+allocator preloaded the same way on both sides of a comparison (tcmalloc when installed: ``bash setup.sh
+--with-tcmalloc`` installs Debian's libtcmalloc-minimal4; ``--allocator glibc`` to run without it). ``--repeat N`` runs the whole
 list N times, interleaved (A B C A B C), and reports the median of the per-run medians, so that drift of a
 shared machine hits every case alike.
 """
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = [BY_KEY[k] for k in keys]
     allocator = args.allocator or ("tcmalloc" if find_tcmalloc() else "glibc")
     if allocator == "glibc" and args.allocator is None:
-        print("# tcmalloc not found (bash setup.sh installs libtcmalloc-minimal4): both sides use glibc malloc",
+        print("# tcmalloc not found (bash setup.sh --with-tcmalloc installs libtcmalloc-minimal4): both sides use glibc malloc",
               file=sys.stderr)
     t0 = time.perf_counter()
     info = machine()

@@ -145,7 +145,7 @@ def add_speed_options(p: argparse.ArgumentParser, *, channels_last: bool) -> Non
                          "the same gradient up to rounding, less activation memory")
     sp.add_argument("--allocator", choices=["auto", "tcmalloc", "glibc"], default="auto",
                     help="auto (default): re-run this command with tcmalloc preloaded when it is installed "
-                         "(bash setup.sh installs libtcmalloc-minimal4); tcmalloc: require it; glibc: as started")
+                         "(bash setup.sh --with-tcmalloc installs libtcmalloc-minimal4); tcmalloc: require it; glibc: as started")
 
 
 
@@ -161,7 +161,7 @@ def ensure_allocator(choice: str) -> None:
     if lib is None:
         if choice == "tcmalloc":
             raise ConfigError("--allocator tcmalloc: libtcmalloc_minimal.so.4 is not installed (Debian/Ubuntu: "
-                              "apt-get install libtcmalloc-minimal4, which `bash setup.sh` does)")
+                              "apt-get install libtcmalloc-minimal4, which `bash setup.sh --with-tcmalloc` does)")
         return
     if os.environ.get("TESTBED_ALLOCATOR_REEXEC") == "1":  # tried once already: do not loop
         if choice == "tcmalloc":
