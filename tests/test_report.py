@@ -67,5 +67,7 @@ def test_demo_quick_end_to_end(tmp_path):
     ts = res["target_success"]
     assert ts["none"]["n"] == 10 and ts["digital"]["n"] == 10 and ts["printed"]["n"] == 10
     assert res["rectify"][0]["markers_used"]  # the simulated photo was rectified from its markers
-    for f in ("printout/patch.pdf", "printout/patch_p1.png", "printout/patch.json", "patch.png", "report.html"):
+    assert "![target_success](plots/target_success.png)" in md  # the demo's report has its plot
+    for f in ("printout/patch.pdf", "printout/patch_p1.png", "printout/patch.json", "patch.png", "report.html",
+              "plots/target_success.png"):
         assert (tmp_path / f).is_file(), f

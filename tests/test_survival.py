@@ -103,6 +103,7 @@ def test_cli_writes_the_report(tmp_path: Path) -> None:
     assert data["config"]["photos"] == 1 and data["rows"][0]["printed"]["n"] == 1
     md = (out / "report.md").read_text()
     assert "| sticker | rectified photo of the printed sign | sign-cnn | stop -> no_entry |" in md and "0/1 = 0.0%" in md
+    assert "![survival](plots/survival.png)" in md and (out / "plots" / "survival.png").read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run([sys.executable, "-m", "pipelines.main", "survival", "--patch", str(stk), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "not a 'patch' run" in bad.stderr
