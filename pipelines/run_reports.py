@@ -20,15 +20,32 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.report import (ci, demo_plots, md_table, md_to_html, plot_loss, plot_rate_and_latency, plot_rate_bars,
-                              plots_section, survival_plots)
+from pipelines.report import (
+    ci,
+    demo_plots,
+    md_table,
+    md_to_html,
+    plot_loss,
+    plot_rate_and_latency,
+    plot_rate_bars,
+    plots_section,
+    survival_plots,
+)
 from testbed.errors import ConfigError, TestbedError
 from testbed.inputs import load_json
-from testbed.runs import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, load_checked, run_dir_kind, write_atomic
+from testbed.runs import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    load_checked,
+    run_dir_kind,
+    write_atomic,
+)
 from testbed.stats import Rate, wilson
 
 ATTACK_KINDS = ("patch", "sticker", "eyeglass")
@@ -52,7 +69,7 @@ def _rate(d: Any) -> Rate | None:
 
 def _from_fraction(value: Any, n: Any) -> Rate | None:
     """A rate stored as a fraction of ``n`` draws (``metrics.json``): k = round(value * n)."""
-    if not isinstance(n, int) or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if not isinstance(n, int) or isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return None
     return wilson(min(n, max(0, round(value * n))), n)
 
@@ -170,9 +187,9 @@ def _attack_report(run_dir: Path, kind: str) -> tuple[str, list[str], dict[str, 
         plots.append(plot_loss(history, run_dir / PLOTS / "loss.png",
                                title=f"{kind} on {model}: loss per optimisation step"))
     lines = [f"# {kind.capitalize()} run report: `{run_dir.name}`", "",
-             f"Model {model}; goal: {goal}; {m.get('steps', cfg.get('steps'))} steps × {cfg.get('batch_size')} EOT "
-             f"draws (seed {m.get('seed', cfg.get('seed'))}); evaluation on {m.get('eval_samples')} fresh draws "
-             f"(seed {m.get('eval_seed', cfg.get('eval_seed'))}).", ""]
+             (f"Model {model}; goal: {goal}; {m.get('steps', cfg.get('steps'))} steps × {cfg.get('batch_size')} EOT "
+              f"draws (seed {m.get('seed', cfg.get('seed'))}); evaluation on {m.get('eval_samples')} fresh draws "
+              f"(seed {m.get('eval_seed', cfg.get('eval_seed'))})."), ""]
     lines += md_table(["measure", "success % [Wilson 95%] (n)"], [[k, ci(v)] for k, v in rates.items()]) + [""]
     facts = [("final loss", m.get("final_loss")), ("optimisation seconds", m.get("optimise_seconds")),
              ("evaluation seconds", m.get("eval_seconds")), ("mask fill", m.get("mask_fill")),
@@ -316,14 +333,15 @@ def _live_report(run_dir: Path) -> tuple[str, list[str], dict[str, Any]]:
                                        [float(f.get("latency_ms", 0.0)) for f in frames], run_dir / PLOTS / "rate.png"))
     lines = [f"# Live run report: `{run_dir.name}`", ""]
     if summary:
-        lines += [f"{s.get('frames')} frames in {float(s.get('seconds', 0)):.1f} s: start-up "
-                  f"{float(s.get('startup_s', 0)):.2f} s, then {float(s.get('steady_fps', 0)):.1f} frames/s steady; "
-                  f"stopped by {s.get('stopped_by')}; video {Path(str(s.get('video'))).name} ({s.get('video_frames')} "
-                  f"frames, {s.get('codec')}, {s.get('video_fps')} fps from {s.get('video_fps_from')}).", ""]
+        lines += [(f"{s.get('frames')} frames in {float(s.get('seconds', 0)):.1f} s: start-up "
+                   f"{float(s.get('startup_s', 0)):.2f} s, then {float(s.get('steady_fps', 0)):.1f} frames/s steady; "
+                   f"stopped by {s.get('stopped_by')}; video {Path(str(s.get('video'))).name} "
+                   f"({s.get('video_frames')} frames, {s.get('codec')}, {s.get('video_fps')} fps from "
+                   f"{s.get('video_fps_from')})."), ""]
         if s.get("secure"):
             rej = s["secure"].get("rejected", {})
-            lines += [f"Secure path: {s['secure'].get('accepted', 0)} frames accepted, {sum(rej.values())} rejected "
-                      f"({', '.join(f'{k} {v}' for k, v in sorted(rej.items())) or 'none'}).", ""]
+            lines += [(f"Secure path: {s['secure'].get('accepted', 0)} frames accepted, {sum(rej.values())} "
+                       f"rejected ({', '.join(f'{k} {v}' for k, v in sorted(rej.items())) or 'none'})."), ""]
         if s.get("error"):
             lines += [f"Ended with an error: {s['error']}", ""]
     else:

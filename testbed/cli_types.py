@@ -47,8 +47,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if text.endswith(self._SUFFIX):  # BooleanOptionalAction adds it itself (Python < 3.14)
-            text = text[: -len(self._SUFFIX)]
+        text = text.removesuffix(self._SUFFIX)  # BooleanOptionalAction adds it itself (Python < 3.14)
         if "default" in text.lower() or action.default is None or action.default is argparse.SUPPRESS:
             return text
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):

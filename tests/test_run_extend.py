@@ -19,7 +19,7 @@ def _argv(out, steps: int) -> list[str]:
 
 
 def _final(out):
-    ckpt = sorted((out / "checkpoints").glob("step_*.pt"))[-1]
+    ckpt = max((out / "checkpoints").glob("step_*.pt"))
     state = load_checked(ckpt, what="checkpoint", expect=dict)
     return state, torch.load(out / "perturbation.pt", weights_only=True), json.loads((out / "metrics.json").read_text())
 
