@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -327,6 +328,44 @@ def simcam(w: Workload) -> dict[str, Any]:
             stamps.append(time.perf_counter())
     return {"seconds": [b - a for a, b in zip(stamps, stamps[1:])], "unit": "s/frame", "frame_size": list(frame),
             "print_setup_s": setup}
+
+
+@case
+def channel(w: Workload, kind: str = "print_photograph", width: int = 1280, height: int = 960) -> dict[str, Any]:
+    """Photos/s of the simulated channel at a frame size: ``print_photograph`` (the harness's channel: a 224-px
+    image printed on a marker sheet, photographed, rectified) or ``in_situ`` (a printed 80-px circular patch lying in
+    a scene, photographed whole, without and with the paired clean photo); wall and CPU seconds per photo."""
+    import torch
+
+    from camera.simulated import InSituConfig, InSituPatch, PrintPhotoConfig, print_photograph
+    from physical.universal import circle_mask
+
+    small = w.size < 224
+    frame = (320, 240) if small else (int(width), int(height))
+    n = 2 if small else 12
+    imgs = scenes(64 if small else 224, 2)
+    if kind == "print_photograph":
+        cfg = PrintPhotoConfig(frame_size=frame)
+        print_photograph(imgs[:1], seed=0, keys=[99], config=cfg)  # warm-up: sheet layout, caches
+        def one(i: int) -> None:
+            print_photograph(imgs[i % 2:i % 2 + 1], seed=0, keys=[i], config=cfg)
+    elif kind == "in_situ":
+        side = 32 if small else 80
+        patch = torch.nn.functional.interpolate(imgs[:1], size=(side, side), mode="bilinear", antialias=True)
+        shooter = InSituPatch(patch, circle_mask(side).view(1, 1, side, side), InSituConfig(frame_size=frame))
+        shooter.shoot("brick", 0, 999)
+        def one(i: int) -> None:
+            shooter.shoot(("brick", "grass", "gravel")[i % 3], 0, i)
+    else:
+        raise ValueError(f"unknown channel kind {kind!r}")
+    wall, cpu = [], []
+    for i in range(n):
+        t0, c0 = time.perf_counter(), time.process_time()
+        one(i)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"seconds": wall, "unit": "s/photo", "frame_size": list(frame), "kind": kind,
+            "cpu_s_per_photo": median(cpu), "load_average": list(os.getloadavg())}
 
 
 @case

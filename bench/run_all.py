@@ -70,6 +70,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("ta-pgd", "digital", "torchattacks PGD (10 steps)", {"impl": "torchattacks", "attack": "pgd"}),
     Spec("simcam", "simcam", "simulated camera (camera.simulated), frames"),
     Spec("harness", "harness", "harness simulated channel, images"),
+    Spec("channel-1280", "channel", "simulated channel print_photograph at 1280x960, photos",
+         {"kind": "print_photograph", "width": 1280, "height": 960}),
+    Spec("insitu-1280", "channel", "simulated channel in situ at 1280x960, photos",
+         {"kind": "in_situ", "width": 1280, "height": 960}),
+    Spec("insitu-640", "channel", "simulated channel in situ at 640x480 (the survival default), photos",
+         {"kind": "in_situ", "width": 640, "height": 480}),
     Spec("secure", "secure", "secure capture path 640x480"),
     Spec("live", "live", "live loop 640x480 mobilenet_v2, plain", {"secure": False}),
     Spec("live-secure", "live", "live loop 640x480 mobilenet_v2, secure path", {"secure": True}),
@@ -238,6 +244,12 @@ def build_tables(rows: dict[str, dict[str, Any]]) -> list[Table]:
     if "simcam" in rows:
         srows.append([BY_KEY["simcam"].label, _r(1.0, get("simcam")), "frames/s",
                       f"frame {rows['simcam'].get('frame_size')}"])
+    for key in ("channel-1280", "insitu-1280", "insitu-640"):
+        if key in rows:
+            srows.append([BY_KEY[key].label, _r(1.0, get(key)), "photos/s",
+                          f"frame {rows[key].get('frame_size')}; CPU {_f(rows[key].get('cpu_s_per_photo'), 3)} s/photo, "
+                          f"i.e. {_f(1.0 / rows[key]['cpu_s_per_photo'], 1)} photos/s per free core; load "
+                          f"{_f((rows[key].get('load_average') or [0])[0], 1)}"])
     if "harness" in rows:
         srows.append([BY_KEY["harness"].label, _r(1.0, get("harness")), "images/s",
                       f"classification alone: {_f(_r(1.0, get('harness', 'classify_s_per_image')), 1)} images/s"])
