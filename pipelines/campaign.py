@@ -40,13 +40,15 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipelines.executors import Executor, Outcome, SerialExecutor, Task
 from testbed import runs
@@ -240,6 +242,15 @@ def _check_cell(attack: str, args: argparse.Namespace) -> None:
         resolve_class(str(args.target), entry.labels)
     if attack in ("patch", "sticker") and args.untargeted == (args.target is not None):
         raise CampaignError("give exactly one of target or untargeted: true")
+    if attack == "digital":  # what `testbed attack digital` builds before it loads the model
+        from physical.attacks.registry import build_attack_in_units
+        from physical.cli import _parse_params
+
+        hp = _parse_params(args.param)
+        if args.steps is not None:
+            hp["steps"] = args.steps
+        hp.setdefault("seed", args.seed)
+        build_attack_in_units(args.attack, eps=args.eps, alpha=args.alpha, **hp)
     eot = getattr(args, "eot", None)
     if isinstance(eot, str) and Path(eot).suffix.lower() not in (".json", ".yaml", ".yml"):
         from physical.eot import resolve_config
@@ -375,7 +386,7 @@ def _latest_step(cell_dir: Path) -> int:
 def _rate_dict(rate: float | None, n: int) -> dict[str, Any] | None:
     from testbed.stats import wilson
 
-    if rate is None or rate != rate or not n:
+    if rate is None or math.isnan(rate) or not n:
         return None
     return wilson(round(rate * n), n).as_dict()
 
@@ -562,7 +573,7 @@ def write_campaign_report(run_dir: str | Path) -> Path:
     cells = cfg.cells(check=False)
     axes = list(cfg.grid)
     has_pp = cfg.evaluation.get("print_photo") is not None
-    header = ["cell", "attack", *axes, "success on fresh EOT draws [95% CI]"]
+    header = ["cell", "kind", *axes, "success [95% CI] (fresh EOT draws; digital: the image)"]
     header += ["print-photo success [95% CI]"] if has_pp else []
     header += ["time (s)", "ran on", "state"]
     rows, data_rows = [], []
@@ -593,16 +604,16 @@ def write_campaign_report(run_dir: str | Path) -> Path:
              + (f", print-photo {cfg.evaluation['print_photo']['photos']} simulated photos "
                 f"(preset {cfg.evaluation['print_photo']['preset']})" if has_pp else "") + ".", ""]
     if meta:
-        lines += [f"Last invocation: {meta.get('executor')}, {meta.get('seconds_this_invocation')} s, finished "
-                  f"{meta.get('finished')}.", ""]
+        lines += [(f"Last invocation: {meta.get('executor')}, {meta.get('seconds_this_invocation')} s, finished "
+                   f"{meta.get('finished')}."), ""]
     if machines:
         lines += ["Machines: " + "; ".join(machines) + ".", ""]
     lines += md_table(header, rows) + [""]
     plot = _plot_success(run_dir, data_rows)
     if plot is not None:
         lines += [f"![success per cell]({plot.relative_to(run_dir)})", ""]
-    lines += ["Success: the cell's own held-out evaluation (fresh EOT draws from its eval seed, never the training "
-              "draws), Wilson 95% interval; each cell is an ordinary run directory under `cells/`.", ""]
+    lines += [("Success: the cell's own held-out evaluation (fresh EOT draws from its eval seed, never the training "
+               "draws), Wilson 95% interval; each cell is an ordinary run directory under `cells/`."), ""]
     md = "\n".join(lines) + "\n"
     write_atomic(run_dir / "report.md", md)
     write_atomic(run_dir / "report.html", md_to_html(md, cfg.name))

@@ -35,8 +35,9 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from testbed.errors import ConfigError, TestbedError
 

@@ -64,7 +64,7 @@ def test_config_round_trips_and_keeps_the_grid_order():
     assert [c.key for c in again.cells()] == ["sticker_target=no_entry_seed=0", "sticker_target=no_entry_seed=1",
                                               "sticker_target=yield_seed=0", "sticker_target=yield_seed=1"]
     cell = cfg.cells()[1]
-    assert cell.argv[:1] == ("sticker",) and "--eval" in cell.argv and cell.argv[cell.argv.index("--seed") + 1] == "1"
+    assert cell.argv[:1] == ("sticker",) and "--eval-samples" in cell.argv and cell.argv[cell.argv.index("--seed") + 1] == "1"
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("experiments/campaign_*.yaml")),
@@ -125,11 +125,14 @@ def test_serial_cells_are_ordinary_runs_resume_and_report(serial_run, tmp_path):
     res = status["sticker_target=yield_seed=1"]["result"]
     assert res["success"]["n"] == 24 and 0 <= res["success"]["low"] <= res["success"]["high"] <= 1
     again = run_campaign(parse_campaign(tiny_campaign()), serial_run)  # everything finished: all skipped
-    assert again.computed == [] and len(again.skipped) == 5
+    assert again.computed == [] and len(again.skipped) == 4
     report = (serial_run / "report.md").read_text()
     assert "4 done, 0 failed" in report and "[95% CI]" in report and "pid" in report
     assert (serial_run / "plots" / "success.png").is_file() and (serial_run / "report.html").is_file()
-    from pipelines.run_reports import summary_rows, write_run_report  # what `testbed report DIR` calls
+    from pipelines.run_reports import (  # what `testbed report DIR` calls
+        summary_rows,
+        write_run_report,
+    )
 
     (serial_run / "report.md").unlink()
     assert write_run_report(serial_run) == serial_run / "report.md" and "4 done" in (serial_run / "report.md").read_text()
@@ -240,7 +243,7 @@ def test_experiment_cells_run_as_executor_tasks_equal_serial(tmp_path):
     import pipelines.kinds  # noqa: F401
     from pipelines.experiment import read_cells, run_experiment
 
-    strip = lambda cells: {k: {f: v for f, v in c.items() if f != "seconds"} for k, c in cells.items()}  # noqa: E731
+    strip = lambda cells: {k: {f: v for f, v in c.items() if f != "seconds"} for k, c in cells.items()}
     serial = run_experiment(sign_cnn_experiment(), tmp_path / "serial", progress=False)
     tasks = run_experiment(sign_cnn_experiment(), tmp_path / "tasks", progress=False, executor=_TaskExecutor())
     assert sorted(tasks.computed) == sorted(serial.computed) and len(serial.computed) == 5  # clean + 2 x 2
@@ -259,3 +262,20 @@ def test_evaluate_takes_the_executor_options(tmp_path, capsys):
     assert "--workers is for --executor local, not ray" in capsys.readouterr().err
     assert main(["evaluate", str(f), "--out", str(tmp_path / "o"), "--executor", "local", "--address", "auto"]) == 2
     assert "--address is for --executor ray" in capsys.readouterr().err
+
+
+def test_digital_cells_are_checked_at_parse_time_and_run(tmp_path):
+    """`testbed attack digital` cells: the attack is built at parse time (FGSM with steps 3 is refused there);
+    a good grid runs as ordinary `attack digital` folders (result.json) and the report counts the image."""
+    from pipelines.campaign import CampaignError, parse_campaign, read_status, run_campaign
+
+    data = {"name": "digital", "attack": "digital", "grid": {"attack": ["fgsm", "pgd"]},
+            "options": {"model": "sign-cnn", "image": "chelsea", "eps": 8, "steps": 3}}
+    with pytest.raises(CampaignError, match="cell digital_attack=fgsm: .*FGSM"):
+        parse_campaign(data)
+    data["grid"] = {"attack": ["pgd"], "eps": [4, 8]}
+    del data["options"]["eps"]
+    summary = run_campaign(parse_campaign(data), tmp_path / "d")
+    assert len(summary.computed) == 2 and not summary.failed
+    for key, st in read_status(tmp_path / "d").items():
+        assert (tmp_path / "d" / "cells" / key / "result.json").is_file() and st["result"]["success"]["n"] == 1

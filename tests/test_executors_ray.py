@@ -16,7 +16,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_campaign import _kill_when_checkpointed, cell_results, sign_cnn_experiment, tiny_campaign  # noqa: E402
+from test_campaign import (
+    _kill_when_checkpointed,
+    cell_results,
+    sign_cnn_experiment,
+    tiny_campaign,
+)
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -63,7 +68,7 @@ def cluster():
             try:
                 ray.init(address=address, log_to_driver=False, logging_level="ERROR")
                 break
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 if time.time() > deadline or head.poll() is not None:
                     raise
                 time.sleep(1)
@@ -138,7 +143,7 @@ def test_experiment_cells_on_ray_equal_serial(cluster, tmp_path):
     from pipelines.executors import RayExecutor
     from pipelines.experiment import read_cells, run_experiment
 
-    strip = lambda cells: {k: {f: v for f, v in c.items() if f != "seconds"} for k, c in cells.items()}  # noqa: E731
+    strip = lambda cells: {k: {f: v for f, v in c.items() if f != "seconds"} for k, c in cells.items()}
     run_experiment(sign_cnn_experiment(), tmp_path / "serial", progress=False)
     summary = run_experiment(sign_cnn_experiment(), tmp_path / "ray", progress=False, executor=RayExecutor(cluster))
     assert len(summary.computed) == 5
