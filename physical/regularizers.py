@@ -10,7 +10,9 @@
 * ``lab_distance`` — mean CIE76 colour difference (Delta E) via ``kornia.color.rgb_to_lab``.
 
 Palettes are ``(K, 3)`` float tensors in [0, 1] RGB; ``palette=None`` means the shipped default. The file format,
-its loader and the default live in ``testbed.palette`` (``load_palette``, ``resolve_palette``).
+its loader and the default live in ``testbed.palette`` (``load_palette``, ``resolve_palette``). A printer profile
+(``physical.printer_profile``, ``testbed printer-profile``) is also a palette file: its ``colors`` are the gamut
+of the user's measured printer (``PrinterProfile.gamut``), so ``palette="profile.json"`` is its NPS gamut.
 """
 from __future__ import annotations
 
