@@ -876,8 +876,8 @@ def _placement_guide(cfg: SheetConfig, pw: float, ph: float, stickers: list[dict
         rows = max(1, int((ch - draw_h - 14.0) // GUIDE_ROW_MM) - 1)
     k = min((cw - 16.0) / sw, draw_h / sh)  # page mm per sign mm
     ox, oy = cx + 12.0 + (cw - 16.0 - sw * k) / 2, cy + 6.0
-    _decorate(page, cfg, cfg.title or f"placement guide: {sw:.0f} x {sh:.0f} mm sign drawn at 1:{1 / k:.3g}; "
-              "positions in mm from its top-left corner")
+    _decorate(page, cfg, cfg.title or f"placement guide: {sw:.0f} x {sh:.0f} mm sign at 1:{1 / k:.3g}; "
+              "positions in mm from its top-left")
     box = [(ox, oy), (ox + sw * k, oy), (ox + sw * k, oy + sh * k), (ox, oy + sh * k)]
     page.items.append(LineItem(box, closed=True, width_mm=0.15, color=(150, 150, 150), dash_mm=1.5))
     # dimensions: width above the drawing, height to its left
