@@ -26,6 +26,7 @@ import pipelines.cli
 import pipelines.cli_score
 import pipelines.cli_secure
 import pipelines.defences.cli
+import pipelines.face_detector_evasion
 import printouts.cli
 import worlds.signs.cli
 from testbed import cli_types
@@ -47,6 +48,7 @@ PART_CLIS: tuple[ModuleType, ...] = (
     pipelines.cli_secure,  # secure-eval
     pipelines.defences.cli,  # defences
     pipelines.campaign,  # campaign run
+    pipelines.face_detector_evasion,  # evade-detector
 )
 
 

@@ -1,0 +1,100 @@
+"""Face-detector evasion with an eyeglass frame against MTCNN (physical/face_detector_attack.py,
+``testbed evade-detector``): the differentiable face scores, the loss going down, detection on held-out chips,
+success = not detected at IoU 0.5, and the detector's state bit-identical after the attack."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from physical.eyeglass import align_wearer
+from physical.face_detector_attack import FaceDetectorFrame, MTCNNFaceScores, N_SCORES, detection_images, unpack
+from physical.loop import logit
+from pipelines.face_detector_evasion import detection_report
+from pipelines.main import main
+from testbed.errors import ConfigError
+from testbed.models.mtcnn import build_mtcnn
+from testbed.photos import load_photo
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return build_mtcnn()
+
+
+@pytest.fixture(scope="module")
+def chips(detector):
+    c, _ = align_wearer([load_photo("astronaut"), load_photo("grace_hopper")], detector)
+    return c
+
+
+def test_scores_have_gradients_and_detections_are_mtcnns(detector, chips):
+    scorer = MTCNNFaceScores(detector)
+    x = chips[:1].clone().requires_grad_(True)
+    out = scorer(x)
+    scores, _, _ = unpack(out)
+    assert torch.isfinite(scores).all() and (scores > 0).all()  # a clear face: every stage's log-odds > 0
+    scores.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.no_grad():
+        _, boxes, probs = unpack(scorer(chips))
+    ref = detector.detect(chips)
+    for i, d in enumerate(ref):
+        n = len(d)
+        assert n >= 1 and torch.equal(boxes[i, :n], d.boxes[: scorer.max_detections])
+        assert torch.equal(probs[i, :n], d.probs[: scorer.max_detections]) and (probs[i, n:] == -1).all()
+
+
+def test_score_hook_counts_detection_at_iou_half():
+    attack = FaceDetectorFrame(steps=1, batch_size=2, eval_samples=2)
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 3)
+    dets = torch.full((3, 5, 5), -1.0)
+    dets[0, 0] = torch.tensor([0, 0, 10, 5, 0.95])  # IoU exactly 0.5: detected
+    dets[1, 0] = torch.tensor([0, 0, 10, 4, 0.95])  # IoU 0.4: missed
+    dets[2, 0] = torch.tensor([0, 0, 10, 10, 0.65])  # below the score threshold 0.7: missed
+    out = torch.cat([torch.zeros(3, N_SCORES), dets.flatten(1)], dim=1)
+    s = attack._score(None, out, gt)
+    assert s["detected"].tolist() == [True, False, False] and s["success"].tolist() == [False, True, True]
+    report = detection_report({"x": {"detections": s["detections"], "gt_box": s["gt_box"]}}, iou_threshold=0.5,
+                              score_threshold=0.7)["x"]
+    assert (report["recall"]["k"], report["recall"]["n"]) == (1, 3)
+    assert [len(r[1]) for r in detection_images(s["detections"], s["gt_box"])] == [1, 1, 1]
+
+
+def test_a_step_lowers_the_face_score_on_the_same_draws(detector, chips):
+    attack = FaceDetectorFrame(steps=1, batch_size=2, eval_samples=2, lr=0.5)
+    ctx = attack.detector_context(detector, chips[:1], chips[1:])
+    draw = attack._sample(ctx, 2, torch.Generator().manual_seed(3))
+    w = logit(attack.initial_texture(150))
+    with torch.enable_grad():
+        loss0, grad = attack.loss_and_grad(ctx.model, ctx, w, draw)
+        loss1, _ = attack.loss_and_grad(ctx.model, ctx, w - 0.5 * grad.sign(), draw)
+    assert float(loss0) > 0 and float(loss1) < float(loss0)
+
+
+def test_attack_evaluates_held_out_faces_and_leaves_the_detector_bit_identical(detector, chips):
+    detector.train()  # a mode the guard must restore; MTCNN's weights must come back bit for bit
+    state = {k: v.clone() for k, v in detector.state_dict().items()}  # parameters and buffers
+    flags = [p.requires_grad for p in detector.parameters()]
+    try:
+        attack = FaceDetectorFrame(steps=1, batch_size=2, eval_samples=3, eval_batch_size=3, seed=1)
+        result = attack(detector, chips[:1], eval_chips=chips[1:])
+    finally:
+        modes = [m.training for m in detector.modules()]
+        detector.eval()
+    assert all(modes)
+    assert [p.requires_grad for p in detector.parameters()] == flags
+    after = detector.state_dict()
+    assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
+    held_box = FaceDetectorFrame.ground_truth(detector, chips[1:])
+    assert torch.equal(result.scores["gt_box"], held_box.expand(3, 4))  # evaluated on the held-out face
+    assert result.success.shape == (3,) and result.clean_success is not None
+    assert result.extras["held_out_chips"] == 1 and 0 <= result.extras["clean_recall"] <= 1
+    assert result.eval_draws[0]["chip_index"].tolist() == [0, 0, 0]
+
+
+def test_cli_refuses_a_held_out_face_that_is_also_trained_on(tmp_path, capsys):
+    code = main(["evade-detector", "--train", "astronaut", "--held-out", "astronaut", "--out",
+                 str(tmp_path / "r")])
+    assert code == 2 and "must not repeat" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="reduce"):
+        FaceDetectorFrame(reduce="mean")
