@@ -914,8 +914,9 @@ class InSituConfig:
 
     Geometry: the scene is a plane textured with a shipped photo. At the nominal distance the model's centre crop
     of the frame spans the photo's own canonical crop, in which the patch (``width_mm`` wide) covers ``area`` of
-    the model's input; ``zoom`` draws the apparent size relative to that (<= 1: the camera is never closer, so the
-    patch never covers more than ``area``). The plane is tilted about x and y (``max_tilt_deg``), the camera rolled
+    the model's input; ``zoom`` draws the apparent size relative to that (<= 1: the camera is never closer than
+    nominal; a tilted plane can still bring the patch's near edge closer, so its share can exceed ``area`` a little:
+    ``params["patch_fraction_of_view"]`` records it). The plane is tilted about x and y (``max_tilt_deg``), the camera rolled
     (``roll_deg``), aimed within ``aim`` x the view of the centre; the patch lies anywhere in the nominal view,
     rotated by up to ``patch_rotation_deg``. The print's paper white is lit like the scene's bright surfaces
     (``paper_light``, relative to the photo's linear scale). None of this is the EOT code the attacks optimise over.
