@@ -12,6 +12,10 @@ attack optimised over —, ``camera.rectify``), and the model is asked again:
 * **sticker** (RP2): the stickered sign and the clean sign are printed and photographed under the *same* draw
   (same key), rectified, resampled to the model's input. Success: top-1 = target; also clean accuracy and
   success among the photos where the clean sign is recognised.
+* **patch, in situ** (``patch_in_situ_survival``): the printed patch cut along its mask, lying in scenes the run
+  never optimised on, the whole scene photographed by ``camera.simulated.InSituPatch`` and the frame classified as
+  the model sees a photo; paired with the same photo without the patch. ``patch_photos_survival``: the same for a
+  folder of real photos (``pipelines.scoring.score_photos``), unreadable photos listed as skipped.
 * **eyeglass** (Sharif et al.): the wearer's photo with the frame and without it, printed and photographed under
   the same draw, then face detection + alignment (MTCNN) + descriptor. Dodging: distance to the enrolled
   descriptor > threshold; impersonation: distance to the target < threshold and < distance to the wearer.
@@ -471,6 +475,10 @@ def _save(path: Path, images: Tensor) -> None:
     save_image(make_grid(images.clamp(0, 1), nrow=images.shape[0], padding=4, pad_value=1.0)[None], path)
 
 
+_LEGACY_METHOD = {"patch": "rectify-and-paste", "sticker": "rectified photo of the printed sign",
+                  "eyeglass": "rectified photo of the printed face"}
+
+
 def rows_from_dicts(rows: list[dict[str, Any]]) -> list[SurvivalRow]:
     """The rows of a stored ``report.json`` (``SurvivalRow.as_dict()``) back as SurvivalRows (``testbed report``)."""
 
@@ -483,6 +491,7 @@ def rows_from_dicts(rows: list[dict[str, Any]]) -> list[SurvivalRow]:
         for k in ("digital", "printed", "clean_printed"):
             d[k] = as_rate(d[k])
         d["extra"] = {k: as_rate(v) for k, v in (d.get("extra") or {}).items()}
+        d.setdefault("method", _LEGACY_METHOD.get(d.get("kind"), "rectify-and-paste"))  # reports before issue 16
         out.append(SurvivalRow(**d))
     return out
 
