@@ -225,7 +225,7 @@ def test_report_renders_the_patch_sections(tmp_path) -> None:
                                                                               "certified": r}}}}}}}
     write_report(report, tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "## PatchCleanser" in md and "| masked | 3×3 (0.9%) | 7 / 5 / 36 |" in md and "50.0% [24–76]" in md
+    assert "## PatchCleanser" in md and "| masked | 3×3 (0.9%) | 10 | 7 / 5 / 36 |" in md and "50.0% [24–76]" in md
     assert "## De-randomized smoothing" in md and (tmp_path / "patch_certified.png").is_file()
 
 
@@ -244,3 +244,33 @@ def test_merge_keeps_the_parts_of_a_merged_report(tmp_path) -> None:
         (tmp_path / name / "report.json").write_text(json.dumps(r))
     out = merge_reports([tmp_path / "one", tmp_path / "two"], tmp_path / "out")
     assert [p["command"] for p in out["parts"]] == ["a", "b", "c"] and out["wall_seconds"] == 7.0
+
+
+def test_predict_matches_a_plain_reading_of_algorithm_1() -> None:
+    """Batched/symmetric double masking == the algorithm written as plain loops, on a random model whose masked
+    predictions disagree a lot (both the per-disagreer and the all-pairs path run)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 30)).eval()
+    ms = mask_set(12, 3, 3)
+    pc = PatchCleanser(m, ms, num_classes=30)
+    keep = ms.tensor()
+    x = torch.rand(12, 3, 12, 12)
+
+    def f(z: torch.Tensor) -> int:
+        with torch.no_grad():
+            return int(m(z[None]).argmax(1))
+
+    for b in range(len(x)):
+        first = [f(x[b] * keep[i] + 0.5 * (1 - keep[i])) for i in range(len(ms))]
+        counts = [first.count(c) for c in range(30)]
+        label = counts.index(max(counts))
+        if len(set(first)) > 1:
+            for d in [i for i, v in enumerate(first) if v != label]:
+                two = [f(x[b] * keep[d] * keep[j] + 0.5 * (1 - keep[d] * keep[j])) for j in range(len(ms))]
+                if all(v == first[d] for v in two):
+                    label = first[d]
+                    break
+        assert pc.predict(x[b:b + 1]).label.item() == label
+    dis = (pc.predict(x).first_round != pc.predict(x).first_round.mode(1).values[:, None]).sum(1)
+    half = (len(ms) + 1) / 2  # more disagreers than this: the all-pairs path; fewer: the per-disagreer path
+    assert bool((dis > half).any()) and bool(((dis > 0) & (dis < half)).any())

@@ -607,8 +607,12 @@ def section_patchcleanser(cfg: EvalConfig, data: dict[str, Any], cache_dir: Path
                 ad = patch_attack(AdaptiveView(pc, cfg.pc_eot, seed=cfg.seed + side), x, y, side, grid=cfg.pc_grid,
                                   steps=cfg.pc_steps, seed=cfg.seed + 100 + side)
                 na = patch_attack(base, x, y, side, grid=cfg.pc_grid, steps=cfg.pc_steps, seed=cfg.seed + 200 + side)
-                na_pc = pc.predict(na.adversarial.flatten(0, 1)).label.view(n, -1)
-                na_broken = (na_pc != y[:, None]).any(1)
+                # shown to PatchCleanser: the positions where the patch fools the bare classifier
+                fooled = na.predictions != y[:, None]
+                na_broken = torch.zeros(n, dtype=torch.bool)
+                if bool(fooled.any()):
+                    na_pc = pc.predict(na.adversarial[fooled]).label
+                    na_broken[fooled.nonzero()[:, 0][na_pc != y.repeat_interleave(fooled.sum(1))]] = True
                 robust = clean & ~ad.broken & ~na_broken
                 row.update({
                     "undefended_under_patch": _rates(base_ok & ~na.broken),

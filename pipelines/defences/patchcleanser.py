@@ -212,6 +212,14 @@ class PatchCleanser(nn.Module):
         for b in torch.nonzero((first != majority[:, None]).any(1)).flatten().tolist():
             case[b] = 3
             dis = torch.nonzero(first[b] != majority[b]).flatten()
+            if len(dis) * k > k * (k + 1) // 2:  # cheaper: every unordered pair once (pairs are symmetric)
+                i, j = torch.triu_indices(k, k, device=x.device)
+                mat = torch.empty(k, k, dtype=torch.long, device=x.device)
+                mat[i, j] = mat[j, i] = self.pair_predictions(x[b:b + 1], i, j)
+                wins = (mat[dis] == first[b, dis][:, None]).all(1)
+                if bool(wins.any()):
+                    label[b], case[b] = first[b, dis[int(wins.nonzero()[0])]], 2
+                continue
             for c in range(0, len(dis), chunk):
                 d = dis[c:c + chunk]
                 second = self.pair_predictions(x[b:b + 1], d.repeat_interleave(k), torch.arange(k, device=x.device)

@@ -135,24 +135,26 @@ def _sticker(s: dict[str, Any], report: dict[str, Any]) -> list[str]:
 def _patchcleanser(p: dict[str, Any], report: dict[str, Any]) -> list[str]:
     a = p["attack"]
     lines = [f"## PatchCleanser (double masking, k = {p['k']} masks per axis) against one square patch", "",
-             f"n = {p['images']} held-out images (the first of the attacked subset). *Certified*: every one- and "
+             "n held-out images per row (the first of the attacked subset). *Certified*: every one- and "
              "two-mask prediction is the true class (Xiang et al. 2022, Theorem 1): no patch of that size anywhere "
              "changes the prediction. *Empirical robust*: correct on the clean image and under every attack — the "
              f"adaptive patch ({a['kind']}; {a['grid']}×{a['grid']} positions, {a['steps']} steps, EOT over "
              f"{a['eot_masks']} random one- or two-mask images per step, scored on the exact double-masked vote) and "
-             "the non-adaptive one (the same patch crafted on the bare classifier). Certified images broken by an "
+             "the non-adaptive one (the same patch crafted on the bare classifier; the positions where it fools the bare "
+             "classifier are shown to PatchCleanser). Certified images broken by an "
              "attack would stop the run (none). Weights (sha256 prefix): "
              + ", ".join(f"{k} `{v}`" for k, v in p.get("weights", {}).items()) + ".", ""]
     rows = []
     for base, by_side in p["models"].items():
         for side, r in by_side.items():
             ms = r["mask_set"]
-            rows.append([base, f"{side}×{side} ({100 * ms['patch_fraction']:.1f}%)", f"{ms['mask_size'][0]} / "
+            rows.append([base, f"{side}×{side} ({100 * ms['patch_fraction']:.1f}%)", str(r["clean"]["n"]),
+                         f"{ms['mask_size'][0]} / "
                          f"{ms['stride'][0]} / {ms['masks']}", pct(r["base_clean"], True), pct(r["clean"], True),
                          pct(r["certified"], True), pct(r.get("undefended_under_patch"), True),
                          pct(r.get("non_adaptive_robust"), True), pct(r.get("adaptive_robust"), True),
                          pct(r.get("empirical_robust"), True), pct(r.get("adaptive_success_on_clean_correct"), True)])
-    lines += md_table(["base", "patch", "mask / stride / masks", "base clean", "PC clean", "PC certified",
+    lines += md_table(["base", "patch", "n", "mask / stride / masks", "base clean", "PC clean", "PC certified",
                        "undefended under patch", "PC non-adaptive", "PC adaptive", "PC empirical robust",
                        "adaptive success (of clean-correct)"], rows)
     return lines + [""]
