@@ -274,13 +274,13 @@ class SimCameraConfig:
 
     @staticmethod
     def preset(name: str, **overrides: Any) -> "SimCameraConfig":
-        """A named set of ranges (``PRESETS``): 'phone' (Kurakin et al.'s phone photo of a printed page, calibrated),
+        """A named set of ranges (``PRESETS``): 'phone' (Kurakin et al.'s phone photo of a printed page),
         'webcam' (a webcam 1-2 m away), 'harsh' (stress), and the legacy uncalibrated 'default' and 'mild'."""
         presets: dict[str, dict[str, Any]] = {
             "default": {},
             # Kurakin et al. 2016: a phone photo of a printed page, the page filling most of the frame, held roughly
             # square to it, good light; the phone meters the frame (auto-exposure) and white-balances it, then
-            # writes a high-quality JPEG. Calibrated against the paper's clean photo accuracy (docs/harness.md).
+            # writes a high-quality JPEG. Aimed at the paper's clean-photo accuracy; docs/harness.md has how far off.
             "phone": dict(sheet_height_frac=(0.8, 0.95), max_tilt_deg=15.0, rotation_deg=(-8.0, 8.0),
                           focal_frac=(0.9, 1.3), auto_exposure=True, ae_mid=0.45, exposure=(0.85, 1.1), illuminant=0.12,
                           auto_white_balance=True, white_balance=0.03, auto_black_level=True,

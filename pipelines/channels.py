@@ -80,7 +80,7 @@ class SimulatedChannel(Channel):
     """The simulated camera (``camera.simulated.print_photograph``): each image printed at ``width_mm`` on a sheet
     with 4 ArUco markers, halftoned by a sampled printer, photographed in a scene (3-D pose, lighting, blur, noise,
     JPEG), rectified from its markers back to the image's grid. One independent printer + photo draw per
-    (seed, repetition, image id); ``preset``: the camera's ranges (``phone``: calibrated on Kurakin et al.'s phone photos,
+    (seed, repetition, image id); ``preset``: the camera's ranges (``phone``: modelled on Kurakin et al.'s phone photos,
     with auto-exposure and white balance; ``webcam``; ``harsh``; the legacy ``default`` and ``mild``)."""
 
     kind = "simulated"
