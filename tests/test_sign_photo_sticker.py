@@ -120,7 +120,9 @@ def test_sticker_on_a_sign_photo_then_printed_at_true_size(stop_photo, tmp_path,
             "--out", str(run)]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["clean_prediction"] == "stop" and summary["clean_accuracy"] >= 0.9
+    # sign-cnn retrained with artwork variation (f002670) reads this photo's clean stop sign right on 87/100 of
+    # these rp2 draws (366/400 = 91.5% on another 400); the previous weights on about 99%
+    assert summary["clean_prediction"] == "stop" and summary["clean_accuracy"] >= 0.85
     # fresh draws (the evaluation generator, never the optimisation's): the sticker works, the start did not
     assert summary["success_rate"] >= 0.8 and summary["initial_success_rate"] <= 0.2, summary
     assert summary["mask_fraction_of_sign"] <= 0.10
