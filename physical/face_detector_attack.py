@@ -26,19 +26,34 @@ Per-draw detections are kept in the result's ``scores`` (``detections``: (E, 5 *
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
-from physical.eyeglass import EyeglassFrame, FrameDraw, _check_chips, frame_mask, save_result
-from physical.hyper import check_int, check_nonneg
-from physical.loop import AttackContext, LoopOutcome, PhysicalResult, RunOptions, device_of, logit, replace_context
 from physical.eot import EOTTransform
+from physical.eyeglass import (
+    EyeglassFrame,
+    FrameDraw,
+    _check_chips,
+    frame_mask,
+    save_result,
+)
+from physical.hyper import check_int, check_nonneg
+from physical.loop import (
+    AttackContext,
+    LoopOutcome,
+    PhysicalResult,
+    RunOptions,
+    device_of,
+    logit,
+    replace_context,
+)
 from testbed.errors import ConfigError, ImageError
 from testbed.models.mtcnn import MTCNN, _regress, _square
 from testbed.palette import resolve_palette
@@ -304,5 +319,12 @@ def random_texture(size: int, seed: int) -> Tensor:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-__all__ = ["DetectorFrameContext", "FaceDetectorFrame", "MTCNNFaceScores", "N_SCORES", "detection_images",
-           "random_texture", "unpack"]
+__all__ = [
+    "N_SCORES",
+    "DetectorFrameContext",
+    "FaceDetectorFrame",
+    "MTCNNFaceScores",
+    "detection_images",
+    "random_texture",
+    "unpack",
+]

@@ -249,6 +249,22 @@ def _letterbox(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return canvas
 
 
+def _draw_boxes(image: torch.Tensor, boxes: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """A copy of ``image`` (1 x 3 x H x W) with each box (x1, y1, x2, y2 pixels) outlined in green."""
+    out = image.clone()
+    h, w = out.shape[-2:]
+    colour = torch.tensor([0.0, 1.0, 0.0], dtype=out.dtype).view(3, 1, 1)
+    for x1, y1, x2, y2 in boxes.round().long().tolist():
+        x1, x2, y1, y2 = max(0, x1), min(w, x2), max(0, y1), min(h, y2)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        edges = ((slice(y1, min(y1 + width, y2)), slice(x1, x2)), (slice(max(y2 - width, y1), y2), slice(x1, x2)),
+                 (slice(y1, y2), slice(x1, min(x1 + width, x2))), (slice(y1, y2), slice(max(x2 - width, x1), x2)))
+        for rows, cols in edges:
+            out[0, :, rows, cols] = colour
+    return out
+
+
 def _overlay(image: torch.Tensor, lines: list[str], width: int, height: int):
     import cv2
 
@@ -316,6 +332,7 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
     started = time.perf_counter()
     entry = get_entry(cfg.model)
     model = get_model(cfg.model)
+    detector = entry.task == "face-detector"  # logs boxes [x1, y1, x2, y2, score] instead of a top-5
     dev = next(model.parameters()).device
     spec = None
     if cfg.rectify:
@@ -479,11 +496,20 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                         rect_fail += 1
                         note = f"not rectified: {type(exc).__name__}"
                 t2 = time.perf_counter()
-                x = imagenet_preprocess(image, entry.input_size[0]) if entry.input_size[0] == entry.input_size[1] \
-                    else torch.nn.functional.interpolate(image, size=tuple(entry.input_size), mode="bilinear")
-                with torch.no_grad():
-                    p = model(x.to(dev)).softmax(1)[0].cpu()
-                top = p.topk(min(5, p.numel()))
+                boxes: list[list[float]] | None = None
+                if detector:  # a face detector (MTCNN): boxes and scores on the whole frame, drawn on it
+                    with torch.no_grad():
+                        found = model(image.to(dev))[0].to("cpu")
+                    boxes = [[round(float(v), 1) for v in b] + [round(float(s), 4)]
+                             for b, s in zip(found.boxes, found.probs)]
+                    image = _draw_boxes(image, found.boxes)
+                else:
+                    x = imagenet_preprocess(image, entry.input_size[0]) \
+                        if entry.input_size[0] == entry.input_size[1] \
+                        else torch.nn.functional.interpolate(image, size=tuple(entry.input_size), mode="bilinear")
+                    with torch.no_grad():
+                        p = model(x.to(dev)).softmax(1)[0].cpu()
+                    top = p.topk(min(5, p.numel()))
                 t3 = time.perf_counter()
                 t_model += t3 - t2
                 if n == 0:
@@ -494,10 +520,13 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                 last = now
                 recent = recent[-30:]
                 fps = len(recent) / sum(recent) if sum(recent) > 0 else 0.0
-                top5 = [[entry.labels[i], round(float(v), 4)] for v, i in zip(top.values, top.indices)]
+                top5 = [] if detector else [[entry.labels[i], round(float(v), 4)]
+                                            for v, i in zip(top.values, top.indices)]
                 lines = [f"{cfg.model}  {fps:5.1f} fps  frame {seq}" + ("  [secure]" if verified else "")
                          + ("  [rectified]" if rectified else "") + (f"  [{note}]" if note else "")]
                 lines += [f"{100 * s:5.1f}%  {name[:40]}" for name, s in top5]
+                lines += [f"face {100 * b[4]:5.1f}%  ({b[0]:.0f}, {b[1]:.0f}) - ({b[2]:.0f}, {b[3]:.0f})"
+                          for b in (boxes or [])[:5]]
                 handed = False
                 while writer_thread.is_alive() and not handed:  # a dead writer must not block the loop
                     try:
@@ -512,7 +541,8 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                 stages["classify"] += t3 - t2
                 log.write(json.dumps({"seq": seq, "t": round(now - started, 4), "top5": top5, "fps": round(fps, 2),
                                       "latency_ms": round(1000 * (t3 - t0), 2), "secure": verified,
-                                      "rectified": rectified, "note": note}) + "\n")
+                                      "rectified": rectified, "note": note,
+                                      **({"boxes": boxes} if detector else {})}) + "\n")
                 n += 1
         except KeyboardInterrupt:  # Ctrl-C without the CLI's handler: finalise, then re-raise
             stopped_by, interrupted = "KeyboardInterrupt", True

@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from pipelines.detection_metrics import ImageDetections, average_precision, match, recall, summarise
+from pipelines.detection_metrics import (
+    ImageDetections,
+    average_precision,
+    match,
+    recall,
+    summarise,
+)
 from testbed.errors import ConfigError
 from testbed.stats import wilson
 

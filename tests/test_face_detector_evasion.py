@@ -3,11 +3,19 @@
 success = not detected at IoU 0.5, and the detector's state bit-identical after the attack."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from physical.eyeglass import align_wearer
-from physical.face_detector_attack import FaceDetectorFrame, MTCNNFaceScores, N_SCORES, detection_images, unpack
+from physical.face_detector_attack import (
+    N_SCORES,
+    FaceDetectorFrame,
+    MTCNNFaceScores,
+    detection_images,
+    unpack,
+)
 from physical.loop import logit
 from pipelines.face_detector_evasion import detection_report
 from pipelines.main import main
@@ -98,3 +106,33 @@ def test_cli_refuses_a_held_out_face_that_is_also_trained_on(tmp_path, capsys):
     assert code == 2 and "must not repeat" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="reduce"):
         FaceDetectorFrame(reduce="mean")
+
+
+def test_live_with_mtcnn_logs_and_draws_face_boxes_on_a_loopback_stream(tmp_path):
+    import numpy as np
+    from mjpeg_stream import mjpeg_stream
+
+    from pipelines.live import LiveConfig, _draw_boxes, run_live
+
+    photo = load_photo("grace_hopper")  # 1 x 3 x 600 x 512
+    small = torch.nn.functional.interpolate(photo, size=(300, 256), mode="area")
+    bgr = np.ascontiguousarray((small[0].permute(1, 2, 0).numpy()[..., ::-1] * 255).round().astype(np.uint8))
+    expected = build_mtcnn().detect(small)[0].boxes[0]
+
+    def frames():
+        for _ in range(3):
+            yield bgr
+
+    with mjpeg_stream(frames, path="faces.mjpg") as url:
+        s = run_live(LiveConfig(source=url, model="mtcnn", out=tmp_path, max_frames=3, width=256, height=300))
+    assert s.frames == 3
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()][:-1]
+    assert len(rows) == 3
+    for r in rows:
+        assert r["top5"] == [] and len(r["boxes"]) >= 1
+        x1, y1, x2, y2, p = r["boxes"][0]
+        assert p > 0.9  # the face, through JPEG, within a few pixels of the detection on the clean frame
+        assert max(abs(a - b) for a, b in zip((x1, y1, x2, y2), expected.tolist())) < 8
+    drawn = _draw_boxes(torch.zeros(1, 3, 20, 20), torch.tensor([[2.0, 3.0, 12.0, 15.0]]))
+    assert drawn[0, 1, 3, 2:12].eq(1).all() and drawn[0, 1, 3:15, 11].eq(1).all() and drawn[0, 1, 8, 6] == 0
+    assert drawn[0, 0].eq(0).all()
