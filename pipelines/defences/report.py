@@ -155,7 +155,7 @@ def _patchcleanser(p: dict[str, Any], report: dict[str, Any]) -> list[str]:
                          pct(r.get("non_adaptive_robust"), True), pct(r.get("adaptive_robust"), True),
                          pct(r.get("empirical_robust"), True), pct(r.get("adaptive_success_on_clean_correct"), True)])
     lines += md_table(["base", "patch", "n", "mask / stride / masks", "base clean", "PC clean", "PC certified",
-                       "undefended under patch", "PC non-adaptive", "PC adaptive", "PC empirical robust",
+                       "base under patch (no PC)", "PC non-adaptive", "PC adaptive", "PC empirical robust",
                        "adaptive success (of clean-correct)"], rows)
     return lines + [""]
 
