@@ -500,6 +500,7 @@ def run_campaign(config: CampaignConfig | str | Path, out: str | Path, executor:
         config = load_campaign(config)
     executor = executor or SerialExecutor(config.torch_threads)
     cells = config.cells()
+    executor.start()  # e.g. no Ray cluster: refused before the folder is written
     run = CampaignDir(out, config)
     status = read_status(run.path)
     todo, skipped, failed = [], [], {}

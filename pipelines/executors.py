@@ -117,6 +117,10 @@ class Executor:
     def describe(self) -> str:
         return self.name
 
+    def start(self) -> None:
+        """Check that the executor can run anything (e.g. connect to the Ray cluster), before a runner writes
+        its output folder; a ConfigError says why not."""
+
     def run(self, tasks: Sequence[Task], on_done: Callable[[Outcome], None]) -> None:
         raise NotImplementedError
 
@@ -236,10 +240,44 @@ class RayExecutor(Executor):
         return f"ray (cluster at {self.address}: {self.cluster.get('nodes', '?')} node(s), " \
                f"{self.cluster.get('CPU', '?')} CPU(s), {self.cluster.get('GPU', 0)} GPU(s))"
 
+    def start(self) -> None:
+        self._connect()
+
+    def _probe(self) -> None:
+        """Fail fast, in one line, when no Ray cluster answers at the address (``ray.init`` itself retries for
+        minutes, e.g. when ``auto`` finds the address file of a cluster that has stopped)."""
+        address, found = self.address, ""
+        if address == "auto":
+            try:
+                from ray._private.services import canonicalize_bootstrap_address
+            except ImportError:  # another Ray layout: let ray.init find it
+                return
+            try:
+                address = canonicalize_bootstrap_address("auto") or ""
+            except Exception:  # noqa: BLE001 - Ray's own lookup failed: no cluster found
+                address = ""
+            if not address:
+                raise ConfigError("--executor ray --address auto: no Ray cluster found on this machine (start one "
+                                  "with `ray start --head`, set RAY_ADDRESS, or give --address HOST:PORT)")
+            found = " (found by --address auto)"
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ConfigError(f"--executor ray: no Ray cluster answers at {address}{found} ({reason}); start one "
+                              "with `ray start --head` or give the head's HOST:PORT") from None
+
     def _connect(self) -> Any:
         import ray
 
+        if ray.is_initialized() and self.address != "auto":  # this process is connected already: to that cluster?
+            current = str(ray.get_runtime_context().gcs_address or "")
+            if current.rpartition(":")[2] != self.address.rpartition(":")[2]:
+                raise ConfigError(f"--executor ray --address {self.address}: this process is already connected to "
+                                  f"the Ray cluster at {current} (ray.shutdown() first)")
         if not ray.is_initialized():
+            self._probe()
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
             except (ConnectionError, RuntimeError, ValueError) as exc:

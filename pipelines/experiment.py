@@ -536,6 +536,8 @@ def run_experiment(config: ExperimentConfig | str | Path | dict, run_dir: str | 
     elif isinstance(config, dict):
         config = parse_config(config)
     kind = get_kind(config.kind)
+    if executor is not None:
+        executor.start()  # e.g. no Ray cluster: refused before the run directory is written
     run = RunDir(run_dir, config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.executors import Executor
 from testbed.errors import ConfigError
 
 
@@ -223,7 +224,7 @@ def sign_cnn_experiment(**over) -> dict:
     return cfg
 
 
-class _TaskExecutor:
+class _TaskExecutor(Executor):
     """Runs the tasks in this process through the executors' task wrapper (not a SerialExecutor, so the
     experiment runner ships its cells as tasks, as it does to worker processes and Ray)."""
 
@@ -267,7 +268,12 @@ def test_evaluate_takes_the_executor_options(tmp_path, capsys):
 def test_digital_cells_are_checked_at_parse_time_and_run(tmp_path):
     """`testbed attack digital` cells: the attack is built at parse time (FGSM with steps 3 is refused there);
     a good grid runs as ordinary `attack digital` folders (result.json) and the report counts the image."""
-    from pipelines.campaign import CampaignError, parse_campaign, read_status, run_campaign
+    from pipelines.campaign import (
+        CampaignError,
+        parse_campaign,
+        read_status,
+        run_campaign,
+    )
 
     data = {"name": "digital", "attack": "digital", "grid": {"attack": ["fgsm", "pgd"]},
             "options": {"model": "sign-cnn", "image": "chelsea", "eps": 8, "steps": 3}}
@@ -279,3 +285,30 @@ def test_digital_cells_are_checked_at_parse_time_and_run(tmp_path):
     assert len(summary.computed) == 2 and not summary.failed
     for key, st in read_status(tmp_path / "d").items():
         assert (tmp_path / "d" / "cells" / key / "result.json").is_file() and st["result"]["success"]["n"] == 1
+
+
+@pytest.mark.parametrize("how", ["address", "auto"])
+def test_no_cluster_is_refused_in_one_line_before_anything_is_written(how, tmp_path, capsys, monkeypatch):
+    """A Ray address nobody answers at (given, or found by `auto` in RAY_ADDRESS / a stale address file): exit 2 at
+    once, one line, no campaign folder (ray.init alone would retry for minutes)."""
+    pytest.importorskip("ray")
+    import socket
+
+    from pipelines.main import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"  # a port nobody listens on
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(tiny_campaign()))
+    extra = ["--address", dead]
+    if how == "auto":
+        monkeypatch.setenv("RAY_ADDRESS", dead)
+        extra = ["--address", "auto"]
+    started = time.time()
+    assert main(["campaign", "run", str(f), "--out", str(tmp_path / "o"), "--executor", "ray", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    port = dead.rpartition(":")[2]  # (auto: Ray resolves 127.0.0.1 to this machine's address)
+    assert "no Ray cluster answers at " in err and f":{port}" in err and "\n" not in err
+    assert ("found by --address auto" in err) == (how == "auto") and time.time() - started < 60
+    assert not (tmp_path / "o").exists()

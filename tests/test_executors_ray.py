@@ -148,3 +148,4 @@ def test_experiment_cells_on_ray_equal_serial(cluster, tmp_path):
     summary = run_experiment(sign_cnn_experiment(), tmp_path / "ray", progress=False, executor=RayExecutor(cluster))
     assert len(summary.computed) == 5
     assert strip(read_cells(tmp_path / "ray")) == strip(read_cells(tmp_path / "serial"))
+
