@@ -113,20 +113,27 @@ def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int,
     p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0,
                    help="weight of the total-variation smoothness penalty (0: off)")
     p.add_argument("--palette", help="palette JSON ({\"colors\": [[r,g,b],...]}); default: built-in")
-    ev = p.add_argument("--eval-samples", type=cli_types.count(), default=1000,
+    p.add_argument("--device", type=cli_types.device, help="cpu / cuda / cuda:N (default: CUDA when available)")
+    p.add_argument("--out", required=True, type=cli_types.output_dir,
+                   help="run directory (resumed if it exists with the same config)")
+    add_run_options(p, checkpoint_every=50, channels_last=True)
+
+
+def add_run_options(p: argparse.ArgumentParser, *, checkpoint_every: int, channels_last: bool,
+                    eval_samples: int = 1000) -> None:
+    """The options every physical attack's command shares (``physical.loop``): evaluation draws and seeds,
+    checkpoints, progress, the speed settings, iterate selection and early stopping."""
+    ev = p.add_argument("--eval-samples", type=cli_types.count(), default=eval_samples,
                         help="fresh EOT draws for the success rate, >= 1")
     cli_types.add_deprecated_alias(p, "--eval", ev)
     p.add_argument("--eval-batch-size", type=cli_types.batch, default=100,
                    help="evaluation draws per model pass")
     p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the optimisation's draws and initial colours")
     p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default: seed + 1000003)")
-    p.add_argument("--checkpoint-every", type=cli_types.count(), default=50,
+    p.add_argument("--checkpoint-every", type=cli_types.count(), default=checkpoint_every,
                    help="steps between checkpoints in --out (resume and extend from there)")
-    p.add_argument("--device", type=cli_types.device, help="cpu / cuda / cuda:N (default: CUDA when available)")
-    p.add_argument("--out", required=True, type=cli_types.output_dir,
-                   help="run directory (resumed if it exists with the same config)")
     cli_types.add_progress_option(p)
-    add_speed_options(p, channels_last=True)
+    add_speed_options(p, channels_last=channels_last)
 
 
 def add_speed_options(p: argparse.ArgumentParser, *, channels_last: bool) -> None:
@@ -146,6 +153,14 @@ def add_speed_options(p: argparse.ArgumentParser, *, channels_last: bool) -> Non
     sp.add_argument("--allocator", choices=["auto", "tcmalloc", "glibc"], default="auto",
                     help="auto (default): re-run this command with tcmalloc preloaded when it is installed "
                          "(bash setup.sh --with-tcmalloc installs libtcmalloc-minimal4); tcmalloc: require it; glibc: as started")
+    sel = p.add_argument_group("iterate selection and early stopping (physical/loop.py)")
+    sel.add_argument("--select-every", type=cli_types.count_or_zero, default=0,
+                     help="every N steps score the current perturbation on fixed validation draws (their own "
+                          "generator: neither the optimisation's nor --eval-samples') and keep the best iterate; 0: off, "
+                          "the last iterate")
+    sel.add_argument("--select-samples", type=cli_types.count(), default=200, help="validation draws per check")
+    sel.add_argument("--stop-at", type=cli_types.fraction, default=None,
+                     help="stop once validation success reaches this rate (needs --select-every); default: never")
 
 
 
@@ -179,7 +194,9 @@ def ensure_allocator(choice: str) -> None:
 
 def _speed_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(precision=getattr(args, "precision", "fp32"), channels_last=getattr(args, "channels_last", True),
-                compile=getattr(args, "compile", False), eot_batch=getattr(args, "eot_batch", None))
+                compile=getattr(args, "compile", False), eot_batch=getattr(args, "eot_batch", None),
+                select_every=getattr(args, "select_every", 0), select_samples=getattr(args, "select_samples", 200),
+                stop_at=getattr(args, "stop_at", None))
 
 
 def _eot_arg(value: str) -> Any:

@@ -51,21 +51,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--palette", help="palette JSON for NPS (default: the built-in palette)")
     p.add_argument("--init", default="brown", help="brown, gray, black, uniform or random")
     p.add_argument("--eot", default="sharif", help="EOT preset name, or a JSON/YAML EOT config file")
-    p.add_argument("--eval-samples", type=cli_types.count(), default=1000,
-                   help="fresh transformations for the success rate, >= 1")
-    p.add_argument("--eval-batch-size", type=cli_types.batch, default=100,
-                   help="evaluation draws per model pass")
     p.add_argument("--enroll-views", type=cli_types.count_or_zero, default=0,
                    help="also average this many clean augmented views into the enrolled descriptor")
-    p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the optimisation's draws and initial colours")
-    p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default seed + 1000003)")
-    p.add_argument("--checkpoint-every", type=cli_types.count(), default=25,
-                   help="steps between checkpoints in --out (resume and extend from there)")
-    cli_types.add_progress_option(p)
-    from physical.cli_eot import add_speed_options
+    from physical.cli_eot import add_run_options
 
     # NCHW by default for the face descriptor (faster on the CPU it was measured on; docs/eyeglass.md)
-    add_speed_options(p, channels_last=False)
+    add_run_options(p, checkpoint_every=25, channels_last=False)
     p.set_defaults(func=run_eyeglass)
     return p
 

@@ -55,12 +55,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0, help="total-variation weight")
     p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0, help="non-printability weight")
     p.add_argument("--eot", default="sharif", help="EOT preset name")
-    p.add_argument("--eval-samples", type=cli_types.count(), default=200, help="fresh held-out draws, >= 1")
-    p.add_argument("--eval-batch-size", type=cli_types.batch, default=50, help="evaluation draws per pass")
-    p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the optimisation's draws")
-    p.add_argument("--eval-seed", type=cli_types.seed, help="evaluation generator seed (default seed + 1000003)")
-    p.add_argument("--checkpoint-every", type=cli_types.count(), default=10, help="steps between checkpoints")
-    cli_types.add_progress_option(p)
+    from physical.cli_eot import add_run_options
+
+    add_run_options(p, checkpoint_every=10, channels_last=False, eval_samples=200)
     p.set_defaults(func=run_evade_detector)
     return p
 
@@ -69,6 +66,7 @@ def run_evade_detector(args: argparse.Namespace) -> int:
     """Handler of ``testbed evade-detector``."""
     import torch
 
+    from physical.cli_eot import _speed_kwargs
     from physical.cli_eyeglass import _load
     from physical.eyeglass import align_wearer
     from physical.face_detector_attack import FaceDetectorFrame, random_texture
@@ -84,7 +82,7 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         logit_margin=args.logit_margin, score_threshold=args.score_threshold, lambda_tv=args.lambda_tv,
         lambda_nps=args.lambda_nps, eot=args.eot, eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
-        checkpoint_every=args.checkpoint_every)
+        checkpoint_every=args.checkpoint_every, **_speed_kwargs(args))
     t0 = time.perf_counter()
     train = [_load(x) for x in args.train]
     held = [_load(x) for x in args.held_out]
