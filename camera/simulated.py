@@ -783,16 +783,22 @@ class PrintPhotoConfig:
     def validate(self) -> "PrintPhotoConfig":
         if isinstance(self.width_mm, bool) or not (isinstance(self.width_mm, (int, float)) and 5 <= self.width_mm <= 1000):
             raise ConfigError(f"print-photo width_mm must be a printed width in [5, 1000] mm, got {self.width_mm!r}")
-        from printouts.sheets import check_dpi
-
-        check_dpi(self.dpi)
-        PrinterParams(halftone_cell=self.halftone_cell, dpi=self.printer_dpi).validate()
-        self.camera_config()
+        _check_printer_and_camera(self, self.dpi)
         return self
 
     def camera_config(self) -> SimCameraConfig:
         over = {"frame_size": tuple(self.frame_size), "max_tilt_deg": float(self.max_tilt_deg), **(self.camera or {})}
         return SimCameraConfig.preset(self.preset, **over)
+
+
+def _check_printer_and_camera(cfg: Any, raster_dpi: int) -> None:
+    """The checks a print-and-photograph config shares: the raster dpi, the printer (``halftone_cell``,
+    ``printer_dpi``) and the camera preset with its overrides (``cfg.camera_config()``)."""
+    from printouts.sheets import check_dpi
+
+    check_dpi(raster_dpi)
+    PrinterParams(halftone_cell=cfg.halftone_cell, dpi=cfg.printer_dpi).validate()
+    cfg.camera_config()
 
 
 MAX_RETAKES = 4  # print_photograph: further photos drawn when the markers of one cannot be read
@@ -955,11 +961,7 @@ class InSituConfig:
             raise ConfigError(f"in-situ paper_light {self.paper_light} must satisfy 0 < lo <= hi <= 2")
         if not 16 <= int(self.input_size) <= 1024:
             raise ConfigError(f"in-situ input_size must be in [16, 1024], got {self.input_size}")
-        from printouts.sheets import check_dpi
-
-        check_dpi(self.raster_dpi)
-        PrinterParams(halftone_cell=self.halftone_cell, dpi=self.printer_dpi).validate()
-        self.camera_config()
+        _check_printer_and_camera(self, self.raster_dpi)
         return self
 
     def camera_config(self) -> SimCameraConfig:
