@@ -15,7 +15,7 @@ The canvas side in millimetres (the sign's physical size, for true-size printout
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
@@ -703,24 +703,23 @@ class PlacementParams:
     the sign's centre straight down in the sign's plane (so it foreshortens with the sign).
     """
 
-    scale: float = 0.7
-    cx: float = 0.5  # centre of the sign, fraction of the frame width
-    cy: float = 0.45  # fraction of the frame height
-    yaw_deg: float = 0.0
-    pitch_deg: float = 0.0
-    roll_deg: float = 0.0
-    focal: float = 1.6
-    pole_width: float = 0.07
-    pole_grey: float = 0.55
+    # each field with its valid range [lo, hi] (checked in __post_init__)
+    scale: float = field(default=0.7, metadata={"range": (0.05, 2.0)})
+    cx: float = field(default=0.5, metadata={"range": (-1.0, 2.0)})  # sign centre, fraction of the frame width
+    cy: float = field(default=0.45, metadata={"range": (-1.0, 2.0)})  # fraction of the frame height
+    yaw_deg: float = field(default=0.0, metadata={"range": (-79.99, 79.99)})  # below 80 degrees: the sign faces us
+    pitch_deg: float = field(default=0.0, metadata={"range": (-79.99, 79.99)})
+    roll_deg: float = field(default=0.0, metadata={"range": (-90.0, 90.0)})
+    focal: float = field(default=1.6, metadata={"range": (0.3, 20.0)})
+    pole_width: float = field(default=0.07, metadata={"range": (0.0, 0.3)})
+    pole_grey: float = field(default=0.55, metadata={"range": (0.0, 1.0)})
 
     def __post_init__(self) -> None:
-        if not (0.05 <= self.scale <= 2.0 and 0.3 <= self.focal <= 20.0 and 0.0 <= self.pole_width <= 0.3
-                and 0.0 <= self.pole_grey <= 1.0):
-            raise ConfigError(f"PlacementParams out of range: scale in [0.05, 2], focal in [0.3, 20], pole_width in "
-                              f"[0, 0.3], pole_grey in [0, 1]; got {self}")
-        if max(abs(self.yaw_deg), abs(self.pitch_deg)) >= 80 or abs(self.roll_deg) > 90:
-            raise ConfigError(f"PlacementParams: |yaw|, |pitch| must be below 80 degrees and |roll| at most 90, "
-                              f"got {self.yaw_deg}, {self.pitch_deg}, {self.roll_deg}")
+        for f in fields(self):
+            lo, hi = f.metadata["range"]
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise ConfigError(f"PlacementParams {f.name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
 
 
 def sample_placement(generator, *, scale: tuple[float, float] = (0.45, 0.8), max_yaw: float = 35.0,
