@@ -27,25 +27,18 @@ class Photo:
     imagenet_hint: str = ""  # what an ImageNet model should see, where obvious
 
 
-PHOTOS: tuple[Photo, ...] = (
-    Photo("astronaut", "skimage", "astronaut.png", "photo"),
-    Photo("chelsea", "skimage", "chelsea.png", "photo", "tabby / Egyptian cat"),
-    Photo("coffee", "skimage", "coffee.png", "photo", "espresso"),
-    Photo("rocket", "skimage", "rocket.jpg", "photo"),
-    Photo("motorcycle_left", "skimage", "motorcycle_left.png", "photo"),
-    Photo("motorcycle_right", "skimage", "motorcycle_right.png", "photo"),
-    Photo("hubble_deep_field", "skimage", "hubble_deep_field.jpg", "photo"),
-    Photo("retina", "skimage", "retina.jpg", "photo"),
-    Photo("ihc", "skimage", "ihc.png", "photo"),
-    Photo("grace_hopper", "matplotlib", "sample_data/grace_hopper.jpg", "photo", "military uniform"),
-    Photo("camera", "skimage", "camera.png", "grayscale-photo"),  # the cameraman: has a face
-    Photo("coins", "skimage", "coins.png", "texture"),
-    Photo("moon", "skimage", "moon.png", "texture"),
-    Photo("page", "skimage", "page.png", "texture"),
-    Photo("brick", "skimage", "brick.png", "texture"),
-    Photo("grass", "skimage", "grass.png", "texture"),
-    Photo("gravel", "skimage", "gravel.png", "texture"),
-)
+#: the shipped photos, a data file (name, package, relative path, kind, ImageNet hint)
+PHOTOS_PATH = Path(__file__).with_name("data") / "photos.json"
+
+
+def _load_photo_table() -> tuple[Photo, ...]:
+    from testbed.inputs import load_json
+
+    doc = load_json(PHOTOS_PATH, what="shipped photo table")
+    return tuple(Photo(**row) for row in doc["photos"])
+
+
+PHOTOS: tuple[Photo, ...] = _load_photo_table()
 _BY_NAME = {p.name: p for p in PHOTOS}
 
 
