@@ -11,6 +11,16 @@ from pipelines.defences.patchcleanser import (AdaptiveView, PatchCleanser, axis_
                                               patch_attack, patch_side, square_masks)
 
 
+def one_pixel_patches(x: torch.Tensor, values: tuple[float, ...] = (0.0, 1.0)):
+    """Every 1-px patch of ``x`` (1, C, H, W): each position set to each value (exhaustive soundness checks)."""
+    for yy in range(x.shape[-2]):
+        for xx in range(x.shape[-1]):
+            for v in values:
+                xp = x.clone()
+                xp[:, :, yy, xx] = v
+                yield xp
+
+
 class RegionModel(nn.Module):
     """Class 1 when the mean of the 2×2 region at (ry, rx) exceeds 0.9, else class 0: constant outside the region."""
 
@@ -127,12 +137,8 @@ def test_one_pixel_decision_that_grey_does_not_flip_is_certified_and_sound() -> 
     x[:, :, 0, 0] = 0.6
     pc = PatchCleanser(PixelModel(), mask_set(8, 1, 3), num_classes=2)
     assert pc.certify(x, torch.tensor([0])).all()
-    for yy in range(8):
-        for xx in range(8):
-            for v in (0.0, 1.0):
-                xp = x.clone()
-                xp[:, :, yy, xx] = v
-                assert pc.predict(xp).label.item() == 0
+    for xp in one_pixel_patches(x):
+        assert pc.predict(xp).label.item() == 0
 
 
 def test_patch_attack_changes_only_its_square_and_never_breaks_a_certified_image() -> None:

@@ -843,17 +843,21 @@ def run_report(cfg: EvalConfig, out_dir: Path, *, cache_dir: Path = DEFAULT_CACH
         if "sticker" in cfg.sections:
             needed |= set(cfg.sticker_models)
         defences = build_defences(cfg, cache_dir, tuple(needed))
+
+        def save_partial(section: str) -> Callable[[dict[str, Any]], None]:
+            """A callback writing a long section's rows so far into the report."""
+            def partial(rows: dict[str, Any]) -> None:
+                report["sections"][section] = rows
+                report["wall_seconds"] = round(time.time() - t_start, 1)
+                write_report(report, out_dir)
+            return partial
+
         for sec in SECTIONS:
             if sec not in cfg.sections:
                 continue
             t0 = time.time()
             if sec == "table":
-                def partial(rows: dict[str, Any]) -> None:
-                    report["sections"]["table"] = rows
-                    report["wall_seconds"] = round(time.time() - t_start, 1)
-                    write_report(report, out_dir)
-
-                res = section_table(cfg, defences, data, log, partial)
+                res = section_table(cfg, defences, data, log, save_partial("table"))
             elif sec == "masking":
                 res = section_masking(cfg, defences, data, log)
             elif sec == "smoothing":
@@ -865,12 +869,7 @@ def run_report(cfg: EvalConfig, out_dir: Path, *, cache_dir: Path = DEFAULT_CACH
             elif sec == "sticker":
                 res = section_sticker(cfg, defences, log)
             elif sec == "patchcleanser":
-                def partial_pc(rows: dict[str, Any]) -> None:
-                    report["sections"]["patchcleanser"] = rows
-                    report["wall_seconds"] = round(time.time() - t_start, 1)
-                    write_report(report, out_dir)
-
-                res = section_patchcleanser(cfg, data, cache_dir, log, partial_pc)
+                res = section_patchcleanser(cfg, data, cache_dir, log, save_partial("patchcleanser"))
             elif sec == "derandomized":
                 res = section_derandomized(cfg, data, cache_dir, log)
             elif sec == "patch_sticker":
