@@ -517,37 +517,38 @@ def section_channel(cfg: EvalConfig, defences: dict[str, Defence], data: dict[st
     return out
 
 
-def section_sticker(cfg: EvalConfig, defences: dict[str, Defence], log: Callable[[str], None]) -> dict[str, Any]:
+def stop_sticker_row(cfg: EvalConfig, model: Callable[[Tensor], Tensor]) -> tuple[dict[str, Any], Tensor]:
+    """The RP2 stop -> no_entry sticker on ``model`` (the shared physical loop: stop rendered at 128 px on grey,
+    saliency-placed cells within 9.5% of the sign, ``rp2`` EOT, 32 px input): its report row and per-draw success."""
     from physical.universal import SignSticker, mask_fraction_of_sign, saliency_mask
     from worlds.signs.render import class_names, composite, render_sign
 
     names = class_names()
     src, tgt = names.index("stop"), names.index("no_entry")
     rgba = render_sign("stop", 128)
-    sign = composite(rgba, 0.5).clamp(0, 1)
-    alpha = rgba[:, 3:4]
+    sign, alpha = composite(rgba, 0.5).clamp(0, 1), rgba[:, 3:4]
+    t0 = time.time()
+    atk = SignSticker(eot="rp2", input_size=(32, 32), max_mask_fraction=0.10, steps=cfg.sticker_steps,
+                      batch_size=cfg.sticker_batch, lr=0.1, eval_samples=cfg.sticker_eval, seed=cfg.seed,
+                      checkpoint_every=10_000)
+    mask = saliency_mask(atk.saliency(model, sign, target=tgt, samples=64, alpha=alpha), alpha, 0.095, cell=8)
+    r = atk(model, sign, mask, target=tgt, alpha=alpha, source_label=src)
+    return {"mask_fraction_of_sign": mask_fraction_of_sign(mask, alpha), "targeted_success": _rates(r.success),
+            "initial_success": _rates(r.initial_success),
+            "clean_accuracy_same_draws": _rates(r.extras["clean_correct"]),
+            "seconds": round(time.time() - t0, 1)}, r.success
+
+
+def section_sticker(cfg: EvalConfig, defences: dict[str, Defence], log: Callable[[str], None]) -> dict[str, Any]:
     out: dict[str, Any] = {"sign": "stop", "target": "no_entry", "sign_size": 128, "steps": cfg.sticker_steps,
                            "batch_size": cfg.sticker_batch, "eval_draws": cfg.sticker_eval, "models": {}}
     for name in cfg.sticker_models:
         d = defences.get(name)
         if d is None:
             continue
-        model = d.naive_view
-        t0 = time.time()
-        atk = SignSticker(eot="rp2", input_size=(32, 32), max_mask_fraction=0.10, steps=cfg.sticker_steps,
-                          batch_size=cfg.sticker_batch, lr=0.1, eval_samples=cfg.sticker_eval, seed=cfg.seed,
-                          checkpoint_every=10_000)
-        sal = atk.saliency(model, sign, target=tgt, samples=64, alpha=alpha)
-        mask = saliency_mask(sal, alpha, 0.095, cell=8)
-        r = atk(model, sign, mask, target=tgt, alpha=alpha, source_label=src)
-        k = int(r.success.sum())
-        out["models"][name] = {
-            "mask_fraction_of_sign": mask_fraction_of_sign(mask, alpha),
-            "targeted_success": wilson(k, int(r.success.numel())).as_dict(),
-            "initial_success": _rates(r.initial_success),
-            "clean_accuracy_same_draws": _rates(r.extras["clean_correct"]),
-            "seconds": round(time.time() - t0, 1)}
-        log(f"sticker {name}: success {k}/{r.success.numel()} ({time.time() - t0:.0f} s)")
+        out["models"][name], success = stop_sticker_row(cfg, d.naive_view)
+        log(f"sticker {name}: success {int(success.sum())}/{success.numel()} "
+            f"({out['models'][name]['seconds']:.0f} s)")
     return out
 
 
@@ -679,15 +680,9 @@ def section_patch_sticker(cfg: EvalConfig, cache_dir: Path, log: Callable[[str],
     """The RP2 sticker (the shared physical loop) against the masked sign-cnn and PatchCleanser around it, the
     attacker differentiating the masked predictions (EOT over mask positions inside ``AdaptiveView``); the loop's
     fresh-draw evaluation runs without gradients, i.e. on the exact double-masked vote."""
-    from physical.universal import SignSticker, mask_fraction_of_sign, saliency_mask
     from pipelines.defences.patchcleanser import (AdaptiveView, PatchCleanser, mask_set, masked_sign_cnn,
                                                   patch_side)
-    from worlds.signs.render import class_names, composite, render_sign
 
-    names = class_names()
-    src, tgt = names.index("stop"), names.index("no_entry")
-    rgba = render_sign("stop", 128)
-    sign, alpha = composite(rgba, 0.5).clamp(0, 1), rgba[:, 3:4]
     masked, rec = masked_sign_cnn(tuple(patch_side(f, 32) for f in cfg.pc_train_fractions), cfg.pc_k,
                                   epochs=cfg.pc_train_epochs, cache_dir=cache_dir, log=log)
     side = patch_side(cfg.patch_sticker_fraction, 32)
@@ -698,18 +693,8 @@ def section_patch_sticker(cfg: EvalConfig, cache_dir: Path, log: Callable[[str],
     view = AdaptiveView(pc, cfg.pc_eot, seed=cfg.seed)
     for name, model in (("masked sign-cnn (no defence)", masked),
                         (f"PatchCleanser(masked), {side}-px mask set, adaptive", view)):
-        t0 = time.time()
-        atk = SignSticker(eot="rp2", input_size=(32, 32), max_mask_fraction=0.10, steps=cfg.sticker_steps,
-                          batch_size=cfg.sticker_batch, lr=0.1, eval_samples=cfg.sticker_eval, seed=cfg.seed,
-                          checkpoint_every=10_000)
-        sal = atk.saliency(model, sign, target=tgt, samples=64, alpha=alpha)
-        mask = saliency_mask(sal, alpha, 0.095, cell=8)
-        r = atk(model, sign, mask, target=tgt, alpha=alpha, source_label=src)
-        out["models"][name] = {"mask_fraction_of_sign": mask_fraction_of_sign(mask, alpha),
-                               "targeted_success": _rates(r.success), "initial_success": _rates(r.initial_success),
-                               "clean_accuracy_same_draws": _rates(r.extras["clean_correct"]),
-                               "seconds": round(time.time() - t0, 1)}
-        log(f"patch_sticker {name}: success {int(r.success.sum())}/{r.success.numel()}")
+        out["models"][name], success = stop_sticker_row(cfg, model)
+        log(f"patch_sticker {name}: success {int(success.sum())}/{success.numel()}")
     return out
 
 
