@@ -116,9 +116,8 @@ def measure_palette(image: torch.Tensor, sidecar: str | Path | dict[str, Any], *
 
 
 def delta_e2000(rgb_a: np.ndarray, rgb_b: np.ndarray) -> np.ndarray:
-    """CIEDE2000 colour difference between Nx3 sRGB arrays in [0, 1] (via scikit-image, D65)."""
-    from skimage.color import deltaE_ciede2000, rgb2lab
+    """CIEDE2000 colour difference between Nx3 sRGB arrays in [0, 1] (D65): the project's one implementation,
+    ``physical.printer_profile`` (checked against scikit-image and Sharma's published pairs)."""
+    from physical.printer_profile import delta_e2000_rgb
 
-    a = rgb2lab(np.asarray(rgb_a, np.float64).reshape(-1, 1, 3)).reshape(-1, 3)
-    b = rgb2lab(np.asarray(rgb_b, np.float64).reshape(-1, 1, 3)).reshape(-1, 3)
-    return deltaE_ciede2000(a, b)
+    return delta_e2000_rgb(rgb_a, rgb_b)
