@@ -32,6 +32,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         scale=(0.5, 1.0), perspective=0.25, rotation=5.0, translate=0.05, brightness=0.1, contrast=(0.8, 1.2),
         printer_gain=0.05, printer_offset=0.02, blur=(0.0, 1.0),
     ),
+    # rp2's viewpoints (distance, angle, crop, blur) with print-aware's colour ranges (chroma kept 0.6-1.0, paper
+    # white exposed at 0.55-1.0 of full scale, illuminant, printer error, sensor noise): a sign sticker that has to
+    # survive a printer and a camera (docs/signs.md, "Over artwork variation").
+    "rp2-print": dict(
+        scale=(0.5, 1.0), perspective=0.25, rotation=5.0, translate=0.05, blur=(0.0, 1.0),
+        **{k: _PRINT_AWARE[k] for k in ("brightness", "contrast", "contrast_pivot", "saturation", "illuminant",
+                                        "printer_gain", "printer_offset", "noise")},
+    ),
     # Sharif, Bhagavatula, Bauer & Reiter 2016 optimised over several photos of the wearer (small pose and
     # lighting changes), with NPS and TV for printability; no parametric range was published. This preset
     # encodes "small head movements and lighting": +-5 deg, scale 0.95-1.05, +-3% shift, light and colour cast.

@@ -204,7 +204,7 @@ def test_print_stage_can_be_skipped():
 
 def test_presets_resolve_and_serialise(tmp_path):
     assert set(PRESETS) == {"athalye-eot-2d", "rp2", "sharif", "thys", "art-patch-default", "print-aware",
-                            "print-aware-10pct", "secure-eval-patch"}
+                            "print-aware-10pct", "secure-eval-patch", "rp2-print"}
     a = preset("athalye-eot-2d")
     assert a.scale == (0.9, 1.4) and a.rotation == 22.5 and a.brightness == 0.05 and a.noise == (0.0, 0.1)
     art = preset("art-patch-default")
@@ -571,5 +571,10 @@ def test_presets_are_one_table_used_by_demo_secure_eval_and_the_experiment_files
     assert DemoConfig().eot == "print-aware" and preset("print-aware").saturation == (0.6, 1.0)
     assert patch_eot_config() == preset("secure-eval-patch")
     assert preset("print-aware-10pct") == preset("print-aware").replace(scale=(0.8, 1.0))
+    # rp2-print: rp2's viewpoints and blur, print-aware's colour ranges, nothing else
+    rp2, pa = preset("rp2"), preset("print-aware")
+    colour = ("brightness", "contrast", "contrast_pivot", "saturation", "illuminant", "printer_gain",
+              "printer_offset", "noise")
+    assert preset("rp2-print") == rp2.replace(**{k: getattr(pa, k) for k in colour})
     assert EOTConfig.load("experiments/eot_print_aware.yaml") == preset("print-aware")
     assert EOTConfig.load("experiments/eot_print_aware_10pct.yaml") == preset("print-aware-10pct")
