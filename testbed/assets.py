@@ -112,6 +112,27 @@ ASSETS: dict[str, Asset] = {
             "package/model/face_recognition_model.bin",
             description="dlib ResNet face descriptor (tfjs weights)",
         ),
+        # group photos with several frontal faces (face-api's demo images, MIT, taken by the package's author):
+        # the face-detector evasion's training / held-out faces (docs/detectors.md)
+        *(
+            Asset(
+                f"faceapi_sample{i}",
+                f"faceapi-sample{i}.jpg",
+                digest,
+                "npm",
+                "@vladmandic/face-api@1.7.15",
+                f"package/demo/sample{i}.jpg",
+                description=f"face-api demo group photo {i} (faces for face-detector evasion)",
+            )
+            for i, digest in enumerate((
+                "8ecae4b267b2d3169e06e00c7dee97097aa2a94635d45216f7732a5f4943cb51",
+                "7d2b60ae6f13bf30f422e04df87451081a02c83de469056f25afb44b7000c691",
+                "8eb081c9efb14370fa94d9feab9e5fbeafd19a627491853a80c2bf67f7ffa936",
+                "729efa5923061d40eb4ed5f267a18cc7b8ba6f852bb2757b16d8b7e4937476fc",
+                "6d45095ebb182d8f975c0790e0e4eefd86fbb40609cf4b271776d92e12662938",
+                "9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87",
+            ), start=1)
+        ),
     )
 }
 
