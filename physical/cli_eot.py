@@ -153,7 +153,7 @@ def add_speed_options(p: argparse.ArgumentParser, *, channels_last: bool) -> Non
     sp.add_argument("--allocator", choices=["auto", "tcmalloc", "glibc"], default="auto",
                     help="auto (default): re-run this command with tcmalloc preloaded when it is installed "
                          "(bash setup.sh --with-tcmalloc installs libtcmalloc-minimal4); tcmalloc: require it; glibc: as started")
-    sel = p.add_argument_group("iterate selection and early stopping (physical/loop.py)")
+    sel = p.add_argument_group("iterate selection, early stopping and learning-rate schedule (physical/loop.py)")
     sel.add_argument("--select-every", type=cli_types.count_or_zero, default=0,
                      help="every N steps score the current perturbation on fixed validation draws (their own "
                           "generator: neither the optimisation's nor --eval-samples') and keep the best iterate; 0: off, "
@@ -161,6 +161,9 @@ def add_speed_options(p: argparse.ArgumentParser, *, channels_last: bool) -> Non
     sel.add_argument("--select-samples", type=cli_types.count(), default=200, help="validation draws per check")
     sel.add_argument("--stop-at", type=cli_types.fraction, default=None,
                      help="stop once validation success reaches this rate (needs --select-every); default: never")
+    sel.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                     help="Adam's learning rate per step: constant --lr, or cosine-annealed from --lr towards 0 over "
+                          "--steps (a cosine run resumes but cannot be extended)")
 
 
 
@@ -196,7 +199,7 @@ def _speed_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(precision=getattr(args, "precision", "fp32"), channels_last=getattr(args, "channels_last", True),
                 compile=getattr(args, "compile", False), eot_batch=getattr(args, "eot_batch", None),
                 select_every=getattr(args, "select_every", 0), select_samples=getattr(args, "select_samples", 200),
-                stop_at=getattr(args, "stop_at", None))
+                stop_at=getattr(args, "stop_at", None), lr_schedule=getattr(args, "lr_schedule", "constant"))
 
 
 def _eot_arg(value: str) -> Any:

@@ -16,8 +16,9 @@ supplies five hooks (foolbox-3 style, a small subclass each):
 and may override ``_regularise(ctx, colours)`` (default ``lambda_nps * NPS + lambda_tv * TV`` over ``ctx.mask``),
 ``_result`` and ``_save``. The loop owns, once for every attack:
 
-* Adam on the logits ``w`` of the colours (sigmoid parametrisation); ``batch_size`` draws per step from a CPU
-  generator seeded ``seed`` (the same draws on any device);
+* Adam on the logits ``w`` of the colours (sigmoid parametrisation), at ``lr`` or, with ``lr_schedule="cosine"``,
+  annealed from ``lr`` towards 0 over ``steps`` (``lr_at``); ``batch_size`` draws per step from a CPU generator
+  seeded ``seed`` (the same draws on any device);
 * the speed settings: weights frozen for the call (flags restored), ``channels_last`` (NHWC model and input),
   ``precision="bf16"`` (bfloat16 autocast of the optimisation's forward/backward; evaluation stays fp32),
   ``compile`` (``torch.compile`` of the optimisation's model), and ``eot_batch`` (micro-batching: the step's
@@ -39,6 +40,7 @@ and may override ``_regularise(ctx, colours)`` (default ``lambda_nps * NPS + lam
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,11 @@ from testbed.palette import resolve_palette
 Callback = Callable[[int, float], None]
 #: the validation draws' generator is seeded ``seed + VALIDATION_SEED_OFFSET`` (the evaluation's is ``seed + 1_000_003``)
 VALIDATION_SEED_OFFSET = 2_000_029
+#: Adam learning-rate schedules of the loop (``PhysicalAttack.lr_at``)
+LR_SCHEDULES = ("constant", "cosine")
+#: loop keys left out of EVERY attack's config at these values (whatever its own ``CONFIG_OMIT_DEFAULTS``), so run
+#: directories written before the key existed resume
+LOOP_OMIT_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant"}
 
 
 class RunOptions(TypedDict, total=False):
@@ -225,6 +232,7 @@ class PhysicalAttack(RunHyperParams):
     steps: int = 200
     batch_size: int = 16  # EOT draws per step
     lr: float = 0.1  # Adam, on the logits of the colours
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr annealed to 0 over ``steps`` (lr_at)
     lambda_nps: float = 0.0
     lambda_tv: float = 0.0
     nps_kind: Literal["min", "product"] = "min"
@@ -254,6 +262,8 @@ class PhysicalAttack(RunHyperParams):
         check_int("steps", self.steps, 0)
         check_int("batch_size", self.batch_size)
         check_nonneg("lr", self.lr)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         for n in ("lambda_nps", "lambda_tv"):
             check_nonneg(n, getattr(self, n))
         if self.nps_kind not in ("min", "product"):
@@ -280,9 +290,17 @@ class PhysicalAttack(RunHyperParams):
         if self.palette is not None:
             resolve_palette(self.palette)
 
+    def lr_at(self, step: int) -> float:
+        """Adam's learning rate for step ``step`` (0-based): ``lr``, or with ``lr_schedule="cosine"``
+        ``lr * (1 + cos(pi * step / steps)) / 2`` (from ``lr`` at the first step towards 0 at ``steps``). A function
+        of the step alone, so a resumed run takes exactly the rates of an uninterrupted one."""
+        if self.lr_schedule == "cosine" and self.steps > 0:
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+        return self.lr
+
     def config(self) -> dict[str, Any]:
         out = super().config()
-        for k, default in self.CONFIG_OMIT_DEFAULTS.items():
+        for k, default in {**LOOP_OMIT_DEFAULTS, **self.CONFIG_OMIT_DEFAULTS}.items():
             if k in out and out[k] == default:
                 out.pop(k)
         return out
@@ -403,7 +421,12 @@ class PhysicalAttack(RunHyperParams):
                 raise ConfigError(f"run directory {run.path} has {int(ckpt['step'])} steps done, more than steps="
                                   f"{self.steps}; give at least {int(ckpt['step'])} steps to resume or extend it, "
                                   "or a new --out folder")
-            if (run.read_config() or {}).get("steps") != self.steps:
+            stored_steps = (run.read_config() or {}).get("steps")
+            if ckpt is not None and self.lr_schedule != "constant" and stored_steps != self.steps:
+                raise ConfigError(f"run directory {run.path} decays its learning rate over its steps (lr_schedule="
+                                  f"{self.lr_schedule}): it resumes with the same steps but cannot be extended; "
+                                  "use a new --out folder")
+            if stored_steps != self.steps:
                 run.write_config()  # the new end is the run's configuration from now on
             if ckpt is not None:
                 with torch.no_grad():
@@ -431,6 +454,9 @@ class PhysicalAttack(RunHyperParams):
                     break
                 draw = self._sample(ctx, self.batch_size, gen)
                 loss, grad = self.loss_and_grad(net, ctx, w, draw)
+                if self.lr_schedule != "constant":
+                    for group in opt.param_groups:
+                        group["lr"] = self.lr_at(step)
                 w.grad = grad  # only the perturbation's gradient: no weight gradients, whatever the model's flags
                 opt.step()
                 pending.append(loss)
@@ -623,5 +649,5 @@ def replace_context(ctx: AttackContext, **changes: Any) -> AttackContext:
     return dataclasses.replace(ctx, **changes)
 
 
-__all__ = ["AttackContext", "LoopOutcome", "PhysicalAttack", "PhysicalResult", "Selection", "VALIDATION_SEED_OFFSET",
-           "device_of", "logit", "replace_context"]
+__all__ = ["AttackContext", "LR_SCHEDULES", "LoopOutcome", "PhysicalAttack", "PhysicalResult", "Selection",
+           "VALIDATION_SEED_OFFSET", "device_of", "logit", "replace_context"]
