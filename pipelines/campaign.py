@@ -18,7 +18,7 @@ A campaign file (``experiments/campaign_*.yaml``; docs/campaigns.md)::
       eval_seed: null             # their seed (default: the command's, seed + 1000003)
       print_photo: {photos: 50, preset: default, seed: 2026}   # optional: simulated print -> photo, in situ
     resources: {num_cpus: 1, num_gpus: 0}   # what each cell declares to the executor (Ray schedules by it)
-    torch_threads: null           # torch threads per cell (default: the executor's choice)
+    torch_threads: 1              # torch threads per cell, the same on every executor (null: the executor's choice)
 
 Every cell is an ordinary run directory, ``DIR/cells/<key>/``, written by the same code as the single command
 (``testbed patch`` / ``sticker`` / ``eyeglass`` / ``attack digital``: the cell's options are parsed by that
@@ -157,7 +157,7 @@ class CampaignConfig:
     options_by_attack: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 1.0, "num_gpus": 0.0})
-    torch_threads: int | None = None
+    torch_threads: int | None = 1  # the same count on every executor: bit-identical cells; None: executor's
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -340,7 +340,7 @@ def parse_campaign(data: Any, *, check_names: bool = True) -> CampaignConfig:
             raise CampaignError(f"campaign resources.{k} must be a number in {'(0' if k == 'num_cpus' else '[0'}, "
                                 f"1024], got {v!r}")
         resources[k] = float(v)
-    threads = data.get("torch_threads")
+    threads = data.get("torch_threads", 1)  # absent: 1, so every executor computes the same bits; null: executor's
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256):
         raise CampaignError(f"campaign torch_threads must be an integer in [1, 256] or null, got {threads!r}")
     cfg = CampaignConfig(name=name.strip(), attack=tuple(attack), grid=grid, options=options,
@@ -499,6 +499,8 @@ def run_campaign(config: CampaignConfig | str | Path, out: str | Path, executor:
     if not isinstance(config, CampaignConfig):
         config = load_campaign(config)
     executor = executor or SerialExecutor(config.torch_threads)
+    if config.torch_threads:
+        executor.threads = config.torch_threads  # the campaign's count wins: the same bits on every executor
     cells = config.cells()
     executor.start()  # e.g. no Ray cluster: refused before the folder is written
     run = CampaignDir(out, config)
@@ -672,8 +674,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     executor = executor_from_args(args)  # options that do not belong to the executor are refused first
     config = load_campaign(args.campaign)
-    if config.torch_threads:
-        executor.threads = config.torch_threads
     summary = run_campaign(config, args.out, executor, retry_failed=args.retry_failed,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} resumed from {args.out}, "

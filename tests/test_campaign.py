@@ -25,8 +25,7 @@ def tiny_campaign(**over) -> dict:
         "options": {"model": "sign-cnn", "sign": "stop", "steps": 6, "batch_size": 4, "checkpoint_every": 2,
                     "device": "cpu"},
         "evaluation": {"eot_draws": 24},
-        "torch_threads": 1,
-    }
+    }  # no torch_threads: the default (1 per cell on every executor) is what makes the executors agree bit for bit
     data.update(over)
     return data
 
@@ -62,6 +61,9 @@ def test_config_round_trips_and_keeps_the_grid_order():
     cfg = parse_campaign(tiny_campaign())
     again = parse_campaign(json.loads(json.dumps(cfg.to_dict(), sort_keys=True)))  # as stored in config.json
     assert again == cfg
+    assert cfg.torch_threads == 1  # absent: one thread per cell on every executor (bit-identical cells)
+    free = parse_campaign(tiny_campaign(torch_threads=None))  # null: each executor's own choice
+    assert free.torch_threads is None and parse_campaign(json.loads(json.dumps(free.to_dict()))) == free
     assert [c.key for c in again.cells()] == ["sticker_target=no_entry_seed=0", "sticker_target=no_entry_seed=1",
                                               "sticker_target=yield_seed=0", "sticker_target=yield_seed=1"]
     cell = cfg.cells()[1]
