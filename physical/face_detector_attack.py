@@ -314,6 +314,25 @@ class FaceDetectorFrame(EyeglassFrame):
         return scores
 
 
+@torch.no_grad()
+def align_all_faces(image: Tensor, detector: MTCNN, *, size: int = 150, padding: float = 0.25,
+                    min_prob: float = 0.9) -> Tensor:
+    """Every face MTCNN finds in one photo (1 x 3 x H x W) with probability ``>= min_prob``, each aligned on its
+    landmarks exactly as ``physical.eyeglass.align_wearer`` aligns the one most probable face: (K, 3, S, S), most
+    probable first (a group photo gives several wearers; ImageError when it has none)."""
+    from worlds.faces import align_face
+
+    if not 0.0 <= min_prob < 1.0:
+        raise ConfigError(f"min_prob must be in [0, 1), got {min_prob}")
+    found = detector.detect(image)[0]
+    keep = found.probs >= min_prob
+    if not bool(keep.any()):
+        best = f"best probability {float(found.probs[0]):.3f}" if len(found) else "no candidate at all"
+        raise ImageError(f"no face with probability >= {min_prob} in the photo ({best})")
+    landmarks = found.landmarks[keep].to(image)
+    return align_face(image.expand(len(landmarks), -1, -1, -1), landmarks, size, padding).clamp(0, 1)
+
+
 def random_texture(size: int, seed: int) -> Tensor:
     """The random-colour control: i.i.d. uniform colours per pixel (1, 3, size, size), seeded."""
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
@@ -324,6 +343,7 @@ __all__ = [
     "DetectorFrameContext",
     "FaceDetectorFrame",
     "MTCNNFaceScores",
+    "align_all_faces",
     "detection_images",
     "random_texture",
     "unpack",

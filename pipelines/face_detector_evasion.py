@@ -3,6 +3,12 @@ evaluated on fresh EOT draws of HELD-OUT faces (recall at IoU 0.5 per ground-tru
 AP), beside no frame, the unoptimised brown frame and a random-colour frame of the same mask (the control).
 
     testbed evade-detector --train astronaut camera --held-out grace_hopper --steps 40 --out runs/evade-mtcnn
+    testbed evade-detector --train faceapi_sample1 faceapi_sample2 faceapi_sample3 faceapi_sample4 astronaut camera \
+        --held-out faceapi_sample5 faceapi_sample6 grace_hopper --out runs/evade-mtcnn-group
+
+A face item is a shipped photo name, a group-photo asset (``faceapi_sample1`` .. ``faceapi_sample6``: face-api's demo
+photos, ``testbed assets fetch``), or an image file / folder / glob (``testbed.photos.resolve_images``). Every face
+MTCNN finds in an item with probability >= ``--min-face-prob`` becomes a face chip (a group photo gives several).
 
 The attack is ``physical.face_detector_attack.FaceDetectorFrame`` (the eyeglass attack on the one physical loop);
 the metrics are ``pipelines.detection_metrics``. Writes the run folder (config, checkpoints, frame, metrics) and
@@ -35,6 +41,53 @@ def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float,
     return out
 
 
+#: the group photos that ship as assets (face-api's demo photos), usable by name as face items
+GROUP_PHOTO_PREFIX = "faceapi_sample"
+
+
+def resolve_face_items(items: list[str]) -> list[str]:
+    """Each ``--train`` / ``--held-out`` item as a shipped photo name or an image path: group-photo asset names
+    become their verified cached files (AssetError naming ``testbed assets fetch`` when absent); everything else
+    goes through the one resolver ``testbed.photos.resolve_images`` (names, files, folders, globs)."""
+    from testbed.assets import ASSETS, asset_path
+    from testbed.photos import resolve_images
+
+    out: list[str] = []
+    for item in items:
+        if item.startswith(GROUP_PHOTO_PREFIX) and item in ASSETS:
+            out.append(str(asset_path(item)))
+        else:
+            out.extend(resolve_images([item], what="face photo"))
+    return out
+
+
+def face_chips(items: list[str], detector: Any, *, min_prob: float) -> tuple[Any, list[dict[str, Any]]]:
+    """(chips (N, 3, 150, 150), [{"item", "faces"}]): every face of probability >= ``min_prob`` in each item."""
+    import torch
+
+    from physical.face_detector_attack import align_all_faces
+    from testbed.photos import load_images
+
+    chips, counts = [], []
+    for item, path in zip(items, [resolve_face_items([i]) for i in items]):
+        for image in load_images(path):
+            c = align_all_faces(image, detector, min_prob=min_prob)
+            chips.append(c)
+            counts.append({"item": item, "faces": len(c)})
+    return torch.cat(chips), counts
+
+
+def recall_by_item(detected: Any, chip_index: Any, faces: list[dict[str, Any]]) -> dict[str, str]:
+    """{item: "k/n"}: detected draws over draws of each item's faces (``faces`` as ``face_chips`` returns it, in
+    chip order; ``chip_index`` (E,) the chip of each evaluation draw)."""
+    out, start = {}, 0
+    for row in faces:
+        mine = (chip_index >= start) & (chip_index < start + row["faces"])
+        out[row["item"]] = f"{int(detected[mine].sum())}/{int(mine.sum())}"
+        start += row["faces"]
+    return out
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``evade-detector`` subcommand."""
     p = subparsers.add_parser(
@@ -55,6 +108,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0, help="total-variation weight")
     p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0, help="non-printability weight")
     p.add_argument("--eot", default="sharif", help="EOT preset name")
+    p.add_argument("--min-face-prob", type=cli_types.number(0, 0.999), default=0.9,
+                   help="every face MTCNN finds at this probability or more in a photo becomes a face chip")
     from physical.cli_eot import add_run_options
 
     add_run_options(p, checkpoint_every=10, channels_last=False, eval_samples=200)
@@ -62,21 +117,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _real(item: str) -> str:
+    """A resolved face item (shipped photo name or path) as the real path of its file."""
+    import os
+
+    from testbed.photos import list_photos, photo_path
+
+    return os.path.realpath(photo_path(item) if item in list_photos() else item)
+
+
 def run_evade_detector(args: argparse.Namespace) -> int:
     """Handler of ``testbed evade-detector``."""
     import torch
 
     from physical.cli_eot import _speed_kwargs
-    from physical.cli_eyeglass import _load
-    from physical.eyeglass import align_wearer
     from physical.face_detector_attack import FaceDetectorFrame, random_texture
     from testbed.machine import machine_info
     from testbed.models.mtcnn import build_mtcnn
     from testbed.runs import atomic_write_json
 
     overlap = sorted(set(args.train) & set(args.held_out))
-    if overlap:
-        raise ConfigError(f"--held-out must not repeat a --train face: {', '.join(overlap)}")
+    resolved_overlap = sorted(set(map(_real, resolve_face_items(args.train)))
+                              & set(map(_real, resolve_face_items(args.held_out))))
+    if overlap or resolved_overlap:
+        raise ConfigError(f"--held-out must not repeat a --train face: {', '.join(overlap or resolved_overlap)}")
     attack = FaceDetectorFrame(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, reduce=args.reduce, top_k=args.top_k,
         logit_margin=args.logit_margin, score_threshold=args.score_threshold, lambda_tv=args.lambda_tv,
@@ -84,14 +148,14 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
         checkpoint_every=args.checkpoint_every, **_speed_kwargs(args))
     t0 = time.perf_counter()
-    train = [_load(x) for x in args.train]
-    held = [_load(x) for x in args.held_out]
     cli_types.check_run_out(args.out, FaceDetectorFrame.name)
     detector = build_mtcnn()
-    train_chips, _ = align_wearer(train, detector)
-    held_chips, _ = align_wearer(held, detector)
+    train_chips, train_faces = face_chips(list(args.train), detector, min_prob=args.min_face_prob)
+    held_chips, held_faces = face_chips(list(args.held_out), detector, min_prob=args.min_face_prob)
+    print(f"faces: {len(train_chips)} optimised on, {len(held_chips)} held out")
     result = attack(detector, train_chips, eval_chips=held_chips, run_dir=args.out, progress=args.progress,
-                    run_extra={"train": list(args.train), "held_out": list(args.held_out)})
+                    run_extra={"train": list(args.train), "held_out": list(args.held_out),
+                               "train_faces": train_faces, "held_out_faces": held_faces})
     size = int(held_chips.shape[-1])
     control = random_texture(size, args.seed + 99)
     # the random-colour control on the SAME held-out draws (the evaluation generator replays them)
@@ -101,17 +165,24 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         scores[name] = {"detections": result.scores[prefix + "detections"], "gt_box": result.scores[prefix + "gt_box"]}
     report = detection_report({k: scores[k] for k in VARIANTS}, iou_threshold=attack.iou_threshold,
                               score_threshold=attack.score_threshold)
+    chip_index = torch.cat([d["chip_index"] for d in result.eval_draws])
+    detected = {"random": control_scores["detected"], "final": result.scores["detected"],
+                "initial": result.scores["initial_detected"], "clean": result.scores["clean_detected"]}
+    for name in VARIANTS:
+        report[name]["recall_by_item"] = recall_by_item(detected[name].cpu(), chip_index, held_faces)
     elapsed = time.perf_counter() - t0
     out = Path(args.out)
     atomic_write_json(out / "detection.json", {
-        "train": list(args.train), "held_out": list(args.held_out), "eval_samples": attack.eval_samples,
+        "train": list(args.train), "held_out": list(args.held_out), "train_faces": train_faces,
+        "held_out_faces": held_faces, "min_face_prob": args.min_face_prob, "eval_samples": attack.eval_samples,
         "eval_seed": attack.resolved_eval_seed, "variants": report, "mask_fraction": float(result.mask.mean()),
         "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
         "optimise_seconds": result.extras.get("optimise_seconds"), "machine": machine_info()})
     torch.save({"random_texture": control}, out / "random_texture.pt")
     for name in VARIANTS:
         r = report[name]
-        print(f"{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}")
+        by_item = ", ".join(f"{k} {v}" for k, v in r["recall_by_item"].items())
+        print(f"{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({by_item})")
     print(f"held-out {', '.join(args.held_out)}; IoU {attack.iou_threshold}, score >= {attack.score_threshold}; "
           f"{elapsed:.0f}s; wrote {out}")
     return 0

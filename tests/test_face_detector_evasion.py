@@ -19,7 +19,7 @@ from physical.face_detector_attack import (
 from physical.loop import logit
 from pipelines.face_detector_evasion import detection_report
 from pipelines.main import main
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, ImageError
 from testbed.models.mtcnn import build_mtcnn
 from testbed.photos import load_photo
 
@@ -136,3 +136,43 @@ def test_live_with_mtcnn_logs_and_draws_face_boxes_on_a_loopback_stream(tmp_path
     drawn = _draw_boxes(torch.zeros(1, 3, 20, 20), torch.tensor([[2.0, 3.0, 12.0, 15.0]]))
     assert drawn[0, 1, 3, 2:12].eq(1).all() and drawn[0, 1, 3:15, 11].eq(1).all() and drawn[0, 1, 8, 6] == 0
     assert drawn[0, 0].eq(0).all()
+
+
+def test_every_face_of_a_group_photo_becomes_an_aligned_chip(detector):
+    """``align_all_faces`` on a two-face photo (astronaut | grace_hopper side by side) gives both faces, each
+    aligned as ``align_wearer`` aligns one: MTCNN's landmarks on the chip sit on the chip template."""
+    from physical.face_detector_attack import align_all_faces
+    from testbed.photos import resize
+    from worlds.faces import DEFAULT_PADDING, chip_template
+
+    group = torch.cat([load_photo("astronaut"), resize(load_photo("grace_hopper"), (512, 390))], dim=-1)
+    found = align_all_faces(group, detector)
+    assert found.shape == (2, 3, 150, 150) and float(found.min()) >= 0 and float(found.max()) <= 1
+    template = chip_template(150, DEFAULT_PADDING)
+    for d in detector.detect(found):
+        assert len(d) >= 1 and (d.landmarks[0] - template).norm(dim=-1).max() < 8  # pixels of the chip
+    with pytest.raises(ImageError, match="no face"):
+        align_all_faces(torch.full((1, 3, 96, 96), 0.5), detector)
+
+
+def test_group_photo_items_resolve_to_pinned_assets_and_recall_is_split_by_item(tmp_path, monkeypatch):
+    from pipelines.face_detector_evasion import recall_by_item, resolve_face_items
+    from testbed.assets import ASSETS
+    from testbed.errors import AssetError
+
+    assert [ASSETS[f"faceapi_sample{i}"].package for i in range(1, 7)] == ["@vladmandic/face-api@1.7.15"] * 6
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))  # an empty cache: never fetched at test time
+    with pytest.raises(AssetError, match=r"faceapi-sample5\.jpg.*testbed assets fetch"):
+        resolve_face_items(["faceapi_sample5"])
+    assert resolve_face_items(["astronaut"]) == ["astronaut"]
+    faces = [{"item": "p1", "faces": 2}, {"item": "p2", "faces": 1}]
+    detected = torch.tensor([True, False, True, True, False])
+    assert recall_by_item(detected, torch.tensor([0, 1, 2, 1, 2]), faces) == {"p1": "2/3", "p2": "1/2"}
+
+
+def test_cli_refuses_the_same_photo_file_on_both_sides(tmp_path, capsys):
+    from testbed.photos import photo_path
+
+    code = main(["evade-detector", "--train", "astronaut", str(photo_path("grace_hopper")), "--held-out",
+                 "grace_hopper", "--out", str(tmp_path / "r")])
+    assert code == 2 and "must not repeat" in capsys.readouterr().err
