@@ -199,7 +199,8 @@ class FaceDetectorFrame(EyeglassFrame):
 
     name: ClassVar[str] = "eyeglass-evade-detector"
     CONFIG_OMIT_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32", "eot_batch": None, "select_every": 0,
-                                                      "select_samples": 200, "stop_at": None}
+                                                      "select_samples": 200, "stop_at": None,
+                                                      "stage_loss": "sum"}
 
     reduce: Literal["max", "topk"] = "max"
     top_k: int = 5
@@ -207,10 +208,15 @@ class FaceDetectorFrame(EyeglassFrame):
     score_threshold: float = 0.7  # MTCNN's own O-Net threshold: every detection it returns counts
     max_detections: int = 5
     logit_margin: float = 1.0  # how far below each stage's threshold the face log-odds are pushed
+    # how the three stages' hinges make a draw's loss: "sum" pushes every stage below its threshold; "min" only
+    # the stage nearest to failing (a face is reported only if ALL stages pass, so one failing stage hides it)
+    stage_loss: Literal["sum", "min"] = "sum"
 
     def validate(self) -> None:
         if self.reduce not in ("max", "topk"):
             raise ConfigError(f"reduce must be 'max' or 'topk', got {self.reduce!r}")
+        if self.stage_loss not in ("sum", "min"):
+            raise ConfigError(f"stage_loss must be 'sum' or 'min', got {self.stage_loss!r}")
         check_int("top_k", self.top_k)
         check_int("max_detections", self.max_detections)
         check_nonneg("logit_margin", self.logit_margin)
@@ -259,11 +265,14 @@ class FaceDetectorFrame(EyeglassFrame):
         return replace_context(ctx, chips=ctx.eval_chips, boxes=ctx.eval_boxes)
 
     def _attack_loss(self, ctx: DetectorFrameContext, outputs: Tensor, goal: Tensor | None) -> Tensor:
-        """Mean over the draws of sum over the stages of ``relu(z_s - logit(t_s) + logit_margin)``: each stage's
-        (max / top-k) face log-odds pushed ``logit_margin`` below the stage's own threshold ``t_s``."""
+        """Mean over the draws of the sum (``stage_loss="sum"``) or the min (``"min"``) over the stages of
+        ``relu(z_s - logit(t_s) + logit_margin)``: each stage's (max / top-k) face log-odds pushed ``logit_margin``
+        below the stage's own threshold ``t_s``."""
         thresholds = torch.tensor(ctx.model.detector.config.thresholds, device=outputs.device)
         limits = torch.log(thresholds) - torch.log1p(-thresholds) - self.logit_margin
-        return F.relu(outputs[:, :N_SCORES] - limits).sum(dim=1).mean()
+        hinges = F.relu(outputs[:, :N_SCORES] - limits)
+        per_draw = hinges.sum(dim=1) if self.stage_loss == "sum" else hinges.min(dim=1).values
+        return per_draw.mean()
 
     def _score(self, ctx: DetectorFrameContext, outputs: Tensor, goal: Tensor | None) -> dict[str, Tensor]:
         assert goal is not None

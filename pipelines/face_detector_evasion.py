@@ -88,6 +88,38 @@ def recall_by_item(detected: Any, chip_index: Any, faces: list[dict[str, Any]]) 
     return out
 
 
+def print_photo_scores(attack: Any, detector: Any, chips: Any, textures: dict[str, Any], mask: Any, *,
+                       photos: int, seed: int, preset: str, face_width_mm: float
+                       ) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Each face chip wearing each texture (None = no frame) printed and photographed ``photos`` times through the
+    survival table's channel (``camera.simulated.print_photograph`` with ``pipelines.survival.SurvivalConfig``'s
+    print-photo config: marker sheet, sampled printer + halftoning, simulated camera, rectified back to the chip),
+    then MTCNN on the rectified photo, scored by the attack's own success hook against the chip's clean ground-truth
+    box. Draw ``j`` of chip ``i`` uses key ``i * photos + j`` for every texture (paired). Returns ({texture:
+    {"detected", "detections", "gt_box", ...}}, chip index of each photo)."""
+    import torch
+
+    from camera.simulated import print_photograph
+    from pipelines.survival import SurvivalConfig
+
+    cfg = SurvivalConfig(photos=photos, seed=seed, preset=preset, face_width_mm=face_width_mm).validate()
+    channel = cfg.channel(cfg.face_width_mm)
+    scorer = attack.scorer(detector)
+    boxes = attack.ground_truth(detector, chips)
+    chip_index = torch.arange(len(chips)).repeat_interleave(photos)
+    keys = list(range(len(chip_index)))
+    mask = mask.to(chips)
+    out: dict[str, dict[str, Any]] = {}
+    for name, texture in textures.items():
+        worn = chips if texture is None else mask * texture.to(chips) + (1 - mask) * chips
+        shots = print_photograph(worn[chip_index].clamp(0, 1).cpu(), seed=cfg.seed, keys=keys,
+                                 config=channel).images
+        with torch.no_grad():
+            outputs = torch.cat([scorer(shots[i : i + 50]) for i in range(0, len(shots), 50)])
+        out[name] = {k: v.cpu() for k, v in attack._score(None, outputs, boxes[chip_index]).items()}
+    return out, chip_index
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``evade-detector`` subcommand."""
     p = subparsers.add_parser(
@@ -101,6 +133,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--reduce", choices=("max", "topk"), default="max",
                    help="face score of an image: max over candidate windows, or mean of the top --top-k")
     p.add_argument("--top-k", type=cli_types.count(), default=5, help="windows averaged by --reduce topk")
+    p.add_argument("--stage-loss", choices=("sum", "min"), default="sum",
+                   help="a draw's loss: the sum of the three stages' hinges, or only the stage nearest to failing")
     p.add_argument("--logit-margin", type=cli_types.non_negative, default=1.0,
                    help="push each stage's face log-odds this far below its threshold")
     p.add_argument("--score-threshold", type=cli_types.number(0, 1), default=0.7,
@@ -110,6 +144,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--eot", default="sharif", help="EOT preset name")
     p.add_argument("--min-face-prob", type=cli_types.number(0, 0.999), default=0.9,
                    help="every face MTCNN finds at this probability or more in a photo becomes a face chip")
+    p.add_argument("--print-photos", type=cli_types.integer(0, 10000), default=0,
+                   help="also print and photograph each held-out face this many times (the survival table's "
+                        "simulated channel) with no frame, the random frame and the optimised frame; 0: off")
+    p.add_argument("--print-preset", default="default", help="camera.simulated preset of those photos")
+    p.add_argument("--print-seed", type=cli_types.seed, default=2026,
+                   help="seed of the printer and camera draws (independent of the EOT seeds)")
     from physical.cli_eot import add_run_options
 
     add_run_options(p, checkpoint_every=10, channels_last=False, eval_samples=200)
@@ -143,7 +183,7 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         raise ConfigError(f"--held-out must not repeat a --train face: {', '.join(overlap or resolved_overlap)}")
     attack = FaceDetectorFrame(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, reduce=args.reduce, top_k=args.top_k,
-        logit_margin=args.logit_margin, score_threshold=args.score_threshold, lambda_tv=args.lambda_tv,
+        logit_margin=args.logit_margin, stage_loss=args.stage_loss, score_threshold=args.score_threshold, lambda_tv=args.lambda_tv,
         lambda_nps=args.lambda_nps, eot=args.eot, eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
         checkpoint_every=args.checkpoint_every, **_speed_kwargs(args))
@@ -170,6 +210,21 @@ def run_evade_detector(args: argparse.Namespace) -> int:
                 "initial": result.scores["initial_detected"], "clean": result.scores["clean_detected"]}
     for name in VARIANTS:
         report[name]["recall_by_item"] = recall_by_item(detected[name].cpu(), chip_index, held_faces)
+    printed = None
+    if args.print_photos:
+        from pipelines.survival import SurvivalConfig
+
+        textures = {"clean": None, "random": control, "final": result.perturbation}
+        face_width_mm = SurvivalConfig().face_width_mm
+        p_scores, p_index = print_photo_scores(attack, detector, held_chips, textures, result.mask,
+                                               photos=args.print_photos, seed=args.print_seed,
+                                               preset=args.print_preset, face_width_mm=face_width_mm)
+        printed = detection_report(p_scores, iou_threshold=attack.iou_threshold,
+                                   score_threshold=attack.score_threshold)
+        for name in printed:
+            printed[name]["recall_by_item"] = recall_by_item(p_scores[name]["detected"], p_index, held_faces)
+        printed = {"photos_per_face": args.print_photos, "preset": args.print_preset, "seed": args.print_seed,
+                   "face_width_mm": face_width_mm, "variants": printed}
     elapsed = time.perf_counter() - t0
     out = Path(args.out)
     atomic_write_json(out / "detection.json", {
@@ -177,12 +232,17 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         "held_out_faces": held_faces, "min_face_prob": args.min_face_prob, "eval_samples": attack.eval_samples,
         "eval_seed": attack.resolved_eval_seed, "variants": report, "mask_fraction": float(result.mask.mean()),
         "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
-        "optimise_seconds": result.extras.get("optimise_seconds"), "machine": machine_info()})
+        "optimise_seconds": result.extras.get("optimise_seconds"), "print_photo": printed,
+        "machine": machine_info()})
     torch.save({"random_texture": control}, out / "random_texture.pt")
     for name in VARIANTS:
         r = report[name]
         by_item = ", ".join(f"{k} {v}" for k, v in r["recall_by_item"].items())
         print(f"{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({by_item})")
+    for name, r in (printed or {}).get("variants", {}).items():
+        by_item = ", ".join(f"{k} {v}" for k, v in r["recall_by_item"].items())
+        print(f"printed+photographed {name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  "
+              f"({by_item})")
     print(f"held-out {', '.join(args.held_out)}; IoU {attack.iou_threshold}, score >= {attack.score_threshold}; "
           f"{elapsed:.0f}s; wrote {out}")
     return 0

@@ -176,3 +176,28 @@ def test_cli_refuses_the_same_photo_file_on_both_sides(tmp_path, capsys):
     code = main(["evade-detector", "--train", "astronaut", str(photo_path("grace_hopper")), "--held-out",
                  "grace_hopper", "--out", str(tmp_path / "r")])
     assert code == 2 and "must not repeat" in capsys.readouterr().err
+
+
+def test_stage_loss_min_hinges_only_the_stage_nearest_to_failing():
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(model=SimpleNamespace(detector=SimpleNamespace(
+        config=SimpleNamespace(thresholds=(0.5, 0.5, 0.5)))))  # logit(0.5) = 0: the hinge is relu(z + margin)
+    outputs = torch.tensor([[3.0, 1.0, 2.0], [-2.0, 4.0, 4.0]])  # draw 2: P-Net already fails by the margin
+    total = FaceDetectorFrame(logit_margin=1.0)._attack_loss(ctx, outputs, None)
+    least = FaceDetectorFrame(logit_margin=1.0, stage_loss="min")._attack_loss(ctx, outputs, None)
+    assert torch.isclose(total, torch.tensor((4 + 2 + 3 + 0 + 5 + 5) / 2))
+    assert torch.isclose(least, torch.tensor((2 + 0) / 2))
+    with pytest.raises(ConfigError, match="stage_loss"):
+        FaceDetectorFrame(stage_loss="max")
+
+
+def test_print_photo_scores_pairs_the_draws_and_finds_the_clean_printed_face(detector, chips):
+    from pipelines.face_detector_evasion import print_photo_scores
+
+    attack = FaceDetectorFrame(steps=1, batch_size=1)
+    mask = torch.zeros(1, 1, 150, 150)
+    scores, index = print_photo_scores(attack, detector, chips[1:], {"a": None, "b": None}, mask, photos=1,
+                                       seed=7, preset="default", face_width_mm=150.0)
+    assert index.tolist() == [0] and scores["a"]["detected"].tolist() == [True]
+    assert torch.equal(scores["a"]["detections"], scores["b"]["detections"])  # the same printer and camera draw
