@@ -246,10 +246,12 @@ def build_tables(rows: dict[str, dict[str, Any]]) -> list[Table]:
                       f"frame {rows['simcam'].get('frame_size')}"])
     for key in ("channel-1280", "insitu-1280", "insitu-640"):
         if key in rows:
+            one = rows[key].get("one_thread_s_per_photo")
             srows.append([BY_KEY[key].label, _r(1.0, get(key)), "photos/s",
-                          f"frame {rows[key].get('frame_size')}; CPU {_f(rows[key].get('cpu_s_per_photo'), 3)} s/photo, "
-                          f"i.e. {_f(1.0 / rows[key]['cpu_s_per_photo'], 1)} photos/s per free core; load "
-                          f"{_f((rows[key].get('load_average') or [0])[0], 1)}"])
+                          f"frame {rows[key].get('frame_size')}; {rows[key].get('photos')} photos on "
+                          f"{rows[key].get('workers')} thread(s); one photo at a time on 1 thread: "
+                          f"{_f(_r(1.0, one), 1)} photos/s (CPU {_f(rows[key].get('cpu_s_per_photo'), 3)} s/photo); "
+                          f"load {_f((rows[key].get('load_average') or [0])[0], 1)}"])
     if "harness" in rows:
         srows.append([BY_KEY["harness"].label, _r(1.0, get("harness")), "images/s",
                       f"classification alone: {_f(_r(1.0, get('harness', 'classify_s_per_image')), 1)} images/s"])

@@ -46,7 +46,7 @@ DEFAULT_SCENES = ("coffee", "chelsea", "astronaut", "rocket", "motorcycle_left",
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _POOLS = threading.Lock()
-_pool_state = {"running": 0, "cv2_threads": 1}  # photo pools running now; OpenCV's threads before the first
+_pool_state = {"running": 0, "cv2_threads": 1, "torch_threads": 1}  # pools running; the libraries' threads before
 
 
 def photo_workers(workers: int | None, n: int) -> int:
@@ -62,11 +62,13 @@ def photo_workers(workers: int | None, n: int) -> int:
 
 @contextlib.contextmanager
 def _photo_pool_threads() -> Iterator[None]:
-    """OpenCV single-threaded while photo threads run (they are the parallelism; restored after the last pool)."""
+    """OpenCV and torch single-threaded while photo threads run (they are the parallelism; restored after the last
+    pool ends)."""
     with _POOLS:
         if _pool_state["running"] == 0:
-            _pool_state["cv2_threads"] = cv2.getNumThreads()
+            _pool_state["cv2_threads"], _pool_state["torch_threads"] = cv2.getNumThreads(), torch.get_num_threads()
             cv2.setNumThreads(1)
+            torch.set_num_threads(1)
         _pool_state["running"] += 1
     try:
         yield
@@ -75,6 +77,7 @@ def _photo_pool_threads() -> Iterator[None]:
             _pool_state["running"] -= 1
             if _pool_state["running"] == 0:
                 cv2.setNumThreads(_pool_state["cv2_threads"])
+                torch.set_num_threads(_pool_state["torch_threads"])
 
 
 def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
@@ -250,8 +253,11 @@ class SimulatedPrinter:
         w = np.array([0.2126, 0.7152, 0.0722], np.float32)
         m = p.saturation * np.eye(3, dtype=np.float32) + (1 - p.saturation) * np.outer(np.ones(3, np.float32), w)
         t = cv2.transform(lin, m.astype(np.float32))  # convex rows: stays in [0, 1]
-        np.maximum(t, 0.0, out=t)
-        return np.power(t, np.float32(p.dot_gain_gamma))
+        cv2.threshold(t, 0.0, 0.0, cv2.THRESH_TOZERO, dst=t)
+        # t ** dot_gain_gamma as exp(gamma * log t) (OpenCV's vectorised exp/log, ~1/10 of np.power; log 0 = -inf)
+        cv2.log(t, dst=t)
+        np.multiply(t, np.float32(p.dot_gain_gamma), out=t)
+        return cv2.exp(t, dst=t)
 
     def _levels(self, t: np.ndarray) -> np.ndarray:
         """Halftone coverage level q = ceil(coverage * n^2 - 0.5) in 0..n^2 of a tone array (int32; ``t`` is
@@ -301,11 +307,11 @@ class SimulatedPrinter:
         p = self.params
         n, b = p.halftone_cell, int(dots_per_px)
         H, W = raster.inside.shape
-        out = np.empty((H, W, 4), np.float32)
-        np.copyto(out[..., 3], raster.inside)
         if not n:
             refl = self.print_u8(raster.page(), b)
             refl *= np.float32(gain)
+            out = np.empty((H, W, 4), np.float32)
+            np.copyto(out[..., 3], raster.inside)
             np.multiply(refl, raster.inside[..., None], out=out[..., :3])
             return out
         nn = n * n
@@ -314,11 +320,8 @@ class SimulatedPrinter:
         refl *= np.float32(gain)
         refl = np.concatenate([refl, np.zeros((3, nn + 1), np.float32)], axis=1)  # the last block: outside the cut
         base = raster.class_index(n // math.gcd(n, b), nn + 1)  # h x up x w x up (int32)
-        h, up, w = base.shape[:3]
-        for c in range(3):
-            idx = base + q[:, None, :, None, c]
-            np.take(refl[c], idx.reshape(H, W), out=out[..., c], mode="clip")
-        return out
+        planes = [np.take(refl[c], (base + q[:, None, :, None, c]).reshape(H, W)) for c in range(3)]
+        return cv2.merge([*planes, raster.coverage])  # contiguous lookups, one interleave
 
     def print_linear(self, page_srgb: np.ndarray, dots_per_px: int = 1) -> np.ndarray:
         """A page raster (HxWx3 sRGB float) as printed: linear reflectance of each raster pixel's area.
@@ -709,16 +712,14 @@ def develop_frame(lin: np.ndarray, params: SimParams) -> tuple[torch.Tensor, dic
     """The camera after the optics' geometry: light the linear frame ``lin`` (HxWx3 float32, modified in place),
     meter it (auto-exposure / white balance, when the params say so), blur, encode to sRGB, add sensor noise and
     write a JPEG. Returns the frame (1x3xHxW RGB in [0, 1]) and what the metering chose."""
-    import albumentations.augmentations.blur.functional as abf
-
     from testbed.imageio import jpeg_round_trip
 
     H, W = lin.shape[:2]
     # lighting: exposure x white balance x a linear brightness ramp (rank-1 construction, one multiply)
     ca, sa = math.cos(params.gradient_angle), math.sin(params.gradient_angle)
     k = params.gradient_amp / (0.5 * math.hypot(W, H))
-    ramp = (1.0 + k * ((np.arange(H, dtype=np.float32) - H / 2) * sa)[:, None]
-            + k * ((np.arange(W, dtype=np.float32) - W / 2) * ca)[None, :]).astype(np.float32)
+    ramp = (np.float32(1.0) + np.float32(k) * ((np.arange(H, dtype=np.float32) - H / 2) * sa)[:, None]
+            + np.float32(k) * ((np.arange(W, dtype=np.float32) - W / 2) * ca)[None, :]).astype(np.float32, copy=False)
     gains = np.array(params.illuminant_gains, np.float64)
     exposure = float(params.exposure)
     info: dict[str, Any] = {}
@@ -744,23 +745,25 @@ def develop_frame(lin: np.ndarray, params: SimParams) -> tuple[torch.Tensor, dic
             info["black_level"] = round(black, 6)
     info["exposure"] = round(exposure, 6)
     gains = gains * np.array(params.wb_gains, np.float64)
-    light = cv2.merge([ramp * np.float32(exposure * g) for g in gains])
-    cv2.multiply(lin, light, dst=lin)
-    if black > 0 or params.saturation != 1.0:  # the ISP: levels and saturation, one 3x4 colour transform
+    if black > 0 or params.saturation != 1.0:
+        # the ramp, then exposure x white balance and the ISP's levels and saturation as one 3x4 colour transform
+        cv2.multiply(lin, cv2.merge([ramp, ramp, ramp]), dst=lin)
         y = np.array([0.2126, 0.7152, 0.0722])
         m = params.saturation * np.eye(3) + (1 - params.saturation) * np.outer(np.ones(3), y)
-        m /= 1.0 - black
+        m = m @ np.diag(exposure * gains) / (1.0 - black)
         lin = cv2.transform(lin, np.hstack([m, np.full((3, 1), -black / (1.0 - black))]).astype(np.float32))
-        np.maximum(lin, 0.0, out=lin)
+        cv2.threshold(lin, 0.0, 0.0, cv2.THRESH_TOZERO, dst=lin)  # max(lin, 0)
+    else:
+        cv2.multiply(lin, cv2.merge([ramp * np.float32(exposure * g) for g in gains]), dst=lin)
     # optics blur (albumentations kernels)
     if params.blur == "defocus" and params.blur_size > 0:
-        lin = abf.convolve(lin, kernel=_defocus_kernel(params.blur_size, 0.3))
+        lin = _convolve(lin, _defocus_kernel(params.blur_size, 0.3))
     elif params.blur == "motion" and params.blur_size > 1:
-        lin = abf.convolve(lin, kernel=_motion_kernel(params.blur_size, params.blur_angle))
+        lin = _convolve(lin, _motion_kernel(params.blur_size, params.blur_angle))
     if params.sharpen > 0:  # the ISP's unsharp mask
         soft = cv2.GaussianBlur(lin, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE)
         lin = cv2.addWeighted(lin, 1.0 + params.sharpen, soft, -params.sharpen, 0.0)
-        np.maximum(lin, 0.0, out=lin)
+        cv2.threshold(lin, 0.0, 0.0, cv2.THRESH_TOZERO, dst=lin)  # max(lin, 0)
     srgb = _encode_srgb_fast(lin)
     # sensor noise, read + shot (variance read^2 + shot * signal), in the encoded domain; Gaussian draws by
     # inverse-CDF lookup of uniform bytes from the frame's own numpy Generator (no global RNG)
@@ -829,10 +832,17 @@ def _encode_srgb_fast(lin: np.ndarray) -> np.ndarray:
     np.multiply(out, np.float32(1 / 2.4), out=out)
     cv2.exp(out, dst=out)
     cv2.addWeighted(out, 1.055, out, 0.0, -0.055, dst=out)
-    dark = lin <= 0.0031308
-    if dark.any():
-        out[dark] = lin[dark] * np.float32(12.92)
+    dark = np.flatnonzero(lin.reshape(-1) <= np.float32(0.0031308))  # the linear toe (usually few pixels)
+    if len(dark):
+        out.reshape(-1)[dark] = lin.reshape(-1)[dark] * np.float32(12.92)
     return out
+
+
+def _convolve(lin: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``albumentations``' ``convolve`` for a non-negative float frame and kernel: ``cv2.filter2D`` (reflect-101
+    border), then the clip to [0, 1] it applies to float images (only the upper bound can bind here)."""
+    out = cv2.filter2D(lin, -1, kernel)
+    return cv2.threshold(out, 1.0, 1.0, cv2.THRESH_TRUNC, dst=out)[1]
 
 
 @functools.lru_cache(maxsize=16)
@@ -848,6 +858,7 @@ def _defocus_kernel(radius: int, alias_blur: float) -> np.ndarray:
     disk = ((x ** 2 + y ** 2) <= radius ** 2).astype(np.float32)
     disk /= disk.sum()
     k = cv2.GaussianBlur(disk, (3, 3), alias_blur, borderType=cv2.BORDER_CONSTANT)
+    k = k[1:-1, 1:-1]  # the outer ring is zero (the disc's support + the 3x3 Gaussian): one tap less per side
     return (k / k.sum()).astype(np.float32)
 
 
@@ -1024,6 +1035,7 @@ class CellRaster:
         self.cells = np.ascontiguousarray(cells, np.uint8)
         self.up = int(up)
         self.inside = np.ascontiguousarray(inside, bool)
+        self.coverage = self.inside.astype(np.float32)
         h, w = self.cells.shape[:2]
         if self.inside.shape != (h * self.up, w * self.up):
             raise ImageError(f"cut of shape {self.inside.shape} does not match {h}x{w} cells at x{up}")
@@ -1305,10 +1317,11 @@ class InSituPatch:
         shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1.0]])
         warped = cv2.warpPerspective(src, shift @ hom, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        a = warped[..., 3:4]
+        r, g, bl, a = cv2.split(warped)
         roi = lin[y0:y1, x0:x1]
-        roi *= 1.0 - a
-        roi += warped[..., :3]
+        clear = cv2.subtract(1.0, a)
+        roi[...] = cv2.add(cv2.multiply(roi, cv2.merge([clear, clear, clear])), cv2.merge([r, g, bl]))
+        a = a[..., None]
         # coverage of the model's centre crop (a square of 224/256 of the frame's short side)
         c = H * 224.0 / 256.0
         cx0, cy0 = (W - c) / 2, (H - c) / 2

@@ -279,3 +279,61 @@ def test_in_situ_patch_replays_stays_within_its_area_and_is_independent_of_the_e
     mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not any(m.startswith(("physical", "kornia")) for m in mods)
+
+
+def test_patch_printed_per_cell_equals_the_full_raster_print_and_srgb_encoding_is_exact():
+    """The in-situ print (one tone computation per patch pixel, ``print_cells``) is bit-identical to the printer's
+    full-raster model (``print_u8``), premultiplied by the cut; a raster not made of cells falls back; the camera's
+    fast sRGB encoding is within 1e-3/255 of the exact curve."""
+    from camera.simulated import CellRaster, _encode_srgb_fast
+
+    rng = np.random.default_rng(3)
+    cells = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    cells[0, 0], cells[1, 1] = 0, 255  # solid ink and bare paper cells
+    up = 5
+    yy, xx = np.mgrid[:60, :50]
+    inside = np.hypot(yy - 29.5, xx - 24.5) < 26
+    raster = CellRaster(cells, up, inside)
+    page = raster.page()
+    assert (page[~inside] == 255).all() and np.array_equal(page[::up, ::up][inside[::up, ::up]],
+                                                           cells[inside[::up, ::up]])
+    for params in (PrinterParams(), PrinterParams.sample(np.random.default_rng(1))):
+        pr = SimulatedPrinter(params)
+        for b in (1, 2, 3):
+            got = pr.print_cells(raster, b, gain=0.8)
+            want = pr.print_u8(page, b) * np.float32(0.8) * inside[..., None]
+            assert np.array_equal(got[..., :3], want) and np.array_equal(got[..., 3], inside.astype(np.float32))
+    back = CellRaster.from_page(page, up, inside)
+    assert back is not None and np.array_equal(back.page(), page)
+    page[3, 3] = (page[3, 3].astype(int) + 1) % 256  # one pixel off its cell: not a cell raster any more
+    assert CellRaster.from_page(page, up, inside) is None
+    x = np.concatenate([np.zeros(5), np.geomspace(1e-6, 1.5, 20001)]).astype(np.float32).reshape(-1, 1, 1)
+    x = np.repeat(x, 3, axis=2)
+    xd = x.astype(np.float64)
+    exact = np.where(xd <= 0.0031308, xd * 12.92, 1.055 * xd ** (1 / 2.4) - 0.055)
+    assert np.abs(_encode_srgb_fast(x.copy()) - exact).max() < 1e-3 / 255
+
+
+def test_many_photos_on_threads_are_the_photos_taken_one_by_one():
+    import cv2
+
+    from camera.simulated import InSituConfig, InSituPatch, PrintPhotoConfig, print_photograph
+    from physical.universal import circle_mask
+    from testbed.photos import imagenet_view
+
+    threads = cv2.getNumThreads()
+    patch = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    shooter = InSituPatch(patch, circle_mask(24).view(1, 1, 24, 24), InSituConfig(frame_size=(256, 192)))
+    reqs = [("brick", 4, i) for i in range(3)] + [("grass", 5, 0)]
+    many = list(shooter.shoot_many(reqs, clean=True, workers=2))
+    for (scene, seed, i), shot in zip(reqs, many):
+        one = shooter.shoot(scene, seed, i, clean=True)
+        assert torch.equal(one.frame, shot.frame) and torch.equal(one.clean_view, shot.clean_view)
+        assert one.params == shot.params
+    cfg = PrintPhotoConfig(frame_size=(480, 360), dpi=150, width_mm=30)
+    x = torch.cat([imagenet_view(n, 32) for n in ("coffee", "rocket", "chelsea")])
+    a, b = (print_photograph(x, seed=2, keys=[5, 6, 7], config=cfg, workers=w) for w in (1, 2))
+    assert torch.equal(a.images, b.images) and a.params == b.params
+    assert cv2.getNumThreads() == threads  # OpenCV's own threading is restored after the pools
+    with pytest.raises(ConfigError, match="workers must be a positive"):
+        list(shooter.shoot_many(reqs, workers=0))
