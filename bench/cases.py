@@ -471,11 +471,14 @@ def _campaign_cells(run_dir: Path) -> dict[str, bytes]:
 
 
 @case
-def campaign(w: Workload, cells: int = 4, steps: int = 12, workers: int = 2) -> dict[str, Any]:
-    """``testbed campaign run`` on ``cells`` equal patch cells (mobilenet_v2, one per seed), serially (torch's
-    default threads) and with ``--executor local --workers N`` (1 torch thread per worker), each as the real
-    command in a subprocess, one after the other in this run: wall seconds of each, the speed-up, whether the
-    cells came out identical, and the load average around each."""
+def campaign(w: Workload, cells: int = 4, steps: int = 12, workers: int = 2,
+             torch_threads: int = 0) -> dict[str, Any]:
+    """``testbed campaign run`` on ``cells`` equal patch cells (mobilenet_v2, one per seed), serially and with
+    ``--executor local --workers N``, each as the real command in a subprocess, one after the other in this run:
+    wall seconds of each, the speed-up, whether the cells came out identical, and the load average around each.
+    ``torch_threads`` > 0 sets the campaign's ``torch_threads`` (the same count in every cell on every executor:
+    what makes the cells bit-identical across executors); 0 leaves each executor's default (serial: torch's
+    default, i.e. all cores; local: 1 per worker)."""
     import os
     import subprocess
 
@@ -487,6 +490,8 @@ def campaign(w: Workload, cells: int = 4, steps: int = 12, workers: int = 2) -> 
     spec = {"name": "bench-campaign", "attack": "sticker" if w.size < 100 else "patch",
             "grid": {"seed": list(range(cells))}, "options": opts,
             "evaluation": {"eot_draws": 16 if w.size < 100 else 100}}
+    if torch_threads > 0:
+        spec["torch_threads"] = torch_threads
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "campaign.yaml"
@@ -503,6 +508,236 @@ def campaign(w: Workload, cells: int = 4, steps: int = 12, workers: int = 2) -> 
         out["identical"] = _campaign_cells(Path(tmp) / "serial") == _campaign_cells(Path(tmp) / "local")
     out.update(seconds=[out["local_s"]], speedup=out["serial_s"] / out["local_s"], cells=cells, workers=workers,
                campaign=spec)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ time to success
+TTS_AREA = 0.1  # the patch covers at most 10% of the model's input (the validation draws place it at exactly 10%)
+TTS_STOP = 0.9  # "a working patch": >= 90% targeted success on the fixed validation draws
+
+
+class _TTSDone(Exception):
+    """Raised from ART's hooked ``_train_step`` to end its ``generate`` at success or at the cap."""
+
+
+def _tts_validator(model: Any, sc: Any, size: int, val_samples: int, seed: int):
+    """The fixed validation draws shared by every arm and their scorer. Draws: ``val_samples`` placements of one
+    distribution (scene uniform over the 6, centre uniform with the rotated patch inside the scene, rotation
+    uniform in +-22.5 deg, the patch's own mask covering exactly ``TTS_AREA`` of the 224 x 224 input; no other
+    transformation), from their own generator (``seed + physical.loop.VALIDATION_SEED_OFFSET``). ``score(colours,
+    mask)`` renders a patch with ITS OWN mask (scaled so that the mask covers the drawn area) on those draws and
+    returns the fraction classified as the target, in fp32 (model in eval mode, channels_last)."""
+    from physical.speed import prepared_model
+    from physical.universal import UniversalPatch
+    from physical.loop import replace_context
+
+    val = UniversalPatch(eot={}, patch_size=size, shape="circle", placement={"area": [TTS_AREA, TTS_AREA],
+                         "rotation": 22.5}, select_samples=val_samples, eval_batch_size=100, seed=seed,
+                         eval_samples=0)
+    ctx = val.context(model, sc, target=TARGET)
+    draws = val._validation_draws(ctx)
+
+    def score(colours: Any, mask: Any) -> float:
+        c = replace_context(ctx, mask=mask.to(ctx.device), fill=float(mask.mean()))
+        with prepared_model(model, channels_last=True, compile=False) as net:
+            return val._validation_rate(net, c, colours.to(ctx.device).float(), draws)
+
+    return draws, score
+
+
+def _tts_warmup(model: Any, sc: Any) -> None:
+    """Two forward + input-gradient backward passes in each layout before any arm is timed, so that the first
+    arm does not pay the process's one-time kernel set-up for the others."""
+    import torch
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        for _ in range(2):
+            x = sc.detach().clone(memory_format=fmt).requires_grad_(True)
+            torch.autograd.grad(model(x).logsumexp(1).sum(), x)
+
+
+def _tts_ours(model: Any, sc: Any, score: Any, *, size: int, batch: int, lr: float, precision: str, every: int,
+              max_steps: int, seed: int, lr_schedule: str = "constant") -> dict[str, Any]:
+    """The project's UniversalPatch (placement only: area 0.1, rotation 22.5; no other EOT stage) with the loop's
+    own early stopping (``select_every=every``, ``stop_at=TTS_STOP``); the loop's validation call is replaced by
+    the shared scorer on the shared draws, and timed."""
+    import dataclasses
+
+    from physical.universal import UniversalPatch
+
+    checks: list[dict[str, float]] = []
+    clock: dict[str, float] = {}
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class TimedPatch(UniversalPatch):
+        def _validation_rate(self, net: Any, ctx: Any, colours: Any, validation: Any) -> float:
+            t, c = time.perf_counter(), time.process_time()
+            rate = score(colours, ctx.mask)
+            checks.append({"start": t - clock["t0"], "seconds": time.perf_counter() - t, "rate": rate,
+                           "cpu_start": c - clock["c0"], "cpu": time.process_time() - c})
+            return rate
+
+    kw: dict[str, Any] = {"lr_schedule": lr_schedule} if lr_schedule != "constant" else {}
+    attack = TimedPatch(eot={}, steps=max_steps, batch_size=batch, lr=lr, patch_size=size, shape="circle",
+                        placement={"area": [TTS_AREA, TTS_AREA], "rotation": 22.5}, eval_samples=0, seed=seed,
+                        keep_draws=False, precision=precision, select_every=every, select_samples=1,
+                        stop_at=TTS_STOP, **kw)
+    clock["t0"], clock["c0"] = time.perf_counter(), time.process_time()
+    res = attack(model, sc, target=TARGET)
+    total = time.perf_counter() - clock["t0"]
+    steps = [c[0] for c in res.extras.get("validation_checks", [])]
+    return _tts_summary(checks, steps, total, len(res.loss_history))
+
+
+def _tts_summary(checks: list[dict[str, float]], steps: list[int], total: float, steps_run: int,
+                 cap_s: float | None = None) -> dict[str, Any]:
+    """Times of one arm: to the first check at >= TTS_STOP, without the checks' own time (``time_s``: the wall
+    time at the start of that check minus the seconds spent in the earlier checks) and with it
+    (``time_with_checks_s``: the wall time at the end of that check); ``cpu_s``: this process's CPU seconds to
+    the same point, the checks' CPU excluded (steadier than wall time on a shared machine). ``checks``: [step,
+    validation success, wall s, CPU s] per check."""
+    spent = cpu_spent = 0.0
+    out: dict[str, Any] = {"reached": False, "checks": [], "steps_run": steps_run, "wall_s": total}
+    for i, c in enumerate(checks):
+        train_s, cpu_s = c["start"] - spent, c["cpu_start"] - cpu_spent
+        out["checks"].append([steps[i] if i < len(steps) else None, round(c["rate"], 4), round(train_s, 2),
+                              round(cpu_s, 2)])
+        if c["rate"] >= TTS_STOP and not out["reached"]:
+            out.update(reached=True, time_s=train_s, cpu_s=cpu_s, time_with_checks_s=c["start"] + c["seconds"],
+                       steps=steps[i] if i < len(steps) else None)
+        spent += c["seconds"]
+        cpu_spent += c["cpu"]
+    out["check_seconds"] = spent
+    out["train_s"] = total - spent
+    out["best_rate"] = max((c["rate"] for c in checks), default=float("nan"))
+    out["s_per_step"] = (total - spent) / max(steps_run, 1)
+    if not out["reached"] and checks:  # lower bounds: not reached by the last check
+        out["time_s"] = checks[-1]["start"] - (spent - checks[-1]["seconds"])
+        out["cpu_s"] = checks[-1]["cpu_start"] - (cpu_spent - checks[-1]["cpu"])
+    if cap_s is not None:
+        out["cap_s"] = cap_s
+    return out
+
+
+def _tts_art(model: Any, sc: Any, score: Any, *, size: int, batch: int, lr: float, every: int, max_steps: int,
+             cap_s: float, seed: int, area_min: float) -> dict[str, Any]:
+    """ART 1.20 AdversarialPatchPyTorch with its own transformations (random location, rotation +-22.5 deg, scale
+    so that its circle covers ``area_min``..TTS_AREA of the image) and its default optimiser (Adam), a
+    ``size`` x ``size`` patch; every ``every`` of its steps the patch is scored by the shared scorer with ART's own
+    circle mask; it stops at TTS_STOP or once its training time (checks excluded) passes ``cap_s``."""
+    import numpy as np
+    import torch
+    from art.attacks.evasion import AdversarialPatchPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    n = sc.shape[-1]
+    clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, n, n), nb_classes=1000,
+                            clip_values=(0.0, 1.0), device_type="gpu" if torch.cuda.is_available() else "cpu")
+    # the circle mask's fill: ART resizes the patch and its mask to the image's side, then scales both by its scale
+    probe = AdversarialPatchPyTorch(clf, patch_shape=(3, size, size), patch_type="circle", targeted=True,
+                                    verbose=False)
+    fill = float(probe._get_circular_patch_mask(nb_samples=1)[0, 0].mean())
+    s_max, s_min = math.sqrt(TTS_AREA / fill), math.sqrt(area_min / fill)
+    attack = AdversarialPatchPyTorch(clf, rotation_max=22.5, scale_min=s_min, scale_max=s_max, learning_rate=lr,
+                                     max_iter=math.ceil(max_steps / sc.shape[0]), batch_size=batch,
+                                     patch_shape=(3, size, size), patch_type="circle", targeted=True, verbose=False)
+    mask = attack._get_circular_patch_mask(nb_samples=1)[0, :1][None].float().cpu()
+    checks: list[dict[str, float]] = []
+    steps: list[int] = []
+    clock = {"t0": 0.0, "c0": 0.0, "spent": 0.0, "n": 0}
+    inner = attack._train_step
+
+    def hooked(*a: Any, **k: Any) -> Any:
+        out = inner(*a, **k)
+        clock["n"] += 1
+        if clock["n"] % every == 0 or clock["n"] >= max_steps:
+            t, c = time.perf_counter(), time.process_time()
+            rate = score(attack._patch.detach().float()[None].cpu(), mask)
+            checks.append({"start": t - clock["t0"], "seconds": time.perf_counter() - t, "rate": rate,
+                           "cpu_start": c - clock["c0"], "cpu": time.process_time() - c})
+            steps.append(clock["n"])
+            clock["spent"] += checks[-1]["seconds"]
+            if rate >= TTS_STOP or t - clock["t0"] - (clock["spent"] - checks[-1]["seconds"]) >= cap_s \
+                    or clock["n"] >= max_steps:
+                raise _TTSDone
+        return out
+
+    attack._train_step = hooked
+    x = sc.repeat(batch, 1, 1, 1).numpy()  # each scene `batch` times: one epoch = 6 steps of `batch` images
+    y = np.zeros((x.shape[0], 1000), dtype=np.float32)
+    y[:, TARGET] = 1
+    clock["t0"], clock["c0"] = time.perf_counter(), time.process_time()
+    try:
+        attack.generate(x=x, y=y)
+    except _TTSDone:
+        pass
+    total = time.perf_counter() - clock["t0"]
+    out = _tts_summary(checks, steps, total, clock["n"], cap_s)
+    out.update(lr=lr, scale=[s_min, s_max], mask_fill=fill, patch_dtype=str(attack._patch.dtype))
+    return out
+
+
+@case
+def time_to_success(w: Workload, arms: str = "fast,fp32,art:5.0,art:0.05", every: int = 20, val_samples: int = 500,
+                    seed: int = 0, fp32_lr: float = 0.1, fp32_batch: int = 8, fast_lr: float = 0.3,
+                    fast_batch: int = 8, fast_precision: str = "fp32", fast_schedule: str = "constant",
+                    art_batch: int = 8, art_area_min: float = 0.09, max_steps: int = 3000, cap_factor: float = 3.5,
+                    cap_s: float = 0.0) -> dict[str, Any]:
+    """Wall time until a <= 10% patch first reaches >= 90% targeted success (toaster) on a FIXED set of
+    ``val_samples`` validation draws, checked every ``every`` steps, mobilenet_v2 and the 6 shipped scenes, for
+    each arm in order in this one process (same model, threads, allocator): ``fast`` (ours, the fastest setting:
+    ``fast_*``), ``fp32`` (ours, ``fp32_*``: the documented recipe's lr 0.1, batch 8), ``art:LR`` (ART's
+    AdversarialPatchPyTorch at learning rate LR; its documented default is 5.0). The times exclude the checks (each
+    check's seconds are subtracted); ``time_with_checks_s`` includes them. Each ART arm stops at ``cap_s`` seconds
+    of training, or (``cap_s`` = 0) at ``cap_factor`` x the fastest of our arms' times; not reaching 90% by then
+    makes the ratio a lower bound. The ratio compares ART's fastest arm with our fastest."""
+    import os
+
+    from testbed.models.registry import get_model
+
+    size = 80 if w.size >= 224 else 24  # a circle covering 10% of 224 x 224 (64 x 64 in --quick: 24 px)
+    if w.size < 224:
+        every, val_samples, max_steps = 1, 8, 2
+        fp32_batch = fast_batch = art_batch = w.batch
+    model = get_model("mobilenet_v2", device="cpu")
+    sc = scenes(w.size)
+    draws, score = _tts_validator(model, sc, size, val_samples, seed)
+    _tts_warmup(model, sc)
+    out: dict[str, Any] = {"val_samples": val_samples, "every": every, "area": TTS_AREA, "stop_at": TTS_STOP,
+                           "arms": []}
+    for arm in [a.strip() for a in arms.split(",") if a.strip()]:
+        load0 = os.getloadavg()[0]
+        if arm in ("fast", "fp32"):
+            cfg = (dict(lr=fast_lr, batch=fast_batch, precision=fast_precision, lr_schedule=fast_schedule)
+                   if arm == "fast" else dict(lr=fp32_lr, batch=fp32_batch, precision="fp32"))
+            r = _tts_ours(model, sc, score, size=size, every=every, max_steps=max_steps, seed=seed, **cfg)
+            r.update(cfg)
+        elif arm.startswith("art:"):
+            ours = [out[a]["time_s"] for a in ("fast", "fp32") if a in out and out[a]["reached"]]
+            cap = cap_s if cap_s > 0 else (cap_factor * min(ours) if ours else 600.0)
+            r = _tts_art(model, sc, score, size=size, batch=art_batch, lr=float(arm[4:]), every=every,
+                         max_steps=max_steps, cap_s=cap, seed=seed, area_min=art_area_min)
+            r["batch"] = art_batch
+        else:
+            raise SystemExit(f"unknown arm {arm!r}: fast, fp32 or art:LR")
+        r["load"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        out[arm] = r
+        out["arms"].append(arm)
+        print(f"# time_to_success {arm}: " + json.dumps(r), file=sys.stderr, flush=True)  # survives a killed run
+    ours = [a for a in ("fast", "fp32") if a in out and out[a]["reached"]]
+    arts = [a for a in out["arms"] if a.startswith("art:")]
+    if ours and arts:
+        best = min(ours, key=lambda a: out[a]["time_s"])
+        reached = [a for a in arts if out[a]["reached"]]
+        art = min(reached, key=lambda a: out[a]["time_s"]) if reached else max(arts, key=lambda a: out[a]["time_s"])
+        out.update(ours_arm=best, art_arm=art, ratio_art_over_ours=out[art]["time_s"] / out[best]["time_s"],
+                   ratio_is_lower_bound=not reached, art_best_rate=max(out[a]["best_rate"] for a in arts))
+        if "cpu_s" in out[art] and out[best].get("cpu_s"):
+            out["cpu_ratio_art_over_ours"] = out[art]["cpu_s"] / out[best]["cpu_s"]
+    first = next((out[a] for a in out["arms"]), {"time_s": float("nan")})
+    out["seconds"] = [first.get("time_s", float("nan"))]
     return out
 
 

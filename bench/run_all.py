@@ -81,6 +81,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("live-secure", "live", "live loop 640x480 mobilenet_v2, secure path", {"secure": True}),
     Spec("campaign-local2", "campaign", "testbed campaign run, 4 equal patch cells: serial vs --executor local "
          "--workers 2", {"cells": 4, "workers": 2}),
+    Spec("time-to-success", "time_to_success", "time to >= 90% targeted success on 500 fixed validation draws "
+         "(mobilenet_v2, <= 10% patch): ours vs ART, one run", {"arms": "fast,fp32,art:5.0,art:0.05"}),
 )
 BY_KEY = {s.key: s for s in SPECS}
 
@@ -286,6 +288,30 @@ def build_tables(rows: dict[str, dict[str, Any]]) -> list[Table]:
             ["Whole `testbed campaign run` commands (start-up included), mobilenet_v2 patch cells of equal size (one "
              "per seed); serial: torch's default threads in one process; local: 2 worker processes with 1 torch "
              "thread each. 'cells identical': the optimised patches of the two runs compared byte for byte."]))
+    if "time-to-success" in rows:  # issue 18: time to a working patch, ours vs ART in one run
+        tts = rows["time-to-success"]
+        trows = []
+        labels = {"fast": "testbed patch, fastest setting", "fp32": "testbed patch, fp32 recipe"}
+        for arm in (tts.get("arms") or []) if "error" not in tts else []:
+            a = tts[arm]
+            trows.append([labels.get(arm, "ART AdversarialPatchPyTorch"),
+                          f"lr {a.get('lr')}, batch {a.get('batch')}, {a.get('precision', 'fp32 (float64 patch)')}"
+                          + (f", {a['lr_schedule']}" if a.get("lr_schedule", "constant") != "constant" else ""),
+                          a.get("reached"), a.get("steps") if a.get("reached") else a.get("steps_run"),
+                          a.get("time_s"), a.get("time_with_checks_s"), a.get("cpu_s"), a.get("best_rate"),
+                          a.get("s_per_step"), str(a.get("load"))])
+        ratio = tts.get("ratio_art_over_ours")
+        tables.append(Table(
+            "Time to a working patch: first check at >= 90% targeted success (same run)",
+            ["arm", "setting", "reached 90%", "steps", "time s (checks excluded)", "time s (checks included)",
+             "CPU s (checks excluded)", "best validation success", "s/step", "load average (start, end)"], trows,
+            [f"ART time / ours: {_f(ratio, 2)} ({tts.get('art_arm')} / {tts.get('ours_arm')}; CPU seconds: "
+             f"{_f(tts.get('cpu_ratio_art_over_ours'), 2)})" + (" -- a lower bound: no ART arm reached 90% by its cap; "
+                                                             f"ART's best validation success {_f(tts.get('art_best_rate'))}"
+                                                             if tts.get("ratio_is_lower_bound") else ""),
+             f"{tts.get('val_samples')} fixed validation draws (scene, location, rotation +-22.5 deg, each patch's "
+             f"own circle covering 10% of the input), checked every {tts.get('every')} steps; 'time s' = wall "
+             "seconds at the start of the first check at >= 90% minus the seconds of the earlier checks."]))
     tables.append(Table("Camera, harness, secure path and live loop", ["case", "rate", "unit", "detail"], srows,
                         ["issue-7 goal: live loop >= 25 frames/s with the secure path. 'rate' is frames / whole run (90 frames, "
                          "start-up included: the secure path starts a capture process and exchanges its key, ~1.4 s); "
@@ -312,6 +338,7 @@ def headline(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "live_secure_fps": g("live-secure", "fps"),
         "live_secure_steady_fps": g("live-secure", "steady_fps"),
         "campaign_local2_speedup": g("campaign-local2", "speedup"),
+        "time_to_success_art_over_ours": g("time-to-success", "ratio_art_over_ours"),
     }
 
 
