@@ -22,13 +22,17 @@ def _rate(d: dict) -> dict:
     return {k: d[k] for k in ("k", "n", "value", "low", "high")}
 
 
-def collect(runs: Path) -> list[dict]:
+def collect(runs: Path, prefix: str = "b", survival: tuple[str, ...] = ("surv_",)) -> list[dict]:
+    """One row per budget; the survival report is the first of ``survival`` + prefix + budget that exists (e.g.
+    ``surv100_`` before ``surv_``: a 100-photo re-run of the same draws supersedes the 50-photo one)."""
     from testbed.stats import wilson
 
     rows = []
     for b in BUDGETS:
-        metrics = json.loads((runs / f"b{b}" / "metrics.json").read_text())
-        report = json.loads((runs / f"surv_b{b}" / "report.json").read_text())
+        metrics = json.loads((runs / f"{prefix}{b}" / "metrics.json").read_text())
+        rep = next(runs / f"{s}{prefix}{b}" / "report.json" for s in survival
+                   if (runs / f"{s}{prefix}{b}" / "report.json").is_file())
+        report = json.loads(rep.read_text())
         (row,) = [r for r in report["rows"] if r["kind"] == "sticker"]
         n = int(metrics["eval_samples"])
         digital = wilson(int(round(float(metrics["success_rate"]) * n)), n).as_dict()
@@ -71,13 +75,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, required=True, help="folder holding bB/ and surv_bB/ for each budget")
     ap.add_argument("--out", type=Path, required=True, help="folder for budget_curve.json and budget_curve.png")
+    ap.add_argument("--prefix", default="b", help="run folder prefix: RUNS/<prefix>B and RUNS/surv_<prefix>B")
+    ap.add_argument("--survival", nargs="+", default=["surv_"],
+                    help="survival folder prefixes, first found wins (default: surv_)")
+    ap.add_argument("--name", default="budget_curve", help="file stem of the JSON and PNG")
     ap.add_argument("--title", default="sign-cnn (retrained, fe403a17) sticker: success against mask budget "
                                        "(Wilson 95%)")
     args = ap.parse_args()
-    rows = collect(args.runs)
+    rows = collect(args.runs, args.prefix, tuple(args.survival))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "budget_curve.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-    plot(rows, args.out / "budget_curve.png", args.title)
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    plot(rows, args.out / f"{args.name}.png", args.title)
+    f = lambda q: f"{q['k']}/{q['n']} = {100 * q['value']:.1f}% [{100 * q['low']:.1f}, {100 * q['high']:.1f}]"
+    for r in rows:  # the table rows of docs/signs.md
+        print(f"| {100 * r['budget']:.0f}% | {100 * r['mask_fraction_of_sign']:.2f}% | {f(r['digital'])} | "
+              f"{f(r['printed'])} | {f(r['clean_sign'])} | {r['sticker_seconds']:.0f} s / {r['survival_seconds']:.0f} s |")
 
 
 if __name__ == "__main__":
