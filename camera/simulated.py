@@ -236,12 +236,12 @@ class SimulatedPrinter:
             out[black > 0] = np.array(p.black, np.float32)
         other = cv2.bitwise_not(cv2.bitwise_or(white, black))  # 255 where neither paper nor solid ink
         band = 64
-        rows_any = cv2.reduce(other, 1, cv2.REDUCE_MAX).ravel()
-        for y0 in range(0, H, band):
-            y1 = min(H, y0 + band)
-            if not rows_any[y0:y1].any():
-                continue
-            cols = np.flatnonzero(cv2.reduce(other[y0:y1], 0, cv2.REDUCE_MAX).ravel())
+        nb = -(-H // band)
+        padded = other if nb * band == H else np.vstack([other, np.zeros((nb * band - H, W), np.uint8)])
+        band_cols = padded.reshape(nb, band, W).max(axis=1)  # per band of rows: which columns need the model
+        for k in np.flatnonzero(band_cols.any(axis=1)):
+            y0, y1 = int(k) * band, min(H, (int(k) + 1) * band)
+            cols = np.flatnonzero(band_cols[k])
             self._print_block(page, out, y0, y1, int(cols[0]), int(cols[-1]) + 1, int(dots_per_px))
         return out
 

@@ -295,9 +295,9 @@ def patch_in_situ_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path 
     ok, clean_ok, fractions, per_scene = [], [], [], {n: [0, 0] for n in scenes}
     examples = []
     with torch.no_grad():
-        for i in range(cfg.in_situ_photos):
-            scene = scenes[i % len(scenes)]
-            shot = shooter.shoot(scene, seed, i, clean=True)
+        reqs = [(scenes[i % len(scenes)], seed, i) for i in range(cfg.in_situ_photos)]
+        # the same shots as shoot(scene, seed, i) one by one, rendered on the CPU cores while the model classifies
+        for (scene, _, _), shot in zip(reqs, shooter.shoot_many(reqs, clean=True)):
             pred = model(torch.cat([shot.view, shot.clean_view]).to(dev)).argmax(1).cpu()
             ok.append(bool(pred[0] == target))
             clean_ok.append(bool(pred[1] == target))
