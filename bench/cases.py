@@ -386,13 +386,15 @@ def channel(w: Workload, kind: str = "print_photograph", width: int = 1280, heig
         cv2.setNumThreads(saved[0])
         torch.set_num_threads(saved[1])
     load.append(os.getloadavg()[0])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     many()
-    per_photo = (time.perf_counter() - t0) / n
+    per_photo, many_cpu = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
     load.append(os.getloadavg()[0])
+    # many_cpu_s_per_photo: CPU of all threads per photo in the many-photo call; on an idle machine its rate is
+    # about workers / many_cpu_s_per_photo photos/s (the wall rate at load L is about the cores' share left)
     return {"seconds": [per_photo], "unit": "s/photo", "frame_size": list(frame), "kind": kind, "photos": n,
             "workers": threads, "one_thread_s_per_photo": median(wall1), "cpu_s_per_photo": median(cpu1),
-            "load_average": list(os.getloadavg()), "load_1min_around": load}
+            "many_cpu_s_per_photo": many_cpu, "load_average": list(os.getloadavg()), "load_1min_around": load}
 
 
 @case

@@ -251,7 +251,8 @@ def build_tables(rows: dict[str, dict[str, Any]]) -> list[Table]:
             one = rows[key].get("one_thread_s_per_photo")
             srows.append([BY_KEY[key].label, _r(1.0, get(key)), "photos/s",
                           f"frame {rows[key].get('frame_size')}; {rows[key].get('photos')} photos on "
-                          f"{rows[key].get('workers')} thread(s); one photo at a time on 1 thread: "
+                          f"{rows[key].get('workers')} thread(s) (CPU of all threads "
+                          f"{_f(rows[key].get('many_cpu_s_per_photo'), 3)} s/photo); one photo at a time on 1 thread: "
                           f"{_f(_r(1.0, one), 1)} photos/s (CPU {_f(rows[key].get('cpu_s_per_photo'), 3)} s/photo); "
                           f"load {_f((rows[key].get('load_average') or [0])[0], 1)}"])
     if "harness" in rows:
