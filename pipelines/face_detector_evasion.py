@@ -142,6 +142,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0, help="total-variation weight")
     p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0, help="non-printability weight")
     p.add_argument("--eot", default="sharif", help="EOT preset name")
+    p.add_argument("--frame-thickness", type=cli_types.number(0.01, 0.3), default=None,
+                   help="rim width in eye distances (physical.eyeglass.FrameGeometry.thickness; default 0.115, "
+                        "6.5%% of the chip; 0.2: 10.2%%)")
     p.add_argument("--min-face-prob", type=cli_types.number(0, 0.999), default=0.9,
                    help="every face MTCNN finds at this probability or more in a photo becomes a face chip")
     p.add_argument("--print-photos", type=cli_types.integer(0, 10000), default=0,
@@ -186,7 +189,9 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         logit_margin=args.logit_margin, stage_loss=args.stage_loss, score_threshold=args.score_threshold, lambda_tv=args.lambda_tv,
         lambda_nps=args.lambda_nps, eot=args.eot, eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
-        checkpoint_every=args.checkpoint_every, **_speed_kwargs(args))
+        checkpoint_every=args.checkpoint_every,
+        geometry=None if args.frame_thickness is None else {"thickness": args.frame_thickness},
+        **_speed_kwargs(args))
     t0 = time.perf_counter()
     cli_types.check_run_out(args.out, FaceDetectorFrame.name)
     detector = build_mtcnn()
