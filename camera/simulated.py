@@ -21,7 +21,9 @@ replayed. Each frame reports where the page (and every object in the sheet sidec
 
 :func:`print_photograph` is the harness's batch mode: BCHW images -> printed on a sheet with ArUco markers ->
 photographed -> rectified with ``camera.rectify`` -> BCHW images at the input size plus per-image parameters,
-each image's draw seeded from ``(seed, key, repetition)``.
+each image's draw seeded from ``(seed, key, repetition)``. :class:`InSituPatch` photographs a printed patch lying in
+a scene. Many photos (``print_photograph(workers=)``, :meth:`InSituPatch.shoot_many`) are rendered on a thread pool;
+they are the same photos, bit for bit, as one by one.
 """
 from __future__ import annotations
 
