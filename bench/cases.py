@@ -622,11 +622,12 @@ def _tts_summary(checks: list[dict[str, float]], steps: list[int], total: float,
 
 
 def _tts_art(model: Any, sc: Any, score: Any, *, size: int, batch: int, lr: float, every: int, max_steps: int,
-             cap_s: float, seed: int, area_min: float) -> dict[str, Any]:
+             cap_s: float, seed: int, area_min: float, cap_cpu_s: float = 0.0) -> dict[str, Any]:
     """ART 1.20 AdversarialPatchPyTorch with its own transformations (random location, rotation +-22.5 deg, scale
     so that its circle covers ``area_min``..TTS_AREA of the image) and its default optimiser (Adam), a
     ``size`` x ``size`` patch; every ``every`` of its steps the patch is scored by the shared scorer with ART's own
-    circle mask; it stops at TTS_STOP or once its training time (checks excluded) passes ``cap_s``."""
+    circle mask; it stops at TTS_STOP or once its training time (checks excluded) passes ``cap_s`` wall seconds
+    or, when given, ``cap_cpu_s`` CPU seconds of this process (steadier on a shared machine)."""
     import numpy as np
     import torch
     from art.attacks.evasion import AdversarialPatchPyTorch
@@ -661,8 +662,9 @@ def _tts_art(model: Any, sc: Any, score: Any, *, size: int, batch: int, lr: floa
                            "cpu_start": c - clock["c0"], "cpu": time.process_time() - c})
             steps.append(clock["n"])
             clock["spent"] += checks[-1]["seconds"]
+            cpu_spent = sum(ch["cpu"] for ch in checks[:-1])
             if rate >= TTS_STOP or t - clock["t0"] - (clock["spent"] - checks[-1]["seconds"]) >= cap_s \
-                    or clock["n"] >= max_steps:
+                    or 0 < cap_cpu_s <= c - clock["c0"] - cpu_spent or clock["n"] >= max_steps:
                 raise _TTSDone
         return out
 
@@ -678,6 +680,8 @@ def _tts_art(model: Any, sc: Any, score: Any, *, size: int, batch: int, lr: floa
     total = time.perf_counter() - clock["t0"]
     out = _tts_summary(checks, steps, total, clock["n"], cap_s)
     out.update(lr=lr, scale=[s_min, s_max], mask_fill=fill, patch_dtype=str(attack._patch.dtype))
+    if cap_cpu_s > 0:
+        out["cap_cpu_s"] = cap_cpu_s
     return out
 
 
@@ -686,7 +690,7 @@ def time_to_success(w: Workload, arms: str = "fast,fp32,art:5.0,art:0.05", every
                     seed: int = 0, fp32_lr: float = 0.1, fp32_batch: int = 8, fast_lr: float = 0.3,
                     fast_batch: int = 8, fast_precision: str = "fp32", fast_schedule: str = "constant",
                     art_batch: int = 8, art_area_min: float = 0.09, max_steps: int = 3000, cap_factor: float = 3.5,
-                    cap_s: float = 0.0) -> dict[str, Any]:
+                    cap_s: float = 0.0, cap_cpu_s: float = 0.0, art_every: int = 0) -> dict[str, Any]:
     """Wall time until a <= 10% patch first reaches >= 90% targeted success (toaster) on a FIXED set of
     ``val_samples`` validation draws, checked every ``every`` steps, mobilenet_v2 and the 6 shipped scenes, for
     each arm in order in this one process (same model, threads, allocator): ``fast`` (ours, the fastest setting:
@@ -694,7 +698,9 @@ def time_to_success(w: Workload, arms: str = "fast,fp32,art:5.0,art:0.05", every
     AdversarialPatchPyTorch at learning rate LR; its documented default is 5.0). The times exclude the checks (each
     check's seconds are subtracted); ``time_with_checks_s`` includes them. Each ART arm stops at ``cap_s`` seconds
     of training, or (``cap_s`` = 0) at ``cap_factor`` x the fastest of our arms' times; not reaching 90% by then
-    makes the ratio a lower bound. The ratio compares ART's fastest arm with our fastest."""
+    makes the ratio a lower bound; ``cap_cpu_s`` > 0 also caps each ART arm at that many CPU seconds of training.
+    ``art_every`` > 0 checks the ART arms every ``art_every`` steps instead (fewer costly checks; the time to 90% is
+    then known to that resolution). The ratio compares ART's fastest arm with our fastest."""
     import os
 
     from testbed.models.registry import get_model
@@ -719,8 +725,8 @@ def time_to_success(w: Workload, arms: str = "fast,fp32,art:5.0,art:0.05", every
         elif arm.startswith("art:"):
             ours = [out[a]["time_s"] for a in ("fast", "fp32") if a in out and out[a]["reached"]]
             cap = cap_s if cap_s > 0 else (cap_factor * min(ours) if ours else 600.0)
-            r = _tts_art(model, sc, score, size=size, batch=art_batch, lr=float(arm[4:]), every=every,
-                         max_steps=max_steps, cap_s=cap, seed=seed, area_min=art_area_min)
+            r = _tts_art(model, sc, score, size=size, batch=art_batch, lr=float(arm[4:]), every=art_every or every,
+                         max_steps=max_steps, cap_s=cap, seed=seed, area_min=art_area_min, cap_cpu_s=cap_cpu_s)
             r["batch"] = art_batch
         else:
             raise SystemExit(f"unknown arm {arm!r}: fast, fp32 or art:LR")
