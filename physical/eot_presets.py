@@ -34,7 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # rp2's viewpoints (distance, angle, crop, blur) with print-aware's colour ranges (chroma kept 0.6-1.0, paper
     # white exposed at 0.55-1.0 of full scale, illuminant, printer error, sensor noise): a sign sticker that has to
-    # survive a printer and a camera (docs/signs.md, "Over artwork variation").
+    # survive a printer and a camera. Measured there: worse than rp2 through the print-photo loop (63/100 vs 74/100);
+    # the printer-profile EOT is what worked (93/100; docs/signs.md, "Over artwork variation").
     "rp2-print": dict(
         scale=(0.5, 1.0), perspective=0.25, rotation=5.0, translate=0.05, blur=(0.0, 1.0),
         **{k: _PRINT_AWARE[k] for k in ("brightness", "contrast", "contrast_pivot", "saturation", "illuminant",
