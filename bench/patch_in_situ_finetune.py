@@ -55,8 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     res = attack._attack(ctx, w0, run_dir=a.out, run_extra={
         "model": cfg["model"], "scenes": cfg["scenes"], "scenes_shape": list(scenes.shape), "target": cfg["target"],
         "labels": None, "init_from": str(src), "eot_file": a.eot})
-    print(f"{a.out}: success on {a.eval_samples} fresh draws {res.success_rate:.4f} "
-          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    seconds = time.perf_counter() - t0
+    # the summary `testbed patch` adds to metrics.json (the survival table reads model, scenes and eot from it)
+    from testbed.inputs import load_json
+    from testbed.machine import machine_line
+    from testbed.runs import atomic_write_json
+
+    metrics_path = Path(a.out) / "metrics.json"
+    metrics = load_json(metrics_path, what="run metrics file") if metrics_path.is_file() else {}
+    atomic_write_json(metrics_path, {**metrics, "command": "patch (bench.patch_in_situ_finetune)", "out": a.out,
+                                     "success_rate": res.success_rate, "initial_success_rate": res.initial_success_rate,
+                                     "eval_samples": int(res.success.numel()), "seconds": round(seconds, 1),
+                                     "machine": machine_line(), "model": cfg["model"], "target": cfg["target"],
+                                     "scenes": cfg["scenes"], "eot": a.eot, "init_from": str(src)})
+    print(f"{a.out}: success on {a.eval_samples} fresh draws {res.success_rate:.4f} ({seconds:.0f} s)", flush=True)
     return 0
 
 
