@@ -62,18 +62,20 @@ def resolve_face_items(items: list[str]) -> list[str]:
 
 
 def face_chips(items: list[str], detector: Any, *, min_prob: float) -> tuple[Any, list[dict[str, Any]]]:
-    """(chips (N, 3, 150, 150), [{"item", "faces"}]): every face of probability >= ``min_prob`` in each item."""
+    """(chips (N, 3, 150, 150), [{"item", "faces"}] in chip order): every face of probability >= ``min_prob`` in
+    each image of each item (an item that is a folder or a glob is listed once per image file)."""
     import torch
 
     from physical.face_detector_attack import align_all_faces
     from testbed.photos import load_images
 
     chips, counts = [], []
-    for item, path in zip(items, [resolve_face_items([i]) for i in items]):
-        for image in load_images(path):
+    for item in items:
+        paths = resolve_face_items([item])
+        for path, image in zip(paths, load_images(paths)):
             c = align_all_faces(image, detector, min_prob=min_prob)
             chips.append(c)
-            counts.append({"item": item, "faces": len(c)})
+            counts.append({"item": item if len(paths) == 1 else path, "faces": len(c)})
     return torch.cat(chips), counts
 
 
@@ -186,8 +188,8 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         raise ConfigError(f"--held-out must not repeat a --train face: {', '.join(overlap or resolved_overlap)}")
     attack = FaceDetectorFrame(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, reduce=args.reduce, top_k=args.top_k,
-        logit_margin=args.logit_margin, stage_loss=args.stage_loss, score_threshold=args.score_threshold, lambda_tv=args.lambda_tv,
-        lambda_nps=args.lambda_nps, eot=args.eot, eval_samples=args.eval_samples,
+        logit_margin=args.logit_margin, stage_loss=args.stage_loss, score_threshold=args.score_threshold,
+        lambda_tv=args.lambda_tv, lambda_nps=args.lambda_nps, eot=args.eot, eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
         checkpoint_every=args.checkpoint_every,
         geometry=None if args.frame_thickness is None else {"thickness": args.frame_thickness},
