@@ -73,4 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from testbed.errors import TestbedError
+
+    try:
+        sys.exit(main())
+    except TestbedError as exc:  # a user mistake (bad run directory, EOT file): one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
