@@ -479,8 +479,8 @@ def campaign(w: Workload, cells: int = 4, steps: int = 12, workers: int = 2,
     ``--executor local --workers N``, each as the real command in a subprocess, one after the other in this run:
     wall seconds of each, the speed-up, whether the cells came out identical, and the load average around each.
     ``torch_threads`` > 0 sets the campaign's ``torch_threads`` (the same count in every cell on every executor:
-    what makes the cells bit-identical across executors); 0 leaves each executor's default (serial: torch's
-    default, i.e. all cores; local: 1 per worker)."""
+    what makes the cells bit-identical across executors); 0 leaves the campaign default (1); -1 writes
+    ``torch_threads: null``, each executor's own choice (serial: torch's default, all cores; local: 1 per worker)."""
     import os
     import subprocess
 
@@ -492,8 +492,8 @@ def campaign(w: Workload, cells: int = 4, steps: int = 12, workers: int = 2,
     spec = {"name": "bench-campaign", "attack": "sticker" if w.size < 100 else "patch",
             "grid": {"seed": list(range(cells))}, "options": opts,
             "evaluation": {"eot_draws": 16 if w.size < 100 else 100}}
-    if torch_threads > 0:
-        spec["torch_threads"] = torch_threads
+    if torch_threads > 0 or torch_threads == -1:
+        spec["torch_threads"] = torch_threads if torch_threads > 0 else None
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "campaign.yaml"
@@ -698,7 +698,8 @@ def time_to_success(w: Workload, arms: str = "fast,fp32,art:5.0,art:0.05", every
     AdversarialPatchPyTorch at learning rate LR; its documented default is 5.0). The times exclude the checks (each
     check's seconds are subtracted); ``time_with_checks_s`` includes them. Each ART arm stops at ``cap_s`` seconds
     of training, or (``cap_s`` = 0) at ``cap_factor`` x the fastest of our arms' times; not reaching 90% by then
-    makes the ratio a lower bound; ``cap_cpu_s`` > 0 also caps each ART arm at that many CPU seconds of training.
+    makes the ratio a lower bound; each ART arm is also capped at ``cap_cpu_s`` CPU seconds of training (0: at
+    ``cap_factor`` x our fastest arm's CPU seconds), whichever cap comes first.
     ``art_every`` > 0 checks the ART arms every ``art_every`` steps instead (fewer costly checks; the time to 90% is
     then known to that resolution). The ratio compares ART's fastest arm with our fastest."""
     import os
@@ -723,10 +724,11 @@ def time_to_success(w: Workload, arms: str = "fast,fp32,art:5.0,art:0.05", every
             r = _tts_ours(model, sc, score, size=size, every=every, max_steps=max_steps, seed=seed, **cfg)
             r.update(cfg)
         elif arm.startswith("art:"):
-            ours = [out[a]["time_s"] for a in ("fast", "fp32") if a in out and out[a]["reached"]]
-            cap = cap_s if cap_s > 0 else (cap_factor * min(ours) if ours else 600.0)
+            ours = [out[a] for a in ("fast", "fp32") if a in out and out[a]["reached"]]
+            cap = cap_s if cap_s > 0 else (cap_factor * min(o["time_s"] for o in ours) if ours else 600.0)
+            cpu_cap = cap_cpu_s if cap_cpu_s > 0 else (cap_factor * min(o["cpu_s"] for o in ours) if ours else 0.0)
             r = _tts_art(model, sc, score, size=size, batch=art_batch, lr=float(arm[4:]), every=art_every or every,
-                         max_steps=max_steps, cap_s=cap, seed=seed, area_min=art_area_min, cap_cpu_s=cap_cpu_s)
+                         max_steps=max_steps, cap_s=cap, seed=seed, area_min=art_area_min, cap_cpu_s=cpu_cap)
             r["batch"] = art_batch
         else:
             raise SystemExit(f"unknown arm {arm!r}: fast, fp32 or art:LR")
