@@ -80,7 +80,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("live", "live", "live loop 640x480 mobilenet_v2, plain", {"secure": False}),
     Spec("live-secure", "live", "live loop 640x480 mobilenet_v2, secure path", {"secure": True}),
     Spec("campaign-local2", "campaign", "testbed campaign run, 4 equal patch cells: serial vs --executor local "
-         "--workers 2", {"cells": 4, "workers": 2}),
+         "--workers 2", {"cells": 4, "workers": 2, "steps": 60}),
     Spec("time-to-success", "time_to_success", "time to >= 90% targeted success on 500 fixed validation draws "
          "(mobilenet_v2, <= 10% patch): ours vs ART, one run", {"arms": "fast,art:5.0,art:0.05", "every": 20, "art_every": 50, "cap_factor": 3.5}),
 )
