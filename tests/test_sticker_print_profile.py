@@ -1,5 +1,5 @@
 """The sticker-over-artwork recipe's EOT (docs/signs.md, "Over artwork variation"): rp2 viewpoints with the sticker
-colours through the printer profile measured from simulated chart photos (docs/reports/sticker_artwork/)."""
+colours through the printer profile measured from simulated chart photos (experiments/eot_rp2_printer_profile.yaml, experiments/printer_profile_default.json)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +9,8 @@ from camera.simulated import PrinterParams, SimulatedPrinter
 from physical.eot import EOTConfig, EOTTransform, preset
 from physical.printer_profile import delta_e2000_rgb, load_profile
 
-EOT_FILE = "docs/reports/sticker_artwork/eot_rp2_profile.yaml"
-PROFILE = "docs/reports/sticker_artwork/profile-default.json"
+EOT_FILE = "experiments/eot_rp2_printer_profile.yaml"
+PROFILE = "experiments/printer_profile_default.json"
 
 
 def test_recipe_eot_is_rp2_with_the_profile_on_the_printed_sticker_only():
