@@ -48,6 +48,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--shape", default="circle", help="circle, square, or a mask PNG path")
     p.add_argument("--patch-size", type=cli_types.pixels,
                    help="patch resolution in pixels (default: its size in the image)")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from the patch of this finished `testbed patch` run (e.g. to continue it under "
+                        "another --eot) instead of random colours; its patch size and --shape must match")
     _common(p, default_eot="athalye-eot-2d", default_steps=500, default_lr=0.05)
     p.set_defaults(func=run_patch)
 
@@ -310,6 +313,12 @@ def run_patch(args: argparse.Namespace) -> int:
         if fill <= 0:
             raise ConfigError(f"--shape {args.shape}: the mask is empty (no white pixel)")
         patch_size = max(8, round(math.sqrt(area_max * size * size / fill)))
+    initial = _initial_patch(args.init_from, patch_size, args.shape) if args.init_from else None
+    if initial is not None:
+        if args.patch_size is not None and args.patch_size != initial.shape[-1]:
+            raise ConfigError(f"--init-from {args.init_from}: its patch is {initial.shape[-1]} px, --patch-size is "
+                              f"{args.patch_size}")
+        patch_size = initial.shape[-1]
     attack = UniversalPatch(
         patch_size=patch_size, shape=args.shape,
         placement={"area": [area_min, area_max], "rotation": args.rotation}, **_attack_kwargs(args),
@@ -324,15 +333,31 @@ def run_patch(args: argparse.Namespace) -> int:
         with torch.no_grad():
             labels = model(scenes).argmax(1)
     t0 = time.perf_counter()
+    init = {"init_from": str(Path(args.init_from).resolve())} if args.init_from else {}
     result = attack(
-        model, scenes, target=target, labels=labels, run_dir=args.out, progress=args.progress,
-        run_extra={"model": args.model, "scenes": names},
+        model, scenes, target=target, labels=labels, initial=initial, run_dir=args.out, progress=args.progress,
+        run_extra={"model": args.model, "scenes": names, **init},
     )
     return _report(
         "patch", result, args, time.perf_counter() - t0, device,
         {"model": args.model, "target": target, "target_name": None if target is None else entry.labels[target],
-         "area": [area_min, area_max], "patch_size": patch_size, "scenes": names, "eot": args.eot},
+         "area": [area_min, area_max], "patch_size": patch_size, "scenes": names, "eot": args.eot, **init},
     )
+
+
+def _initial_patch(run_dir: str, patch_size: int, shape: str) -> torch.Tensor:
+    """The patch colours (1, 3, P, P) of a finished patch run, checked against this run's --shape and patch size
+    (when --patch-size is given explicitly the sizes must agree; otherwise the run's size is used)."""
+    from testbed.runs import load_run, load_run_tensor
+
+    config, _ = load_run(run_dir, "patch")
+    patch = load_run_tensor(Path(run_dir) / "perturbation.pt")
+    if patch.ndim != 4 or patch.shape[:2] != (1, 3) or patch.shape[-1] != patch.shape[-2]:
+        raise ConfigError(f"--init-from {run_dir}: perturbation.pt has shape {tuple(patch.shape)}, not (1, 3, P, P)")
+    if config.get("shape", "circle") != shape:
+        raise ConfigError(f"--init-from {run_dir}: that run's patch shape is {config.get('shape')!r}, this run's "
+                          f"--shape is {shape!r}")
+    return patch.clamp(0.0, 1.0)
 
 
 def _sign_photo(args: argparse.Namespace, size: int) -> Any:

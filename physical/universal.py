@@ -349,13 +349,20 @@ class UniversalPatch(_EOTAttack):
         *,
         target: int | None = None,
         labels: Tensor | None = None,
+        initial: Tensor | None = None,
         **run: Unpack[RunOptions],
     ) -> PhysicalResult:
         """Optimise the patch over ``scenes`` (N, 3, H, W). Targeted: ``target`` class index; untargeted: pass
-        ``labels`` (N,), the scenes' true classes, to push away from."""
+        ``labels`` (N,), the scenes' true classes, to push away from. ``initial``: colours (1, 3, P, P) in [0, 1]
+        to start from (e.g. another run's patch) instead of ``init``."""
         ctx = self.context(model, scenes, target=target, labels=labels)
         init_gen = torch.Generator().manual_seed(self.seed + 7)
-        if self.init == "random":
+        if initial is not None:
+            if tuple(initial.shape) != (1, 3, self.patch_size, self.patch_size):
+                raise ConfigError(f"initial patch has shape {tuple(initial.shape)}, expected "
+                                  f"(1, 3, {self.patch_size}, {self.patch_size})")
+            colours0 = initial.detach().float().cpu().clamp(1e-4, 1 - 1e-4)
+        elif self.init == "random":
             colours0 = torch.rand(1, 3, self.patch_size, self.patch_size, generator=init_gen)
         else:
             colours0 = torch.full((1, 3, self.patch_size, self.patch_size), 0.5)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from testbed.errors import ConfigError
 from testbed.machine import machine_line
+from testbed.runs import load_run, load_run_tensor as _load_tensor  # the finished-run readers (checked)
 from testbed.stats import Rate, rate, wilson
 
 ATTACK_KINDS = ("patch", "sticker", "eyeglass")
@@ -118,45 +119,6 @@ class SurvivalRow:
 
 
 # ------------------------------------------------------------------------------------------------ run loading
-def _read_json(path: Path) -> dict[str, Any]:
-    from testbed.inputs import load_json
-
-    if not path.is_file():
-        raise ConfigError(f"{path} is missing: is {path.parent} a finished attack run directory?")
-    data = load_json(path, what="run file")
-    if not isinstance(data, dict):
-        raise ConfigError(f"run file {path} must hold a JSON object")
-    return data
-
-
-def _load_tensor(path: Path) -> Tensor:
-    from testbed.inputs import MAX_IMAGE_BYTES, check_input_file
-
-    if not path.is_file():
-        raise ConfigError(f"{path} is missing: is {path.parent} a finished attack run directory?")
-    check_input_file(path, what="run tensor file", max_bytes=MAX_IMAGE_BYTES)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: pickle/zip errors of any kind
-        raise ConfigError(f"run tensor file {path} is not readable ({' '.join(str(exc).split())[:160]})") from None
-    if not isinstance(obj, Tensor):
-        raise ConfigError(f"run tensor file {path} does not hold a tensor")
-    return obj.float()
-
-
-def load_run(run_dir: str | Path, expected: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config, metrics) of a finished attack run of kind ``expected``; ConfigError naming what is wrong."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise ConfigError(f"attack run directory {run} does not exist")
-    config = _read_json(run / "config.json")
-    metrics = _read_json(run / "metrics.json")
-    kind = config.get("attack")
-    if kind != expected:
-        raise ConfigError(f"{run} is a {kind!r} run, not a {expected!r} run (config.json 'attack')")
-    return config, metrics
-
-
 def _recorded_digital(metrics: dict[str, Any]) -> Rate:
     n = int(metrics.get("eval_samples") or 0)
     p = metrics.get("success_rate")

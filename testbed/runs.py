@@ -277,6 +277,50 @@ def read_json_file(path: str | Path, what: str) -> Any:
     return load_json(Path(path), what=what, max_bytes=MAX_JSON_BYTES)
 
 
+# ------------------------------------------------------------------------------------------------ finished runs
+def _run_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: is {path.parent} a finished attack run directory?")
+    return path
+
+
+def load_run(run_dir: str | Path, expected: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config, metrics) of a finished attack run of kind ``expected`` (``config.json`` 'attack'); ConfigError
+    naming what is wrong (missing folder or file, not a JSON object, another kind of run)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"attack run directory {run} does not exist")
+    files = []
+    for name in ("config.json", "metrics.json"):
+        data = read_json_file(_run_file(run / name), "run file")
+        if not isinstance(data, dict):
+            raise ConfigError(f"run file {run / name} must hold a JSON object")
+        files.append(data)
+    config, metrics = files
+    kind = config.get("attack")
+    if kind != expected:
+        raise ConfigError(f"{run} is a {kind!r} run, not a {expected!r} run (config.json 'attack')")
+    return config, metrics
+
+
+def load_run_tensor(path: str | Path) -> Any:
+    """A tensor a finished run saved (``perturbation.pt``, ``mask.pt``, ...), as float32: size-checked, loaded with
+    ``weights_only=True`` (tensors and plain data only, nothing in it runs); ConfigError naming the file otherwise."""
+    import torch
+
+    from testbed.inputs import MAX_IMAGE_BYTES, check_input_file
+
+    path = _run_file(Path(path))
+    check_input_file(path, what="run tensor file", max_bytes=MAX_IMAGE_BYTES)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: pickle/zip errors of any kind
+        raise ConfigError(f"run tensor file {path} is not readable ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(obj, torch.Tensor):
+        raise ConfigError(f"run tensor file {path} does not hold a tensor")
+    return obj.float()
+
+
 # ------------------------------------------------------------------------------------------------ --out rule
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
