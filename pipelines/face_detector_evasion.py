@@ -101,11 +101,9 @@ def print_photo_scores(attack: Any, detector: Any, chips: Any, textures: dict[st
     {"detected", "detections", "gt_box", ...}}, chip index of each photo)."""
     import torch
 
-    from camera.simulated import print_photograph
-    from pipelines.survival import SurvivalConfig
+    from pipelines.survival import SurvivalConfig, print_photo
 
     cfg = SurvivalConfig(photos=photos, seed=seed, preset=preset, face_width_mm=face_width_mm).validate()
-    channel = cfg.channel(cfg.face_width_mm)
     scorer = attack.scorer(detector)
     boxes = attack.ground_truth(detector, chips)
     chip_index = torch.arange(len(chips)).repeat_interleave(photos)
@@ -114,8 +112,7 @@ def print_photo_scores(attack: Any, detector: Any, chips: Any, textures: dict[st
     out: dict[str, dict[str, Any]] = {}
     for name, texture in textures.items():
         worn = chips if texture is None else mask * texture.to(chips) + (1 - mask) * chips
-        shots = print_photograph(worn[chip_index].clamp(0, 1).cpu(), seed=cfg.seed, keys=keys,
-                                 config=channel).images
+        shots, _ = print_photo(worn[chip_index], keys, cfg, cfg.face_width_mm)
         with torch.no_grad():
             outputs = torch.cat([scorer(shots[i : i + 50]) for i in range(0, len(shots), 50)])
         out[name] = {k: v.cpu() for k, v in attack._score(None, outputs, boxes[chip_index]).items()}

@@ -127,7 +127,9 @@ def _recorded_digital(metrics: dict[str, Any]) -> Rate:
     return wilson(int(round(float(p) * n)), n)
 
 
-def _print_photo(images: Tensor, keys: list[int], cfg: SurvivalConfig, width_mm: float) -> tuple[Tensor, list[dict]]:
+def print_photo(images: Tensor, keys: list[int], cfg: SurvivalConfig, width_mm: float) -> tuple[Tensor, list[dict]]:
+    """The survival table's channel: ``images`` printed ``width_mm`` wide and photographed (draw ``keys[i]`` of
+    ``cfg.seed``), rectified back; (photos, sampled parameters)."""
     from camera.simulated import print_photograph
 
     res = print_photograph(images.clamp(0, 1).cpu(), seed=cfg.seed, keys=keys, config=cfg.channel(width_mm))
@@ -176,7 +178,7 @@ def patch_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None =
     side = min(h, w, max(4, int(round((area * h * w / float(mask.mean())) ** 0.5))))
 
     keys = list(range(cfg.photos))
-    photographed, _ = _print_photo(patch.expand(cfg.photos, -1, -1, -1), keys, cfg, cfg.patch_width_mm)
+    photographed, _ = print_photo(patch.expand(cfg.photos, -1, -1, -1), keys, cfg, cfg.patch_width_mm)
     digital_ok, printed_ok, clean_ok = [], [], []
     with torch.no_grad():
         def top1(x: Tensor) -> Tensor:
@@ -332,7 +334,7 @@ def sticker_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | None
                                            seed=cfg.seed + 7, background=background)  # not the run's drawings
         adv_batch = SignSticker.stickered(clean_batch, _load_tensor(run / "mask.pt"), _load_tensor(run / "colours.pt"))
     both = torch.cat([adv_batch, clean_batch])
-    shots, _ = _print_photo(both, keys + keys, cfg, cfg.sign_width_mm)  # same key: same printer, same photo
+    shots, _ = print_photo(both, keys + keys, cfg, cfg.sign_width_mm)  # same key: same printer, same photo
     h, w = entry.input_size
     small = F.interpolate(shots, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
@@ -382,7 +384,7 @@ def eyeglass_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path | Non
     with torch.no_grad():
         worn = wear(photo, texture, mask, faces[0].landmarks.cpu())
     keys = list(range(cfg.photos))
-    shots, _ = _print_photo(torch.cat([worn.expand(cfg.photos, -1, -1, -1), photo.expand(cfg.photos, -1, -1, -1)]),
+    shots, _ = print_photo(torch.cat([worn.expand(cfg.photos, -1, -1, -1), photo.expand(cfg.photos, -1, -1, -1)]),
                             keys + keys, cfg, cfg.face_width_mm)
     if save is not None:
         _save(save / f"eyeglass_{mode}_printed_example.png", torch.cat([shots[:1], shots[cfg.photos:cfg.photos + 1]]))
