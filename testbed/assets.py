@@ -112,6 +112,24 @@ ASSETS: dict[str, Asset] = {
             "package/model/face_recognition_model.bin",
             description="dlib ResNet face descriptor (tfjs weights)",
         ),
+        Asset(
+            "tiny_face_detector_manifest",
+            "tiny_face_detector_model-weights_manifest.json",
+            "5d1af4849ac48d5b985f4a9b16010c512353ddd6fcc63d50fd0bc9e9e64296e5",
+            "npm",
+            "@vladmandic/face-api@1.7.15",
+            "package/model/tiny_face_detector_model-weights_manifest.json",
+            description="face-api Tiny Face Detector, a tiny YOLOv2 (tfjs manifest)",
+        ),
+        Asset(
+            "tiny_face_detector_weights",
+            "tiny_face_detector_model.bin",
+            "b7503ce7df31039b1c43316a9b865cab6a70dd748cc602d3fa28b551503c3871",
+            "npm",
+            "@vladmandic/face-api@1.7.15",
+            "package/model/tiny_face_detector_model.bin",
+            description="face-api Tiny Face Detector, a tiny YOLOv2 (tfjs weights)",
+        ),
         # group photos with several frontal faces (face-api's demo images, MIT, taken by the package's author):
         # the face-detector evasion's training / held-out faces (docs/detectors.md)
         *(
