@@ -19,7 +19,6 @@ dequantised like ``tf.io.decodeWeights`` (``q * scale + min`` in double precisio
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -31,9 +30,10 @@ from torch import nn
 from testbed.device import default_device
 from testbed.errors import AssetError, ConfigError
 from testbed.models.base import Normalize
-
-#: Largest tfjs weights shard read (face-api's descriptor shard is about 6 MB).
-MAX_SHARD_BYTES = 512 * 2**20
+from testbed.models.tfjs_weights import (  # noqa: F401  read_tfjs_weights re-exported
+    read_single_shard_weights,
+    read_tfjs_weights,
+)
 
 INPUT_SIZE = 150
 DESCRIPTOR_DIM = 128
@@ -198,94 +198,10 @@ def _to_torch_layout(tf_name: str, value: np.ndarray) -> torch.Tensor:
     return t
 
 
-@dataclass(frozen=True)
-class WeightSpec:
-    """One entry of a tfjs weights manifest."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    quantization: dict | None
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
-
-
-_QUANT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16}
-_PLAIN_DTYPES = {"float32": np.float32, "int32": np.int32}
-
-
-def read_tfjs_weights(manifest_path: Path, bin_paths: Mapping[str, Path] | None = None) -> dict[str, np.ndarray]:
-    """Decode a tfjs ``weights_manifest.json`` + its shard files into named float32 arrays.
-
-    ``bin_paths`` maps each shard name listed in the manifest to a file (default: next to the manifest).
-    Dequantisation follows ``tf.io.decodeWeights``: ``q * scale + min`` (float64), stored as float32.
-    """
-    from testbed.inputs import load_json, read_bytes
-
-    try:
-        manifest = load_json(manifest_path, what="tfjs weights manifest")
-    except ConfigError as exc:
-        raise AssetError(f"cannot read tfjs weights manifest: {exc}") from None
-    if not isinstance(manifest, list):
-        raise AssetError(f"tfjs weights manifest {manifest_path} is not a list of weight groups")
-    out: dict[str, np.ndarray] = {}
-    for group in manifest:
-        chunks = []
-        for shard in group["paths"]:
-            path = (bin_paths or {}).get(shard, Path(manifest_path).parent / shard)
-            chunks.append(read_bytes(path, what=f"tfjs weights shard {shard!r} at", max_bytes=MAX_SHARD_BYTES,
-                                     error=AssetError))
-        buffer = b"".join(chunks)
-        offset = 0
-        for raw in group["weights"]:
-            spec = WeightSpec(raw["name"], tuple(raw["shape"]), raw["dtype"], raw.get("quantization"))
-            values, nbytes = _decode(spec, buffer, offset, manifest_path)
-            out[spec.name] = values
-            offset += nbytes
-        if offset != len(buffer):
-            raise AssetError(
-                f"tfjs weights for {manifest_path} hold {len(buffer)} bytes, the manifest describes {offset}"
-            )
-    return out
-
-
-def _decode(spec: WeightSpec, buffer: bytes, offset: int, source: Path) -> tuple[np.ndarray, int]:
-    if spec.quantization is not None:
-        qdtype = spec.quantization.get("dtype")
-        if qdtype not in _QUANT_DTYPES:
-            raise AssetError(f"{source}: weight {spec.name!r} uses unsupported quantization {qdtype!r}")
-        np_dtype = np.dtype(_QUANT_DTYPES[qdtype]).newbyteorder("<")
-    elif spec.dtype in _PLAIN_DTYPES:
-        np_dtype = np.dtype(_PLAIN_DTYPES[spec.dtype]).newbyteorder("<")
-    else:
-        raise AssetError(f"{source}: weight {spec.name!r} has unsupported dtype {spec.dtype!r}")
-    nbytes = spec.size * np_dtype.itemsize
-    if offset + nbytes > len(buffer):
-        raise AssetError(f"{source}: weight {spec.name!r} runs past the end of the weights data (truncated file?)")
-    raw = np.frombuffer(buffer, dtype=np_dtype, count=spec.size, offset=offset)
-    if spec.quantization is not None and spec.quantization["dtype"] in ("uint8", "uint16"):
-        scale, minimum = float(spec.quantization["scale"]), float(spec.quantization["min"])
-        values = (raw.astype(np.float64) * scale + minimum).astype(np.float32)
-    else:
-        values = raw.astype(np.float32)
-    return values.reshape(spec.shape), nbytes
-
-
 def build_face_descriptor(manifest_path: Path, weights_path: Path) -> FaceDescriptorNet:
     """A FaceDescriptorNet with weights read from a face-api manifest + ``.bin`` (on CPU, eval mode)."""
-    from testbed.inputs import load_json
-
-    try:
-        manifest = load_json(manifest_path, what="tfjs weights manifest")
-        shards = [p for group in manifest for p in group["paths"]]
-    except (ConfigError, TypeError, KeyError) as exc:
-        raise AssetError(f"tfjs weights manifest {manifest_path} is not a face-api manifest ({exc})") from None
-    if len(shards) != 1:
-        raise AssetError(f"{manifest_path}: expected one weights shard, the manifest lists {shards}")
     net = FaceDescriptorNet()
-    net.load_tfjs_weights(read_tfjs_weights(manifest_path, {shards[0]: weights_path}))
+    net.load_tfjs_weights(read_single_shard_weights(manifest_path, weights_path, "face descriptor"))
     return net.eval()
 
 
