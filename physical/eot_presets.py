@@ -67,6 +67,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         contrast=(0.8, 1.2), contrast_pivot=0.0, brightness=0.1, noise_kind="uniform", noise=(0.1, 0.1),
         rotation=20.0,
     ),
+    # The person-evasion patch (physical/detector_patch.py): thys's colour ranges, with the printer's error on the
+    # patch (printed before placing) and the camera's light, blur and sensor noise on the whole scene; no scene
+    # geometry (the person boxes stay put; rotation, scale and shift are the patch placement's, per person).
+    "thys-person": dict(
+        contrast=(0.8, 1.2), contrast_pivot=0.0, brightness=0.1, printer_gain=0.05, printer_offset=0.02,
+        blur=(0.0, 1.0), noise=(0.0, 0.03),
+    ),
     # ART 1.20 AdversarialPatchPyTorch defaults: rotation_max=22.5, scale_min=0.1, scale_max=1.0,
     # distortion_scale_max=0 (no perspective); ART applies them to the patch before placing it.
     "art-patch-default": dict(rotation=22.5, scale=(0.1, 1.0), perspective=0.0, padding="zeros"),

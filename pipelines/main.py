@@ -27,6 +27,7 @@ import pipelines.cli_score
 import pipelines.cli_secure
 import pipelines.defences.cli
 import pipelines.face_detector_evasion
+import pipelines.person_evasion
 import printouts.cli
 import worlds.signs.cli
 from testbed import cli_types
@@ -49,6 +50,7 @@ PART_CLIS: tuple[ModuleType, ...] = (
     pipelines.defences.cli,  # defences
     pipelines.campaign,  # campaign run
     pipelines.face_detector_evasion,  # evade-detector
+    pipelines.person_evasion,  # evade-persons
 )
 
 

@@ -7,7 +7,7 @@ import argparse
 from pipelines.main import build_parser
 
 #: the commands whose work can show a progress bar (tqdm in physical.loop, pipelines.experiment, worlds.signs)
-WITH_PROGRESS = {"patch", "sticker", "eyeglass", "evade-detector", "evaluate", "demo", "signs dataset", "signs train"}
+WITH_PROGRESS = {"patch", "sticker", "eyeglass", "evade-detector", "evade-persons", "evaluate", "demo", "signs dataset", "signs train"}
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:

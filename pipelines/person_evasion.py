@@ -1,0 +1,260 @@
+"""``testbed evade-persons``: the person-evasion patch (Thys et al. 2019) against a registry detector (task
+``detector``), optimised on the people of some photos and evaluated on fresh EOT draws of HELD-OUT photos: person
+recall at IoU 0.5 and a stated score threshold, counted per person box with Wilson intervals, and AP — with no
+patch (clean), the unoptimised grey patch, a random-colour patch of the same size and placement (the control) and
+the optimised patch on the same draws; optionally through the print-photo loop.
+
+    testbed evade-persons --model coco-centernet --train faceapi_sample1 faceapi_sample2 faceapi_sample3 \
+        faceapi_sample4 --held-out faceapi_sample5 faceapi_sample6 --steps 200 --out runs/evade-persons
+
+A scene item is a shipped photo name, a group-photo asset (``faceapi_sample1`` .. ``faceapi_sample6``), or an
+image file / folder / glob (``pipelines.face_detector_evasion.resolve_face_items``). Each photo is letterboxed to a
+``--scene-size`` square; its person boxes are the detector's own clean detections of ``--label`` at ``--gt-score``
+or more (Thys et al. took YOLOv2's detections the same way). The attack is
+``physical.detector_patch.PersonPatch`` on the one physical loop; the metrics are ``pipelines.detection_metrics``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from testbed import cli_types
+from testbed.errors import ConfigError
+
+#: the variants scored on the same held-out draws, in report order
+VARIANTS = ("clean", "initial", "random", "final")
+
+
+def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float, score_threshold: float
+                     ) -> dict[str, Any]:
+    """{variant: DetectionSummary.as_dict()} from the per-draw ``detections`` / ``gt_boxes`` of each variant."""
+    from physical.detector_patch import detection_images
+    from pipelines.detection_metrics import ImageDetections, summarise
+
+    out = {}
+    for name, s in scores.items():
+        images = [ImageDetections(*row) for row in detection_images(s["detections"], s["gt_boxes"])]
+        out[name] = summarise(images, iou_threshold=iou_threshold, score_threshold=score_threshold).as_dict()
+    return out
+
+
+def recall_by_scene(detected: Any, valid: Any, scene_index: Any, names: list[str]) -> dict[str, str]:
+    """{scene: "k/n"}: person boxes detected over person boxes drawn, per scene (``detected`` / ``valid`` (E, P),
+    ``scene_index`` (E,))."""
+    out = {}
+    for i, name in enumerate(names):
+        mine = scene_index == i
+        out[name] = f"{int(detected[mine].sum())}/{int(valid[mine].sum())}"
+    return out
+
+
+def load_scenes(items: list[str], size: int) -> tuple[Any, list[str]]:
+    """(scenes (N, 3, size, size), one name per scene): every image of every item, letterboxed (aspect kept,
+    centred on black) to ``size`` x ``size``."""
+    import torch
+
+    from pipelines.face_detector_evasion import resolve_face_items
+    from pipelines.live import _letterbox
+    from testbed.photos import load_images
+
+    scenes, names = [], []
+    for item in items:
+        paths = resolve_face_items([item])
+        for path, image in zip(paths, load_images(paths)):
+            scenes.append(_letterbox(image, size, size).clamp(0, 1))
+            names.append(item if len(paths) == 1 else path)
+    return torch.cat(scenes), names
+
+
+def detector_model(name: str) -> Any:
+    """The registry model ``name`` if its task is ``detector`` (ConfigError otherwise, naming the detectors)."""
+    from testbed.models.registry import get_entry, get_model, list_models
+
+    entry = get_entry(name)
+    if entry.task != "detector":
+        known = ", ".join(list_models("detector")) or "none registered"
+        raise ConfigError(f"--model {name} is a {entry.task} model; evade-persons needs a detector (task detector: "
+                          f"{known})")
+    return get_model(name)
+
+
+def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any], textures: dict[str, Any], *,
+                       photos: int, seed: int, preset: str, width_mm: float) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Each held-out scene with each texture (None = no patch) at its nominal placement on every person, printed
+    ``width_mm`` wide and photographed ``photos`` times through the survival table's channel
+    (``pipelines.survival.print_photo``: marker sheet, sampled printer + halftoning, simulated camera, rectified
+    back to the scene's grid), then the detector on the rectified photo, scored by the attack's own hook against the
+    clean scene's person boxes. Photo ``j`` of scene ``i`` uses key ``i * photos + j`` for every texture (paired).
+    Returns ({texture: scores}, scene index of each photo)."""
+    import torch
+
+    from pipelines.survival import SurvivalConfig, print_photo
+    from testbed.models.base import model_state_guard
+
+    cfg = SurvivalConfig(photos=photos, seed=seed, preset=preset).validate()
+    ctx = attack.context(detector, scenes, scenes, boxes=boxes, eval_boxes=boxes)
+    scene_index = torch.arange(len(scenes)).repeat_interleave(photos)
+    keys = list(range(len(scene_index)))
+    goal = ctx.boxes[scene_index.to(ctx.device)]
+    out: dict[str, dict[str, Any]] = {}
+    for name, texture in textures.items():
+        with torch.no_grad():
+            if texture is None:
+                shown = ctx.scenes
+            else:
+                draw = attack.nominal_draw(ctx, torch.arange(len(scenes)))
+                shown = attack.composite(ctx, texture.to(ctx.device).float(), draw, ctx.scenes, ctx.boxes)
+            shots, _ = print_photo(shown[scene_index.to(ctx.device)].cpu(), keys, cfg, width_mm)
+            with model_state_guard(ctx.model):
+                outputs = torch.cat([ctx.model(shots[i : i + 8].to(ctx.device)) for i in range(0, len(shots), 8)])
+        out[name] = {k: v.cpu() for k, v in attack._score(ctx, outputs, goal).items()}
+    return out, scene_index
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``evade-persons`` subcommand."""
+    p = subparsers.add_parser(
+        "evade-persons", help="person-evasion patch (Thys et al. 2019) against a detector; recall / AP on held-out "
+                              "photos")
+    cli_types.add_model_options(p, default="coco-centernet", what="detector (task detector)")
+    p.add_argument("--label", default="person", help="the detector's class to hide")
+    p.add_argument("--train", nargs="+", required=True, help="photos whose people the patch is optimised on")
+    p.add_argument("--held-out", nargs="+", required=True, help="photos evaluated on (never a --train photo)")
+    p.add_argument("--out", required=True, type=cli_types.output_dir, help="run folder (rerun to resume)")
+    p.add_argument("--steps", type=cli_types.count(), default=200, help="optimisation steps, >= 1")
+    p.add_argument("--batch-size", type=cli_types.batch, default=8, help="EOT draws (scenes) per step")
+    p.add_argument("--lr", type=cli_types.positive, default=0.03, help="Adam learning rate (on colour logits)")
+    p.add_argument("--patch-fraction", type=cli_types.number(0, 0.2, lo_open=True), default=0.18,
+                   help="patch area / person box area at scale 1 (the largest draw: this x --scale-max^2)")
+    p.add_argument("--scale-min", type=cli_types.number(0.1, 1.5), default=0.9, help="patch side jitter, low")
+    p.add_argument("--scale-max", type=cli_types.number(0.1, 1.5), default=1.05, help="patch side jitter, high")
+    p.add_argument("--rotation", type=cli_types.number(0, 180), default=20.0, help="patch rotation, +- degrees")
+    p.add_argument("--jitter", type=cli_types.number(0, 1), default=0.05,
+                   help="patch centre shift, +- fraction of the box's width / height")
+    p.add_argument("--centre-y", type=cli_types.number(0, 1), default=0.45,
+                   help="patch centre, this far down the person box (the torso)")
+    p.add_argument("--patch-size", type=cli_types.integer(2, 1024), default=64, help="patch resolution (pixels)")
+    p.add_argument("--scene-size", type=cli_types.integer(32, 4096), default=512,
+                   help="each photo letterboxed to this square (pixels)")
+    p.add_argument("--reduce", choices=("max", "topk", "mean"), default="max",
+                   help="a draw's loss: max over the candidates' class confidences, mean of the top --top-k, or mean")
+    p.add_argument("--top-k", type=cli_types.count(), default=10, help="candidates averaged by --reduce topk")
+    p.add_argument("--only-overlapping", action="store_true",
+                   help="the loss keeps only candidates whose box overlaps a person box (--overlap-iou)")
+    p.add_argument("--overlap-iou", type=cli_types.number(0, 1), default=0.1, help="overlap of --only-overlapping")
+    p.add_argument("--score-threshold", type=cli_types.number(0, 1), default=0.5,
+                   help="a detection counts at this score or more")
+    p.add_argument("--gt-score", type=cli_types.number(0, 1), default=0.5,
+                   help="person boxes: the detector's clean detections of --label at this score or more")
+    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=2.5, help="total-variation weight")
+    p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.01, help="non-printability weight")
+    p.add_argument("--eot", default="thys-person", help="EOT preset name (the printer's stages act on the patch)")
+    p.add_argument("--init", choices=("gray", "random"), default="gray", help="initial patch colours")
+    p.add_argument("--print-photos", type=cli_types.integer(0, 10000), default=0,
+                   help="also print and photograph each held-out scene this many times (the survival table's "
+                        "simulated channel) with no patch, the random patch and the optimised patch; 0: off")
+    p.add_argument("--print-width-mm", type=cli_types.number(20, 1000), default=200.0,
+                   help="printed width of a scene in the print-photo loop")
+    p.add_argument("--print-preset", default="default", help="camera.simulated preset of those photos")
+    p.add_argument("--print-seed", type=cli_types.seed, default=2026,
+                   help="seed of the printer and camera draws (independent of the EOT seeds)")
+    from physical.cli_eot import add_run_options
+
+    add_run_options(p, checkpoint_every=10, channels_last=False, eval_samples=200)
+    p.set_defaults(func=run_evade_persons)
+    return p
+
+
+def run_evade_persons(args: argparse.Namespace) -> int:
+    """Handler of ``testbed evade-persons``."""
+    import torch
+
+    from physical.cli_eot import _speed_kwargs
+    from physical.detector_patch import PersonPatch, random_patch
+    from pipelines.face_detector_evasion import _real, resolve_face_items
+    from testbed.machine import machine_info
+    from testbed.runs import atomic_write_json
+
+    overlap = sorted(set(args.train) & set(args.held_out))
+    resolved = sorted(set(map(_real, resolve_face_items(args.train))) & set(map(_real, resolve_face_items(args.held_out))))
+    if overlap or resolved:
+        raise ConfigError(f"--held-out must not repeat a --train photo: {', '.join(overlap or resolved)}")
+    if args.scale_min > args.scale_max:
+        raise ConfigError(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
+    attack = PersonPatch(
+        label=args.label, steps=args.steps, batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size,
+        patch_fraction=args.patch_fraction, scale_min=args.scale_min, scale_max=args.scale_max,
+        rotation=args.rotation, jitter=args.jitter, centre_y=args.centre_y, reduce=args.reduce, top_k=args.top_k,
+        only_overlapping=args.only_overlapping, overlap_iou=args.overlap_iou, score_threshold=args.score_threshold,
+        gt_score=args.gt_score, lambda_tv=args.lambda_tv, lambda_nps=args.lambda_nps, eot=args.eot, init=args.init,
+        eval_samples=args.eval_samples, eval_batch_size=args.eval_batch_size, seed=args.seed,
+        eval_seed=args.eval_seed, checkpoint_every=args.checkpoint_every, **_speed_kwargs(args))
+    t0 = time.perf_counter()
+    cli_types.check_run_out(args.out, PersonPatch.name)
+    detector = detector_model(args.model)
+    attack.label_index(detector)  # an unknown --label: ConfigError naming the detector's labels
+    train, train_names = load_scenes(list(args.train), args.scene_size)
+    held, held_names = load_scenes(list(args.held_out), args.scene_size)
+    train_boxes = attack.ground_truth(detector, train, train_names)
+    held_boxes = attack.ground_truth(detector, held, held_names)
+    persons = {"train": {n: len(b) for n, b in zip(train_names, train_boxes)},
+               "held_out": {n: len(b) for n, b in zip(held_names, held_boxes)}}
+    print(f"{args.label} boxes: {sum(persons['train'].values())} in {len(train)} training photos, "
+          f"{sum(persons['held_out'].values())} in {len(held)} held-out photos")
+    result = attack(detector, train, eval_scenes=held, boxes=train_boxes, eval_boxes=held_boxes, run_dir=args.out,
+                    progress=args.progress,
+                    run_extra={"model": args.model, "train": list(args.train), "held_out": list(args.held_out),
+                               "scene_size": args.scene_size, "persons": persons})
+    control = random_patch(args.patch_size, args.seed + 99)
+    # the random-colour control on the SAME held-out draws (the evaluation generator replays them)
+    control_scores = attack.evaluate(detector, {"random": control}, held, boxes=held_boxes)[0]["random"]
+    scores = {"random": control_scores}
+    for name, prefix in (("final", ""), ("initial", "initial_"), ("clean", "clean_")):
+        scores[name] = {k: result.scores[prefix + k] for k in ("detections", "gt_boxes", "detected", "valid")}
+    report = detection_report({k: scores[k] for k in VARIANTS}, iou_threshold=attack.iou_threshold,
+                              score_threshold=attack.score_threshold)
+    scene_index = torch.cat([d["scene_index"] for d in result.eval_draws])
+    for name in VARIANTS:
+        report[name]["recall_by_scene"] = recall_by_scene(scores[name]["detected"].cpu(), scores[name]["valid"].cpu(),
+                                                          scene_index, held_names)
+    printed = None
+    if args.print_photos:
+        textures = {"clean": None, "random": control, "final": result.perturbation}
+        p_scores, p_index = print_photo_scores(attack, detector, held, held_boxes, textures,
+                                               photos=args.print_photos, seed=args.print_seed,
+                                               preset=args.print_preset, width_mm=args.print_width_mm)
+        printed = detection_report(p_scores, iou_threshold=attack.iou_threshold,
+                                   score_threshold=attack.score_threshold)
+        for name in printed:
+            printed[name]["recall_by_scene"] = recall_by_scene(p_scores[name]["detected"], p_scores[name]["valid"],
+                                                               p_index, held_names)
+        printed = {"photos_per_scene": args.print_photos, "preset": args.print_preset, "seed": args.print_seed,
+                   "width_mm": args.print_width_mm, "variants": printed}
+    elapsed = time.perf_counter() - t0
+    out = Path(args.out)
+    atomic_write_json(out / "detection.json", {
+        "model": args.model, "label": args.label, "train": list(args.train), "held_out": list(args.held_out),
+        "train_scenes": train_names, "held_out_scenes": held_names, "persons": persons,
+        "ground_truth": f"the detector's clean detections of {args.label!r} at score >= {args.gt_score} on each "
+                        f"untransformed, letterboxed {args.scene_size}-px scene",
+        "held_out_boxes": {n: b.tolist() for n, b in zip(held_names, held_boxes)},
+        "patch_fraction": attack.patch_fraction, "max_area_fraction": attack.max_area_fraction,
+        "iou_threshold": attack.iou_threshold, "score_threshold": attack.score_threshold, "gt_score": attack.gt_score,
+        "eval_samples": attack.eval_samples, "eval_seed": attack.resolved_eval_seed, "seed": attack.seed,
+        "variants": report, "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
+        "optimise_seconds": result.extras.get("optimise_seconds"), "eval_seconds": result.extras.get("eval_seconds"),
+        "print_photo": printed, "machine": machine_info()})
+    torch.save({"random_texture": control}, out / "random_texture.pt")
+    for name in VARIANTS:
+        r = report[name]
+        by_scene = ", ".join(f"{k} {v}" for k, v in r["recall_by_scene"].items())
+        print(f"{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({by_scene})")
+    for name, r in (printed or {}).get("variants", {}).items():
+        by_scene = ", ".join(f"{k} {v}" for k, v in r["recall_by_scene"].items())
+        print(f"printed+photographed {name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  "
+              f"({by_scene})")
+    print(f"held-out {', '.join(args.held_out)}; IoU {attack.iou_threshold}, score >= {attack.score_threshold}; "
+          f"{elapsed:.0f}s; wrote {out}")
+    return 0
