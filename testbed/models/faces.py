@@ -3,6 +3,8 @@
 * ``face-descriptor-dlib``: dlib's ResNet 128-d face descriptor, ported from face-api's tfjs weights
   (``testbed.models.face_descriptor``).
 * ``mtcnn``: the MTCNN face detector with 5 landmarks, ``testbed.models.mtcnn.MTCNN_ENTRY``.
+* ``tiny-face-detector``: face-api's Tiny Face Detector (tiny YOLOv2), ported from its tfjs weights
+  (``testbed.models.tiny_face_detector``).
 
 Face *alignment* (landmarks to dlib-style chips, used by the eyeglass attack) is not a model: it lives in
 ``worlds.faces``.
@@ -20,6 +22,7 @@ from testbed.models.face_descriptor import (
     load_face_descriptor,
 )
 from testbed.models.mtcnn import MTCNN_ENTRY
+from testbed.models.tiny_face_detector import TINY_FACE_DETECTOR_ENTRY
 
 
 def _face_descriptor() -> nn.Module:
@@ -53,3 +56,4 @@ register_model(
 )
 
 register_model(MTCNN_ENTRY)
+register_model(TINY_FACE_DETECTOR_ENTRY)

@@ -1,8 +1,11 @@
-"""Write the fixed 150x150 RGB inputs of the face-descriptor fixtures as PNG files.
+"""Write the fixed RGB inputs of the face-api reference fixtures as PNG files.
 
-Run from the repository root with the project's Python:  .venv/bin/python tools/face_reference/make_inputs.py
-Then compute their reference descriptors with the original implementation:  node compute_reference.mjs
-(see README.md). The PNGs are committed; tests read them back, so the port sees exactly the pixels tfjs saw.
+Run from the repository root with the project's Python:
+  .venv/bin/python tools/face_reference/make_inputs.py                          # face descriptor, 150x150
+  .venv/bin/python tools/face_reference/make_inputs.py --set tiny_face_detector  # detector, assorted sizes
+Then compute their reference outputs with the original implementation:  node compute_reference.mjs /
+node compute_detector_reference.mjs (see README.md). The PNGs are committed; tests read them back, so the port
+sees exactly the pixels tfjs saw.
 """
 from __future__ import annotations
 
@@ -56,27 +59,92 @@ INPUTS = {
 }
 
 
+# --- the Tiny Face Detector's inputs: whole photos of assorted sizes and aspect ratios (face-api pads each to a
+# square at the bottom / right and resizes it to inputSize with tfjs resizeBilinear), one with no face.
+
+
+def _rgb_photo(name: str) -> Image.Image:
+    from testbed.photos import photo_path
+
+    return Image.open(photo_path(name)).convert("RGB")
+
+
+def _faceapi_sample(i: int) -> Image.Image:
+    from testbed.assets import asset_path
+
+    return Image.open(asset_path(f"faceapi_sample{i}")).convert("RGB")
+
+
+def _shrunk(img: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """``img`` cropped to ``box`` (left, top, right, bottom) and resized to ``size`` (width, height), PIL bicubic."""
+    if box is not None:
+        img = img.crop(box)
+    return np.asarray(img.resize(size, Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+#: name -> (how it is made, where it comes from); sizes are width x height
+DETECTOR_INPUTS = {
+    # square, upsampled 256 -> 416
+    "astronaut": (lambda: _shrunk(_rgb_photo("astronaut"), (256, 256)),
+                  "skimage astronaut.png (NASA, public domain), resized to 256x256"),
+    # taller than wide: padded at the right to 300x300, then resized
+    "grace_hopper": (lambda: _shrunk(_rgb_photo("grace_hopper"), (256, 300)),
+                     "matplotlib grace_hopper.jpg, resized to 256x300"),
+    # exactly 416x416: no resize in tfjs (the grayscale photo as RGB)
+    "camera_crop": (lambda: np.asarray(_rgb_photo("camera").crop((48, 0, 464, 416)), dtype=np.uint8),
+                    "skimage camera.png (grayscale, as RGB), crop (48, 0, 464, 416), no resize"),
+    # wider than high, several faces: padded at the bottom, downsampled 480 -> 416
+    "faceapi_sample1": (lambda: _shrunk(_faceapi_sample(1), (480, 320)),
+                        "face-api 1.7.15 demo/sample1.jpg (MIT), resized to 480x320"),
+    # a crop of a group photo, wider than high
+    "faceapi_sample5_crop": (lambda: _shrunk(_faceapi_sample(5), (360, 240), (0, 100, 1200, 900)),
+                             "face-api 1.7.15 demo/sample5.jpg (MIT), crop (0, 100, 1200, 900) resized to 360x240"),
+    # no face
+    "coffee": (lambda: _shrunk(_rgb_photo("coffee"), (300, 200)),
+               "skimage coffee.png (Rachel Michetti, CC0), resized to 300x200"),
+}
+
+
+def _write_png(pixels: np.ndarray, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _write_listing(path: Path, listing: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(listing, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/face_descriptor"))
+    parser.add_argument("--set", choices=("face_descriptor", "tiny_face_detector"), default="face_descriptor",
+                        help="which fixture inputs to write")
+    parser.add_argument("--out", type=Path, default=None, help="default: tests/fixtures/<set>")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or Path("tests/fixtures") / args.set
+    out.mkdir(parents=True, exist_ok=True)
     listing = []
-    for name, make in INPUTS.items():
+    if args.set == "face_descriptor":
+        for name, make in INPUTS.items():
+            pixels = make()
+            assert pixels.shape == (SIZE, SIZE, 3) and pixels.dtype == np.uint8
+            _write_png(pixels, out / f"{name}.png")
+            listing.append({"name": name, "file": f"{name}.png"})
+            print(f"wrote {out / f'{name}.png'}")
+        _write_listing(out / "inputs.json", {"size": SIZE, "face_boxes": FACE_BOXES, "inputs": listing})
+        return
+    for name, (make, source) in DETECTOR_INPUTS.items():
         pixels = make()
-        assert pixels.shape == (SIZE, SIZE, 3) and pixels.dtype == np.uint8
-        path = args.out / f"{name}.png"
-        fd, tmp = tempfile.mkstemp(dir=args.out, suffix=".png")
-        os.close(fd)
-        os.chmod(tmp, 0o644)
-        Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
-        os.replace(tmp, path)
-        listing.append({"name": name, "file": path.name})
-        print(f"wrote {path}")
-    listing_path = args.out / "inputs.json"
-    tmp_listing = listing_path.with_suffix(".json.tmp")
-    tmp_listing.write_text(json.dumps({"size": SIZE, "face_boxes": FACE_BOXES, "inputs": listing}, indent=2) + "\n")
-    os.replace(tmp_listing, listing_path)
+        assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8
+        _write_png(pixels, out / f"{name}.png")
+        listing.append({"name": name, "file": f"{name}.png", "width": pixels.shape[1], "height": pixels.shape[0],
+                        "source": source})
+        print(f"wrote {out / f'{name}.png'} ({pixels.shape[1]}x{pixels.shape[0]})")
+    _write_listing(out / "inputs.json", {"inputs": listing})
 
 
 if __name__ == "__main__":
