@@ -181,7 +181,7 @@ class PersonPatch(PhysicalAttack):
     scale_max: float = 1.05
     rotation: float = 20.0  # degrees, uniform in [-rotation, rotation] (Thys: 20)
     jitter: float = 0.05  # centre shift, fraction of the box's width / height, uniform in [-jitter, jitter]
-    centre_y: float = 0.45  # the patch's centre, this far down the person box (0 = top, 0.5 = middle)
+    centre_y: float = 0.5  # the patch's centre, this far down the person box (0.5: the box centre, as Thys et al.)
     reduce: Literal["max", "topk", "mean"] = "max"
     top_k: int = 10
     only_overlapping: bool = False  # the loss keeps only candidates overlapping a person box

@@ -4,7 +4,7 @@ recall at IoU 0.5 and a stated score threshold, counted per person box with Wils
 patch (clean), the unoptimised grey patch, a random-colour patch of the same size and placement (the control) and
 the optimised patch on the same draws; optionally through the print-photo loop.
 
-    testbed evade-persons --model coco-centernet --train faceapi_sample1 faceapi_sample2 faceapi_sample3 \
+    testbed evade-persons --model centernet-coco --train faceapi_sample1 faceapi_sample2 faceapi_sample3 \
         faceapi_sample4 --held-out faceapi_sample5 faceapi_sample6 --steps 200 --out runs/evade-persons
 
 A scene item is a shipped photo name, a group-photo asset (``faceapi_sample1`` .. ``faceapi_sample6``), or an
@@ -118,7 +118,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evade-persons", help="person-evasion patch (Thys et al. 2019) against a detector; recall / AP on held-out "
                               "photos")
-    cli_types.add_model_options(p, default="coco-centernet", what="detector (task detector)")
+    cli_types.add_model_options(p, default="centernet-coco", what="detector (task detector)")
     p.add_argument("--label", default="person", help="the detector's class to hide")
     p.add_argument("--train", nargs="+", required=True, help="photos whose people the patch is optimised on")
     p.add_argument("--held-out", nargs="+", required=True, help="photos evaluated on (never a --train photo)")
@@ -133,8 +133,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--rotation", type=cli_types.number(0, 180), default=20.0, help="patch rotation, +- degrees")
     p.add_argument("--jitter", type=cli_types.number(0, 1), default=0.05,
                    help="patch centre shift, +- fraction of the box's width / height")
-    p.add_argument("--centre-y", type=cli_types.number(0, 1), default=0.45,
-                   help="patch centre, this far down the person box (the torso)")
+    p.add_argument("--centre-y", type=cli_types.number(0, 1), default=0.5,
+                   help="patch centre, this far down the person box (0.5: the box centre, as Thys et al.)")
     p.add_argument("--patch-size", type=cli_types.integer(2, 1024), default=64, help="patch resolution (pixels)")
     p.add_argument("--scene-size", type=cli_types.integer(32, 4096), default=512,
                    help="each photo letterboxed to this square (pixels)")
@@ -144,18 +144,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--only-overlapping", action="store_true",
                    help="the loss keeps only candidates whose box overlaps a person box (--overlap-iou)")
     p.add_argument("--overlap-iou", type=cli_types.number(0, 1), default=0.1, help="overlap of --only-overlapping")
-    p.add_argument("--score-threshold", type=cli_types.number(0, 1), default=0.5,
-                   help="a detection counts at this score or more")
-    p.add_argument("--gt-score", type=cli_types.number(0, 1), default=0.5,
+    p.add_argument("--score-threshold", type=cli_types.number(0, 1), default=None,
+                   help="a detection counts at this score or more (default: the detector's own threshold, so every "
+                        "detection it returns counts; centernet-coco: 0.2)")
+    p.add_argument("--gt-score", type=cli_types.number(0, 1), default=0.3,
                    help="person boxes: the detector's clean detections of --label at this score or more")
-    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=2.5, help="total-variation weight")
+    p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.5, help="total-variation weight")
     p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.01, help="non-printability weight")
     p.add_argument("--eot", default="thys-person", help="EOT preset name (the printer's stages act on the patch)")
     p.add_argument("--init", choices=("gray", "random"), default="gray", help="initial patch colours")
     p.add_argument("--print-photos", type=cli_types.integer(0, 10000), default=0,
                    help="also print and photograph each held-out scene this many times (the survival table's "
                         "simulated channel) with no patch, the random patch and the optimised patch; 0: off")
-    p.add_argument("--print-width-mm", type=cli_types.number(20, 1000), default=200.0,
+    p.add_argument("--print-width-mm", type=cli_types.number(20, 1000), default=150.0,
                    help="printed width of a scene in the print-photo loop")
     p.add_argument("--print-preset", default="default", help="camera.simulated preset of those photos")
     p.add_argument("--print-seed", type=cli_types.seed, default=2026,
@@ -183,17 +184,19 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         raise ConfigError(f"--held-out must not repeat a --train photo: {', '.join(overlap or resolved)}")
     if args.scale_min > args.scale_max:
         raise ConfigError(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
+    cli_types.check_run_out(args.out, PersonPatch.name)
+    t0 = time.perf_counter()
+    detector = detector_model(args.model)
+    score_threshold = (float(getattr(detector, "score_threshold", 0.5)) if args.score_threshold is None
+                       else args.score_threshold)
     attack = PersonPatch(
         label=args.label, steps=args.steps, batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size,
         patch_fraction=args.patch_fraction, scale_min=args.scale_min, scale_max=args.scale_max,
         rotation=args.rotation, jitter=args.jitter, centre_y=args.centre_y, reduce=args.reduce, top_k=args.top_k,
-        only_overlapping=args.only_overlapping, overlap_iou=args.overlap_iou, score_threshold=args.score_threshold,
+        only_overlapping=args.only_overlapping, overlap_iou=args.overlap_iou, score_threshold=score_threshold,
         gt_score=args.gt_score, lambda_tv=args.lambda_tv, lambda_nps=args.lambda_nps, eot=args.eot, init=args.init,
         eval_samples=args.eval_samples, eval_batch_size=args.eval_batch_size, seed=args.seed,
         eval_seed=args.eval_seed, checkpoint_every=args.checkpoint_every, **_speed_kwargs(args))
-    t0 = time.perf_counter()
-    cli_types.check_run_out(args.out, PersonPatch.name)
-    detector = detector_model(args.model)
     attack.label_index(detector)  # an unknown --label: ConfigError naming the detector's labels
     train, train_names = load_scenes(list(args.train), args.scene_size)
     held, held_names = load_scenes(list(args.held_out), args.scene_size)

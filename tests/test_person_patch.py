@@ -104,7 +104,7 @@ def test_ground_truth_is_the_clean_detections_and_the_placement_keeps_the_budget
     assert float(area[valid].min()) >= 0.18 * 0.9 ** 2 - 1e-6 and float(angle.abs().max()) <= 20
     b = ctx.boxes[draw.scene_index]
     cy_frac = (centre[..., 1] - b[..., 1]) / (b[..., 3] - b[..., 1])
-    assert float((cy_frac[valid] - 0.45).abs().max()) <= 0.05 + 1e-6
+    assert float((cy_frac[valid] - 0.5).abs().max()) <= 0.05 + 1e-6
     with pytest.raises(ImageError, match="no person detected.*empty"):
         attack.ground_truth(det, scene([]), ["empty"])
     with pytest.raises(ConfigError, match="patch_fraction"):
@@ -208,7 +208,7 @@ def _cli(files, tmp_path, *extra, train=("t1", "t2"), held=("h1", "h2")):
 
     return main(["evade-persons", "--model", "toy-person-detector", "--train", *[files[t] for t in train],
                  "--held-out", *[files[h] for h in held], "--scene-size", "128", "--steps", "30",
-                 "--batch-size", "8", "--lr", "0.3", "--patch-size", "16", "--eot", "secure-eval-patch",
+                 "--batch-size", "8", "--lr", "0.3", "--patch-size", "16", "--score-threshold", "0.5", "--gt-score", "0.5", "--eot", "secure-eval-patch",
                  "--lambda-tv", "0", "--lambda-nps", "0", "--eval-samples", "40", "--eval-batch-size", "20",
                  "--no-progress", "--allocator", "glibc", "--out", str(tmp_path / "cli"), *extra])
 
