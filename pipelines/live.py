@@ -233,18 +233,25 @@ def _secure_frames(source: Any, timeout_s: float, max_frames: int | None,
             stats.update(cam.stats.as_dict())
 
 
+def _letterbox_geometry(h: int, w: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """Where an ``h`` x ``w`` frame lands in the ``width`` x ``height`` letterbox: (top, left, new h, new w)."""
+    if (h, w) == (height, width):
+        return 0, 0, h, w
+    scale = min(width / w, height / h)
+    nh, nw = max(1, min(height, round(h * scale))), max(1, min(width, round(w * scale)))
+    return (height - nh) // 2, (width - nw) // 2, nh, nw
+
+
 def _letterbox(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """``image`` (BCHW) scaled to fit ``width`` x ``height`` with its aspect ratio kept, centred on black."""
     h, w = image.shape[-2:]
     if (h, w) == (height, width):
         return image
-    scale = min(width / w, height / h)
-    nh, nw = max(1, min(height, round(h * scale))), max(1, min(width, round(w * scale)))
+    top, left, nh, nw = _letterbox_geometry(h, w, width, height)
     x = torch.nn.functional.interpolate(image, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     if (nh, nw) == (height, width):
         return x
     canvas = image.new_zeros((*image.shape[:-2], height, width))
-    top, left = (height - nh) // 2, (width - nw) // 2
     canvas[..., top:top + nh, left:left + nw] = x
     return canvas
 
@@ -265,12 +272,21 @@ def _draw_boxes(image: torch.Tensor, boxes: torch.Tensor, width: int = 2) -> tor
     return out
 
 
-def _overlay(image: torch.Tensor, lines: list[str], width: int, height: int):
+def _overlay(image: torch.Tensor, lines: list[str], width: int, height: int,
+             tags: list[tuple[float, float, str]] = ()):
+    """The letterboxed frame in BGR with ``lines`` at the top left and each tag's text (a detection's label and
+    score) just above its point (x, y in the frame's pixels: a box's top-left corner)."""
     import cv2
 
     from camera.sources import tensor_to_bgr
 
     bgr = tensor_to_bgr(_letterbox(image, width, height))
+    h, w = image.shape[-2:]
+    top, left, nh, nw = _letterbox_geometry(h, w, width, height)
+    for x, y, text in tags:
+        px = int(min(max(left + x * nw / w, 0), width - 1))
+        py = int(min(max(top + y * nh / h - 4, 12), height - 1))
+        cv2.putText(bgr, text, (px, py), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 0), 1, cv2.LINE_AA)
     box_h = 18 * len(lines) + 10
     cv2.rectangle(bgr, (0, 0), (min(width, 420), box_h), (0, 0, 0), thickness=-1)
     for i, t in enumerate(lines):
@@ -332,7 +348,9 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
     started = time.perf_counter()
     entry = get_entry(cfg.model)
     model = get_model(cfg.model)
-    detector = entry.task == "face-detector"  # logs boxes [x1, y1, x2, y2, score] instead of a top-5
+    # a detector logs boxes [x1, y1, x2, y2, score] and their labels instead of a top-5
+    detector = entry.task == "detector"
+    label_names = tuple(getattr(model, "labels", None) or entry.labels)
     dev = next(model.parameters()).device
     spec = None
     if cfg.rectify:
@@ -404,9 +422,9 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
             raise SourceError(f"could not open a video writer for {video_tmp} ({fourcc})")
         writer_box[0] = w
 
-    def emit(image: torch.Tensor, lines: list[str]) -> None:
+    def emit(image: torch.Tensor, lines: list[str], tags: list) -> None:
         t0 = time.perf_counter()
-        bgr = _overlay(image, lines, cfg.width, cfg.height)
+        bgr = _overlay(image, lines, cfg.width, cfg.height, tags)
         writer_box[0].write(bgr)
         written[0] += 1
         if cfg.display:
@@ -417,15 +435,15 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
 
     def settle_rate(pending: list) -> None:
         if rate["fps"] is None:
-            ts = [t for _, _, t in pending]
+            ts = [item[2] for item in pending]
             if len(ts) >= 2 and ts[-1] > ts[0]:
                 rate["fps"] = round(min(max((len(ts) - 1) / (ts[-1] - ts[0]), 1.0), 120.0), 2)
                 rate["from"] = f"measured over the first {len(ts)} frames"
             else:
                 rate["fps"], rate["from"] = DEFAULT_VIDEO_FPS, "default (too few frames to measure a rate)"
         open_writer(rate["fps"])
-        for image, lines, _ in pending:
-            emit(image, lines)
+        for image, lines, _, tags in pending:
+            emit(image, lines, tags)
         pending.clear()
 
     def write() -> None:
@@ -437,7 +455,7 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                     settle_rate(pending)
                 return
             if writer_box[0] is not None:
-                emit(item[0], item[1])
+                emit(item[0], item[1], item[3])
                 continue
             pending.append(item)
             if rate["fps"] is not None or len(pending) >= MEASURE_FRAMES or pending[-1][2] - pending[0][2] >= \
@@ -497,11 +515,15 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                         note = f"not rectified: {type(exc).__name__}"
                 t2 = time.perf_counter()
                 boxes: list[list[float]] | None = None
-                if detector:  # a face detector (MTCNN): boxes and scores on the whole frame, drawn on it
+                names: list[str] = []
+                tags: list[tuple[float, float, str]] = []
+                if detector:  # boxes, scores and labels on the whole frame, drawn on it
                     with torch.no_grad():
                         found = model(image.to(dev))[0].to("cpu")
                     boxes = [[round(float(v), 1) for v in b] + [round(float(s), 4)]
-                             for b, s in zip(found.boxes, found.probs)]
+                             for b, s in zip(found.boxes, found.scores)]
+                    names = [label_names[int(c)] for c in found.labels]
+                    tags = [(b[0], b[1], f"{name} {b[4]:.2f}") for b, name in zip(boxes, names)]
                     image = _draw_boxes(image, found.boxes)
                 else:
                     x = imagenet_preprocess(image, entry.input_size[0]) \
@@ -525,12 +547,12 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                 lines = [f"{cfg.model}  {fps:5.1f} fps  frame {seq}" + ("  [secure]" if verified else "")
                          + ("  [rectified]" if rectified else "") + (f"  [{note}]" if note else "")]
                 lines += [f"{100 * s:5.1f}%  {name[:40]}" for name, s in top5]
-                lines += [f"face {100 * b[4]:5.1f}%  ({b[0]:.0f}, {b[1]:.0f}) - ({b[2]:.0f}, {b[3]:.0f})"
-                          for b in (boxes or [])[:5]]
+                lines += [f"{name[:20]} {100 * b[4]:5.1f}%  ({b[0]:.0f}, {b[1]:.0f}) - ({b[2]:.0f}, {b[3]:.0f})"
+                          for b, name in zip((boxes or [])[:5], names)]
                 handed = False
                 while writer_thread.is_alive() and not handed:  # a dead writer must not block the loop
                     try:
-                        to_write.put((image, lines, t_captured), timeout=0.2)
+                        to_write.put((image, lines, t_captured, tags), timeout=0.2)
                         handed = True
                     except queue.Full:
                         continue
@@ -542,7 +564,7 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
                 log.write(json.dumps({"seq": seq, "t": round(now - started, 4), "top5": top5, "fps": round(fps, 2),
                                       "latency_ms": round(1000 * (t3 - t0), 2), "secure": verified,
                                       "rectified": rectified, "note": note,
-                                      **({"boxes": boxes} if detector else {})}) + "\n")
+                                      **({"boxes": boxes, "labels": names} if detector else {})}) + "\n")
                 n += 1
         except KeyboardInterrupt:  # Ctrl-C without the CLI's handler: finalise, then re-raise
             stopped_by, interrupted = "KeyboardInterrupt", True

@@ -73,7 +73,7 @@ def _cmd_assets(args: argparse.Namespace) -> int:
 
 
 #: what a registered accuracy figure is, per task (top-1 is a classifier's measure only)
-_ACCURACY_MEASURE = {"classification": "top-1", "face-detector": "correct detection outcome",
+_ACCURACY_MEASURE = {"classification": "top-1", "detector": "correct detection outcome",
                      "face-descriptor": "pair verification accuracy"}
 
 

@@ -129,7 +129,7 @@ def test_live_with_mtcnn_logs_and_draws_face_boxes_on_a_loopback_stream(tmp_path
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()][:-1]
     assert len(rows) == 3
     for r in rows:
-        assert r["top5"] == [] and len(r["boxes"]) >= 1
+        assert r["top5"] == [] and len(r["boxes"]) >= 1 and set(r["labels"]) == {"face"}
         x1, y1, x2, y2, p = r["boxes"][0]
         assert p > 0.9  # the face, through JPEG, within a few pixels of the detection on the clean frame
         assert max(abs(a - b) for a, b in zip((x1, y1, x2, y2), expected.tolist())) < 8

@@ -137,6 +137,27 @@ def test_missing_asset_names_file_and_fix(monkeypatch, tmp_path):
 
 
 def test_registry_entry():
-    assert MTCNN_ENTRY.name == "mtcnn" and MTCNN_ENTRY.task == "face-detector"
+    assert MTCNN_ENTRY.name == "mtcnn" and MTCNN_ENTRY.task == "detector"
     assert MTCNN_ENTRY.assets == ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
     assert MTCNN_ENTRY.summary()["accuracy"][0]["n"] == 14
+
+
+def test_mtcnn_follows_the_detector_contract(mtcnn):
+    """detect gives DetectionSets (scores = probs, label 0 = face); candidate_scores are the O-Net probabilities of
+    the final-stage windows, differentiable, and their maximum is the best detection's probability."""
+    from testbed.models.detection import DetectionSet, Detector
+
+    assert isinstance(mtcnn, Detector) and mtcnn.labels == ("face",) and mtcnn.score_threshold == 0.7
+    x = load_photo("astronaut", 160).requires_grad_(True)
+    (det,) = mtcnn.detect(x.detach())
+    assert isinstance(det, DetectionSet) and len(det) == 1
+    assert det.scores is det.probs and det.labels.tolist() == [0] and det.as_rows(mtcnn.labels)[0]["label"] == "face"
+    assert len(mtcnn.detect(x.detach(), score_threshold=float(det.scores[0]))[0]) == 0  # strictly above, as O-Net
+    scores = mtcnn.candidate_scores(x, "face")
+    boxes = mtcnn.candidate_boxes(x.detach())
+    assert scores.shape[0] == 1 and boxes.shape == (*scores.shape, 4)
+    best = int(scores.detach()[0].argmax())
+    assert abs(float(scores.detach()[0, best]) - float(det.scores[0])) < 1e-5
+    assert torch.allclose(boxes[0, best], det.boxes[0], atol=1.0)
+    scores.max().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

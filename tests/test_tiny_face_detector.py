@@ -136,3 +136,40 @@ def test_missing_weights_name_the_file_and_the_fix(monkeypatch, tmp_path):
         load_tiny_face_detector(device="cpu")
     message = str(info.value)
     assert "tiny_face_detector_model-weights_manifest.json" in message and "testbed assets fetch" in message
+
+
+# --- live mode with a detector -------------------------------------------------------------------------------------
+
+
+def test_live_with_the_tiny_face_detector_logs_and_draws_boxes_on_a_loopback_stream(net, tmp_path):
+    from mjpeg_stream import mjpeg_stream
+
+    from pipelines.live import LiveConfig, _overlay, run_live
+    from testbed.photos import load_photo
+
+    small = torch.nn.functional.interpolate(load_photo("grace_hopper"), size=(300, 256), mode="area")
+    bgr = np.ascontiguousarray((small[0].permute(1, 2, 0).numpy()[..., ::-1] * 255).round().astype(np.uint8))
+    expected = net.detect(small)[0]
+    assert len(expected.scores) == 1
+
+    def frames():
+        for _ in range(3):
+            yield bgr
+
+    with mjpeg_stream(frames, path="faces.mjpg") as url:
+        summary = run_live(LiveConfig(source=url, model="tiny-face-detector", out=tmp_path, max_frames=3,
+                                      width=256, height=300))
+    assert summary.frames == 3
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()][:-1]
+    assert len(rows) == 3
+    for r in rows:  # the face in every frame, through JPEG, within a few pixels of the clean frame's detection
+        assert r["top5"] == [] and len(r["boxes"]) == len(r["labels"]) == 1 and r["labels"] == ["face"]
+        *box, score = r["boxes"][0]
+        assert score > 0.5 and abs(score - float(expected.scores[0])) < 0.05
+        assert max(abs(a - b) for a, b in zip(box, expected.boxes[0].tolist())) < 6
+    # the label and score are written above the box, in green, inside the letterboxed frame
+    plain = _overlay(torch.zeros(1, 3, 100, 200), [], 200, 100)
+    tagged = _overlay(torch.zeros(1, 3, 100, 200), [], 200, 100, [(120.0, 60.0, "face 0.91")])
+    changed = np.argwhere((tagged != plain).any(axis=2))
+    assert len(changed) > 0 and (tagged[..., 1] >= tagged[..., 2]).all()
+    assert changed[:, 0].max() <= 60 and changed[:, 0].min() >= 40 and changed[:, 1].min() >= 120

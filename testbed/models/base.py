@@ -15,7 +15,7 @@ from torch import nn
 
 from testbed.errors import ConfigError
 
-Task = Literal["classification", "face-descriptor", "face-detector", "detector"]
+Task = Literal["classification", "face-descriptor", "detector"]
 
 @dataclass(frozen=True)
 class Accuracy:

@@ -10,6 +10,10 @@ Loads facenet-pytorch 2.6.0's P-, R- and O-Net state dicts (assets ``mtcnn_pnet`
    the image is black, as in the original zero padding); score threshold, NMS (IoU 0.7), regression, square.
 3. O-Net on 48x48 crops: score, 5 landmarks, regression, NMS with intersection-over-minimum 0.7.
 
+MTCNN is a registry detector (task ``detector``, ``testbed.models.detection.Detector``): ``detect`` returns one
+:class:`Detections` (a ``DetectionSet`` with landmarks; label 0 = ``face``) per image, and ``candidate_scores`` is the
+O-Net face probability of each final-stage candidate window, differentiable with respect to the pixels.
+
 Conventions: input BCHW RGB float in [0, 1] (scaled inside to the networks' ``(x*255 - 127.5) / 128``).
 Coordinates are continuous pixel coordinates: the image's top-left corner is (0, 0) and pixel (row i, col j)
 covers [j, j+1) x [i, i+1) (its centre is (j + 0.5, i + 0.5)). Landmark order (image left/right, i.e. "left
@@ -18,7 +22,7 @@ mouth left corner, mouth right corner.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
@@ -28,6 +32,7 @@ from torchvision.ops import batched_nms, roi_align
 
 from testbed.errors import AssetError, ConfigError, ImageError
 from testbed.models.base import Accuracy, ModelEntry
+from testbed.models.detection import DetectionSet, Detector
 
 #: Landmark names, in the order of ``Detections.landmarks[:, k]``.
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -114,27 +119,42 @@ class ONet(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Detections:
-    """Faces found in one image, sorted by decreasing probability.
+@dataclass(frozen=True)
+class Detections(DetectionSet):
+    """Faces found in one image, sorted by decreasing probability: a ``DetectionSet`` (boxes, scores, labels: all
+    0 = ``face``) with landmarks.
 
-    boxes: N x 4 (x1, y1, x2, y2) pixels, clipped to the image; probs: N; landmarks: N x 5 x 2 (x, y) pixels in
-    the order of ``LANDMARK_NAMES``.
+    boxes: N x 4 (x1, y1, x2, y2) pixels, clipped to the image; scores (also ``probs``): N; landmarks: N x 5 x 2
+    (x, y) pixels in the order of ``LANDMARK_NAMES``.
     """
 
-    boxes: torch.Tensor
-    probs: torch.Tensor
-    landmarks: torch.Tensor
+    landmarks: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 5, 2))
+
+    @classmethod
+    def of(cls, boxes: torch.Tensor, probs: torch.Tensor, landmarks: torch.Tensor) -> "Detections":
+        """Faces from boxes, probabilities and landmarks (labels all 0)."""
+        labels = torch.zeros(len(probs), dtype=torch.long, device=probs.device)
+        return cls(boxes, probs, labels, landmarks)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """The face probabilities (the same tensor as ``scores``)."""
+        return self.scores
 
     def __len__(self) -> int:
-        return int(self.probs.shape[0])
+        return int(self.scores.shape[0])
 
     def to(self, device: torch.device | str) -> "Detections":
-        return Detections(self.boxes.to(device), self.probs.to(device), self.landmarks.to(device))
+        return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
+                          self.landmarks.to(device))
+
+    def of_label(self, label: int) -> "Detections":
+        keep = self.labels == label
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.landmarks[keep])
 
     def best(self) -> "Detections":
         """Only the most probable face (empty if there is none)."""
-        return Detections(self.boxes[:1], self.probs[:1], self.landmarks[:1])
+        return Detections(self.boxes[:1], self.scores[:1], self.labels[:1], self.landmarks[:1])
 
     def as_dict(self) -> dict:
         """JSON-serialisable lists."""
@@ -229,11 +249,23 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, th
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class MTCNN(nn.Module):
+class MTCNN(Detector):
     """The three-stage cascade. ``detect(images)`` → one ``Detections`` per image.
 
     Hyper-parameters live in ``config`` (an ``MTCNNConfig``); images are given at call time.
     """
+
+    labels = ("face",)
+
+    @property
+    def score_threshold(self) -> float:  # type: ignore[override]
+        """``detect``'s default score threshold: the O-Net threshold of ``config``."""
+        return self.config.thresholds[2]
+
+    @property
+    def nms_iou(self) -> float:  # type: ignore[override]
+        """The last stage's NMS overlap (intersection over the smaller box) of ``config``."""
+        return self.config.nms_onet
 
     def __init__(self, config: MTCNNConfig | None = None, *, load_weights: bool = True) -> None:
         super().__init__()
@@ -248,25 +280,23 @@ class MTCNN(nn.Module):
 
     # -- public API ------------------------------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor) -> list[Detections]:
-        return self.detect(images)
-
     @torch.no_grad()
-    def detect(self, images: torch.Tensor) -> list[Detections]:
+    def detect(self, images: torch.Tensor, score_threshold: float | None = None) -> list[Detections]:
         """Detect faces in a batch of images (B x 3 x H x W, RGB float in [0, 1]).
 
-        Returns one ``Detections`` per image, on the input's device, sorted by decreasing probability.
+        ``score_threshold`` replaces the O-Net threshold (``config.thresholds[2]``) for this call; the P- and R-Net
+        thresholds stay. Returns one ``Detections`` per image, on the input's device, sorted by decreasing
+        probability.
         """
         images = _validate_images(images)
         out_device = images.device
-        device = next(self.parameters()).device
-        x = images.to(device=device, dtype=torch.float32)
+        x = images.to(device=next(self.parameters()).device, dtype=torch.float32)
         batch, _, height, width = x.shape
         boxes, img_idx = self._stage1(x)
         if len(boxes):
             boxes, img_idx = self._stage2(x, boxes, img_idx)
         if len(boxes):
-            boxes, probs, points, img_idx = self._stage3(x, boxes, img_idx)
+            boxes, probs, points, img_idx = self._stage3(x, boxes, img_idx, score_threshold)
         else:
             probs = boxes.new_zeros(0)
             points = boxes.new_zeros(0, 5, 2)
@@ -277,8 +307,48 @@ class MTCNN(nn.Module):
         for b in range(batch):
             sel = (img_idx == b).nonzero().flatten()
             sel = sel[probs[sel].argsort(descending=True)]
-            results.append(Detections(boxes[sel], probs[sel], points[sel]).to(out_device))
+            results.append(Detections.of(boxes[sel], probs[sel], points[sel]).to(out_device))
         return results
+
+    def _onet_candidates(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The O-Net face probability (with gradients) and regressed box of every stage-3 candidate window (the
+        R-Net survivors, found without gradients), their image indices and the largest count per image."""
+        x = _validate_images(images).to(device=next(self.parameters()).device, dtype=torch.float32)
+        with torch.no_grad():
+            boxes, img_idx = self._stage1(x.detach())
+            if len(boxes):
+                boxes, img_idx = self._stage2(x.detach(), boxes, img_idx)
+            ok = self._valid(boxes)
+            boxes, img_idx = boxes[ok], img_idx[ok]
+        if not len(boxes):
+            return x.new_zeros(0), x.new_zeros(0, 4), img_idx, 0
+        reg, _, prob = self._batched(self.onet, self._crops(x, boxes, img_idx, 48))
+        width = int(torch.bincount(img_idx, minlength=len(x)).max())
+        return prob, _regress(boxes, reg.detach()), img_idx, width
+
+    @staticmethod
+    def _per_image(values: torch.Tensor, img_idx: torch.Tensor, batch: int, width: int) -> torch.Tensor:
+        """Scatter per-candidate rows into a (B, width, ...) tensor of zeros, candidates in their cascade order."""
+        out = values.new_zeros((batch, width, *values.shape[1:]))
+        for b in range(batch):
+            rows = values[img_idx == b]
+            out[b, : len(rows)] = rows
+        return out
+
+    def candidate_scores(self, images: torch.Tensor, label: int | str = 0) -> torch.Tensor:
+        """``(B, K)``: the O-Net face probability of each final-stage candidate window, differentiable with respect
+        to the pixels (through ``roi_align``; the windows themselves come from P- and R-Net without gradients);
+        K is the largest count in the batch, the other images padded with probability 0."""
+        self.label_index(label)
+        prob, _, img_idx, width = self._onet_candidates(images)
+        return self._per_image(prob, img_idx, len(images), width)
+
+    def candidate_boxes(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, K, 4)``: each candidate's O-Net-regressed box in input pixels, aligned with ``candidate_scores``
+        (padding boxes are all zero)."""
+        with torch.no_grad():
+            _, boxes, img_idx, width = self._onet_candidates(images)
+        return self._per_image(boxes, img_idx, len(images), width)
 
     # -- stages ----------------------------------------------------------------------------------------------------
 
@@ -350,11 +420,11 @@ class MTCNN(nn.Module):
         keep = batched_nms(boxes, prob, img_idx, self.config.nms_rnet)
         return _square(_regress(boxes[keep], reg[keep])), img_idx[keep]
 
-    def _stage3(self, x, boxes, img_idx):
+    def _stage3(self, x, boxes, img_idx, threshold: float | None = None):
         ok = self._valid(boxes)
         boxes, img_idx = boxes[ok], img_idx[ok]
         reg, pts, prob = self._batched(self.onet, self._crops(x, boxes, img_idx, 48))
-        ok = prob > self.config.thresholds[2]
+        ok = prob > (self.config.thresholds[2] if threshold is None else threshold)
         boxes, reg, pts, prob, img_idx = boxes[ok], reg[ok], pts[ok], prob[ok], img_idx[ok]
         size = boxes[:, 2:] - boxes[:, :2]
         points = boxes[:, None, :2] + pts * size[:, None, :]
@@ -399,7 +469,7 @@ def _validate_images(images: torch.Tensor) -> torch.Tensor:
         raise ImageError(f"MTCNN needs images of at least 12 x 12 pixels, got {tuple(images.shape[-2:])}")
     if not images.is_floating_point():
         raise ImageError(f"MTCNN.detect expects float pixels in [0, 1], got dtype {images.dtype}")
-    lo, hi = float(images.min()), float(images.max())
+    lo, hi = float(images.detach().min()), float(images.detach().max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ImageError(
             f"MTCNN.detect expects pixel values in [0, 1], got range [{lo:.3g}, {hi:.3g}] (divide 0..255 images by 255)"
@@ -414,10 +484,10 @@ def build_mtcnn(config: MTCNNConfig | None = None) -> MTCNN:
 
 #: Registry entry, registered by ``testbed/models/faces.py``.
 #: The detector takes images of any size >= 12 x 12; ``input_size`` records that minimum.
-#: ``get_model("mtcnn")(images)`` returns ``list[Detections]``.
+#: ``get_model("mtcnn")(images)`` returns ``list[Detections]`` (a registry detector, task ``detector``).
 MTCNN_ENTRY = ModelEntry(
     name="mtcnn",
-    task="face-detector",
+    task="detector",
     builder=build_mtcnn,
     input_size=(12, 12),
     mean=MTCNN_MEAN,
