@@ -18,7 +18,8 @@ detector. It is one more configuration of the one physical loop (``physical.loop
   The default preset ``thys-person`` has no scene geometry (the ground-truth boxes stay where they are; the
   placement supplies the patch's geometry);
 * **loss** (Thys's "max objectness x class") — per draw, the candidate confidences reduced by ``max`` (default),
-  the mean of the top ``top_k``, or the mean; optionally only the candidates whose box overlaps a person box of
+  the mean of the top ``top_k``, the mean, or ``per-box`` (each person box's max over the candidates overlapping it,
+  averaged over the boxes); optionally only the candidates whose box overlaps a person box of
   the scene at IoU ``>= overlap_iou`` (``only_overlapping``); averaged over the draws; plus NPS and TV (the loop's
   regulariser, over the patch);
 * **success** — on an evaluation draw a person box is *hidden* when no detection of the class with score
@@ -94,12 +95,16 @@ class DetectorClassScores(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
             return self.detections(x)
-        scores = self.detector.candidate_scores(x, self.label)
         if not self.with_boxes:
-            return scores.float()
-        boxes = self.detector.candidate_boxes(x)
+            return self.detector.candidate_scores(x, self.label).float()
+        both = getattr(self.detector, "candidates", None)  # one pass for both, where the detector offers it
+        if callable(both):
+            scores, boxes = both(x, self.label)
+        else:
+            scores, boxes = self.detector.candidate_scores(x, self.label), self.detector.candidate_boxes(x)
         if boxes is None:
-            raise ConfigError("only_overlapping needs the detector's candidate_boxes, and this detector has none")
+            raise ConfigError("only_overlapping and reduce='per-box' need the detector's candidate_boxes, and this "
+                              "detector has none")
         return torch.cat([scores.float(), boxes.detach().float().flatten(1)], dim=1)
 
 
@@ -182,7 +187,7 @@ class PersonPatch(PhysicalAttack):
     rotation: float = 20.0  # degrees, uniform in [-rotation, rotation] (Thys: 20)
     jitter: float = 0.05  # centre shift, fraction of the box's width / height, uniform in [-jitter, jitter]
     centre_y: float = 0.5  # the patch's centre, this far down the person box (0.5: the box centre, as Thys et al.)
-    reduce: Literal["max", "topk", "mean"] = "max"
+    reduce: Literal["max", "topk", "mean", "per-box"] = "max"
     top_k: int = 10
     only_overlapping: bool = False  # the loss keeps only candidates overlapping a person box
     overlap_iou: float = 0.1
@@ -210,8 +215,8 @@ class PersonPatch(PhysicalAttack):
                 raise ConfigError(f"{n} must be in [0, 1], got {getattr(self, n)}")
         if self.rotation > 180:
             raise ConfigError(f"rotation must be in [0, 180] degrees, got {self.rotation}")
-        if self.reduce not in ("max", "topk", "mean"):
-            raise ConfigError(f"reduce must be max, topk or mean, got {self.reduce!r}")
+        if self.reduce not in ("max", "topk", "mean", "per-box"):
+            raise ConfigError(f"reduce must be max, topk, mean or per-box, got {self.reduce!r}")
         if self.init not in ("gray", "random"):
             raise ConfigError(f"init must be gray or random, got {self.init!r}")
         if self.detect_threshold > self.score_threshold:
@@ -256,7 +261,8 @@ class PersonPatch(PhysicalAttack):
         eval_boxes = self.ground_truth(detector, eval_scenes) if eval_boxes is None else eval_boxes
         device = device_of(detector, scenes.device)
         scorer = DetectorClassScores(detector, label, max_detections=self.max_detections,
-                                     detect_threshold=self.detect_threshold, with_boxes=self.only_overlapping)
+                                     detect_threshold=self.detect_threshold,
+                                     with_boxes=self.only_overlapping or self.reduce == "per-box")
         mask = torch.ones(1, 1, self.patch_size, self.patch_size, device=device)
         return PersonPatchContext(
             model=scorer, device=device, mask=mask, transform=EOTTransform(self.eot),
@@ -339,7 +345,23 @@ class PersonPatch(PhysicalAttack):
 
     def _attack_loss(self, ctx: PersonPatchContext, outputs: Tensor, goal: Tensor | None) -> Tensor:
         """Mean over the draws of the reduced candidate confidences (max / top-k mean / mean), optionally over the
-        candidates overlapping a person box only."""
+        candidates overlapping a person box only; ``per-box``: for each person box the max over the candidates
+        overlapping it at IoU ``>= overlap_iou``, averaged over the boxes (every person pushed down at each step,
+        not only the most confident one)."""
+        if self.reduce == "per-box":
+            assert goal is not None
+            k = outputs.shape[1] // 5
+            scores, cand = outputs[:, :k], outputs[:, k:].reshape(len(outputs), k, 4)
+            per_draw = []
+            for i in range(len(outputs)):
+                g = goal[i][~torch.isnan(goal[i]).any(dim=1)]
+                if len(g) == 0:
+                    per_draw.append(scores.new_full((), NO_CANDIDATE))
+                    continue
+                near = box_iou(cand[i], g) >= self.overlap_iou  # (K, G)
+                masked = torch.where(near, scores[i][:, None], torch.full_like(near, NO_CANDIDATE, dtype=scores.dtype))
+                per_draw.append(masked.max(dim=0).values.mean())
+            return torch.stack(per_draw).mean()
         if self.only_overlapping:
             assert goal is not None
             k = outputs.shape[1] // 5

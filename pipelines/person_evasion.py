@@ -138,8 +138,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=cli_types.integer(2, 1024), default=64, help="patch resolution (pixels)")
     p.add_argument("--scene-size", type=cli_types.integer(32, 4096), default=512,
                    help="each photo letterboxed to this square (pixels)")
-    p.add_argument("--reduce", choices=("max", "topk", "mean"), default="max",
-                   help="a draw's loss: max over the candidates' class confidences, mean of the top --top-k, or mean")
+    p.add_argument("--reduce", choices=("max", "topk", "mean", "per-box"), default="max",
+                   help="a draw's loss: max over the candidates' class confidences, mean of the top --top-k, mean, or "
+                        "per-box (each person box's max over the candidates overlapping it at --overlap-iou, averaged)")
     p.add_argument("--top-k", type=cli_types.count(), default=10, help="candidates averaged by --reduce topk")
     p.add_argument("--only-overlapping", action="store_true",
                    help="the loss keeps only candidates whose box overlaps a person box (--overlap-iou)")

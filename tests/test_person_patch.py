@@ -246,3 +246,13 @@ def test_evade_persons_refuses_bad_inputs(toy_registered, tmp_path, capsys, case
                    toy_registered["h1"], "--out", str(tmp_path / "m"), "--no-progress", "--allocator", "glibc"])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_per_box_reduce_averages_each_persons_highest_overlapping_candidate():
+    attack = _attack(reduce="per-box", overlap_iou=0.5)
+    scores = torch.tensor([[0.9, 0.3, 0.6]])
+    cand = torch.tensor([[[0.0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9]]])  # two on person 0, one on person 1
+    goal = torch.tensor([[[0.0, 0, 10, 10], [20, 20, 30, 30], [float("nan")] * 4]])
+    out = torch.cat([scores, cand.flatten(1)], dim=1)
+    assert torch.isclose(attack._attack_loss(None, out, goal), torch.tensor((0.9 + 0.3) / 2))
+    assert float(_attack(reduce="max")._attack_loss(None, scores, goal)) == pytest.approx(0.9)
