@@ -57,17 +57,25 @@ def test_md_to_html_subset():
 
 
 def test_demo_quick_end_to_end(tmp_path):
-    """The demo on tiny budgets: patch -> printout (PDF/PNG/JSON) -> simulated photo -> rectified -> table."""
+    """The demo's walkthrough on tiny budgets: chart -> profile -> patch through the profile -> printout in mask
+    shape -> in-situ photos -> scored as `testbed score` does, each step timed."""
     from pipelines.demo import DemoConfig, run_demo
 
-    report = run_demo(DemoConfig(out=tmp_path, quick=True, steps=2, frames=1))
+    report = run_demo(DemoConfig(out=tmp_path, quick=True, steps=2, photos=3, chart_photos=2))
     md = report.read_text()
-    assert "Before / after" in md and "| no patch |" in md
+    assert "| no patch |" in md and "in situ: printed, cut out, photographed in the scene" in md
     res = json.loads((tmp_path / "results.json").read_text())
     ts = res["target_success"]
-    assert ts["none"]["n"] == 10 and ts["digital"]["n"] == 10 and ts["printed"]["n"] == 10
-    assert res["rectify"][0]["markers_used"]  # the simulated photo was rectified from its markers
+    assert ts["none"]["n"] == 10 and ts["digital"]["n"] == 10 and ts["printed"]["n"] == 3
+    assert res["in_situ"]["success"] == ts["printed"] and res["in_situ"]["clean_same_photos"]["n"] == 3
+    assert not set(res["in_situ"]["scenes"]) & set(res["classification"])  # in situ only in held-out scenes
+    assert res["profile"]["photos_used"] == 2 and res["eot"]["printer_profile"] == str(tmp_path / "profile.json")
+    assert [t["step"][:2] for t in res["steps"]] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
+    assert all(t["seconds"] >= 0 for t in res["steps"])
+    scores = json.loads((tmp_path / "score" / "scores.json").read_text())
+    assert len(scores["photos"]) == 3 and scores["rate"] == ts["printed"]
     assert "![target_success](plots/target_success.png)" in md  # the demo's report has its plot
-    for f in ("printout/patch.pdf", "printout/patch_p1.png", "printout/patch.json", "patch.png", "report.html",
-              "plots/target_success.png"):
+    for f in ("prints/chart.pdf", "prints/patch.pdf", "prints/patch_p1.png", "prints/patch.json", "profile.json",
+              "patch/perturbation.pt", "patch.png", "report.html", "plots/target_success.png",
+              "score/contact_sheet.png"):
         assert (tmp_path / f).is_file(), f
