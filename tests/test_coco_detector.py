@@ -40,15 +40,24 @@ def detector():
     return get_model("centernet-coco", device="cpu")
 
 
+GRAD_IMAGE = "astronaut"
+
+
 @pytest.fixture(scope="module")
 def outputs(detector):
-    """Per fixture image: (image, heat, wh), one forward pass each, shared by the tests."""
+    """Per fixture image: (image, heat, wh), one forward pass each, shared by the tests (detached); the forward of
+    ``GRAD_IMAGE`` also keeps its autograd graph, under ``"grad"``, for the gradient test."""
     out = {}
-    with torch.no_grad():
-        for entry in REFERENCE["inputs"]:
-            x = _image(entry)
-            heat, wh = detector.raw_outputs(x)
-            out[entry["name"]] = (x, heat, wh)
+    for entry in REFERENCE["inputs"]:
+        x = _image(entry)
+        if entry["name"] == GRAD_IMAGE:
+            x_grad = x.clone().requires_grad_(True)
+            heat, wh = detector.raw_outputs(x_grad)
+            out["grad"] = (x_grad, heat, wh)
+        else:
+            with torch.no_grad():
+                heat, wh = detector.raw_outputs(x)
+        out[entry["name"]] = (x, heat.detach(), wh.detach())
     return out
 
 
@@ -123,17 +132,34 @@ def test_people_are_found_on_the_people_photos(detector, outputs):
 
 @needs_weights
 def test_candidate_scores_pass_gradients_and_align_with_boxes(detector, outputs):
-    x, heat, wh = outputs["astronaut"]
-    x = x.clone().requires_grad_(True)
-    scores, boxes = detector.candidates(x, "person")
+    x, heat, wh = outputs["grad"]
+    scores, boxes = detector.candidates_from_outputs(heat, wh, "person", x.shape[-2], x.shape[-1])
     assert scores.shape == (1, 128 * 128) and boxes.shape == (1, 128 * 128, 4)
-    assert torch.allclose(scores.detach(), heat[:, 0].flatten(1), atol=1e-6)
     scores.max().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in detector.parameters())
     (found,) = detector.detections_from_outputs(heat, wh, x.shape[-2], x.shape[-1])
     best = int(scores.detach().argmax())
+    assert found.labels[0] == 0 and torch.allclose(scores[0, best].detach(), found.scores[0])
     assert torch.allclose(boxes[0, best].detach(), found.boxes[0], atol=1e-3)
-    assert all(p.grad is None for p in detector.parameters())
+
+
+@needs_weights
+def test_candidate_methods_are_one_forward_of_the_same_outputs(detector, monkeypatch):
+    """candidate_scores / candidate_boxes / candidates / detect all read raw_outputs (stubbed here: no network)."""
+    heat = torch.rand(1, 80, 128, 128)
+    wh = torch.rand(1, 4, 128, 128) * 20
+    monkeypatch.setattr(detector, "raw_outputs", lambda images: (heat, wh))
+    x = torch.zeros(1, 3, 100, 200)
+    assert torch.equal(detector.candidate_scores(x, "person"), heat[:, 0].flatten(1))
+    assert torch.equal(detector.candidate_scores(x, 5), heat[:, 5].flatten(1))
+    boxes = detector.candidate_boxes(x)
+    assert torch.equal(detector.candidates(x, 0)[1], boxes)
+    # cell (row 1, col 2): anchor (8, 4) in 512 units, scaled by (200 / 512, 100 / 512)
+    l, t, r, b = wh[0, :, 1, 2]
+    expected = torch.stack([(8 - l) * 200 / 512, (4 - t) * 100 / 512, (8 + r) * 200 / 512, (4 + b) * 100 / 512])
+    assert torch.allclose(boxes[0, 1 * 128 + 2], expected, atol=1e-5)
+    assert len(detector.detect(x)[0].scores) <= detector.max_detections
 
 
 def test_registry_entry():

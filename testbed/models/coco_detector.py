@@ -100,9 +100,13 @@ class CenterNetCOCO(Detector):
     def candidates(self, images: torch.Tensor, label: int | str) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass: ``(scores (B, 16384), boxes (B, 16384, 4))`` of class ``label`` at every heat-map
         cell (the sigmoid heat-map; boxes in input pixels). Differentiable in the pixels."""
-        index = self.label_index(label)
         heat, wh = self.raw_outputs(images)
-        return heat[:, index].flatten(1), self._cell_boxes(wh, images.shape[-2], images.shape[-1])
+        return self.candidates_from_outputs(heat, wh, label, images.shape[-2], images.shape[-1])
+
+    def candidates_from_outputs(self, heat: torch.Tensor, wh: torch.Tensor, label: int | str, height: int,
+                                width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``candidates`` from ``raw_outputs`` of images of ``height`` x ``width`` pixels (no second forward)."""
+        return heat[:, self.label_index(label)].flatten(1), self._cell_boxes(wh, height, width)
 
     def candidate_scores(self, images: torch.Tensor, label: int | str) -> torch.Tensor:
         index = self.label_index(label)
