@@ -7,6 +7,7 @@ are not fetched (``testbed assets fetch``); the interpreter's own tests need not
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -196,9 +197,13 @@ def test_unknown_op_is_refused_naming_it():
         build_tfjs_graph(graph, {"k": np.array(3, np.float32)}, ["out"])
 
 
+def s(text: str) -> dict:
+    """A string attr as tfjs's model.json stores it (base64)."""
+    return {"s": base64.b64encode(text.encode()).decode()}
+
+
 def test_same_padding_conv_and_constants_follow_tensorflow():
     """A stride-2 3x3 SAME conv pads only bottom/right on an even input (TF), bias + Relu6 fused, then x * c."""
-    s = lambda v: {"s": __import__("base64").b64encode(v.encode()).decode()}  # noqa: E731
     graph = _graph([
         _node("x", "Placeholder"), _node("w", "Const"), _node("b", "Const"), _node("c", "Const"),
         _node("conv", "_FusedConv2D", ["x", "w", "b"], padding=s("SAME"), strides={"list": {"i": ["1", "2", "2", "1"]}},
