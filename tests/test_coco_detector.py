@@ -231,3 +231,7 @@ def test_tf_legacy_resize_conventions():
     ref = torch.nn.functional.interpolate(x, size=(1, 8), mode="bilinear", align_corners=False)
     assert torch.allclose(hp, ref)
     assert torch.equal(tf_resize_nearest(x, (1, 2))[0, 0, 0], torch.tensor([0.0, 2.0]))
+    # downsampling (human's 1920-px photos -> 512): legacy samples at dst * 8 / 3, no anti-aliasing
+    ramp = torch.arange(8.0).view(1, 1, 8, 1).expand(1, 1, 8, 2)
+    down = tf_resize_bilinear(ramp, (3, 2))
+    assert torch.allclose(down[0, 0, :, 0], torch.tensor([0.0, 8 / 3, 16 / 3]))
