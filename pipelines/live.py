@@ -275,22 +275,27 @@ def _draw_boxes(image: torch.Tensor, boxes: torch.Tensor, width: int = 2) -> tor
 def _overlay(image: torch.Tensor, lines: list[str], width: int, height: int,
              tags: list[tuple[float, float, str]] = ()):
     """The letterboxed frame in BGR with ``lines`` at the top left and each tag's text (a detection's label and
-    score) just above its point (x, y in the frame's pixels: a box's top-left corner)."""
+    score) just above its point (x, y in the frame's pixels: a box's top-left corner), or just below it where the
+    text would fall off the frame or under the lines' panel."""
     import cv2
 
     from camera.sources import tensor_to_bgr
 
     bgr = tensor_to_bgr(_letterbox(image, width, height))
+    box_h = 18 * len(lines) + 10
+    panel_w = min(width, 420)
+    cv2.rectangle(bgr, (0, 0), (panel_w, box_h), (0, 0, 0), thickness=-1)
+    for i, t in enumerate(lines):
+        cv2.putText(bgr, t, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     h, w = image.shape[-2:]
     top, left, nh, nw = _letterbox_geometry(h, w, width, height)
     for x, y, text in tags:
         px = int(min(max(left + x * nw / w, 0), width - 1))
-        py = int(min(max(top + y * nh / h - 4, 12), height - 1))
+        py = int(top + y * nh / h)
+        above = py - 4
+        hidden = above < 12 or (above - 12 < box_h and px < panel_w)
+        py = min(py + 16 if hidden else above, height - 1)
         cv2.putText(bgr, text, (px, py), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 0), 1, cv2.LINE_AA)
-    box_h = 18 * len(lines) + 10
-    cv2.rectangle(bgr, (0, 0), (min(width, 420), box_h), (0, 0, 0), thickness=-1)
-    for i, t in enumerate(lines):
-        cv2.putText(bgr, t, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return bgr
 
 

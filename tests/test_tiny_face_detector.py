@@ -173,3 +173,8 @@ def test_live_with_the_tiny_face_detector_logs_and_draws_boxes_on_a_loopback_str
     changed = np.argwhere((tagged != plain).any(axis=2))
     assert len(changed) > 0 and (tagged[..., 1] >= tagged[..., 2]).all()
     assert changed[:, 0].max() <= 60 and changed[:, 0].min() >= 40 and changed[:, 1].min() >= 120
+    # a box under the text panel (or at the top edge) gets its tag just below its corner, never under the panel
+    panel = _overlay(torch.zeros(1, 3, 100, 200), ["line"], 200, 100)
+    below = _overlay(torch.zeros(1, 3, 100, 200), ["line"], 200, 100, [(20.0, 10.0, "face 0.91")])
+    changed = np.argwhere((below != panel).any(axis=2))
+    assert len(changed) > 0 and changed[:, 0].min() >= 14 and changed[:, 0].max() <= 30
