@@ -156,6 +156,8 @@ def test_mtcnn_follows_the_detector_contract(mtcnn):
     scores = mtcnn.candidate_scores(x, "face")
     boxes = mtcnn.candidate_boxes(x.detach())
     assert scores.shape[0] == 1 and boxes.shape == (*scores.shape, 4)
+    both = mtcnn.candidates(x.detach())
+    assert torch.allclose(both[0], scores.detach()) and torch.equal(both[1], boxes)
     best = int(scores.detach()[0].argmax())
     assert abs(float(scores.detach()[0, best]) - float(det.scores[0])) < 1e-5
     assert torch.allclose(boxes[0, best], det.boxes[0], atol=1.0)

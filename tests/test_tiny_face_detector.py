@@ -107,6 +107,8 @@ def test_candidate_scores_are_differentiable_and_agree_with_detect(net, referenc
     assert x.grad is not None and x.grad.abs().sum() > 0
     boxes = net.candidate_boxes(x.detach())
     assert boxes.shape == (1, n * n * 5, 4)
+    both = net.candidates(x.detach(), "face")  # one pass for both (what the person-evasion loss calls)
+    assert torch.equal(both[0], scores.detach()) and torch.equal(both[1], boxes)
     found = net.detect(x.detach())[0]
     best = scores.detach()[0].argmax()
     assert abs(float(scores.detach()[0, best]) - float(found.scores[0])) < 1e-6

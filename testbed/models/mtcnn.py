@@ -335,20 +335,24 @@ class MTCNN(Detector):
             out[b, : len(rows)] = rows
         return out
 
+    def candidates(self, images: torch.Tensor, label: int | str = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One cascade pass: ``(candidate_scores, candidate_boxes)`` (below)."""
+        self.label_index(label)
+        prob, boxes, img_idx, width = self._onet_candidates(images)
+        return (self._per_image(prob, img_idx, len(images), width),
+                self._per_image(boxes.detach(), img_idx, len(images), width))
+
     def candidate_scores(self, images: torch.Tensor, label: int | str = 0) -> torch.Tensor:
         """``(B, K)``: the O-Net face probability of each final-stage candidate window, differentiable with respect
         to the pixels (through ``roi_align``; the windows themselves come from P- and R-Net without gradients);
         K is the largest count in the batch, the other images padded with probability 0."""
-        self.label_index(label)
-        prob, _, img_idx, width = self._onet_candidates(images)
-        return self._per_image(prob, img_idx, len(images), width)
+        return self.candidates(images, label)[0]
 
     def candidate_boxes(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, K, 4)``: each candidate's O-Net-regressed box in input pixels, aligned with ``candidate_scores``
         (padding boxes are all zero)."""
         with torch.no_grad():
-            _, boxes, img_idx, width = self._onet_candidates(images)
-        return self._per_image(boxes, img_idx, len(images), width)
+            return self.candidates(images)[1]
 
     # -- stages ----------------------------------------------------------------------------------------------------
 

@@ -184,16 +184,21 @@ class TinyFaceDetector(Detector):
             results.append(found.to(images.device))
         return results
 
+    def candidates(self, images: torch.Tensor, label: int | str = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass: ``(scores (B, n * n * 5), boxes (B, n * n * 5, 4))``, the face confidence
+        ``sigmoid(objectness)`` per cell and anchor (differentiable in the pixels) and each candidate's box in
+        input pixels."""
+        self.label_index(label)
+        boxes, scores = self.decode(self.raw_output(images), *images.shape[-2:])
+        return scores, boxes
+
     def candidate_scores(self, images: torch.Tensor, label: int | str = 0) -> torch.Tensor:
         """``(B, n * n * 5)`` face confidence per cell and anchor, ``sigmoid(objectness)``, differentiable."""
-        self.label_index(label)
-        raw = self.raw_output(images)
-        return torch.sigmoid(raw[:, :, 4]).permute(0, 2, 3, 1).reshape(raw.shape[0], -1)
+        return self.candidates(images, label)[0]
 
     def candidate_boxes(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, n * n * 5, 4)`` each candidate's box in input pixels, aligned with ``candidate_scores``."""
-        boxes, _ = self.decode(self.raw_output(images), *images.shape[-2:])
-        return boxes
+        return self.candidates(images)[1]
 
     # -- weights -----------------------------------------------------------------------------------------------
 
