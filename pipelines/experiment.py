@@ -10,7 +10,8 @@ An experiment config (see ``experiments/*.yaml``)::
       - fgsm
       - {name: bim, alpha: 0.00392156862745098}
     eps: [2, 4, 8, 16]       # budgets in each attack's units: 0-255 scale for L-inf attacks, absolute L2 radii
-    images: {source: photos, kind: photo, crops_per_photo: 3}   # or {source: folder, folder: path/}
+    images: {source: photos, kind: photo, crops_per_photo: 3}   # or {source: folder, folder: path/}, or
+    #         {source: imagenet-samples}: 20 ImageNet validation images with true labels (pinned assets)
     channel: {kind: simulated, preset: default, repetitions: 1} # none | simulated (camera.simulated) | folder | live
     batch_size: 16
     prefilter_confidence: 0.8
@@ -49,7 +50,7 @@ from testbed.inputs import load_json, load_yaml
 from testbed.machine import machine_info, machine_line
 from testbed.runs import write_atomic
 
-IMAGE_SOURCES = ("photos", "folder")
+IMAGE_SOURCES = ("photos", "folder", "imagenet-samples")  # imagenet-samples: testbed.assets.imagenet_sample_labels
 
 
 class RunDirError(ConfigError):
@@ -281,7 +282,14 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
         raise ConfigError("config images.folder is required when images.source is 'folder'")
     if "names" in img and img["names"] is not None:
         img["names"] = _str_list("images.names", img["names"])
-        if check_names:  # shipped photo names, image files, folders or globs: the one resolver of every command
+        if src == "imagenet-samples":  # a subset of the labelled samples, by asset name
+            from testbed.assets import imagenet_sample_labels
+
+            unknown = [n for n in img["names"] if n not in imagenet_sample_labels()]
+            if unknown:
+                raise ConfigError(f"config images.names {unknown} are not ImageNet samples (known: "
+                                  f"{', '.join(imagenet_sample_labels())})")
+        elif check_names:  # shipped photo names, image files, folders or globs: the one resolver of every command
             from testbed.errors import ImageError
             from testbed.photos import resolve_images
 

@@ -5,11 +5,12 @@ Per attacked model: a ``clean`` cell (clean images, digital and through the chan
 indices and the top-1 probability, so every metric (accuracy, destruction rate, prefiltering) is computed from
 the stored cells at report time (``summarise``), with its n and a Wilson 95% interval.
 
-Labels. Kurakin et al. used ImageNet validation labels. The testbed ships ~10 real colour photos without ground
-truth, so an image's label is the attacked model's top-1 on the photo's canonical view (resize 256 / centre crop
-224). Several crops per photo (``crops_per_photo``; crop 0 *is* the canonical view, the others are smaller and
-off-centre) give more images; the crops inherit their photo's label, so the clean accuracy of the other crops is
-not 100% by construction. A folder of images may bring its own labels (JSON ``{file name: index or label}``).
+Labels. Kurakin et al. used ImageNet validation labels. ``images.source: imagenet-samples`` takes 20 ImageNet
+validation images with their true labels (pinned assets from Foolbox's samples, ``testbed.assets``). The testbed
+also ships ~10 real colour photos without ground truth; for those an image's label is the attacked model's top-1 on
+the photo's canonical view (resize 256 / centre crop 224). Several crops per photo (``crops_per_photo``; crop 0
+*is* the canonical view, the others are smaller and off-centre) give more images; the crops inherit their photo's
+label, so the clean accuracy of the other crops is not 100% by construction. A folder of images may bring its own labels (JSON ``{file name: index or label}``).
 
 This module is the experiment kind ``kurakin``: its cells, metrics and report section (``render_report``) live
 here, and it registers itself with ``pipelines.experiment.register_kind`` at the end (``pipelines/kinds.py``
@@ -103,6 +104,18 @@ def build_image_set(cfg: ImageSetConfig, size: tuple[int, int]) -> ImageSet:
             canonical[name] = views[0]
             for j, v in enumerate(views):
                 images.append(v); ids.append(f"{name}-{j}"); groups.append(name)
+    elif cfg.source == "imagenet-samples":
+        from testbed.assets import asset_path, imagenet_sample_labels
+        from testbed.imageio import load_image
+
+        truth = imagenet_sample_labels()
+        given = {}
+        for name in cfg.names or list(truth):
+            # a missing or corrupt sample is an AssetError naming it and `testbed assets fetch`
+            views = crop_views(load_image(asset_path(name)), cfg.crops_per_photo, size)
+            canonical[name] = views[0]
+            for j, v in enumerate(views):  # every crop keeps its image's true label
+                images.append(v); ids.append(f"{name}-{j}"); groups.append(name); given[ids[-1]] = truth[name]
     else:
         from testbed.imageio import load_image
         from testbed.inputs import list_images

@@ -45,6 +45,30 @@ class Asset:
     description: str = ""
 
 
+# (ImageNet class index, sha256) of Foolbox 3.3.4's foolbox/data/imagenet_<i>_<class>.jpg, i = 0..19
+IMAGENET_SAMPLES: tuple[tuple[int, str], ...] = (
+    (243, "28b7b933c8028c6e20bf74a86a709eda42ce99f14c8742cb657cb386f08a4c9d"),
+    (559, "5f03b0c74dff01b5b4195d0beabcae2a625a406e6917957ab9c455b5b7dea6d6"),
+    (438, "ccef0734c1a65549c6cb5adb0f5d9b1c0b2e2104aba50a9e5f9202dc6d4532ed"),
+    (990, "c7f0b2f1e9ee39d8f900759e8983afa2e4a2d7de090060e8bb947f6e90cace5f"),
+    (949, "a7f62f3c1d214de4718c7253871ab38209283249e131faf65b8f2b7fdc970669"),
+    (853, "8a449436c61da867528b1f4efaf8ae832ab9c9201705eae0d3af1353fbdac131"),
+    (609, "fb061102a4e58b3ed942bb2a4f9542e1e1acdc8f225ef95498e93889290e192f"),
+    (609, "2c297ad1e5c4804a647e9b34bc02ee2fc348b05a4d49050d170fb61c948efa5c"),
+    (915, "c6a3411a3987799f0de45adc142f00ca412c3e14073c635e2adfae1f3913180c"),
+    (455, "ace3716b60ac5843269b270e17020e4f8138440cd30ef3487f7d6e54da9745a4"),
+    (541, "f325c71d9f4290ee45e99bd7ad42f4bffe513b1450ad21e7bd61c7cb137395d9"),
+    (630, "892dff58fc528fe63d2df0c783aa3eca2342637798578ce01763fbc0553eda01"),
+    (741, "6c256e17545b25bbf2e06cf6513ff48d049583569515ac4d4c3a52aea804a529"),
+    (471, "52ed0e738b90d27afcabc3e92c81ae637f160c2d9f75b93a65211005ab5dcd81"),
+    (129, "ad9371d813bf24b0365ee2f78f28c08718ee7c5975f060caa16c3f264e828139"),
+    (99, "4b588649cd835d4c65521727ebee03d9621baff1f54d3e8a53a26b53d983ec2e"),
+    (251, "ce3440a3b7beb6ca3009817504c44d39fa789e7c2f70a2eef7e2f9cc9a87b129"),
+    (22, "b432341845620e9cfd67d848c4783c32dd6eaddad45513866b17180d2b09fcf5"),
+    (317, "b9412f92f0b1c3faede45b55a44940977daa744f2040118d0538cf597fca785d"),
+    (305, "e1f58f00e2e47ce930d7ecab0e46a78316054f68c10d0742e87c1cc092324556"),
+)
+
 ASSETS: dict[str, Asset] = {
     a.name: a
     for a in (
@@ -170,8 +194,28 @@ ASSETS: dict[str, Asset] = {
                 "9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87",
             ), start=1)
         ),
+        # 20 ImageNet validation images with their true labels, as Foolbox ships them for its examples (Foolbox:
+        # MIT; the photos keep their owners' terms, research use): the Kurakin experiment's labelled image set
+        # (images.source: imagenet-samples; docs/harness.md)
+        *(
+            Asset(
+                f"imagenet_val{i:02d}",
+                f"imagenet-val{i:02d}-{label}.jpg",
+                digest,
+                "pypi",
+                "foolbox==3.3.4",
+                f"foolbox/data/imagenet_{i:02d}_{label}.jpg",
+                description=f"ImageNet validation image {i} (class {label}) from Foolbox's samples",
+            )
+            for i, (label, digest) in enumerate(IMAGENET_SAMPLES)
+        ),
     )
 }
+
+
+def imagenet_sample_labels() -> dict[str, int]:
+    """{asset name: ImageNet class index} of the labelled ImageNet validation samples (``imagenet_val00`` ..)."""
+    return {f"imagenet_val{i:02d}": label for i, (label, _) in enumerate(IMAGENET_SAMPLES)}
 
 
 def cache_dir() -> Path:

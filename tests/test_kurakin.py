@@ -134,3 +134,64 @@ def test_make_channel_simulated_is_camera_simulated():
     import pipelines.channels as pc
 
     assert not hasattr(pc, "PrintPhotoSimulator") and not hasattr(pc, "SimulatorConfig")  # one simulator
+
+
+def test_imagenet_samples_carry_their_true_labels(monkeypatch, tmp_path):
+    """images.source imagenet-samples: the pinned ImageNet validation samples, each crop with its image's true
+    label (not the model's answer); the asset table pins each file with the class its Foolbox name states."""
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.kurakin import resolve_labels
+    from testbed import assets
+
+    labels = assets.imagenet_sample_labels()
+    assert len(labels) == 20 and labels["imagenet_val03"] == 990 and labels["imagenet_val15"] == 99
+    for name, label in labels.items():
+        a = assets.ASSETS[name]
+        assert a.package == "foolbox==3.3.4" and a.member.endswith(f"_{label}.jpg") and len(a.sha256) == 64
+    files = {}
+    for k, name in enumerate(("imagenet_val03", "imagenet_val15")):
+        files[name] = tmp_path / f"{name}.jpg"
+        Image.fromarray(np.full((40, 60, 3), 60 + 100 * k, np.uint8)).save(files[name])
+    monkeypatch.setattr(assets, "asset_path", lambda name: files[name])
+    s = build_image_set(ImageSetConfig(source="imagenet-samples", names=("imagenet_val03", "imagenet_val15"),
+                                       crops_per_photo=2), (32, 32))
+    assert s.ids == ["imagenet_val03-0", "imagenet_val03-1", "imagenet_val15-0", "imagenet_val15-1"]
+    assert s.images.shape == (4, 3, 32, 32) and float(s.images[2].mean()) > float(s.images[0].mean())
+    assert resolve_labels("mobilenet_v2", None, s).tolist() == [990, 990, 99, 99]  # no model call needed
+
+
+def test_imagenet_samples_config_and_missing_assets(monkeypatch, tmp_path):
+    import pytest
+
+    from pipelines.experiment import parse_config
+    from testbed.errors import AssetError, ConfigError
+
+    cfg = parse_config({"name": "x", "images": {"source": "imagenet-samples", "names": ["imagenet_val01"]}})
+    assert cfg.images.source == "imagenet-samples" and cfg.images.names == ("imagenet_val01",)
+    with pytest.raises(ConfigError, match="not ImageNet samples"):
+        parse_config({"name": "x", "images": {"source": "imagenet-samples", "names": ["chelsea"]}})
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))  # an empty cache: the fix is named
+    with pytest.raises(AssetError, match="testbed assets fetch"):
+        build_image_set(ImageSetConfig(source="imagenet-samples", names=("imagenet_val01",)), (32, 32))
+
+
+def test_kurakin_phone_preset_is_phone_in_focus_with_less_noise_and_finer_jpeg():
+    """'kurakin-phone' changes only focus, noise and JPEG against 'phone' (which the in-situ survival rows use and
+    which stays as it was)."""
+    from dataclasses import asdict
+
+    from camera.simulated import SimCameraConfig
+
+    phone, kp = asdict(SimCameraConfig.preset("phone")), asdict(SimCameraConfig.preset("kurakin-phone"))
+    assert {k for k in phone if phone[k] != kp[k]} == {"blur_probs", "read_noise", "shot_noise", "jpeg_quality"}
+    assert (phone["blur_probs"], phone["read_noise"], phone["jpeg_quality"]) == ((0.7, 0.3, 0.0), (0.002, 0.005),
+                                                                                   (88, 96))
+    assert kp["blur_probs"][0] > phone["blur_probs"][0] and kp["read_noise"][1] < phone["read_noise"][1]
+    assert kp["jpeg_quality"][0] > phone["jpeg_quality"][0]
+    from testbed.photos import imagenet_view
+
+    x = imagenet_view("coffee", 64).repeat(3, 1, 1, 1)
+    out = SimulatedChannel(0, "kurakin-phone", **FAST).transmit(x, ["a", "b", "c"]).images
+    assert out.shape == x.shape and 0.005 < float((out - x).abs().mean()) < 0.3
