@@ -33,7 +33,9 @@ and may override ``_regularise(ctx, colours)`` (default ``lambda_nps * NPS + lam
 * iterate selection and early stopping (``select_every`` > 0): every ``select_every`` steps the current colours
   are scored on ``select_samples`` fixed VALIDATION draws (their own generator, seeded ``seed +
   VALIDATION_SEED_OFFSET``: neither the optimisation's nor the evaluation's draws); the result is the best iterate
-  on them (the last of equals), and the run stops once validation success reaches ``stop_at``;
+  on them (the last of equals), and the run stops once validation success reaches ``stop_at``; ``select_from``
+  skips the checks before that step (the early ones, which cannot reach ``stop_at``, cost as much as the late
+  ones; the last step is always checked);
 * evaluation on ``eval_samples`` FRESH draws from a separate generator (``eval_seed``), scoring the optimised
   colours, the initial colours and (when asked) the clean scene on the same draws.
 """
@@ -65,7 +67,7 @@ VALIDATION_SEED_OFFSET = 2_000_029
 LR_SCHEDULES = ("constant", "cosine")
 #: loop keys left out of EVERY attack's config at these values (whatever its own ``CONFIG_OMIT_DEFAULTS``), so run
 #: directories written before the key existed resume
-LOOP_OMIT_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant"}
+LOOP_OMIT_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "select_from": 0}
 
 
 class RunOptions(TypedDict, total=False):
@@ -252,6 +254,7 @@ class PhysicalAttack(RunHyperParams):
     # iterate selection on validation draws (0: off, the result is the last iterate) and early stopping
     select_every: int = 0  # score the current colours every this many steps (and after the last step)
     select_samples: int = 200  # fixed validation draws (own generator: seed + VALIDATION_SEED_OFFSET)
+    select_from: int = 0  # no check before this step (then every select_every steps; the last step always)
     stop_at: float | None = None  # stop once validation success >= this (needs select_every > 0)
 
     def __post_init__(self) -> None:
@@ -282,6 +285,9 @@ class PhysicalAttack(RunHyperParams):
             check_int("eot_batch", self.eot_batch)
         check_int("select_every", self.select_every, 0)
         check_int("select_samples", self.select_samples)
+        check_int("select_from", self.select_from, 0)
+        if self.select_from > 0 and self.select_every == 0:
+            raise ConfigError("select_from needs select_every > 0 (it delays the validation checks)")
         if self.stop_at is not None:
             if isinstance(self.stop_at, bool) or not isinstance(self.stop_at, (int, float)) or not 0 < self.stop_at <= 1:
                 raise ConfigError(f"stop_at must be a success rate in (0, 1], got {self.stop_at!r}")
@@ -463,7 +469,8 @@ class PhysicalAttack(RunHyperParams):
                 if self.keep_draws:
                     draws.append(draw.to_dict())
                 done = step + 1
-                if validation and (done % self.select_every == 0 or done == self.steps):
+                if validation and (done == self.steps or (done % self.select_every == 0
+                                                          and done >= self.select_from)):
                     rate = self._validation_rate(net, ctx, torch.sigmoid(w.detach()), validation)
                     sel.record(done, rate, w.detach(), self.stop_at)
                 stop = sel.stopped
