@@ -332,13 +332,15 @@ def simcam(w: Workload) -> dict[str, Any]:
 
 @case
 def channel(w: Workload, kind: str = "print_photograph", width: int = 1280, height: int = 960,
-            workers: int = 0) -> dict[str, Any]:
+            workers: int = 0, frame: bool = True) -> dict[str, Any]:
     """Photos/s of the simulated channel at a frame size: ``print_photograph`` (the harness's channel: a 224-px
     image printed on a marker sheet, photographed, rectified) or ``in_situ`` (a printed 80-px circular patch lying in
     a scene, photographed whole). Two passes over the same photos: one photo per call on one thread (OpenCV and
     torch limited to 1 thread: the CPU cost of a photo) and the many-photo call (``InSituPatch.shoot_many`` /
     ``print_photograph`` of the whole batch) on ``workers`` threads (0: the CPU cores), whose wall seconds per
-    photo are the row's rate (what a survival row of many photos gets); the load average is taken around each."""
+    photo are the row's rate (what a survival row of many photos gets); the load average is taken around each.
+    ``frame=False`` (in situ): only the part of the frame the model's view is made of, as the survival rows render
+    (the same views bit for bit)."""
     import cv2
     import torch
 
@@ -346,12 +348,12 @@ def channel(w: Workload, kind: str = "print_photograph", width: int = 1280, heig
     from physical.universal import circle_mask
 
     small = w.size < 224
-    frame = (320, 240) if small else (int(width), int(height))
+    size = (320, 240) if small else (int(width), int(height))
     n = 4 if small else 24
     imgs = scenes(64 if small else 224, 2)
     threads = photo_workers(workers or None, n)
     if kind == "print_photograph":
-        cfg = PrintPhotoConfig(frame_size=frame)
+        cfg = PrintPhotoConfig(frame_size=size)
         print_photograph(imgs[:1], seed=0, keys=[99], config=cfg, workers=1)  # warm-up: sheet layout, caches
         batch = imgs[torch.arange(n) % 2]
         def one(i: int) -> None:
@@ -361,13 +363,13 @@ def channel(w: Workload, kind: str = "print_photograph", width: int = 1280, heig
     elif kind == "in_situ":
         side = 32 if small else 80
         patch = torch.nn.functional.interpolate(imgs[:1], size=(side, side), mode="bilinear", antialias=True)
-        shooter = InSituPatch(patch, circle_mask(side).view(1, 1, side, side), InSituConfig(frame_size=frame))
+        shooter = InSituPatch(patch, circle_mask(side).view(1, 1, side, side), InSituConfig(frame_size=size))
         shooter.shoot("brick", 0, 999)
         reqs = [(("brick", "grass", "gravel")[i % 3], 0, i) for i in range(n)]
         def one(i: int) -> None:
-            shooter.shoot(*reqs[i])
+            shooter.shoot(*reqs[i], frame=frame)
         def many() -> None:
-            for _ in shooter.shoot_many(reqs, workers=threads):
+            for _ in shooter.shoot_many(reqs, workers=threads, frame=frame):
                 pass
     else:
         raise ValueError(f"unknown channel kind {kind!r}")
@@ -392,7 +394,8 @@ def channel(w: Workload, kind: str = "print_photograph", width: int = 1280, heig
     load.append(os.getloadavg()[0])
     # many_cpu_s_per_photo: CPU of all threads per photo in the many-photo call; on an idle machine its rate is
     # about workers / many_cpu_s_per_photo photos/s (the wall rate at load L is about the cores' share left)
-    return {"seconds": [per_photo], "unit": "s/photo", "frame_size": list(frame), "kind": kind, "photos": n,
+    return {"seconds": [per_photo], "unit": "s/photo", "frame_size": list(size), "kind": kind, "photos": n,
+            "whole_frame": bool(frame),
             "workers": threads, "one_thread_s_per_photo": median(wall1), "cpu_s_per_photo": median(cpu1),
             "many_cpu_s_per_photo": many_cpu, "load_average": list(os.getloadavg()), "load_1min_around": load}
 

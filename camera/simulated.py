@@ -721,25 +721,92 @@ class SimulatedCamera(FrameSource):
         return np.linalg.svd(J, compute_uv=False)[:, 0]
 
 
-def develop_frame(lin: np.ndarray, params: SimParams) -> tuple[torch.Tensor, dict[str, float]]:
+def develop_frame(lin: np.ndarray, params: SimParams,
+                  region: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The camera after the optics' geometry: light the linear frame ``lin`` (HxWx3 float32, modified in place),
     meter it (auto-exposure / white balance, when the params say so), blur, encode to sRGB, add sensor noise and
-    write a JPEG. Returns the frame (1x3xHxW RGB in [0, 1]) and what the metering chose."""
+    write a JPEG. Returns the frame (1x3xHxW RGB in [0, 1]) and what the metering chose.
+
+    ``region`` = (x0, y0, x1, y1): develop only the part of the frame a caller looks at (e.g. what the model's view
+    is computed from); see :func:`develop_part`, which this calls with the whole frame's subsample as metering."""
+    H, W = lin.shape[:2]
+    if region is None:
+        return develop_part(lin, (0, 0), (W, H), lin[::8, ::8], params)
+    x0, y0, x1, y1 = develop_box(region, params, (W, H))
+    return develop_part(np.ascontiguousarray(lin[y0:y1, x0:x1]), (x0, y0), (W, H), lin[::8, ::8], params, region)
+
+
+def develop_box(region: tuple[int, int, int, int], params: SimParams,
+                frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the part of the linear frame :func:`develop_part` needs to develop ``region`` exactly:
+    the region grown to whole 16-px blocks of the frame's JPEG block grid plus one block (a JPEG block depends on
+    its own pixels, the decoder's chroma upsampling on its neighbours' edge), plus the rows/columns the blur and
+    sharpening kernels reach."""
+    W, H = frame_size
+    jx0, jy0, jx1, jy1 = _jpeg_box(region, frame_size)
+    halo = _filter_reach(params)
+    return max(0, jx0 - halo), max(0, jy0 - halo), min(W, jx1 + halo), min(H, jy1 + halo)
+
+
+def _jpeg_box(region: tuple[int, int, int, int], frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    W, H = frame_size
+    x0, y0, x1, y1 = (int(v) for v in region)
+    box = (max(0, (x0 // 16 - 1) * 16), max(0, (y0 // 16 - 1) * 16),
+           min(W, (-(-x1 // 16) + 1) * 16), min(H, (-(-y1 // 16) + 1) * 16))
+    if box[2] <= box[0] or box[3] <= box[1] or x1 <= x0 or y1 <= y0:
+        raise ImageError(f"develop region {region} is empty or outside the {W}x{H} frame")
+    return box
+
+
+def _blur_kernel(params: SimParams) -> np.ndarray | None:
+    if params.blur == "defocus" and params.blur_size > 0:
+        return _defocus_kernel(params.blur_size, 0.3)
+    if params.blur == "motion" and params.blur_size > 1:
+        return _motion_kernel(params.blur_size, params.blur_angle)
+    return None
+
+
+def _filter_reach(params: SimParams) -> int:
+    """Pixels the optics blur and the ISP's unsharp mask reach, together."""
+    kernel = _blur_kernel(params)
+    return (kernel.shape[0] // 2 if kernel is not None else 0) + (_SHARPEN_KSIZE // 2 if params.sharpen > 0 else 0)
+
+
+def develop_part(lin: np.ndarray, origin: tuple[int, int], frame_size: tuple[int, int], metering: np.ndarray,
+                 params: SimParams, region: tuple[int, int, int, int] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`develop_frame` on a part of a W x H linear frame: ``lin`` holds its pixels from ``origin`` = (x, y)
+    on (modified in place), ``metering`` = the whole frame's ``[::8, ::8]`` subsample (what the camera meters).
+
+    Without ``region``, ``lin`` is the whole frame. With it, ``lin`` must cover :func:`develop_box` of the region;
+    the frame returned (1x3xHxW) is then bit for bit the whole frame's inside ``region`` (and a little around it)
+    and 0 elsewhere: lighting, blur, sharpening, sRGB, noise and quantisation run on ``lin``, the JPEG on the
+    region's blocks."""
     from testbed.imageio import jpeg_round_trip
 
-    H, W = lin.shape[:2]
+    W, H = frame_size
+    ox, oy = (int(v) for v in origin)
+    h, w = lin.shape[:2]
+    jx0, jy0, jx1, jy1 = (ox, oy, ox + w, oy + h) if region is None else _jpeg_box(region, frame_size)
+    need = (0, 0, W, H) if region is None else develop_box(region, params, frame_size)
+    if ox > need[0] or oy > need[1] or ox + w < need[2] or oy + h < need[3]:
+        raise ImageError(f"the frame part at {origin} of {w}x{h} does not cover {need} (frame {W}x{H})")
     # lighting: exposure x white balance x a linear brightness ramp (rank-1 construction, one multiply)
     ca, sa = math.cos(params.gradient_angle), math.sin(params.gradient_angle)
     k = params.gradient_amp / (0.5 * math.hypot(W, H))
-    ramp = (np.float32(1.0) + np.float32(k) * ((np.arange(H, dtype=np.float32) - H / 2) * sa)[:, None]
-            + np.float32(k) * ((np.arange(W, dtype=np.float32) - W / 2) * ca)[None, :]).astype(np.float32, copy=False)
+
+    def ramp_at(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return (np.float32(1.0) + np.float32(k) * ((ys.astype(np.float32) - H / 2) * sa)[:, None]
+                + np.float32(k) * ((xs.astype(np.float32) - W / 2) * ca)[None, :]).astype(np.float32, copy=False)
+
+    ramp = ramp_at(np.arange(oy, oy + h), np.arange(ox, ox + w))
     gains = np.array(params.illuminant_gains, np.float64)
     exposure = float(params.exposure)
     info: dict[str, Any] = {}
     black = 0.0
     if params.auto_exposure or params.auto_white_balance or params.auto_black_level:
         # metering on a 1/64 subsample of the frame as the light reaches the sensor (illuminant and ramp included)
-        sub = lin[::8, ::8].astype(np.float64) * ramp[::8, ::8, None] * gains
+        sub = metering.astype(np.float64) * ramp_at(np.arange(0, H, 8), np.arange(0, W, 8))[:, :, None] * gains
         lum = sub @ np.array([0.2126, 0.7152, 0.0722])
         if params.auto_white_balance:  # white patch: the brightest 5% should be neutral
             top = sub[lum >= np.percentile(lum, 95)].mean(0)
@@ -769,21 +836,23 @@ def develop_frame(lin: np.ndarray, params: SimParams) -> tuple[torch.Tensor, dic
     else:
         cv2.multiply(lin, cv2.merge([ramp * np.float32(exposure * g) for g in gains]), dst=lin)
     # optics blur (albumentations kernels)
-    if params.blur == "defocus" and params.blur_size > 0:
-        lin = _convolve(lin, _defocus_kernel(params.blur_size, 0.3))
-    elif params.blur == "motion" and params.blur_size > 1:
-        lin = _convolve(lin, _motion_kernel(params.blur_size, params.blur_angle))
+    kernel = _blur_kernel(params)
+    if kernel is not None:
+        lin = _convolve(lin, kernel)
     if params.sharpen > 0:  # the ISP's unsharp mask
-        soft = cv2.GaussianBlur(lin, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE)
+        soft = cv2.GaussianBlur(lin, (_SHARPEN_KSIZE, _SHARPEN_KSIZE), _SHARPEN_SIGMA, borderType=cv2.BORDER_REPLICATE)
         lin = cv2.addWeighted(lin, 1.0 + params.sharpen, soft, -params.sharpen, 0.0)
         cv2.threshold(lin, 0.0, 0.0, cv2.THRESH_TOZERO, dst=lin)  # max(lin, 0)
+    if (jx0, jy0, jx1, jy1) != (ox, oy, ox + w, oy + h):  # the filters' reach done: the JPEG's blocks
+        lin = np.ascontiguousarray(lin[jy0 - oy:jy1 - oy, jx0 - ox:jx1 - ox])
     srgb = _encode_srgb_fast(lin)
     # sensor noise, read + shot (variance read^2 + shot * signal), in the encoded domain; Gaussian draws by
     # inverse-CDF lookup of uniform bytes from the frame's own numpy Generator (no global RNG)
     shot, read = float(params.shot_noise), float(params.read_noise)
     if shot > 0 or read > 0:
         nrng = np.random.default_rng(params.noise_seed)
-        z = cv2.LUT(np.frombuffer(nrng.bytes(srgb.size), np.uint8).reshape(srgb.shape), _normal_table())
+        z = _generator_bytes(nrng, H * W * 3).reshape(H, W, 3)[jy0:jy1, jx0:jx1]
+        z = cv2.LUT(np.ascontiguousarray(z), _normal_table())
         if shot > 0:  # sigma = sqrt(read^2 + shot * signal): one affine pass, a square root, one multiply-add
             sigma = cv2.transform(srgb, np.hstack([shot * np.eye(3), np.full((3, 1), read ** 2)]).astype(np.float32))
             cv2.sqrt(sigma, dst=sigma)
@@ -792,11 +861,21 @@ def develop_frame(lin: np.ndarray, params: SimParams) -> tuple[torch.Tensor, dic
             cv2.scaleAdd(z, read, srgb, dst=srgb)
     u8 = cv2.convertScaleAbs(srgb, alpha=255.0)  # round + saturate to uint8
     u8 = jpeg_round_trip(u8, params.jpeg_quality)  # the project's one reference JPEG (the same bytes as OpenCV's)
-    image = torch.empty((1, 3, H, W), dtype=torch.float32)
+    image = (torch.empty if (jx0, jy0, jx1, jy1) == (0, 0, W, H) else torch.zeros)((1, 3, H, W), dtype=torch.float32)
     out = image.numpy()
     for c, plane in enumerate(cv2.split(u8)):  # R, G, B planes (contiguous CHW)
-        np.multiply(plane, np.float32(1 / 255), out=out[0, c], dtype=np.float32)
+        np.multiply(plane, np.float32(1 / 255), out=out[0, c, jy0:jy1, jx0:jx1], dtype=np.float32)
     return image, info
+
+
+_SHARPEN_SIGMA, _SHARPEN_KSIZE = 1.0, 9  # the ISP's unsharp mask: OpenCV's own kernel size for sigma 1 (float)
+
+
+def _generator_bytes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``rng.bytes(n)`` as a uint8 array, without its three copies: the same bytes (numpy draws them as full-range
+    uint32, little-endian) and the same generator state afterwards."""
+    words = rng.integers(0, 2**32, size=(n - 1) // 4 + 1, dtype=np.uint32)
+    return words.astype("<u4", copy=False).view(np.uint8)[:n]
 
 
 @functools.lru_cache(maxsize=1)
@@ -1147,10 +1226,11 @@ class InSituConfig:
 
 @dataclass
 class InSituShot:
-    """One in-situ photo: the frame (1x3xHxW), what the model sees of it (1x3xSxS), the same without the patch
-    (``clean_view``, when asked for) and the JSON-serialisable record (``params``)."""
+    """One in-situ photo: the frame (1x3xHxW; None when rendered for the view only), what the model sees of it
+    (1x3xSxS), the same without the patch (``clean_view``, when asked for) and the JSON-serialisable record
+    (``params``)."""
 
-    frame: torch.Tensor
+    frame: torch.Tensor | None
     view: torch.Tensor
     clean_view: torch.Tensor | None
     params: dict[str, Any]
@@ -1258,44 +1338,77 @@ class InSituPatch:
         return np.array([[k, 0, -k * (w - 1) / 2], [0, k, -k * (h - 1) / 2], [0, 0, 1.0]])
 
     # -- rendering
-    def shoot(self, scene: str, seed: int, index: int, clean: bool = False) -> InSituShot:
-        """Draw and render one photo of the patch in ``scene`` (also the same photo without it if ``clean``)."""
-        return self.replay(self.sample(scene, seed, index), clean=clean)
+    def shoot(self, scene: str, seed: int, index: int, clean: bool = False, frame: bool = True) -> InSituShot:
+        """Draw and render one photo of the patch in ``scene`` (also the same photo without it if ``clean``;
+        ``frame=False``: only what the model's view is made of, see :meth:`replay`)."""
+        return self.replay(self.sample(scene, seed, index), clean=clean, frame=frame)
 
     def shoot_many(self, requests: Iterable[tuple[str, int, int]], clean: bool = False,
-                   workers: int | None = None) -> Iterator[InSituShot]:
+                   workers: int | None = None, frame: bool = True) -> Iterator[InSituShot]:
         """:meth:`shoot` for each ``(scene, seed, index)``, rendered on ``workers`` threads (default: the CPU cores)
         and yielded in the requests' order; the shots are identical to calling :meth:`shoot` one by one."""
         reqs = list(requests)
-        return ordered_map(lambda r: self.shoot(r[0], r[1], r[2], clean=clean), reqs,
+        return ordered_map(lambda r: self.shoot(r[0], r[1], r[2], clean=clean, frame=frame), reqs,
                            photo_workers(workers, len(reqs)))
 
-    def replay(self, rec: dict[str, Any], clean: bool = False) -> InSituShot:
-        """Render a recorded photo (bit-exact for the same record)."""
+    def view_region(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1): the part of the frame the model's view is computed from (its centre crop after the
+        antialiased resize, with the resize filter's reach and 2 px to spare)."""
+        W, H = self.cam_cfg.frame_size
+        S = int(self.config.input_size)
+        short = round(S * 256 / 224)  # testbed.photos.imagenet_preprocess: resize the short side, centre-crop S
+        s = short / min(H, W)
+        h2, w2 = max(1, round(H * s)), max(1, round(W * s))
+        top, left = (h2 - S) // 2, (w2 - S) // 2
+        fy, fx = H / h2, W / w2  # frame px per resized px: the bilinear filter's half-width (antialiased)
+        return (max(0, math.floor(left * fx - fx) - 2), max(0, math.floor(top * fy - fy) - 2),
+                min(W, math.ceil((left + S) * fx + fx) + 2), min(H, math.ceil((top + S) * fy + fy) + 2))
+
+    def replay(self, rec: dict[str, Any], clean: bool = False, frame: bool = True) -> InSituShot:
+        """Render a recorded photo (bit-exact for the same record). ``frame=False`` renders only the part of the
+        frame the model's view is made of (:meth:`view_region`) and the 1/64 subsample the camera meters: the same
+        ``view`` and ``clean_view`` bit for bit, with less work, and ``frame`` is None."""
         from testbed.photos import imagenet_preprocess
 
         W, H = self.cam_cfg.frame_size
         to_frame = self._plane_to_frame(rec)
         scene = _photo_linear(rec["scene"])
-        lin = cv2.warpPerspective(scene, to_frame @ self._scene_to_plane(rec["scene"]), (W, H),
-                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        base = lin.copy() if clean else None
-        coverage = self._composite(lin, rec, to_frame)
         optics = SimParams.from_dict({"index": rec["index"], "scene": rec["scene"], "scene_offset": (0.0, 0.0),
                                       "homography_mm": to_frame.tolist(), "tilt_x_deg": rec["tilt_x_deg"],
                                       "tilt_y_deg": rec["tilt_y_deg"], "rotation_deg": rec["roll_deg"],
                                       "focal_px": rec["focal_px"], **rec["camera"]})
-        frame, info = develop_frame(lin, optics)
-        S = int(self.config.input_size)
-        view = imagenet_preprocess(frame, S)
-        clean_view = None
-        if base is not None:
-            clean_view = imagenet_preprocess(develop_frame(base, optics)[0], S)
-        return InSituShot(frame, view, clean_view, {**rec, "develop": info, "patch_fraction_of_view": coverage})
+        hom = to_frame @ self._scene_to_plane(rec["scene"])
+        region = None if frame else self.view_region()
+        if region is None:  # the whole frame; the camera meters its [::8, ::8] subsample
+            parts = [((0, 0, 1), (W, H))]
+        else:  # the part the view needs, and the metering subsample on its own (the same pixels: tested)
+            x0, y0, x1, y1 = develop_box(region, optics, (W, H))
+            parts = [((x0, y0, 1), (x1 - x0, y1 - y0)), ((0, 0, 8), (-(-W // 8), -(-H // 8)))]
+        lins = []
+        for (ox, oy, step), size in parts:
+            m = np.array([[1.0 / step, 0, -ox / step], [0, 1.0 / step, -oy / step], [0, 0, 1.0]])
+            lins.append(cv2.warpPerspective(scene, m @ hom, size, flags=cv2.INTER_LINEAR,
+                                            borderMode=cv2.BORDER_REFLECT_101))
+        bases = [x.copy() for x in lins] if clean else None
+        coverage = self._composite(lins, [p[0] for p in parts], rec, to_frame)
 
-    def _composite(self, lin: np.ndarray, rec: dict[str, Any], to_frame: np.ndarray) -> float:
-        """Print the patch (the record's printer), lay it on the plane, composite it into ``lin`` (linear, in
-        place) with its cut edge anti-aliased; returns the fraction of the model's view the patch covers."""
+        def develop(xs: list[np.ndarray]) -> tuple[torch.Tensor, dict[str, Any]]:
+            if region is None:
+                return develop_frame(xs[0], optics)
+            return develop_part(xs[0], parts[0][0][:2], (W, H), xs[1], optics, region)
+
+        image, info = develop(lins)
+        S = int(self.config.input_size)
+        view = imagenet_preprocess(image, S)
+        clean_view = imagenet_preprocess(develop(bases)[0], S) if bases is not None else None
+        return InSituShot(image if frame else None, view, clean_view,
+                          {**rec, "develop": info, "patch_fraction_of_view": coverage})
+
+    def _composite(self, lins: list[np.ndarray], grids: list[tuple[int, int, int]], rec: dict[str, Any],
+                   to_frame: np.ndarray) -> float:
+        """Print the patch (the record's printer), lay it on the plane, composite it into each of ``lins`` (linear,
+        in place; ``lins[i]`` holds the frame pixels (x0 + step * j, y0 + step * i) for ``grids[i]`` = (x0, y0,
+        step)) with its cut edge anti-aliased; returns the fraction of the model's view the patch covers."""
         W, H = self.cam_cfg.frame_size
         pr = dict(rec["printer"])
         pr["black"], pr["paper"] = tuple(pr["black"]), tuple(pr["paper"])
@@ -1330,11 +1443,20 @@ class InSituPatch:
         shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1.0]])
         warped = cv2.warpPerspective(src, shift @ hom, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        r, g, bl, a = cv2.split(warped)
-        roi = lin[y0:y1, x0:x1]
-        clear = cv2.subtract(1.0, a)
-        roi[...] = cv2.add(cv2.multiply(roi, cv2.merge([clear, clear, clear])), cv2.merge([r, g, bl]))
-        a = a[..., None]
+        for lin, (gx, gy, step) in zip(lins, grids):  # the warped patch's pixels on each target's grid
+            h, w = lin.shape[:2]
+            fx0 = max(x0, gx + step * max(0, -(-(x0 - gx) // step)))  # the first grid column / row in the box
+            fy0 = max(y0, gy + step * max(0, -(-(y0 - gy) // step)))
+            fx1, fy1 = min(x1, gx + step * w), min(y1, gy + step * h)
+            if fx1 <= fx0 or fy1 <= fy0:
+                continue
+            part = np.ascontiguousarray(warped[fy0 - y0:fy1 - y0:step, fx0 - x0:fx1 - x0:step])
+            r, g, bl, a = cv2.split(part)
+            roi = lin[(fy0 - gy) // step:(fy0 - gy) // step + part.shape[0],
+                      (fx0 - gx) // step:(fx0 - gx) // step + part.shape[1]]
+            clear = cv2.subtract(1.0, a)
+            roi[...] = cv2.add(cv2.multiply(roi, cv2.merge([clear, clear, clear])), cv2.merge([r, g, bl]))
+        a = cv2.extractChannel(warped, 3)[..., None]
         # coverage of the model's centre crop (a square of 224/256 of the frame's short side)
         c = H * 224.0 / 256.0
         cx0, cy0 = (W - c) / 2, (H - c) / 2

@@ -261,7 +261,8 @@ def patch_in_situ_survival(run_dir: str | Path, cfg: SurvivalConfig, save: Path 
     with torch.no_grad():
         reqs = [(scenes[i % len(scenes)], seed, i) for i in range(cfg.in_situ_photos)]
         # the same shots as shoot(scene, seed, i) one by one, rendered on the CPU cores while the model classifies
-        for (scene, _, _), shot in zip(reqs, shooter.shoot_many(reqs, clean=True)):
+        # (frame=False: only the part of each frame the model's view is made of; the same views bit for bit)
+        for (scene, _, _), shot in zip(reqs, shooter.shoot_many(reqs, clean=True, frame=False)):
             pred = model(torch.cat([shot.view, shot.clean_view]).to(dev)).argmax(1).cpu()
             ok.append(bool(pred[0] == target))
             clean_ok.append(bool(pred[1] == target))

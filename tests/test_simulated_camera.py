@@ -337,3 +337,27 @@ def test_many_photos_on_threads_are_the_photos_taken_one_by_one():
     assert cv2.getNumThreads() == threads  # OpenCV's own threading is restored after the pools
     with pytest.raises(ConfigError, match="workers must be a positive"):
         list(shooter.shoot_many(reqs, workers=0))
+
+
+def test_view_only_photos_are_the_whole_photos_views_bit_for_bit():
+    """``frame=False`` develops only the part of the frame the model's view is made of (plus the metering
+    subsample): the same views, clean views and records as the whole photo, for each preset and odd frame sizes
+    (blur, sharpening and JPEG blocks reach across the region's edge); ``develop_frame(region=)`` likewise."""
+    from camera.simulated import InSituConfig, InSituPatch, SimulatedCamera, develop_frame
+    from physical.universal import circle_mask
+
+    patch = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(4))
+    mask = circle_mask(24).view(1, 1, 24, 24)
+    for preset, size in (("phone", (400, 300)), ("webcam", (333, 250)), ("harsh", (240, 320)), ("default", (320, 240))):
+        shooter = InSituPatch(patch, mask, InSituConfig(preset=preset, frame_size=size))
+        for i in range(3):
+            whole = shooter.shoot(("brick", "coffee", "grass")[i], 9, i, clean=True)
+            part = shooter.shoot(("brick", "coffee", "grass")[i], 9, i, clean=True, frame=False)
+            assert part.frame is None and part.params == whole.params
+            assert torch.equal(part.view, whole.view) and torch.equal(part.clean_view, whole.clean_view)
+    params = SimulatedCamera(torch.rand(1, 3, 60, 80), (80.0, 60.0), seed=3).sample_params(0)
+    lin = np.random.default_rng(0).random((150, 203, 3)).astype(np.float32)
+    full, info = develop_frame(lin.copy(), params)
+    got, info2 = develop_frame(lin.copy(), params, region=(41, 30, 150, 101))
+    assert info == info2 and torch.equal(got[..., 30:101, 41:150], full[..., 30:101, 41:150])
+    assert float(got[..., :8, :8].abs().max()) == 0.0  # outside the region's blocks: not developed
