@@ -193,6 +193,13 @@ def run_demo(cfg: DemoConfig) -> Path:
                     f"testbed patch --model {cfg.model} --target {cfg.target} --area {cfg.patch_area:g} "
                     f"--steps {steps} --eot eot_profiled.yaml --out runs/{cfg.target}", t0)
     patch, mask = res.perturbation.cpu(), res.mask.cpu()
+    from testbed.inputs import load_json
+    from testbed.runs import atomic_write_json
+
+    metrics = load_json(run_dir / "metrics.json", what="run metrics file")  # what `testbed patch` records too
+    atomic_write_json(run_dir / "metrics.json", {**metrics, "model": cfg.model, "target": target,
+                                                 "target_name": cfg.target, "scenes": photos,
+                                                 "seconds": round(t_patch, 1), "machine": machine_line()})
     _save_png(patch, out / "patch.png")
     eot_success, eot_init = rate(res.success), rate(res.initial_success)
 

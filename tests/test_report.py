@@ -61,7 +61,7 @@ def test_demo_quick_end_to_end(tmp_path):
     shape -> in-situ photos -> scored as `testbed score` does, each step timed."""
     from pipelines.demo import DemoConfig, run_demo
 
-    report = run_demo(DemoConfig(out=tmp_path, quick=True, steps=2, photos=3, chart_photos=2))
+    report = run_demo(DemoConfig(out=tmp_path, quick=True, steps=2, photos=3, chart_photos=1))
     md = report.read_text()
     assert "| no patch |" in md and "in situ: printed, cut out, photographed in the scene" in md
     res = json.loads((tmp_path / "results.json").read_text())
@@ -69,7 +69,8 @@ def test_demo_quick_end_to_end(tmp_path):
     assert ts["none"]["n"] == 10 and ts["digital"]["n"] == 10 and ts["printed"]["n"] == 3
     assert res["in_situ"]["success"] == ts["printed"] and res["in_situ"]["clean_same_photos"]["n"] == 3
     assert not set(res["in_situ"]["scenes"]) & set(res["classification"])  # in situ only in held-out scenes
-    assert res["profile"]["photos_used"] == 2 and res["eot"]["printer_profile"] == str(tmp_path / "profile.json")
+    assert res["profile"]["photos_used"] == 1 and res["eot"]["printer_profile"] == str(tmp_path / "profile.json")
+    assert json.loads((tmp_path / "patch" / "metrics.json").read_text())["target_name"] == "toaster"
     assert [t["step"][:2] for t in res["steps"]] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
     assert all(t["seconds"] >= 0 for t in res["steps"])
     scores = json.loads((tmp_path / "score" / "scores.json").read_text())
