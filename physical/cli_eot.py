@@ -111,6 +111,9 @@ def _common(p: argparse.ArgumentParser, *, default_eot: str, default_steps: int,
     p.add_argument("--lr", type=cli_types.positive, default=default_lr, help="Adam learning rate (on colour logits)")
     p.add_argument("--loss", choices=["ce", "cw"], default="ce", help="attack loss: cross-entropy or C&W margin")
     p.add_argument("--kappa", type=cli_types.non_negative, default=0.0, help="confidence margin of --loss cw")
+    p.add_argument("--tail-fraction", type=cli_types.fraction, default=1.0,
+                   help="hard-draw weighting: minimise the mean loss of this fraction of each step's draws, the "
+                        "hardest ones (CVaR; 1: the plain mean over the draws)")
     p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.0,
                    help="weight of the non-printability score against --palette (0: off)")
     p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.0,
@@ -255,7 +258,8 @@ def _load_scene(name: str, size: int) -> torch.Tensor:
 def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         eot=_eot_arg(args.eot), steps=args.steps, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-        kappa=args.kappa, lambda_nps=args.lambda_nps, lambda_tv=args.lambda_tv, palette=args.palette,
+        kappa=args.kappa, tail_fraction=args.tail_fraction, lambda_nps=args.lambda_nps, lambda_tv=args.lambda_tv,
+        palette=args.palette,
         eval_samples=args.eval_samples, eval_batch_size=args.eval_batch_size, seed=args.seed, eval_seed=args.eval_seed,
         checkpoint_every=args.checkpoint_every, **_speed_kwargs(args),
     )

@@ -275,21 +275,36 @@ class _EOTAttack(PhysicalAttack):
     name: ClassVar[str] = "eot-attack"
     default_eot: ClassVar[str] = "athalye-eot-2d"
 
+    #: ``tail_fraction`` at 1.0 (the plain mean) is left out of the config, so earlier run directories resume
+    CONFIG_OMIT_DEFAULTS: ClassVar[dict[str, Any]] = {**PhysicalAttack.CONFIG_OMIT_DEFAULTS, "tail_fraction": 1.0}
+
     loss: Literal["ce", "cw"] = "ce"
     kappa: float = 0.0
     init: Literal["random", "gray", "source"] = "random"
+    # hard-draw weighting: the loss is the mean of the ceil(tail_fraction x draws) largest per-draw losses of the
+    # step (CVaR at that level; 1.0: the plain mean over the draws)
+    tail_fraction: float = 1.0
 
     def validate(self) -> None:
         if self.loss not in LOSS_KINDS:
             raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
         _check_nonneg("kappa", self.kappa)
+        t = self.tail_fraction
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+            raise ConfigError(f"tail_fraction must be in (0, 1], got {t!r}")
+        if t < 1 and self.eot_batch is not None and self.eot_batch < self.batch_size:
+            raise ConfigError(f"tail_fraction {t:g} needs every draw of a step in one pass: eot_batch "
+                              f"{self.eot_batch} < batch_size {self.batch_size}")
         if self.init not in ("random", "gray", "source"):
             raise ConfigError(f"init must be random, gray or source, got {self.init!r}")
         super().validate()
 
     # -- the loop's hooks shared by the classifier attacks
     def _attack_loss(self, ctx: AttackContext, outputs: Tensor, goal: Tensor | None) -> Tensor:
-        return classification_loss(outputs, goal, targeted=ctx.targeted, kind=self.loss, kappa=self.kappa)
+        if self.tail_fraction >= 1:
+            return classification_loss(outputs, goal, targeted=ctx.targeted, kind=self.loss, kappa=self.kappa)
+        return tail_mean(classification_loss(outputs, goal, targeted=ctx.targeted, kind=self.loss, kappa=self.kappa,
+                                             reduction="none"), self.tail_fraction)
 
     def _score(self, ctx: AttackContext, outputs: Tensor, goal: Tensor | None) -> dict[str, Tensor]:
         return {"success": is_adversarial(outputs, goal, targeted=ctx.targeted), "predictions": outputs.argmax(dim=1)}
@@ -299,6 +314,15 @@ class _EOTAttack(PhysicalAttack):
         run.save_tensors("eval_success", {
             "success": result.success, "initial": result.initial_success,
             "predictions": preds if preds is not None else torch.zeros(0, dtype=torch.int64)})
+
+
+def tail_mean(losses: Tensor, fraction: float) -> Tensor:
+    """The mean of the ``ceil(fraction x n)`` largest of ``n`` per-draw losses: the conditional value at risk of the
+    step's draws at level ``fraction`` (1: the plain mean). The gradient flows only through the hardest draws, so
+    the optimisation works on the draws the patch still loses (e.g. a scene whose own object is confident) instead
+    of polishing the ones it already wins."""
+    k = max(1, math.ceil(fraction * losses.numel() - 1e-9))
+    return losses.flatten().topk(k).values.mean()
 
 
 def _check_model_batch(x: Tensor, name: str) -> Tensor:
