@@ -225,33 +225,6 @@ def _pad_same(x: torch.Tensor, kh: int, kw: int, strides: tuple[int, int], dilat
     return F.pad(x, (left, right, top, bottom), value=value), (0, 0)
 
 
-#: a depthwise convolution over more input elements than this runs in blocks (see :func:`_depthwise_conv2d`)
-DEPTHWISE_BLOCK_ELEMENTS = 1 << 20
-
-
-def _depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
-                      padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
-    """A depthwise ``conv2d`` (one filter per channel, multiplier ``weight.shape[0] // channels``), on CPU run one
-    image and a block of channels at a time when the input is large: oneDNN's depthwise kernel is 4-5x slower
-    per element, forward and backward, once a call's tensors outgrow the cache (measured on this project's CPU:
-    (1, 128, 128, 128) 3x3 20 ms whole vs 4 ms in blocks of 64 channels). Channels are independent, so the blocks
-    compute the same sums. ``split`` (not slicing) keeps the backward to one concatenation."""
-    channels = x.shape[1]
-    plane = x.shape[2] * x.shape[3]
-    if x.device.type != "cpu" or x.numel() <= DEPTHWISE_BLOCK_ELEMENTS or channels < 2:
-        return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=channels)
-    per = max(1, min(channels, DEPTHWISE_BLOCK_ELEMENTS // plane))
-    mult = weight.shape[0] // channels
-    weights = weight.split(per * mult)
-    biases = bias.split(per * mult) if bias is not None else [None] * len(weights)
-    images = []
-    for image in x.split(1):
-        blocks = [F.conv2d(xb, wb, bb, stride=stride, padding=padding, dilation=dilation, groups=xb.shape[1])
-                  for xb, wb, bb in zip(image.split(per, 1), weights, biases)]
-        images.append(blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1))
-    return images[0] if len(images) == 1 else torch.cat(images)
-
-
 def _activation(x: torch.Tensor, op: str, alpha: float, inplace: bool = False) -> torch.Tensor:
     if op == "Relu":
         return F.relu(x, inplace=inplace)
@@ -309,12 +282,8 @@ class TfjsGraph(nn.Module):
             x, pad = xs[0], p["padding"]
             if p["same"]:
                 x, pad = _pad_same(x, p["kh"], p["kw"], p["strides"], p["dilations"])
-            if p["depthwise"]:
-                y = _depthwise_conv2d(x, self.weights[p["filter"]], self._w(p.get("bias")), p["strides"], pad,
-                                      p["dilations"])
-            else:
-                y = F.conv2d(x, self.weights[p["filter"]], self._w(p.get("bias")), stride=p["strides"], padding=pad,
-                             dilation=p["dilations"])
+            y = F.conv2d(x, self.weights[p["filter"]], self._w(p.get("bias")), stride=p["strides"], padding=pad,
+                         dilation=p["dilations"], groups=x.shape[1] if p["depthwise"] else 1)
             # in place: the conv's output is fresh and its backward does not read it
             return _activation(y, p["activation"], p["alpha"], inplace=True) if p["activation"] else y
         if op in _ELEMENTWISE:
