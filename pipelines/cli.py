@@ -191,7 +191,8 @@ def add_parser(subparsers) -> None:
                                            "top-5 (a detector: boxes, labels, scores) + FPS")
     p.add_argument("source", help="webcam index, video file, image folder or stream URL (e.g. http://127.0.0.1:8080/)")
     cli_types.add_model_options(p, default="mobilenet_v2", what="classification model, or a detector (task detector, "
-                                "e.g. tiny-face-detector, mtcnn: boxes with label and score drawn and logged)")
+                                "e.g. tiny-face-detector, mtcnn: boxes with label and score drawn and logged)",
+                                tasks=("classification", "detector"))
     p.add_argument("--out", default="runs/live", type=cli_types.output_dir,
                    help="folder for annotated.webm (VP8; annotated.mp4 with mp4v where OpenCV has no "
                         "browser-playable encoder) and log.jsonl (headless)")

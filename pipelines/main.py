@@ -72,19 +72,20 @@ def _cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
-#: what a registered accuracy figure is, per task (top-1 is a classifier's measure only)
-_ACCURACY_MEASURE = {"classification": "top-1", "detector": "correct detection outcome",
+#: what a registered accuracy figure is, per task, unless the figure names its own measure (``Accuracy.measure``:
+#: each detector's figure says what it counts); top-1 is a classifier's measure only
+_ACCURACY_MEASURE = {"classification": "top-1", "detector": "detection accuracy",
                      "face-descriptor": "pair verification accuracy"}
 
 
 def _accuracy_text(entry) -> str:
-    """A registry entry's first accuracy figure as ``models list`` prints it: the task's measure, whether the figure
+    """A registry entry's first accuracy figure as ``models list`` prints it: its measure, whether the figure
     is published (by the weights' authors) or measured here, n and the evaluation set."""
     acc = entry.accuracy[0] if entry.accuracy else None
     if acc is None:
-        return ""
+        return "no accuracy figure (docs/models.md)"
     published = any(w in acc.dataset for w in ("published", "README", "not re-measured"))
-    return (f"{_ACCURACY_MEASURE.get(entry.task, 'accuracy')} {acc.top1:.2f}% "
+    return (f"{acc.measure or _ACCURACY_MEASURE.get(entry.task, 'accuracy')} {acc.top1:.2f}% "
             f"({'published' if published else 'measured here'}; n={acc.n}, {acc.dataset})")
 
 

@@ -336,13 +336,18 @@ def add_progress_option(parser: argparse.ArgumentParser) -> None:
 
 #: the attribute ``add_model_options`` sets, so the ``testbed`` command knows to apply them (``apply_model_options``)
 MODEL_OPTIONS_FLAG = "_model_options"
+#: the attribute holding (the model tasks a command accepts or None, its default model) for ``apply_model_options``
+MODEL_TASKS_FLAG = "_model_tasks"
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, default: str, what: str = "classification model") -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, default: str, what: str = "classification model",
+                      tasks: tuple[str, ...] | None = None) -> None:
     """The one ``--model`` option of every command that takes a model, with the options of a model from outside
     the registry (``--weights``, ``--input-size``, ``--mean``, ``--std``, ``--labels``; docs/models.md, "Bring your
     own model"). ``testbed`` applies them once after parsing (:func:`apply_model_options`), so the command's
-    ``get_entry(args.model)`` / ``get_model(args.model)`` find the model whatever its kind."""
+    ``get_entry(args.model)`` / ``get_model(args.model)`` find the model whatever its kind. ``tasks``: the model
+    tasks the command accepts (default: the task of its ``default`` model); a known model of another task is a
+    ConfigError naming the models it does accept (a detector given to ``classify``, e.g.)."""
     parser.add_argument("--model", default=default, metavar="MODEL",
                         help=f"{what}: a registry or user model name (testbed models list), torchvision:ARCH, a "
                              "TorchScript .pt/.pth file, an .onnx file, a model card .yaml, or module.path:callable "
@@ -363,7 +368,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, default: str, what: st
     g.add_argument("--labels", metavar="FILE",
                    help="class names: a text file (one a line, UTF-8) or JSON (list, or index -> name) "
                         "(default: none; ImageNet's 1,000 for torchvision:ARCH)")
-    parser.set_defaults(**{MODEL_OPTIONS_FLAG: True})
+    parser.set_defaults(**{MODEL_OPTIONS_FLAG: True, MODEL_TASKS_FLAG: (tasks, default)})
 
 
 def apply_model_options(args: argparse.Namespace) -> None:
@@ -380,5 +385,26 @@ def apply_model_options(args: argparse.Namespace) -> None:
         if given:
             raise ConfigError(f"{' '.join(given)}: only for a model outside the registry; {args.model} is a "
                               "registry or user model name")
+    else:
+        use_model(args.model, **options)
+    _check_model_task(args)
+
+
+def _check_model_task(args: argparse.Namespace) -> None:
+    """A known ``--model`` whose task the command does not take is a ConfigError naming the ones it takes (an
+    unknown name is left to the command, which names the known models)."""
+    tasks, default = getattr(args, MODEL_TASKS_FLAG, (None, None))
+    if default is None:
         return
-    use_model(args.model, **options)
+    from testbed.errors import TestbedError
+    from testbed.models.registry import get_entry, list_models
+
+    try:
+        entry = get_entry(args.model)
+        accepted = tasks or (get_entry(default).task,)
+    except TestbedError:
+        return
+    if entry.task not in accepted:
+        names = ", ".join(n for t in accepted for n in list_models(t))
+        raise ConfigError(f"--model {args.model} is a {entry.task} model; this command takes a "
+                          f"{' or '.join(accepted)} model ({names}; testbed models list)")

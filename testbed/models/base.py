@@ -20,13 +20,15 @@ Task = Literal["classification", "face-descriptor", "detector"]
 @dataclass(frozen=True)
 class Accuracy:
     """An accuracy figure on a stated evaluation set (``n`` samples): published by the weights' authors or measured
-    here, as ``dataset`` / ``note`` say (``testbed models list`` marks which)."""
+    here, as ``dataset`` / ``note`` say (``testbed models list`` marks which). ``measure`` names what ``top1`` is
+    when it is not the task's usual measure (a detector's figure, e.g.); ``testbed models list`` prints it."""
 
     dataset: str
     n: int
     top1: float
     top5: float | None = None
     note: str = ""
+    measure: str = ""
 
 
 @dataclass(frozen=True)

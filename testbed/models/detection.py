@@ -67,8 +67,8 @@ class Detector(nn.Module):
         try:
             return self.labels.index(label)
         except ValueError:
-            known = ", ".join(self.labels[:12]) + (" ..." if len(self.labels) > 12 else "")
-            raise ConfigError(f"unknown label {label!r} for this detector (known: {known})") from None
+            raise ConfigError(f"unknown label {label!r} for this detector (its {len(self.labels)} labels: "
+                              f"{', '.join(self.labels)})") from None
 
     def detect(self, images: torch.Tensor, score_threshold: float | None = None) -> list[DetectionSet]:
         raise NotImplementedError

@@ -79,7 +79,7 @@ def read_tfjs_weights(manifest_path: Path, bin_paths: Mapping[str, Path] | None 
         buffer = b"".join(chunks)
         offset = 0
         for raw in group["weights"]:
-            spec = WeightSpec(raw["name"], tuple(raw["shape"]), raw["dtype"], raw.get("quantization"))
+            spec = _weight_spec(raw, manifest_path)
             values, nbytes = _decode(spec, buffer, offset, manifest_path)
             out[spec.name] = values
             offset += nbytes
@@ -102,6 +102,22 @@ def read_single_shard_weights(manifest_path: Path, weights_path: Path, what: str
     return read_tfjs_weights(manifest_path, {shards[0]: weights_path})
 
 
+def _weight_spec(raw: Any, source: Path) -> WeightSpec:
+    """One manifest entry as a ``WeightSpec`` (AssetError naming the entry when it is malformed)."""
+    try:
+        shape = tuple(int(d) for d in raw["shape"])
+        quantization = raw.get("quantization")
+        spec = WeightSpec(str(raw["name"]), shape, str(raw["dtype"]), quantization)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise AssetError(f"{source}: malformed weights manifest entry {str(raw)[:120]} ({type(exc).__name__}: "
+                         f"{exc})") from None
+    if any(d < 0 for d in shape):
+        raise AssetError(f"{source}: weight {spec.name!r} has a negative dimension in shape {list(shape)}")
+    if quantization is not None and not isinstance(quantization, dict):
+        raise AssetError(f"{source}: weight {spec.name!r} has a malformed quantization entry {quantization!r}")
+    return spec
+
+
 def _decode(spec: WeightSpec, buffer: bytes, offset: int, source: Path) -> tuple[np.ndarray, int]:
     if spec.quantization is not None:
         qdtype = spec.quantization.get("dtype")
@@ -117,7 +133,11 @@ def _decode(spec: WeightSpec, buffer: bytes, offset: int, source: Path) -> tuple
         raise AssetError(f"{source}: weight {spec.name!r} runs past the end of the weights data (truncated file?)")
     raw = np.frombuffer(buffer, dtype=np_dtype, count=spec.size, offset=offset)
     if spec.quantization is not None and spec.quantization["dtype"] in ("uint8", "uint16"):
-        scale, minimum = float(spec.quantization["scale"]), float(spec.quantization["min"])
+        try:
+            scale, minimum = float(spec.quantization["scale"]), float(spec.quantization["min"])
+        except (KeyError, TypeError, ValueError):
+            raise AssetError(f"{source}: weight {spec.name!r} is {spec.quantization['dtype']}-quantised without a "
+                             "numeric scale and min") from None
         values = (raw.astype(np.float64) * scale + minimum).astype(np.float32)
     else:
         values = raw.astype(np.float32)

@@ -279,6 +279,7 @@ TINY_FACE_DETECTOR_ENTRY = ModelEntry(
             "face on the face photos (0.975, 0.915, 0.669), none on the others (no candidate above 0.3). No published "
             "benchmark figure for these weights. The port matches face-api's tfjs output to < 1e-3 "
             "(tests/test_tiny_face_detector.py).",
+            measure="photos with the right face count at score > 0.5 (one face on a face photo, none elsewhere)",
         ),
     ),
     assets=("tiny_face_detector_manifest", "tiny_face_detector_weights"),
