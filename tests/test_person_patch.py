@@ -229,7 +229,7 @@ def test_evade_persons_command_writes_recall_per_variant(toy_registered, tmp_pat
 @pytest.mark.parametrize("case, message", [
     ("overlap", "--held-out must not repeat a --train photo"),
     ("label", "unknown label 'cat'"),
-    ("model", "is a classification model; evade-persons needs a detector"),
+    ("model", "--model sign-cnn is a classification model; this command takes a detector model"),
     ("empty", "no person detected at score >= 0.5 in"),
 ])
 def test_evade_persons_refuses_bad_inputs(toy_registered, tmp_path, capsys, case, message):
