@@ -165,6 +165,9 @@ def add_speed_options(p: argparse.ArgumentParser, *, channels_last: bool) -> Non
                           "generator: neither the optimisation's nor --eval-samples') and keep the best iterate; 0: off, "
                           "the last iterate")
     sel.add_argument("--select-samples", type=cli_types.count(), default=200, help="validation draws per check")
+    sel.add_argument("--select-from", type=cli_types.count_or_zero, default=0, metavar="STEP",
+                     help="no validation check before this step (the early checks cannot reach --stop-at and cost "
+                          "as much as the late ones); the last step is always checked")
     sel.add_argument("--stop-at", type=cli_types.fraction, default=None,
                      help="stop once validation success reaches this rate (needs --select-every); default: never")
     sel.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
@@ -205,6 +208,7 @@ def _speed_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(precision=getattr(args, "precision", "fp32"), channels_last=getattr(args, "channels_last", True),
                 compile=getattr(args, "compile", False), eot_batch=getattr(args, "eot_batch", None),
                 select_every=getattr(args, "select_every", 0), select_samples=getattr(args, "select_samples", 200),
+                select_from=getattr(args, "select_from", 0),
                 stop_at=getattr(args, "stop_at", None), lr_schedule=getattr(args, "lr_schedule", "constant"))
 
 

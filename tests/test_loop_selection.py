@@ -10,7 +10,7 @@ import torch
 
 from killed_runs import run_until_killed
 from physical.loop import VALIDATION_SEED_OFFSET
-from test_patch import _patch, _scenes, _tiny_model
+from test_patch import _patch, _register_tiny_cli_model, _scenes, _tiny_model
 from testbed.errors import ConfigError
 
 
@@ -81,3 +81,37 @@ def test_selection_off_leaves_the_config_and_result_as_before(setup):
     assert not {"select_every", "select_samples", "stop_at"} & set(attack.config())
     r = attack(model, scenes, target=1)
     assert "selected_step" not in r.extras
+
+
+def test_select_from_skips_the_early_checks_and_keeps_the_trajectory(setup):
+    model, scenes = setup
+    every = _patch(steps=12, select_every=3, select_samples=40, eval_samples=20)(model, scenes, target=1)
+    late = _patch(steps=12, select_every=3, select_samples=40, eval_samples=20, select_from=7)(model, scenes, target=1)
+    assert [c[0] for c in late.extras["validation_checks"]] == [9, 12]
+    assert late.extras["validation_checks"] == every.extras["validation_checks"][2:]  # same draws, same iterates
+    assert late.loss_history == every.loss_history  # checks never touch the optimisation's draws
+    # the last step is checked even before select_from; 0 (the default) stays out of the config
+    last = _patch(steps=5, select_every=3, select_samples=16, eval_samples=10, select_from=50)
+    assert [c[0] for c in last(model, scenes, target=1).extras["validation_checks"]] == [5]
+    assert "select_from" not in _patch(select_every=3).config()
+    assert _patch(select_every=3, select_from=6).config()["select_from"] == 6
+    with pytest.raises(ConfigError, match="select_from"):
+        _patch(select_from=5)
+    with pytest.raises(ConfigError, match="select_from"):
+        _patch(select_every=2, select_from=-1)
+
+
+def test_cli_select_from_reaches_the_run(tmp_path, capsys):
+    import json
+
+    from pipelines.main import main
+
+    out = tmp_path / "run"
+    argv = ["patch", "--model", _register_tiny_cli_model(), "--target", "two", "--scenes", "chelsea,coffee",
+            "--area", "0.2", "--steps", "6", "--batch-size", "4", "--eval", "10", "--eot", "thys", "--out", str(out),
+            "--no-progress", "--device", "cpu", "--select-every", "2", "--select-samples", "8", "--select-from", "4"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert json.loads((out / "config.json").read_text())["select_from"] == 4
+    assert [c[0] for c in json.loads((out / "metrics.json").read_text())["validation_checks"]] == [4, 6]
+    assert main(argv[:-2] + ["--select-from", "-1"]) == 2
