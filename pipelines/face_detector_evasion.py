@@ -45,7 +45,7 @@ def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float,
 GROUP_PHOTO_PREFIX = "faceapi_sample"
 
 
-def resolve_face_items(items: list[str]) -> list[str]:
+def resolve_face_items(items: list[str], what: str = "face photo") -> list[str]:
     """Each ``--train`` / ``--held-out`` item as a shipped photo name or an image path: group-photo asset names
     become their verified cached files (AssetError naming ``testbed assets fetch`` when absent); everything else
     goes through the one resolver ``testbed.photos.resolve_images`` (names, files, folders, globs)."""
@@ -57,7 +57,8 @@ def resolve_face_items(items: list[str]) -> list[str]:
         if item.startswith(GROUP_PHOTO_PREFIX) and item in ASSETS:
             out.append(str(asset_path(item)))
         else:
-            out.extend(resolve_images([item], what="face photo"))
+            groups = sorted(n for n in ASSETS if n.startswith(GROUP_PHOTO_PREFIX))
+            out.extend(resolve_images([item], what=f"{what} (or a group photo: {', '.join(groups)})"))
     return out
 
 

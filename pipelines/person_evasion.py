@@ -61,7 +61,7 @@ def load_scenes(items: list[str], size: int) -> tuple[Any, list[str]]:
 
     scenes, names = [], []
     for item in items:
-        paths = resolve_face_items([item])
+        paths = resolve_face_items([item], what="photo")
         for path, image in zip(paths, load_images(paths)):
             scenes.append(_letterbox(image, size, size).clamp(0, 1))
             names.append(item if len(paths) == 1 else path)
@@ -144,8 +144,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=cli_types.number(0, 1), default=None,
                    help="a detection counts at this score or more (default: the detector's own threshold, so every "
                         "detection it returns counts; centernet-coco: 0.2)")
-    p.add_argument("--gt-score", type=cli_types.number(0, 1), default=0.3,
-                   help="person boxes: the detector's clean detections of --label at this score or more")
+    p.add_argument("--gt-score", type=cli_types.number(0, 1), default=None,
+                   help="person boxes: the detector's clean detections of --label at this score or more (default: "
+                        "0.3 or the detector's own threshold if higher, so a ground-truth box is one the clean "
+                        "detector reports; centernet-coco 0.3, tiny-face-detector 0.5, mtcnn 0.7)")
     p.add_argument("--lambda-tv", type=cli_types.non_negative, default=0.5, help="total-variation weight")
     p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.01, help="non-printability weight")
     p.add_argument("--eot", default="thys-person", help="EOT preset name (the printer's stages act on the patch)")
@@ -176,7 +178,8 @@ def run_evade_persons(args: argparse.Namespace) -> int:
     from testbed.runs import atomic_write_json
 
     overlap = sorted(set(args.train) & set(args.held_out))
-    resolved = sorted(set(map(_real, resolve_face_items(args.train))) & set(map(_real, resolve_face_items(args.held_out))))
+    resolved = sorted(set(map(_real, resolve_face_items(args.train, what="photo")))
+                      & set(map(_real, resolve_face_items(args.held_out, what="photo"))))
     if overlap or resolved:
         raise ConfigError(f"--held-out must not repeat a --train photo: {', '.join(overlap or resolved)}")
     if args.scale_min > args.scale_max:
@@ -191,7 +194,8 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         patch_fraction=args.patch_fraction, scale_min=args.scale_min, scale_max=args.scale_max,
         rotation=args.rotation, jitter=args.jitter, centre_y=args.centre_y, reduce=args.reduce, top_k=args.top_k,
         only_overlapping=args.only_overlapping, overlap_iou=args.overlap_iou, score_threshold=score_threshold,
-        gt_score=args.gt_score, lambda_tv=args.lambda_tv, lambda_nps=args.lambda_nps, eot=args.eot, init=args.init,
+        gt_score=max(0.3, float(getattr(detector, "score_threshold", 0.3))) if args.gt_score is None
+        else args.gt_score, lambda_tv=args.lambda_tv, lambda_nps=args.lambda_nps, eot=args.eot, init=args.init,
         eval_samples=args.eval_samples, eval_batch_size=args.eval_batch_size, seed=args.seed,
         eval_seed=args.eval_seed, checkpoint_every=args.checkpoint_every, **_speed_kwargs(args))
     attack.label_index(detector)  # an unknown --label: ConfigError naming the detector's labels
@@ -237,7 +241,7 @@ def run_evade_persons(args: argparse.Namespace) -> int:
     atomic_write_json(out / "detection.json", {
         "model": args.model, "label": args.label, "train": list(args.train), "held_out": list(args.held_out),
         "train_scenes": train_names, "held_out_scenes": held_names, "persons": persons,
-        "ground_truth": f"the detector's clean detections of {args.label!r} at score >= {args.gt_score} on each "
+        "ground_truth": f"the detector's clean detections of {args.label!r} at score >= {attack.gt_score} on each "
                         f"untransformed, letterboxed {args.scene_size}-px scene",
         "held_out_boxes": {n: b.tolist() for n, b in zip(held_names, held_boxes)},
         "patch_fraction": attack.patch_fraction, "max_area_fraction": attack.max_area_fraction,
