@@ -28,15 +28,17 @@ from testbed.errors import ConfigError
 VARIANTS = ("clean", "initial", "random", "final")
 
 
-def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float, score_threshold: float
-                     ) -> dict[str, Any]:
-    """{variant: DetectionSummary.as_dict()} from per-draw ``detections`` / ``gt_box`` scores of each variant."""
-    from physical.face_detector_attack import detection_images
+def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float, score_threshold: float,
+                     to_images: Any = None, gt_key: str = "gt_box") -> dict[str, Any]:
+    """{variant: DetectionSummary.as_dict()} from the per-draw ``detections`` and ground truth (``gt_key``) of each
+    variant; ``to_images(detections, gt)`` turns them into ``ImageDetections`` rows (default: one face per draw)."""
     from pipelines.detection_metrics import ImageDetections, summarise
 
+    if to_images is None:
+        from physical.face_detector_attack import detection_images as to_images
     out = {}
     for name, s in scores.items():
-        images = [ImageDetections(*row) for row in detection_images(s["detections"], s["gt_box"])]
+        images = [ImageDetections(*row) for row in to_images(s["detections"], s[gt_key])]
         out[name] = summarise(images, iou_threshold=iou_threshold, score_threshold=score_threshold).as_dict()
     return out
 

@@ -20,24 +20,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.face_detector_evasion import VARIANTS  # the same variants, scored on the same draws
 from testbed import cli_types
 from testbed.errors import ConfigError
-
-#: the variants scored on the same held-out draws, in report order
-VARIANTS = ("clean", "initial", "random", "final")
 
 
 def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float, score_threshold: float
                      ) -> dict[str, Any]:
-    """{variant: DetectionSummary.as_dict()} from the per-draw ``detections`` / ``gt_boxes`` of each variant."""
+    """{variant: DetectionSummary.as_dict()} from the per-draw ``detections`` / ``gt_boxes`` (every person box of the
+    draw's scene) of each variant: the face report's function with the person patch's records."""
     from physical.detector_patch import detection_images
-    from pipelines.detection_metrics import ImageDetections, summarise
+    from pipelines.face_detector_evasion import detection_report as report
 
-    out = {}
-    for name, s in scores.items():
-        images = [ImageDetections(*row) for row in detection_images(s["detections"], s["gt_boxes"])]
-        out[name] = summarise(images, iou_threshold=iou_threshold, score_threshold=score_threshold).as_dict()
-    return out
+    return report(scores, iou_threshold=iou_threshold, score_threshold=score_threshold, to_images=detection_images,
+                  gt_key="gt_boxes")
 
 
 def recall_by_scene(detected: Any, valid: Any, scene_index: Any, names: list[str]) -> dict[str, str]:
