@@ -226,6 +226,9 @@ class PhysicalAttack(RunHyperParams):
     #: config keys that do not change the optimisation's arithmetic beyond rounding: a run may be resumed with
     #: other values of them
     SPEED_KEYS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "compile", "eot_batch")
+    #: how many fresh draws score the result, and in what batches: a finished or killed run directory can be
+    #: re-evaluated with other values (the optimisation does not depend on them; the evaluation seed does stay)
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = ("eval_samples", "eval_batch_size")
     #: keys left out of ``config()`` at these values, so run directories written before the key existed resume
     CONFIG_OMIT_DEFAULTS: ClassVar[dict[str, Any]] = {"precision": "fp32", "eot_batch": None, "tv_kind": "l1",
                                                       "select_every": 0, "select_samples": 200, "stop_at": None}
@@ -421,7 +424,8 @@ class PhysicalAttack(RunHyperParams):
         if run_dir is not None:
             # ``steps`` is where the run ends, not how it runs: a run directory continues with more steps (extended
             # from its newest checkpoint, bit for bit what a run of that many steps from the start gives on CPU)
-            run = RunDir(run_dir, {**self.config(), **(run_extra or {})}, ignore=self.SPEED_KEYS + ("steps",))
+            run = RunDir(run_dir, {**self.config(), **(run_extra or {})},
+                         ignore=self.SPEED_KEYS + self.EVAL_KEYS + ("steps",))
             ckpt = run.latest_checkpoint()
             if ckpt is not None and int(ckpt["step"]) > self.steps:
                 raise ConfigError(f"run directory {run.path} has {int(ckpt['step'])} steps done, more than steps="
@@ -432,8 +436,9 @@ class PhysicalAttack(RunHyperParams):
                 raise ConfigError(f"run directory {run.path} decays its learning rate over its steps (lr_schedule="
                                   f"{self.lr_schedule}): it resumes with the same steps but cannot be extended; "
                                   "use a new --out folder")
-            if stored_steps != self.steps:
-                run.write_config()  # the new end is the run's configuration from now on
+            stored = run.read_config() or {}
+            if stored_steps != self.steps or any(stored.get(k) != run.config.get(k) for k in self.EVAL_KEYS):
+                run.write_config()  # the new end / evaluation is the run's configuration from now on
             if ckpt is not None:
                 with torch.no_grad():
                     w.copy_(ckpt["w"].to(w.device))

@@ -44,3 +44,20 @@ def test_three_steps_extended_to_five_equal_five_straight(tmp_path, capsys):
     assert "5 steps done" in capsys.readouterr().err
     assert main(_argv(grown, 6) + ["--lr", "0.5"]) == 2
     assert "lr" in capsys.readouterr().err  # any other change is still a different configuration
+
+
+def test_a_finished_run_is_re_evaluated_with_other_eval_samples(tmp_path, capsys):
+    """The evaluation's size is not the optimisation: reopening a finished run with fewer --eval-samples
+    re-scores the same patch on that many fresh draws of the same evaluation seed (and records it), instead of
+    refusing."""
+    out = tmp_path / "run"
+    assert main(_argv(out, 3)) == 0
+    _, patch, first = _final(out)
+    argv = _argv(out, 3)
+    argv[argv.index("--eval-samples") + 1] = "6"
+    assert main(argv) == 0
+    capsys.readouterr()
+    _, again, second = _final(out)
+    assert torch.equal(patch, again)  # no step was repeated or changed
+    assert first["eval_samples"] == 12 and second["eval_samples"] == 6
+    assert json.loads((out / "config.json").read_text())["eval_samples"] == 6
