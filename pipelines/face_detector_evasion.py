@@ -43,6 +43,15 @@ def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float,
     return out
 
 
+def print_recall_lines(report: dict[str, Any], printed: dict[str, Any] | None, by: str) -> None:
+    """One line per variant (recall, AP, the ``by`` breakdown), digital then printed + photographed."""
+    for prefix, variants in (("", {k: report[k] for k in VARIANTS}), ("printed+photographed ",
+                                                                      (printed or {}).get("variants", {}))):
+        for name, r in variants.items():
+            parts = ", ".join(f"{k} {v}" for k, v in r[by].items())
+            print(f"{prefix}{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({parts})")
+
+
 #: the group photos that ship as assets (face-api's demo photos), usable by name as face items
 GROUP_PHOTO_PREFIX = "faceapi_sample"
 
@@ -242,14 +251,7 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         "optimise_seconds": result.extras.get("optimise_seconds"), "print_photo": printed,
         "machine": machine_info()})
     torch.save({"random_texture": control}, out / "random_texture.pt")
-    for name in VARIANTS:
-        r = report[name]
-        by_item = ", ".join(f"{k} {v}" for k, v in r["recall_by_item"].items())
-        print(f"{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({by_item})")
-    for name, r in (printed or {}).get("variants", {}).items():
-        by_item = ", ".join(f"{k} {v}" for k, v in r["recall_by_item"].items())
-        print(f"printed+photographed {name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  "
-              f"({by_item})")
+    print_recall_lines(report, printed, "recall_by_item")
     print(f"held-out {', '.join(args.held_out)}; IoU {attack.iou_threshold}, score >= {attack.score_threshold}; "
           f"{elapsed:.0f}s; wrote {out}")
     return 0

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.face_detector_evasion import VARIANTS  # the same variants, scored on the same draws
+from pipelines.face_detector_evasion import VARIANTS, print_recall_lines  # the same variants and report lines
 from testbed import cli_types
 from testbed.errors import ConfigError
 
@@ -247,14 +247,7 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         "optimise_seconds": result.extras.get("optimise_seconds"), "eval_seconds": result.extras.get("eval_seconds"),
         "print_photo": printed, "machine": machine_info()})
     torch.save({"random_texture": control}, out / "random_texture.pt")
-    for name in VARIANTS:
-        r = report[name]
-        by_scene = ", ".join(f"{k} {v}" for k, v in r["recall_by_scene"].items())
-        print(f"{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({by_scene})")
-    for name, r in (printed or {}).get("variants", {}).items():
-        by_scene = ", ".join(f"{k} {v}" for k, v in r["recall_by_scene"].items())
-        print(f"printed+photographed {name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  "
-              f"({by_scene})")
+    print_recall_lines(report, printed, "recall_by_scene")
     print(f"held-out {', '.join(args.held_out)}; IoU {attack.iou_threshold}, score >= {attack.score_threshold}; "
           f"{elapsed:.0f}s; wrote {out}")
     return 0
