@@ -12,11 +12,8 @@ from PIL import Image
 
 from testbed.errors import AssetError, ConfigError, ImageError
 from testbed.models.detection import Detector
-from testbed.models.tiny_face_detector import (
-    TinyFaceDetector,
-    load_tiny_face_detector,
-    tfjs_resize_bilinear,
-)
+from testbed.models.tfjs_graph import tf_resize_bilinear
+from testbed.models.tiny_face_detector import TinyFaceDetector, load_tiny_face_detector
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tiny_face_detector"
 BOX_TOLERANCE_PX = 1.0  # the tolerance to the reference runtime
@@ -79,10 +76,10 @@ def test_resize_is_tfjs_bilinear_without_half_pixel_centres():
     x = torch.tensor([[0.0, 4.0], [8.0, 12.0]]).view(1, 1, 2, 2)
     row0 = [0.0, 2.0, 4.0, 4.0]
     expected = torch.tensor([row0, [4.0, 6.0, 8.0, 8.0], [8.0, 10.0, 12.0, 12.0], [8.0, 10.0, 12.0, 12.0]])
-    assert torch.equal(tfjs_resize_bilinear(x, 4)[0, 0], expected)
+    assert torch.equal(tf_resize_bilinear(x, (4, 4))[0, 0], expected)
     # 3 -> 2 (downsampling): source 0 and 1.5
     y = torch.arange(9.0).view(1, 1, 3, 3)
-    assert torch.equal(tfjs_resize_bilinear(y, 2)[0, 0], torch.tensor([[0.0, 1.5], [4.5, 6.0]]))
+    assert torch.equal(tf_resize_bilinear(y, (2, 2))[0, 0], torch.tensor([[0.0, 1.5], [4.5, 6.0]]))
 
 
 # --- the detector contract -----------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from testbed.models.detection import (
     check_images,
     select_detections,
 )
+from testbed.models.tfjs_graph import tf_resize_bilinear  # the one tfjs resizeBilinear (legacy convention)
 from testbed.models.tfjs_weights import read_single_shard_weights
 
 #: face-api's default input size (``TinyYolov2Options``); any multiple of 32 works
@@ -63,30 +64,6 @@ ANCHORS: tuple[tuple[float, float], ...] = (
 IOU_THRESHOLD = 0.4
 SCORE_THRESHOLD = 0.5
 _CHANNELS = (16, 32, 64, 128, 256, 512)
-
-
-def tfjs_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
-    """tfjs ``resizeBilinear(x, [size, size], alignCorners=false, halfPixelCenters=false)`` of a BCHW batch.
-
-    Source coordinate ``dst * in / out`` (not half-pixel centred); the bottom/right neighbour is clamped to the
-    last row/column; interpolated in tfjs's order (``top = tl + (tr - tl) * fx``, ``top + (bottom - top) * fy``).
-    Differentiable with respect to ``x``.
-    """
-    def axis(n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ratio = n_in / size  # float64 in Python, as in JS
-        src = [ratio * i for i in range(size)]
-        lo = [max(0, math.floor(s)) for s in src]
-        hi = [min(n_in - 1, math.ceil(s)) for s in src]
-        frac = torch.tensor([s - f for s, f in zip(src, lo)], dtype=x.dtype, device=x.device)
-        return (torch.tensor(lo, device=x.device), torch.tensor(hi, device=x.device), frac)
-
-    h, w = x.shape[-2:]
-    y0, y1, fy = axis(h)
-    x0, x1, fx = axis(w)
-    top_rows, bottom_rows = x[..., y0, :], x[..., y1, :]
-    top = top_rows[..., x0] + (top_rows[..., x1] - top_rows[..., x0]) * fx
-    bottom = bottom_rows[..., x0] + (bottom_rows[..., x1] - bottom_rows[..., x0]) * fx
-    return top + (bottom - top) * fy[:, None]
 
 
 class SeparableConv(nn.Module):
@@ -134,7 +111,7 @@ class TinyFaceDetector(Detector):
         if (h, w) != (side, side):
             x = F.pad(x, (0, side - w, 0, side - h))
         if side != self.input_size:
-            x = tfjs_resize_bilinear(x, self.input_size)
+            x = tf_resize_bilinear(x, (self.input_size, self.input_size))
         return (x - self.mean) / 255.0
 
     def raw_output(self, images: torch.Tensor) -> torch.Tensor:
