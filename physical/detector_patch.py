@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from physical.eot import EOTParams, EOTTransform
+from physical.face_detector_attack import random_texture as random_patch  # the one random-colour control
 from physical.eot_stages import warp_pixels
 from physical.hyper import check_int, check_nonneg
 from physical.loop import (
@@ -449,11 +450,6 @@ class PersonPatch(PhysicalAttack):
         ctx = self.context(detector, scenes, scenes, boxes=boxes, eval_boxes=boxes)
         variants = {k: (None if v is None else v.to(ctx.device).float()) for k, v in textures.items()}
         return self._evaluate(ctx, variants)
-
-
-def random_patch(size: int, seed: int) -> Tensor:
-    """The random-colour control: i.i.d. uniform colours per pixel (1, 3, size, size), seeded."""
-    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 __all__ = ["MAX_PATCH_FRACTION", "DetectorClassScores", "PersonPatch", "PersonPatchContext", "PersonPatchDraw",
