@@ -443,13 +443,14 @@ class PersonPatch(PhysicalAttack):
         return self._attack(ctx, w0, run_extra=extra, score_clean=True, **run)
 
     def evaluate(self, detector: nn.Module, textures: dict[str, Tensor | None], scenes: Tensor, *,
-                 boxes: list[Tensor] | None = None) -> tuple[dict[str, dict[str, Tensor]], list[dict[str, Any]]]:
+                 boxes: list[Tensor] | None = None, progress: bool = False
+                 ) -> tuple[dict[str, dict[str, Tensor]], list[dict[str, Any]]]:
         """Score each texture (name → (1, 3, S, S) colours; None = no patch) on the SAME ``eval_samples`` fresh
         draws (generator ``eval_seed``) of ``scenes``: ({name: {"detected", "valid", "detections", "gt_boxes",
-        "success"}}, the draws)."""
+        "success"}}, the draws); ``progress``: the loop's evaluation bar on stderr."""
         ctx = self.context(detector, scenes, scenes, boxes=boxes, eval_boxes=boxes)
         variants = {k: (None if v is None else v.to(ctx.device).float()) for k, v in textures.items()}
-        return self._evaluate(ctx, variants)
+        return self._evaluate(ctx, variants, progress=progress)
 
 
 __all__ = ["MAX_PATCH_FRACTION", "DetectorClassScores", "PersonPatch", "PersonPatchContext", "PersonPatchDraw",

@@ -314,12 +314,13 @@ class FaceDetectorFrame(EyeglassFrame):
         return self._attack(ctx, w0, run_extra=extra, score_clean=True, **run)
 
     def evaluate(self, detector: MTCNN, textures: dict[str, Tensor | None], chips: Tensor,  # type: ignore[override]
-                 *, mask: Tensor | None = None) -> dict[str, dict[str, Tensor]]:
+                 *, mask: Tensor | None = None, progress: bool = False) -> dict[str, dict[str, Tensor]]:
         """Score each texture (name → (1, 3, S, S) colours; None = no frame) on the SAME ``eval_samples`` fresh
-        draws (generator ``eval_seed``) of ``chips``: {name: {"detected", "detections", "gt_box", ...}}."""
+        draws (generator ``eval_seed``) of ``chips``: {name: {"detected", "detections", "gt_box", ...}};
+        ``progress``: the loop's evaluation bar on stderr."""
         ctx = self.detector_context(detector, chips, chips, mask=mask)
         variants = {k: (None if v is None else v.to(ctx.device)) for k, v in textures.items()}
-        scores, _ = self._evaluate(ctx, variants)
+        scores, _ = self._evaluate(ctx, variants, progress=progress)
         return scores
 
 

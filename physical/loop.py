@@ -516,15 +516,21 @@ class PhysicalAttack(RunHyperParams):
         return float(torch.cat(hits).mean())
 
     @torch.no_grad()
-    def _evaluate(self, ctx: AttackContext, variants: dict[str, Tensor | None]
+    def _evaluate(self, ctx: AttackContext, variants: dict[str, Tensor | None], *, progress: bool = False
                   ) -> tuple[dict[str, dict[str, Tensor]], list[dict[str, Any]]]:
         """Score each variant (name -> colours; None = the clean scene) on the same ``eval_samples`` fresh draws
-        from the evaluation generator: ({variant: {score: (E,) tensor}}, the draws per chunk)."""
+        from the evaluation generator: ({variant: {score: (E,) tensor}}, the draws per chunk). ``progress``: a bar
+        on stderr counting the scored draws (draws x variants)."""
         gen = torch.Generator().manual_seed(self.resolved_eval_seed)
         ctx = self._eval_context(ctx)
         parts: dict[str, dict[str, list[Tensor]]] = {v: {} for v in variants}
         draws: list[dict[str, Any]] = []
         left = self.eval_samples
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.eval_samples * len(variants), desc=f"{self.name} evaluation", unit="draw")
         with prepared_model(ctx.model, channels_last=self.channels_last, compile=False) as net:
             while left > 0:
                 n = min(self.eval_batch_size, left)
@@ -534,8 +540,12 @@ class PhysicalAttack(RunHyperParams):
                     out = self._forward(net, self._render(ctx, colours, draw), train=False)
                     for k, v in self._score(ctx, out, goal).items():
                         parts[name].setdefault(k, []).append(v.cpu())
+                    if bar is not None:
+                        bar.update(n)
                 draws.append(draw.to_dict())
                 left -= n
+        if bar is not None:
+            bar.close()
         scores = {name: {k: torch.cat(v) for k, v in p.items()} for name, p in parts.items()}
         for s in scores.values():
             s.setdefault("success", torch.zeros(0, dtype=torch.bool))
@@ -563,7 +573,7 @@ class PhysicalAttack(RunHyperParams):
         variants: dict[str, Tensor | None] = {"final": colours, "initial": initial}
         if score_clean:
             variants["clean"] = None
-        scores, eval_draws = self._evaluate(ctx, variants)
+        scores, eval_draws = self._evaluate(ctx, variants, progress=progress)
         outcome = LoopOutcome(colours=colours, initial=initial, history=history, train_draws=draws,
                               scores=scores, eval_draws=eval_draws,
                               extras={"optimise_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1,

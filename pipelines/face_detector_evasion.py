@@ -103,14 +103,15 @@ def recall_by_item(detected: Any, chip_index: Any, faces: list[dict[str, Any]]) 
 
 
 def print_photo_scores(attack: Any, detector: Any, chips: Any, textures: dict[str, Any], mask: Any, *,
-                       photos: int, seed: int, preset: str, face_width_mm: float
+                       photos: int, seed: int, preset: str, face_width_mm: float, progress: bool = False
                        ) -> tuple[dict[str, dict[str, Any]], Any]:
     """Each face chip wearing each texture (None = no frame) printed and photographed ``photos`` times through the
     survival table's channel (``camera.simulated.print_photograph`` with ``pipelines.survival.SurvivalConfig``'s
     print-photo config: marker sheet, sampled printer + halftoning, simulated camera, rectified back to the chip),
     then MTCNN on the rectified photo, scored by the attack's own success hook against the chip's clean ground-truth
-    box. Draw ``j`` of chip ``i`` uses key ``i * photos + j`` for every texture (paired). Returns ({texture:
-    {"detected", "detections", "gt_box", ...}}, chip index of each photo)."""
+    box. Draw ``j`` of chip ``i`` uses key ``i * photos + j`` for every texture (paired). ``progress``: a bar on
+    stderr counting the photos (printed and detected 50 at a time; each photo's printer and camera depend on its key
+    only). Returns ({texture: {"detected", "detections", "gt_box", ...}}, chip index of each photo)."""
     import torch
 
     from pipelines.survival import SurvivalConfig, print_photo
@@ -122,12 +123,24 @@ def print_photo_scores(attack: Any, detector: Any, chips: Any, textures: dict[st
     keys = list(range(len(chip_index)))
     mask = mask.to(chips)
     out: dict[str, dict[str, Any]] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(textures) * len(keys), desc="print + photo", unit="photo")
     for name, texture in textures.items():
-        worn = chips if texture is None else mask * texture.to(chips) + (1 - mask) * chips
-        shots, _ = print_photo(worn[chip_index], keys, cfg, cfg.face_width_mm)
-        with torch.no_grad():
-            outputs = torch.cat([scorer(shots[i : i + 50]) for i in range(0, len(shots), 50)])
+        worn = (chips if texture is None else mask * texture.to(chips) + (1 - mask) * chips)[chip_index]
+        parts = []
+        for i in range(0, len(keys), 50):
+            shots, _ = print_photo(worn[i : i + 50], keys[i : i + 50], cfg, cfg.face_width_mm)
+            with torch.no_grad():
+                parts.append(scorer(shots))
+            if bar is not None:
+                bar.update(len(shots))
+        outputs = torch.cat(parts)
         out[name] = {k: v.cpu() for k, v in attack._score(None, outputs, boxes[chip_index]).items()}
+    if bar is not None:
+        bar.close()
     return out, chip_index
 
 
@@ -215,7 +228,7 @@ def run_evade_detector(args: argparse.Namespace) -> int:
     size = int(held_chips.shape[-1])
     control = random_texture(size, args.seed + 99)
     # the random-colour control on the SAME held-out draws (the evaluation generator replays them)
-    control_scores = attack.evaluate(detector, {"random": control}, held_chips)["random"]
+    control_scores = attack.evaluate(detector, {"random": control}, held_chips, progress=args.progress)["random"]
     scores = {"random": control_scores}
     for name, prefix in (("final", ""), ("initial", "initial_"), ("clean", "clean_")):
         scores[name] = {"detections": result.scores[prefix + "detections"], "gt_box": result.scores[prefix + "gt_box"]}
@@ -234,7 +247,8 @@ def run_evade_detector(args: argparse.Namespace) -> int:
         face_width_mm = SurvivalConfig().face_width_mm
         p_scores, p_index = print_photo_scores(attack, detector, held_chips, textures, result.mask,
                                                photos=args.print_photos, seed=args.print_seed,
-                                               preset=args.print_preset, face_width_mm=face_width_mm)
+                                               preset=args.print_preset, face_width_mm=face_width_mm,
+                                               progress=args.progress)
         printed = detection_report(p_scores, iou_threshold=attack.iou_threshold,
                                    score_threshold=attack.score_threshold)
         for name in printed:

@@ -73,13 +73,15 @@ def detector_model(name: str) -> Any:
 
 
 def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any], textures: dict[str, Any], *,
-                       photos: int, seed: int, preset: str, width_mm: float) -> tuple[dict[str, dict[str, Any]], Any]:
+                       photos: int, seed: int, preset: str, width_mm: float, progress: bool = False
+                       ) -> tuple[dict[str, dict[str, Any]], Any]:
     """Each held-out scene with each texture (None = no patch) at its nominal placement on every person, printed
     ``width_mm`` wide and photographed ``photos`` times through the survival table's channel
     (``pipelines.survival.print_photo``: marker sheet, sampled printer + halftoning, simulated camera, rectified
     back to the scene's grid), then the detector on the rectified photo, scored by the attack's own hook against the
     clean scene's person boxes. Photo ``j`` of scene ``i`` uses key ``i * photos + j`` for every texture (paired).
-    Returns ({texture: scores}, scene index of each photo)."""
+    ``progress``: a bar on stderr counting the photos (printed and detected 8 at a time; each photo's printer and
+    camera depend on its key only). Returns ({texture: scores}, scene index of each photo)."""
     import torch
 
     from pipelines.survival import SurvivalConfig, print_photo
@@ -91,6 +93,11 @@ def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any]
     keys = list(range(len(scene_index)))
     goal = ctx.boxes[scene_index.to(ctx.device)]
     out: dict[str, dict[str, Any]] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(textures) * len(keys), desc="print + photo", unit="photo")
     for name, texture in textures.items():
         with torch.no_grad():
             if texture is None:
@@ -98,10 +105,18 @@ def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any]
             else:
                 draw = attack.nominal_draw(ctx, torch.arange(len(scenes)))
                 shown = attack.composite(ctx, texture.to(ctx.device).float(), draw, ctx.scenes, ctx.boxes)
-            shots, _ = print_photo(shown[scene_index.to(ctx.device)].cpu(), keys, cfg, width_mm)
-            with model_state_guard(ctx.model):
-                outputs = torch.cat([ctx.model(shots[i : i + 8].to(ctx.device)) for i in range(0, len(shots), 8)])
+            shown = shown[scene_index.to(ctx.device)].cpu()
+            parts = []
+            for i in range(0, len(keys), 8):
+                shots, _ = print_photo(shown[i : i + 8], keys[i : i + 8], cfg, width_mm)
+                with model_state_guard(ctx.model):
+                    parts.append(ctx.model(shots.to(ctx.device)))
+                if bar is not None:
+                    bar.update(len(shots))
+            outputs = torch.cat(parts)
         out[name] = {k: v.cpu() for k, v in attack._score(ctx, outputs, goal).items()}
+    if bar is not None:
+        bar.close()
     return out, scene_index
 
 
@@ -209,7 +224,8 @@ def run_evade_persons(args: argparse.Namespace) -> int:
                                "scene_size": args.scene_size, "persons": persons})
     control = random_patch(args.patch_size, args.seed + 99)
     # the random-colour control on the SAME held-out draws (the evaluation generator replays them)
-    control_scores = attack.evaluate(detector, {"random": control}, held, boxes=held_boxes)[0]["random"]
+    control_scores = attack.evaluate(detector, {"random": control}, held, boxes=held_boxes,
+                                     progress=args.progress)[0]["random"]
     scores = {"random": control_scores}
     for name, prefix in (("final", ""), ("initial", "initial_"), ("clean", "clean_")):
         scores[name] = {k: result.scores[prefix + k] for k in ("detections", "gt_boxes", "detected", "valid")}
@@ -224,7 +240,8 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         textures = {"clean": None, "random": control, "final": result.perturbation}
         p_scores, p_index = print_photo_scores(attack, detector, held, held_boxes, textures,
                                                photos=args.print_photos, seed=args.print_seed,
-                                               preset=args.print_preset, width_mm=args.print_width_mm)
+                                               preset=args.print_preset, width_mm=args.print_width_mm,
+                                               progress=args.progress)
         printed = detection_report(p_scores, iou_threshold=attack.iou_threshold,
                                    score_threshold=attack.score_threshold)
         for name in printed:

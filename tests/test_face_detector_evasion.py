@@ -192,12 +192,14 @@ def test_stage_loss_min_hinges_only_the_stage_nearest_to_failing():
         FaceDetectorFrame(stage_loss="max")
 
 
-def test_print_photo_scores_pairs_the_draws_and_finds_the_clean_printed_face(detector, chips):
+def test_print_photo_scores_pairs_the_draws_and_finds_the_clean_printed_face(detector, chips, capsys):
     from pipelines.face_detector_evasion import print_photo_scores
 
     attack = FaceDetectorFrame(steps=1, batch_size=1)
     mask = torch.zeros(1, 1, 150, 150)
     scores, index = print_photo_scores(attack, detector, chips[1:], {"a": None, "b": None}, mask, photos=1,
-                                       seed=7, preset="default", face_width_mm=150.0)
+                                       seed=7, preset="default", face_width_mm=150.0, progress=True)
     assert index.tolist() == [0] and scores["a"]["detected"].tolist() == [True]
     assert torch.equal(scores["a"]["detections"], scores["b"]["detections"])  # the same printer and camera draw
+    out, err = capsys.readouterr()  # the progress bar counts the photos (1 face x 1 photo x 2 textures) on stderr
+    assert "print + photo:" in err and "2/2" in err and out == ""

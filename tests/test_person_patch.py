@@ -224,6 +224,18 @@ def test_evade_persons_command_writes_recall_per_variant(toy_registered, tmp_pat
     assert rep["persons"]["held_out"] == {toy_registered["h1"]: 2, toy_registered["h2"]: 1}
     assert rep["max_area_fraction"] <= 0.2 and "machine" in rep and rep["score_threshold"] == 0.5
     assert (tmp_path / "cli" / "texture.pt").is_file() and (tmp_path / "cli" / "metrics.json").is_file()
+    assert capsys.readouterr().err == ""  # --no-progress: no bar of the optimisation or of the evaluations
+
+
+def test_evade_persons_progress_goes_to_stderr(toy_registered, tmp_path, capsys):
+    """--progress: bars for the optimisation, the held-out evaluation (40 draws x 3 variants), the random control on
+    the same draws and the print-photo loop, all on stderr; stdout keeps only the report lines."""
+    assert _cli(toy_registered, tmp_path, "--steps", "2", "--print-photos", "1", "--progress") == 0
+    out, err = capsys.readouterr()
+    assert "person-patch:" in err and "2/2" in err  # the optimisation's steps
+    assert "person-patch evaluation:" in err and "120/120" in err and "40/40" in err  # 3 variants, then the control
+    assert "print + photo:" in err and "6/6" in err  # 2 held-out scenes x 1 photo x 3 textures
+    assert "evaluation" not in out and "print + photo:" not in out and "recall" in out
 
 
 @pytest.mark.parametrize("case, message", [
