@@ -256,6 +256,29 @@ def plot_rate_and_latency(t: list[float], fps: list[float], latency_ms: list[flo
     return path
 
 
+def plot_live_detections(t: list[float], per_frame: list[int], scores: dict[str, list[float]], path: Path) -> Path:
+    """A live run with a detector: the scores of its detections (histogram, one colour per label, stacked) and the
+    number of detections in each frame over the run."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    labels = [k for k, v in scores.items() if v]
+    if labels:
+        left.hist([scores[k] for k in labels], bins=20, range=(0.0, 1.0), stacked=True, label=labels)
+        left.legend(fontsize=7)
+    left.set_xlabel("score")
+    left.set_ylabel("detections")
+    left.set_title(f"scores of the {sum(len(v) for v in scores.values())} detections", fontsize=9)
+    right.step(t, per_frame, where="post", color="C0")
+    right.set_xlabel("seconds since start")
+    right.set_ylabel("detections in the frame")
+    right.set_ylim(bottom=0)
+    right.yaxis.get_major_locator().set_params(integer=True)
+    right.set_title(f"detections per frame ({len(per_frame)} frames)", fontsize=9)
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plots_section(out_dir: Path, plots: list[Path]) -> list[str]:
     """The Markdown lines of a report's ``## Plots`` section (paths relative to the report's folder)."""
     if not plots:

@@ -6,8 +6,10 @@ Kinds (recognised from what the folder holds, see :func:`run_kind`):
   ``checkpoints/``): held-out success of the optimised, the initial and (when scored) the un-attacked object, each
   k/n with a Wilson 95% interval, and the loss curve from the newest checkpoint's history;
 * ``experiment`` (``testbed evaluate``; ``config.resolved.yaml``): :func:`pipelines.experiment.write_report`;
-* ``live`` (``log.jsonl``): frames, start-up and steady rate, how it stopped, the top-1 labels' shares (Wilson
-  intervals) and the rate / latency over time;
+* ``live`` (``log.jsonl``): frames, start-up and steady rate, how it stopped, the time span, frames lost or refused
+  (sequence gaps, the secure path's rejected and overwritten frames), the rate / latency over time and, for a
+  classifier, the top-1 labels' shares or, for a detector (``boxes`` / ``labels`` records), the frames with >= 1
+  detection of each label (Wilson intervals), detections per frame and the score distribution;
 * ``survival`` (``report.json`` with ``rows``), ``demo`` (``results.json`` with ``target_success``),
   ``secure-eval`` (``results.json`` with ``protected``), ``defences`` (``report.json`` with ``sections``).
 
@@ -30,6 +32,7 @@ from pipelines.report import (
     demo_plots,
     md_table,
     md_to_html,
+    plot_live_detections,
     plot_loss,
     plot_rate_and_latency,
     plot_rate_bars,
@@ -281,30 +284,74 @@ def write_run_report(run_dir: str | Path) -> Path:
 
 #: largest live log read (a day of frames at 30 frames/s is ~0.5 GB; a report needs far less)
 MAX_LOG_BYTES = 256 * 2**20
+#: numbers of the closing summary record the report prints
+_SUMMARY_NUMBERS = ("frames", "seconds", "startup_s", "steady_fps", "video_frames", "video_fps", "rectify_failures")
 
 
-def _read_live_log(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """(frame records, closing summary or None) of a live run's ``log.jsonl``; ConfigError for a foreign file."""
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_detector_record(rec: dict[str, Any], where: str) -> None:
+    """A detector's frame record (``boxes`` [[x1, y1, x2, y2, score], ...] and ``labels`` aligned with them, as
+    ``pipelines.live`` logs them); ConfigError naming the first thing wrong."""
+    boxes, labels = rec.get("boxes"), rec.get("labels")
+    if not isinstance(boxes, list) or not isinstance(labels, list) or len(boxes) != len(labels):
+        raise ConfigError(f"{where}: 'boxes' and 'labels' must be lists of the same length")
+    for b in boxes:
+        if not (isinstance(b, list) and len(b) == 5 and all(_finite(v) for v in b)):
+            raise ConfigError(f"{where}: a box is not [x1, y1, x2, y2, score] of finite numbers: {str(b)[:80]}")
+        if b[2] < b[0] or b[3] < b[1] or not 0.0 <= b[4] <= 1.0:
+            raise ConfigError(f"{where}: box {b} has x2 < x1, y2 < y1 or a score outside [0, 1]")
+    if not all(isinstance(name, str) and name for name in labels):
+        raise ConfigError(f"{where}: every label must be a non-empty string")
+
+
+def _read_live_log(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, bool]:
+    """(frame records, closing summary or None, whether a detector wrote them) of a live run's ``log.jsonl``: a
+    classifier's frames carry a ``top5``, a detector's ``boxes`` and ``labels``. ConfigError, naming the line, for a
+    foreign or corrupt file."""
     from testbed.inputs import check_input_file
 
     path = run_dir / "log.jsonl"
     check_input_file(path, what="live log", max_bytes=MAX_LOG_BYTES)
-    frames, summary = [], None
+    frames, summary, kinds = [], None, set()
     with path.open(encoding="utf-8", errors="replace") as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            where = f"live log {path}: line {i}"
             try:
                 rec = json.loads(line)
             except ValueError:
-                raise ConfigError(f"live log {path}: line {i} is not JSON") from None
-            if isinstance(rec, dict) and isinstance(rec.get("summary"), dict):
+                raise ConfigError(f"{where} is not JSON") from None
+            if not isinstance(rec, dict):
+                continue
+            if isinstance(rec.get("summary"), dict):
                 summary = rec["summary"]
-            elif isinstance(rec, dict) and isinstance(rec.get("top5"), list) and rec["top5"]:
-                frames.append(rec)
+                bad = [k for k in _SUMMARY_NUMBERS if summary.get(k) is not None and not _finite(summary[k])]
+                if bad:
+                    raise ConfigError(f"{where}: the summary's {bad[0]} is not a number")
+                continue
+            if "boxes" in rec:
+                _check_detector_record(rec, where)
+                kinds.add("detector")
+            elif isinstance(rec.get("top5"), list) and rec["top5"]:
+                top = rec["top5"][0]
+                if not isinstance(top, list) or not top:
+                    raise ConfigError(f"{where}: 'top5' must hold [label, probability] pairs")
+                kinds.add("classifier")
+            else:
+                continue
+            for key in ("t", "fps", "latency_ms"):
+                if rec.get(key) is not None and not _finite(rec[key]):
+                    raise ConfigError(f"{where}: {key!r} is not a number")
+            frames.append(rec)
     if not frames:
         raise ConfigError(f"live log {path} has no frame records: is {run_dir} a `testbed live` folder?")
-    return frames, summary
+    if len(kinds) > 1:
+        raise ConfigError(f"live log {path} mixes classifier (top5) and detector (boxes) frame records")
+    return frames, summary, kinds == {"detector"}
 
 
 def _live_top1(frames: list[dict[str, Any]]) -> dict[str, Rate]:
@@ -321,37 +368,144 @@ def _live_top1(frames: list[dict[str, Any]]) -> dict[str, Rate]:
     return out
 
 
-def _live_report(run_dir: Path) -> tuple[str, list[str], dict[str, Any]]:
-    frames, summary = _read_live_log(run_dir)
-    shares = _live_top1(frames)
+def _live_detections(frames: list[dict[str, Any]]) -> dict[str, Any]:
+    """A detector's frames summarised: the frames with >= 1 detection (of any label, and of each label seen, most
+    frequent first) as Wilson rates, detections per frame, each label's scores."""
+    from collections import Counter
+
+    n = len(frames)
+    per_frame = [len(f["boxes"]) for f in frames]
+    with_label: Counter[str] = Counter()
+    scores: dict[str, list[float]] = {}
+    for f in frames:
+        with_label.update(set(f["labels"]))
+        for b, name in zip(f["boxes"], f["labels"]):
+            scores.setdefault(name, []).append(float(b[4]))
+    shares = {"any label": wilson(sum(c > 0 for c in per_frame), n)}
+    shares.update({name: wilson(k, n) for name, k in with_label.most_common()})
+    return {"shares": shares, "per_frame": per_frame,
+            "scores": {name: scores[name] for name, _ in with_label.most_common()}}
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {"n": int(v.size), "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]),
+            "max": float(q[4]), "mean": float(v.mean())}
+
+
+def _live_integrity(frames: list[dict[str, Any]], summary: dict[str, Any] | None) -> tuple[list[str], dict[str, Any]]:
+    """What the log says about frames lost or refused: gaps in the frame sequence numbers, a summary that counts
+    other frames than the log holds, the secure path's rejected (tampered, replayed, forged) and overwritten
+    (dropped in the ring) frames, frames not rectified."""
     s = summary or {}
-    plots = [plot_rate_bars({"top-1 label": dict(shares)}, run_dir / PLOTS / "top1_labels.png",
-                            title=f"live: share of the {len(frames)} frames with each top-1 label",
-                            ylabel="frames (%)")]
-    plots.append(plot_rate_and_latency([float(f.get("t", i)) for i, f in enumerate(frames)],
-                                       [float(f.get("fps", 0.0)) for f in frames],
-                                       [float(f.get("latency_ms", 0.0)) for f in frames], run_dir / PLOTS / "rate.png"))
-    lines = [f"# Live run report: `{run_dir.name}`", ""]
+    seqs = [f["seq"] for f in frames if isinstance(f.get("seq"), int) and not isinstance(f.get("seq"), bool)]
+    facts: dict[str, Any] = {}
+    lines: list[str] = []
+    if seqs:
+        first, last = min(seqs), max(seqs)
+        facts.update(seq_first=first, seq_last=last, seq_missing=(last - first + 1) - len(set(seqs)),
+                     seq_repeated=len(seqs) - len(set(seqs)))
+        lines.append(f"- frame sequence numbers {first}–{last}: {facts['seq_missing']} missing between the logged "
+                     f"frames, {facts['seq_repeated']} repeated")
+    if isinstance(s.get("frames"), int) and s["frames"] != len(frames):
+        facts["summary_frames"] = s["frames"]
+        lines.append(f"- the summary counts {s['frames']} frames; the log holds {len(frames)} frame records")
+    sec = s.get("secure")
+    if isinstance(sec, dict):
+        rej = sec.get("rejected") if isinstance(sec.get("rejected"), dict) else {}
+        facts.update(secure_accepted=sec.get("accepted", 0), secure_rejected=rej,
+                     secure_overwritten=sec.get("overwritten", 0))
+        lines.append(f"- secure path: {sec.get('accepted', 0)} frames accepted, {sum(rej.values())} rejected "
+                     f"({', '.join(f'{k} {v}' for k, v in sorted(rej.items())) or 'none'}) by the verifier "
+                     f"(tampered, replayed or forged records), {sec.get('overwritten', 0)} dropped (overwritten in "
+                     "the ring before they were read)")
+    if s.get("rectify_failures"):
+        facts["rectify_failures"] = s["rectify_failures"]
+        lines.append(f"- {s['rectify_failures']} frames not rectified (markers not found)")
+    return lines, facts
+
+
+def _live_header(run_dir: Path, frames: list[dict[str, Any]], summary: dict[str, Any] | None,
+                 what: str) -> list[str]:
+    s = summary or {}
+    lines = [f"# Live run report: `{run_dir.name}` ({what})", ""]
     if summary:
-        lines += [(f"{s.get('frames')} frames in {float(s.get('seconds', 0)):.1f} s: start-up "
-                   f"{float(s.get('startup_s', 0)):.2f} s, then {float(s.get('steady_fps', 0)):.1f} frames/s steady; "
-                   f"stopped by {s.get('stopped_by')}; video {Path(str(s.get('video'))).name} "
+        lines += [(f"{s.get('frames')} frames in {float(s.get('seconds') or 0):.1f} s: start-up "
+                   f"{float(s.get('startup_s') or 0):.2f} s, then {float(s.get('steady_fps') or 0):.1f} frames/s "
+                   f"steady; stopped by {s.get('stopped_by')}; video {Path(str(s.get('video'))).name} "
                    f"({s.get('video_frames')} frames, {s.get('codec')}, {s.get('video_fps')} fps from "
                    f"{s.get('video_fps_from')})."), ""]
-        if s.get("secure"):
-            rej = s["secure"].get("rejected", {})
-            lines += [(f"Secure path: {s['secure'].get('accepted', 0)} frames accepted, {sum(rej.values())} "
-                       f"rejected ({', '.join(f'{k} {v}' for k, v in sorted(rej.items())) or 'none'})."), ""]
         if s.get("error"):
             lines += [f"Ended with an error: {s['error']}", ""]
     else:
         lines += ["The log has no closing summary record (the run did not finish in order).", ""]
-    lines += md_table(["top-1 label", "frames % [Wilson 95%] (n)"], [[k, ci(v)] for k, v in shares.items()]) + [""]
+    t = [float(f["t"]) for f in frames if f.get("t") is not None]
+    if t:
+        lines += [f"Logged frames from {min(t):.2f} s to {max(t):.2f} s after the start ({max(t) - min(t):.2f} s).",
+                  ""]
+    return lines
+
+
+def _live_report(run_dir: Path) -> tuple[str, list[str], dict[str, Any]]:
+    frames, summary, detector = _read_live_log(run_dir)
+    t = [float(f["t"]) if f.get("t") is not None else float(i) for i, f in enumerate(frames)]
+    rate_plot = plot_rate_and_latency(t, [float(f.get("fps", 0.0)) for f in frames],
+                                      [float(f.get("latency_ms", 0.0)) for f in frames], run_dir / PLOTS / "rate.png")
+    integrity, facts = _live_integrity(frames, summary)
+    data: dict[str, Any] = {"kind": "live", "model_task": "detector" if detector else "classifier",
+                            "frames": len(frames), "summary": summary, "time_span_s": [min(t), max(t)],
+                            "lost_or_refused": facts}
+    if detector:
+        lines = _live_header(run_dir, frames, summary, "detector")
+        d = _live_detections(frames)
+        n = len(frames)
+        plots = [plot_rate_bars({"frames with >= 1 detection": dict(d["shares"])},
+                                run_dir / PLOTS / "detection_frames.png",
+                                title=f"live: share of the {n} frames with at least one detection of each label",
+                                ylabel="frames (%)"),
+                 plot_live_detections(t, d["per_frame"], d["scores"], run_dir / PLOTS / "detections.png"),
+                 rate_plot]
+        counts = _value_counts(d["per_frame"])
+        per = _quantiles([float(c) for c in d["per_frame"]])
+        lines += ["## Frames with at least one detection", ""]
+        lines += md_table(["label", "frames % [Wilson 95%] (n)"], [[k, ci(v)] for k, v in d["shares"].items()])
+        lines += ["", ("Only the labels detected at least once are listed; a detection is one the detector "
+                       "returned (at its own score threshold)."), "", "## Detections per frame", "",
+                  (f"{sum(d['per_frame'])} detections in {n} frames: mean {per['mean']:.2f}, median "
+                   f"{per['median']:g}, max {per['max']:g} per frame; frames with k detections: "
+                   + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "."), "", "## Scores", ""]
+        score_rows = [[name] + [f"{q[k]:.3f}" if k != "n" else str(q[k])
+                                for k in ("n", "min", "q25", "median", "q75", "max", "mean")]
+                      for name, q in ((name, _quantiles(v)) for name, v in d["scores"].items())]
+        lines += (md_table(["label", "detections", "min", "25%", "median", "75%", "max", "mean"], score_rows)
+                  if score_rows else ["No detection in any frame."]) + [""]
+        data.update(frames_with_detection={k: v.as_dict() for k, v in d["shares"].items()},
+                    detections_per_frame={**per, "total": sum(d["per_frame"]), "histogram": counts},
+                    scores={name: _quantiles(v) for name, v in d["scores"].items()})
+    else:
+        lines = _live_header(run_dir, frames, summary, "classifier")
+        shares = _live_top1(frames)
+        plots = [plot_rate_bars({"top-1 label": dict(shares)}, run_dir / PLOTS / "top1_labels.png",
+                                title=f"live: share of the {len(frames)} frames with each top-1 label",
+                                ylabel="frames (%)"), rate_plot]
+        lines += md_table(["top-1 label", "frames % [Wilson 95%] (n)"], [[k, ci(v)] for k, v in shares.items()])
+        lines += [""]
+        data["top1_shares"] = {k: v.as_dict() for k, v in shares.items()}
+    lines += ["## Frames lost or refused", ""] + (integrity or ["- nothing recorded"]) + [""]
     lines += plots_section(run_dir, plots)
-    data = {"kind": "live", "frames": len(frames), "summary": summary,
-            "top1_shares": {k: v.as_dict() for k, v in shares.items()},
-            "plots": [q.relative_to(run_dir).as_posix() for q in plots]}
+    data["plots"] = [q.relative_to(run_dir).as_posix() for q in plots]
     return f"live run {run_dir.name}", lines, data
+
+
+def _value_counts(values: list[int]) -> dict[int, int]:
+    """{value: how many times}, in increasing value."""
+    out: dict[int, int] = {}
+    for v in sorted(values):
+        out[v] = out.get(v, 0) + 1
+    return out
 
 
 def _secure_groups(data: dict[str, Any]) -> dict[str, dict[str, Rate | None]]:
@@ -424,7 +578,10 @@ def summary_rows(run_dir: str | Path) -> list[SummaryRow]:
             for key, label in (("none", "no patch"), ("digital", "digital patch"),
                                ("printed", "printed + photographed patch"))]
     if kind == "live":
-        frames, _ = _read_live_log(run_dir)
+        frames, _, detector = _read_live_log(run_dir)
+        if detector:
+            return [SummaryRow(name, "live (detector)", "", "frames", f">= 1 detection: {label}", r)
+                    for label, r in _live_detections(frames)["shares"].items()]
         return [SummaryRow(name, "live", "", "frames", f"top-1 label {label}", r)
                 for label, r in _live_top1(frames).items()]
     if kind == "secure-eval":

@@ -174,3 +174,116 @@ def test_report_on_a_live_run_built_from_its_log(tmp_path, capsys):
     assert _is_png(run / "plots" / "top1_labels.png") and _is_png(run / "plots" / "rate.png")
     assert main(["report", "--compare", str(run)]) == 0
     assert f"| top-1 label espresso | {_pct(7, 10)} |" in capsys.readouterr().out
+
+
+# --- live runs with a detector ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def detector_live_run(tmp_path_factory):
+    """A real ``testbed live`` log of a detector: test_person_patch's toy detector (a red 32 x 64 rectangle is a
+    "person"), registered here, over a loopback MJPEG stream of four frames with 2, 0, 1 and 2 persons."""
+    import numpy as np
+    from mjpeg_stream import mjpeg_stream
+    from test_person_patch import ToyPersonDetector, scene
+
+    from pipelines.live import LiveConfig, run_live
+    from testbed.models.base import _REGISTRY
+    from testbed.models.registry import ModelEntry, register_model
+
+    register_model(ModelEntry(name="toy-live-detector", task="detector", builder=ToyPersonDetector,
+                              input_size=(128, 128), labels=ToyPersonDetector.labels))
+    images = [scene([(8, 8), (72, 40)]), scene([]), scene([(40, 56)]), scene([(8, 8), (72, 40)], seed=3)]
+    bgr = [np.ascontiguousarray((x[0].permute(1, 2, 0).numpy()[..., ::-1] * 255).round().astype(np.uint8))
+           for x in images]
+    run = tmp_path_factory.mktemp("live") / "detector"
+    try:
+        with mjpeg_stream(lambda: iter(bgr), path="people.mjpg") as url:
+            summary = run_live(LiveConfig(source=url, model="toy-live-detector", out=run, max_frames=4, width=128,
+                                          height=128, codec="mp4v"))
+    finally:
+        _REGISTRY.pop("toy-live-detector", None)
+    assert summary.frames == 4
+    return run
+
+
+def _log_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_report_on_a_live_run_with_a_detector(detector_live_run, tmp_path, capsys):
+    run = tmp_path / "live"
+    shutil.copytree(detector_live_run, run)
+    recs = _log_records(run)
+    frames = recs[:-1]
+    assert [len(f["boxes"]) for f in frames] == [2, 0, 1, 2] and all(f["top5"] == [] for f in frames)
+    scores = sorted(b[4] for f in frames for b in f["boxes"])
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert "(detector)" in md and f"| any label | {_pct(3, 4)} |" in md and f"| person | {_pct(3, 4)} |" in md
+    assert "| thing |" not in md  # a label never detected is not listed
+    assert ("5 detections in 4 frames: mean 1.25, median 1.5, max 2 per frame; frames with k detections: "
+            "0: 1, 1: 1, 2: 2.") in md
+    assert f"| person | 5 | {scores[0]:.3f} |" in md and f"| {scores[-1]:.3f} |" in md
+    t = [f["t"] for f in frames]
+    assert f"Logged frames from {min(t):.2f} s to {max(t):.2f} s" in md
+    seqs = [f["seq"] for f in frames]
+    assert f"frame sequence numbers {seqs[0]}–{seqs[-1]}: 0 missing" in md
+    for plot in ("detection_frames.png", "detections.png", "rate.png"):
+        assert _is_png(run / "plots" / plot) and f"(plots/{plot})" in md
+    data = json.loads((run / "report.json").read_text())
+    assert data["model_task"] == "detector" and data["frames_with_detection"]["person"]["k"] == 3
+    assert data["scores"]["person"]["median"] == pytest.approx(scores[2])
+    assert data["detections_per_frame"]["histogram"] == {"0": 1, "1": 1, "2": 2}
+    assert main(["report", "--compare", str(run)]) == 0
+    assert f"| >= 1 detection: person | {_pct(3, 4)} |" in capsys.readouterr().out
+
+
+def test_report_on_a_detector_log_counts_lost_and_refused_frames(detector_live_run, tmp_path):
+    """A frame record lost from the log and the secure path's refused / overwritten frames are reported."""
+    run = tmp_path / "live"
+    shutil.copytree(detector_live_run, run)
+    recs = _log_records(run)
+    del recs[1]  # the frame with no person
+    recs[-1]["summary"]["secure"] = {"accepted": 4, "rejected": {"auth_failed": 1}, "overwritten": 2}
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert "1 missing between the logged frames" in md
+    assert "the summary counts 4 frames; the log holds 3 frame records" in md
+    assert "4 frames accepted, 1 rejected (auth_failed 1) by the verifier" in md and "2 dropped" in md
+    assert f"| person | {_pct(3, 3)} |" in md
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("box4", "a box is not [x1, y1, x2, y2, score]"),
+    ("labels", "'boxes' and 'labels' must be lists of the same length"),
+    ("score", "score outside [0, 1]"),
+    ("truncated", "line 4 is not JSON"),
+    ("mixed", "mixes classifier (top5) and detector (boxes) frame records"),
+    ("summary", "the summary's seconds is not a number"),
+    ("time", "'t' is not a number"),
+])
+def test_report_refuses_a_corrupt_detector_log_in_one_line(detector_live_run, tmp_path, capsys, damage, message):
+    run = tmp_path / "live"
+    shutil.copytree(detector_live_run, run)
+    recs = _log_records(run)
+    if damage == "box4":
+        recs[0]["boxes"][0] = recs[0]["boxes"][0][:4]
+    elif damage == "labels":
+        recs[0]["labels"] = recs[0]["labels"][:1]
+    elif damage == "score":
+        recs[2]["boxes"][0][4] = 1.5
+    elif damage == "mixed":
+        recs[1] = {**recs[1], "top5": [["cup", 0.9]]}
+        del recs[1]["boxes"]
+    elif damage == "summary":
+        recs[-1]["summary"]["seconds"] = "soon"
+    elif damage == "time":
+        recs[3]["t"] = "late"
+    lines = [json.dumps(r) for r in recs]
+    if damage == "truncated":  # a run killed while writing its fourth record
+        lines = lines[:3] + [lines[3][: len(lines[3]) // 2]]
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (run / "report.md").exists()
