@@ -44,6 +44,7 @@ from camera.sources import FrameSource
 from testbed.errors import ConfigError, ImageError
 
 DEFAULT_SCENES = ("coffee", "chelsea", "astronaut", "rocket", "motorcycle_left", "grace_hopper")
+DEMOSAIC_METHODS = ("none", "bilinear", "edge-aware")
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -377,6 +378,12 @@ class SimCameraConfig:
     auto_black_level: bool = False  # the ISP maps the frame's darkest 0.5% to black (auto levels)
     saturation_boost: tuple[float, float] = (1.0, 1.0)  # the ISP's colour saturation (linear, around luminance)
     sharpen: tuple[float, float] = (0.0, 0.0)  # the ISP's unsharp mask amount (sigma 1 px), drawn only when > 0
+    # the sensor and lens geometry of a real camera (off in every preset but 'kurakin-phone'; off, they draw nothing
+    # and change no frame and no record):
+    demosaic: str = "none"  # "none": every pixel sees R, G and B; else each photosite sees one colour through an
+    # RGGB Bayer colour-filter array and the ISP interpolates the other two: OpenCV's "bilinear" or "edge-aware"
+    lens_distortion: tuple[float, float] = (0.0, 0.0)  # radial distortion k1 left in the photo (r_u = r_d + k1 r_d^3,
+    # r normalised to the frame's centre-to-corner distance; k1 > 0 barrel), drawn per photo; (0, 0): none
 
     @staticmethod
     def preset(name: str, **overrides: Any) -> "SimCameraConfig":
@@ -397,13 +404,17 @@ class SimCameraConfig:
             # Kurakin et al.'s set-up as measured against the paper (experiments/kurakin_mobilenet_v2_phone.yaml,
             # docs/harness.md has each value's reason): 'phone', with the page in focus (phase-detect autofocus on a
             # flat printed page in office light: 15% of shots 1 px soft, no motion blur), base-ISO noise after the
-            # ISP's denoising, and the camera app's JPEG quality (~95)
+            # ISP's denoising, and the camera app's JPEG quality (~95), the sensor's Bayer mosaic and the lens's residual
+            # distortion (the markers the rectification detects then miss the image's true position by ~0.1 px)
             "kurakin-phone": dict(sheet_height_frac=(0.8, 0.95), max_tilt_deg=15.0, rotation_deg=(-8.0, 8.0),
                                   focal_frac=(0.9, 1.3), auto_exposure=True, ae_mid=0.45, exposure=(0.85, 1.1),
                                   illuminant=0.12, auto_white_balance=True, white_balance=0.03, auto_black_level=True,
                                   saturation_boost=(1.05, 1.2), sharpen=(0.3, 0.7), gradient=(0.0, 0.1),
                                   blur_probs=(0.85, 0.15, 0.0), defocus_radius=(1, 1), read_noise=(0.001, 0.003),
-                                  shot_noise=(0.0, 0.0001), jpeg_quality=(92, 97)),
+                                  shot_noise=(0.0, 0.0001), jpeg_quality=(92, 97),
+                                  # a phone's sensor: an RGGB Bayer mosaic, demosaiced by the ISP (edge-aware); its
+                                  # lens: radial distortion of at most 1 % at the frame corner left in the JPEG
+                                  demosaic="edge-aware", lens_distortion=(-0.01, 0.01)),
             # a webcam 1-2 m from the object: small in the frame, softer optics, more noise, stronger compression
             "webcam": dict(sheet_height_frac=(0.35, 0.6), max_tilt_deg=25.0, rotation_deg=(-10.0, 10.0),
                            auto_exposure=True, exposure=(0.8, 1.15), illuminant=0.15, auto_white_balance=True,
@@ -452,6 +463,12 @@ class SimCameraConfig:
                               f"{self.ae_mid}, {self.ae_high}")
         if not 0 <= self.illuminant < 0.5:
             raise ConfigError(f"illuminant must be in [0, 0.5), got {self.illuminant}")
+        if self.demosaic not in DEMOSAIC_METHODS:
+            raise ConfigError(f"demosaic must be one of {', '.join(DEMOSAIC_METHODS)}, got {self.demosaic!r}")
+        lo, hi = self.lens_distortion
+        if not -0.1 <= lo <= hi <= 0.1:
+            raise ConfigError(f"lens_distortion {self.lens_distortion} must satisfy -0.1 <= lo <= hi <= 0.1 (k1 at the "
+                              "frame corner)")
         return self
 
 
@@ -486,9 +503,15 @@ class SimParams:
     auto_black_level: bool = False
     saturation: float = 1.0
     sharpen: float = 0.0
+    demosaic: str = "none"
+    distortion_k1: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for k in ("demosaic", "distortion_k1"):  # recorded only when on: the other presets' records stay as they were
+            if d[k] == SimParams.__dataclass_fields__[k].default:
+                del d[k]
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "SimParams":
@@ -528,6 +551,10 @@ def draw_optics(rng: np.random.Generator, c: SimCameraConfig) -> dict[str, Any]:
         out["saturation"] = float(rng.uniform(*c.saturation_boost))
     if c.sharpen[1] > 0:
         out["sharpen"] = float(rng.uniform(*c.sharpen))
+    if c.demosaic != "none":
+        out["demosaic"] = str(c.demosaic)
+    if tuple(c.lens_distortion) != (0.0, 0.0):
+        out["distortion_k1"] = float(rng.uniform(*c.lens_distortion))
     return out
 
 
@@ -679,6 +706,9 @@ class SimulatedCamera(FrameSource):
         quad = project_points(hom_src, np.array([[-0.5, -0.5], [src.shape[1] - 0.5, -0.5],
                                                   [src.shape[1] - 0.5, src.shape[0] - 0.5],
                                                   [-0.5, src.shape[0] - 0.5]]))
+        if params.distortion_k1:
+            lin = self._render_distorted(src, hom_src, quad, params)
+            return self._develop(lin, params)
         x0, y0 = (max(0, int(math.floor(v)) - 2) for v in quad.min(0))
         x1, y1 = min(W, int(math.ceil(quad[:, 0].max())) + 2), min(H, int(math.ceil(quad[:, 1].max())) + 2)
         lin = self._scene(params.scene, params.scene_offset).copy()
@@ -696,6 +726,42 @@ class SimulatedCamera(FrameSource):
             warped -= roi
             warped *= a
             roi += warped
+        return self._develop(lin, params)
+
+    def _render_distorted(self, src: np.ndarray, hom_src: np.ndarray, quad: np.ndarray,
+                          params: SimParams) -> np.ndarray:
+        """The linear frame through a lens with radial distortion ``params.distortion_k1``: each frame pixel
+        samples the ideal (pinhole) frame where :func:`distort_grid` says it looks, i.e. the page straight from the
+        print (one interpolation, as without distortion) and its coverage from the anti-aliased ideal page quad."""
+        W, H = self.config.frame_size
+        ux, uy = distort_grid(params.distortion_k1, (W, H))
+        lin = cv2.remap(self._scene(params.scene, params.scene_offset), ux, uy, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REFLECT_101)
+        qx0, qy0 = (int(math.floor(v)) - 2 for v in quad.min(0))
+        qx1, qy1 = (int(math.ceil(v)) + 2 for v in quad.max(0))
+        rows = np.flatnonzero(((uy >= qy0) & (uy <= qy1)).any(1))
+        cols = np.flatnonzero(((ux >= qx0) & (ux <= qx1)).any(0))
+        if not len(rows) or not len(cols):
+            return lin
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        bx, by = ux[y0:y1, x0:x1].astype(np.float64), uy[y0:y1, x0:x1].astype(np.float64)
+        inv = np.linalg.inv(hom_src)  # ideal frame px -> print px
+        w = inv[2, 0] * bx + inv[2, 1] * by + inv[2, 2]
+        sx = ((inv[0, 0] * bx + inv[0, 1] * by + inv[0, 2]) / w).astype(np.float32)
+        sy = ((inv[1, 0] * bx + inv[1, 1] * by + inv[1, 2]) / w).astype(np.float32)
+        warped = cv2.remap(src, sx, sy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        cover = np.zeros((qy1 - qy0, qx1 - qx0), np.uint8)  # the ideal page quad, anti-aliased (1/16 px vertices)
+        cv2.fillConvexPoly(cover, np.round((quad - [qx0, qy0]) * 16).astype(np.int32), 255, cv2.LINE_AA, shift=4)
+        a = cv2.remap(cover.astype(np.float32) * np.float32(1 / 255), (bx - qx0).astype(np.float32),
+                      (by - qy0).astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        roi = lin[y0:y1, x0:x1]
+        warped -= roi
+        warped *= a[..., None]
+        roi += warped
+        return lin
+
+    def _develop(self, lin: np.ndarray, params: SimParams) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Develop the linear frame and report where the page and the sheet's objects landed."""
         image, develop = develop_frame(lin, params)
         page_corners = self.project_mm(params, [[0, 0], [self.page_w_mm, 0], [self.page_w_mm, self.page_h_mm],
                                                 [0, self.page_h_mm]])
@@ -708,8 +774,12 @@ class SimulatedCamera(FrameSource):
         return image, meta
 
     def project_mm(self, params: SimParams, points_mm: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-        """Where page points (mm) land in the frame (pixel-centre coordinates, as OpenCV reports corners)."""
-        return project_points(params.homography_mm, np.asarray(points_mm, float))
+        """Where page points (mm) land in the frame (pixel-centre coordinates, as OpenCV reports corners), through
+        the lens's distortion when the photo has one."""
+        pts = project_points(params.homography_mm, np.asarray(points_mm, float))
+        if params.distortion_k1:
+            pts = distort_points(params.distortion_k1, self.config.frame_size, pts)
+        return pts
 
     @staticmethod
     def _scales(hom: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -769,7 +839,8 @@ def _blur_kernel(params: SimParams) -> np.ndarray | None:
 def _filter_reach(params: SimParams) -> int:
     """Pixels the optics blur and the ISP's unsharp mask reach, together."""
     kernel = _blur_kernel(params)
-    return (kernel.shape[0] // 2 if kernel is not None else 0) + (_SHARPEN_KSIZE // 2 if params.sharpen > 0 else 0)
+    return ((kernel.shape[0] // 2 if kernel is not None else 0) + (_SHARPEN_KSIZE // 2 if params.sharpen > 0 else 0)
+            + (_DEMOSAIC_REACH if params.demosaic != "none" else 0))
 
 
 def develop_part(lin: np.ndarray, origin: tuple[int, int], frame_size: tuple[int, int], metering: np.ndarray,
@@ -839,6 +910,8 @@ def develop_part(lin: np.ndarray, origin: tuple[int, int], frame_size: tuple[int
     kernel = _blur_kernel(params)
     if kernel is not None:
         lin = _convolve(lin, kernel)
+    if params.demosaic != "none":  # the sensor samples the lens's image through its colour filters; the ISP demosaics
+        lin = cfa_demosaic(lin, (ox, oy), params.demosaic)
     if params.sharpen > 0:  # the ISP's unsharp mask
         soft = cv2.GaussianBlur(lin, (_SHARPEN_KSIZE, _SHARPEN_KSIZE), _SHARPEN_SIGMA, borderType=cv2.BORDER_REPLICATE)
         lin = cv2.addWeighted(lin, 1.0 + params.sharpen, soft, -params.sharpen, 0.0)
@@ -869,6 +942,56 @@ def develop_part(lin: np.ndarray, origin: tuple[int, int], frame_size: tuple[int
 
 
 _SHARPEN_SIGMA, _SHARPEN_KSIZE = 1.0, 9  # the ISP's unsharp mask: OpenCV's own kernel size for sigma 1 (float)
+_DEMOSAIC_REACH = 3  # pixels OpenCV's bilinear / edge-aware demosaic reads around each pixel (<= 2), and one to spare
+# OpenCV's code for an RGGB mosaic whose first local pixel is (row parity, column parity) of the frame's pattern
+_BAYER_CODES = {(0, 0): "BG", (0, 1): "GB", (1, 0): "GR", (1, 1): "RG"}
+
+
+def cfa_demosaic(lin: np.ndarray, origin: tuple[int, int] = (0, 0), method: str = "edge-aware") -> np.ndarray:
+    """A linear RGB image (HxWx3 float32, the light reaching the sensor) as a Bayer sensor and its ISP return it:
+    each photosite keeps one colour of an RGGB colour-filter array (R on even frame rows and columns, B on odd rows
+    and columns, G elsewhere; ``origin`` = the frame position of ``lin[0, 0]``, so a part of a frame is sampled in
+    the frame's own pattern), saturates at 1, is quantised to 16 bits, and the two missing colours are
+    interpolated by OpenCV's ``bilinear`` or ``edge-aware`` demosaic. A flat colour comes back exactly (to 16 bits);
+    detail finer than the mosaic's 2-px period is smoothed and its colour aliased, as in every camera's JPEG."""
+    if method not in DEMOSAIC_METHODS or method == "none":
+        raise ConfigError(f"demosaic method must be bilinear or edge-aware, got {method!r}")
+    r0, c0 = int(origin[1]) % 2, int(origin[0]) % 2
+    raw = np.empty(lin.shape[:2], np.float32)
+    raw[r0::2, c0::2] = lin[r0::2, c0::2, 0]
+    raw[r0::2, 1 - c0::2] = lin[r0::2, 1 - c0::2, 1]
+    raw[1 - r0::2, c0::2] = lin[1 - r0::2, c0::2, 1]
+    raw[1 - r0::2, 1 - c0::2] = lin[1 - r0::2, 1 - c0::2, 2]
+    raw16 = np.clip(raw * np.float32(65535) + np.float32(0.5), 0, 65535).astype(np.uint16)
+    code = getattr(cv2, f"COLOR_Bayer{_BAYER_CODES[(r0, c0)]}2RGB" + ("_EA" if method == "edge-aware" else ""))
+    out = cv2.cvtColor(raw16, code).astype(np.float32)
+    out *= np.float32(1 / 65535)
+    return out
+
+
+def distort_grid(k1: float, frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each pixel (x, y) of a W x H frame taken through a lens with radial distortion ``k1``, the ideal
+    (pinhole) position it images: r_u = r_d (1 + k1 r_d^2) about the frame centre, r normalised to the centre-to-
+    corner distance (Imatest's third-order model). Two HxW float32 maps for ``cv2.remap``."""
+    W, H = frame_size
+    cx, cy, R = (W - 1) / 2, (H - 1) / 2, 0.5 * math.hypot(W, H)
+    xs, ys = (np.arange(W) - cx) / R, (np.arange(H) - cy) / R
+    f = 1.0 + k1 * (ys[:, None] ** 2 + xs[None, :] ** 2)
+    return (cx + R * xs[None, :] * f).astype(np.float32), (cy + R * ys[:, None] * f).astype(np.float32)
+
+
+def distort_points(k1: float, frame_size: tuple[int, int], pts: np.ndarray) -> np.ndarray:
+    """Where ideal (pinhole) frame points (Nx2 px) land through a lens with radial distortion ``k1`` (the inverse of
+    :func:`distort_grid`'s map, by Newton's method on r_d (1 + k1 r_d^2) = r_u)."""
+    W, H = frame_size
+    c, R = np.array([(W - 1) / 2, (H - 1) / 2]), 0.5 * math.hypot(W, H)
+    v = (np.asarray(pts, np.float64).reshape(-1, 2) - c) / R
+    ru = np.linalg.norm(v, axis=1)
+    rd = ru.copy()
+    for _ in range(8):
+        rd -= (rd * (1 + k1 * rd ** 2) - ru) / (1 + 3 * k1 * rd ** 2)
+    scale = np.divide(rd, ru, out=np.ones_like(ru), where=ru > 0)
+    return c + R * v * scale[:, None]
 
 
 def _generator_bytes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -1218,6 +1341,10 @@ class InSituConfig:
         if not 16 <= int(self.input_size) <= 1024:
             raise ConfigError(f"in-situ input_size must be in [16, 1024], got {self.input_size}")
         _check_printer_and_camera(self, self.raster_dpi)
+        if tuple(self.camera_config().lens_distortion) != (0.0, 0.0):
+            raise ConfigError(f"in-situ photos model no lens distortion (preset {self.preset!r} has "
+                              f"lens_distortion {self.camera_config().lens_distortion}); add camera: "
+                              "{lens_distortion: [0, 0]} to photograph in situ through this preset")
         return self
 
     def camera_config(self) -> SimCameraConfig:

@@ -179,13 +179,16 @@ def test_imagenet_samples_config_and_missing_assets(monkeypatch, tmp_path):
 
 def test_kurakin_phone_preset_is_phone_in_focus_with_less_noise_and_finer_jpeg():
     """'kurakin-phone' changes only focus, noise and JPEG against 'phone' (which the in-situ survival rows use and
-    which stays as it was)."""
+    which stays as it was), and adds the sensor's Bayer mosaic and the lens's residual distortion."""
     from dataclasses import asdict
 
     from camera.simulated import SimCameraConfig
 
     phone, kp = asdict(SimCameraConfig.preset("phone")), asdict(SimCameraConfig.preset("kurakin-phone"))
-    assert {k for k in phone if phone[k] != kp[k]} == {"blur_probs", "read_noise", "shot_noise", "jpeg_quality"}
+    assert {k for k in phone if phone[k] != kp[k]} == {"blur_probs", "read_noise", "shot_noise", "jpeg_quality",
+                                                       "demosaic", "lens_distortion"}
+    assert (phone["demosaic"], phone["lens_distortion"]) == ("none", (0.0, 0.0))
+    assert kp["demosaic"] == "edge-aware" and kp["lens_distortion"] == (-0.01, 0.01)
     assert (phone["blur_probs"], phone["read_noise"], phone["jpeg_quality"]) == ((0.7, 0.3, 0.0), (0.002, 0.005),
                                                                                    (88, 96))
     assert kp["blur_probs"][0] > phone["blur_probs"][0] and kp["read_noise"][1] < phone["read_noise"][1]
