@@ -98,6 +98,7 @@ class LiveSummary:
     video_fps_from: str = ""  # "source (CAP_PROP_FPS)", "measured over N frames", "LiveConfig.video_fps", ...
     video_frames: int = 0  # frames written to the video (equals ``frames``)
     secure: dict[str, Any] | None = None  # {"accepted": n, "rejected": {reason: n}, "overwritten": n}
+    model: str = ""  # LiveConfig.model (``testbed report`` names it)
 
 
 class StopRequest:
@@ -610,7 +611,7 @@ def run_live(cfg: LiveConfig, stop_request: StopRequest | None = None) -> LiveSu
             startup_s=round(t_first - started, 3) if n else 0.0, steady_fps=steady, stopped_by=stopped_by,
             error=" ".join(str(error).split()) if error is not None else None, codec=fourcc,
             video_fps=float(rate["fps"] or 0.0), video_fps_from=rate["from"], video_frames=written[0],
-            secure=dict(secure_stats) if cfg.secure else None)
+            secure=dict(secure_stats) if cfg.secure else None, model=str(cfg.model))
         if n > 0:
             record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()}
             log.write(json.dumps({"summary": record}) + "\n")

@@ -431,7 +431,8 @@ def _live_integrity(frames: list[dict[str, Any]], summary: dict[str, Any] | None
 def _live_header(run_dir: Path, frames: list[dict[str, Any]], summary: dict[str, Any] | None,
                  what: str) -> list[str]:
     s = summary or {}
-    lines = [f"# Live run report: `{run_dir.name}` ({what})", ""]
+    model = f"{s['model']}, " if isinstance(s.get("model"), str) and s["model"] else ""
+    lines = [f"# Live run report: `{run_dir.name}` ({model}{what})", ""]
     if summary:
         lines += [(f"{s.get('frames')} frames in {float(s.get('seconds') or 0):.1f} s: start-up "
                    f"{float(s.get('startup_s') or 0):.2f} s, then {float(s.get('steady_fps') or 0):.1f} frames/s "
@@ -455,7 +456,8 @@ def _live_report(run_dir: Path) -> tuple[str, list[str], dict[str, Any]]:
     rate_plot = plot_rate_and_latency(t, [float(f.get("fps", 0.0)) for f in frames],
                                       [float(f.get("latency_ms", 0.0)) for f in frames], run_dir / PLOTS / "rate.png")
     integrity, facts = _live_integrity(frames, summary)
-    data: dict[str, Any] = {"kind": "live", "model_task": "detector" if detector else "classifier",
+    data: dict[str, Any] = {"kind": "live", "model": (summary or {}).get("model"),
+                            "model_task": "detector" if detector else "classifier",
                             "frames": len(frames), "summary": summary, "time_span_s": [min(t), max(t)],
                             "lost_or_refused": facts}
     if detector:
@@ -578,11 +580,12 @@ def summary_rows(run_dir: str | Path) -> list[SummaryRow]:
             for key, label in (("none", "no patch"), ("digital", "digital patch"),
                                ("printed", "printed + photographed patch"))]
     if kind == "live":
-        frames, _, detector = _read_live_log(run_dir)
+        frames, summary, detector = _read_live_log(run_dir)
+        model = str((summary or {}).get("model") or "")  # logs written before the summary named it: ""
         if detector:
-            return [SummaryRow(name, "live (detector)", "", "frames", f">= 1 detection: {label}", r)
+            return [SummaryRow(name, "live (detector)", model, "frames", f">= 1 detection: {label}", r)
                     for label, r in _live_detections(frames)["shares"].items()]
-        return [SummaryRow(name, "live", "", "frames", f"top-1 label {label}", r)
+        return [SummaryRow(name, "live", model, "frames", f"top-1 label {label}", r)
                 for label, r in _live_top1(frames).items()]
     if kind == "secure-eval":
         data = _json(run_dir / "results.json", "results file")

@@ -218,7 +218,9 @@ def test_report_on_a_live_run_with_a_detector(detector_live_run, tmp_path, capsy
     scores = sorted(b[4] for f in frames for b in f["boxes"])
     assert main(["report", str(run)]) == 0
     md = (run / "report.md").read_text()
-    assert "(detector)" in md and f"| any label | {_pct(3, 4)} |" in md and f"| person | {_pct(3, 4)} |" in md
+    assert recs[-1]["summary"]["model"] == "toy-live-detector"
+    assert "(toy-live-detector, detector)" in md and f"| any label | {_pct(3, 4)} |" in md
+    assert f"| person | {_pct(3, 4)} |" in md
     assert "| thing |" not in md  # a label never detected is not listed
     assert ("5 detections in 4 frames: mean 1.25, median 1.5, max 2 per frame; frames with k detections: "
             "0: 1, 1: 1, 2: 2.") in md
@@ -234,7 +236,7 @@ def test_report_on_a_live_run_with_a_detector(detector_live_run, tmp_path, capsy
     assert data["scores"]["person"]["median"] == pytest.approx(scores[2])
     assert data["detections_per_frame"]["histogram"] == {"0": 1, "1": 1, "2": 2}
     assert main(["report", "--compare", str(run)]) == 0
-    assert f"| >= 1 detection: person | {_pct(3, 4)} |" in capsys.readouterr().out
+    assert f"| toy-live-detector | frames | >= 1 detection: person | {_pct(3, 4)} |" in capsys.readouterr().out
 
 
 def test_report_on_a_detector_log_counts_lost_and_refused_frames(detector_live_run, tmp_path):
