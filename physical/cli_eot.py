@@ -353,16 +353,17 @@ def run_patch(args: argparse.Namespace) -> int:
     )
 
 
-def _initial_patch(run_dir: str, patch_size: int, shape: str) -> torch.Tensor:
-    """The patch colours (1, 3, P, P) of a finished patch run, checked against this run's --shape and patch size
-    (when --patch-size is given explicitly the sizes must agree; otherwise the run's size is used)."""
+def _initial_patch(run_dir: str, patch_size: int, shape: str | None, kind: str = "patch") -> torch.Tensor:
+    """The patch colours (1, 3, P, P) of a finished run of ``kind`` (``patch``; ``person-patch`` for
+    ``testbed evade-persons``, whose patches are square: ``shape`` None), checked against this run's --shape (when
+    --patch-size is given explicitly the sizes must agree; otherwise the run's size is used)."""
     from testbed.runs import load_run, load_run_tensor
 
-    config, _ = load_run(run_dir, "patch")
+    config, _ = load_run(run_dir, kind)
     patch = load_run_tensor(Path(run_dir) / "perturbation.pt")
     if patch.ndim != 4 or patch.shape[:2] != (1, 3) or patch.shape[-1] != patch.shape[-2]:
         raise ConfigError(f"--init-from {run_dir}: perturbation.pt has shape {tuple(patch.shape)}, not (1, 3, P, P)")
-    if config.get("shape", "circle") != shape:
+    if shape is not None and config.get("shape", "circle") != shape:
         raise ConfigError(f"--init-from {run_dir}: that run's patch shape is {config.get('shape')!r}, this run's "
                           f"--shape is {shape!r}")
     return patch.clamp(0.0, 1.0)

@@ -432,12 +432,18 @@ class PersonPatch(PhysicalAttack):
 
     def __call__(self, detector: nn.Module, scenes: Tensor, *, eval_scenes: Tensor,  # type: ignore[override]
                  boxes: list[Tensor] | None = None, eval_boxes: list[Tensor] | None = None,
-                 **run: Unpack[RunOptions]) -> PhysicalResult:
+                 initial: Tensor | None = None, **run: Unpack[RunOptions]) -> PhysicalResult:
         """Optimise the patch on ``scenes`` (N, 3, H, W) against ``detector`` (a ``Detector``); evaluate on fresh
         draws of ``eval_scenes`` (photos not optimised on). ``boxes`` / ``eval_boxes``: the person boxes of each
-        scene (default: ``ground_truth``)."""
+        scene (default: ``ground_truth``). ``initial``: colours (1, 3, P, P) in [0, 1] to start from (e.g. another
+        run's patch, to continue it under another EOT or patch fraction) instead of ``init``; the evaluation's
+        ``initial`` variant is then that patch."""
         ctx = self.context(detector, scenes, eval_scenes, boxes=boxes, eval_boxes=eval_boxes)
-        w0 = logit(self.initial_colours()).to(ctx.device)
+        if initial is not None and tuple(initial.shape) != (1, 3, self.patch_size, self.patch_size):
+            raise ConfigError(f"initial patch has shape {tuple(initial.shape)}, expected "
+                              f"(1, 3, {self.patch_size}, {self.patch_size})")
+        colours0 = self.initial_colours() if initial is None else initial.detach().float().cpu()
+        w0 = logit(colours0).to(ctx.device)
         extra = {"scenes_shape": list(ctx.scenes.shape), "eval_scenes_shape": list(ctx.eval_scenes.shape),
                  **(run.pop("run_extra", None) or {})}
         return self._attack(ctx, w0, run_extra=extra, score_clean=True, **run)

@@ -74,6 +74,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         contrast=(0.8, 1.2), contrast_pivot=0.0, brightness=0.1, printer_gain=0.05, printer_offset=0.02,
         blur=(0.0, 1.0), noise=(0.0, 0.03),
     ),
+    # "thys-person" widened by what printing the whole scene 150 mm wide and photographing it does (issue 19; the same
+    # survival channel and the same 512 px grid as "sharif-print-aware"'s astronaut photo, so the same ranges):
+    # contrast 0.55-1.0, brightness +-0.1, saturation 0.6-1.0, illuminant +-8%, printer gain +-8% / offset +-0.04,
+    # disc blur radius 0-4 and motion blur 0-8 scene px (both drawn), noise 0-0.02; no scene geometry (the person
+    # boxes stay put; the placement supplies the patch's geometry).
+    "thys-person-print-aware": dict(
+        brightness=0.1, contrast=(0.55, 1.0), saturation=(0.6, 1.0), illuminant=0.08, printer_gain=0.08,
+        printer_offset=0.04, blur_kind="disk", blur=(0.0, 4.0), motion=(0.0, 8.0), noise=(0.0, 0.02),
+    ),
     # ART 1.20 AdversarialPatchPyTorch defaults: rotation_max=22.5, scale_min=0.1, scale_max=1.0,
     # distortion_scale_max=0 (no perspective); ART applies them to the patch before placing it.
     "art-patch-default": dict(rotation=22.5, scale=(0.1, 1.0), perspective=0.0, padding="zeros"),

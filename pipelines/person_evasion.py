@@ -163,6 +163,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lambda-nps", type=cli_types.non_negative, default=0.01, help="non-printability weight")
     p.add_argument("--eot", default="thys-person", help="EOT preset name (the printer's stages act on the patch)")
     p.add_argument("--init", choices=("gray", "random"), default="gray", help="initial patch colours")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from the patch of this finished evade-persons run (e.g. to continue it under another "
+                        "--eot or --patch-fraction) instead of --init; its patch size must be --patch-size")
     p.add_argument("--print-photos", type=cli_types.integer(0, 10000), default=0,
                    help="also print and photograph each held-out scene this many times (the survival table's "
                         "simulated channel) with no patch, the random patch and the optimised patch; 0: off")
@@ -196,6 +199,15 @@ def run_evade_persons(args: argparse.Namespace) -> int:
     if args.scale_min > args.scale_max:
         raise ConfigError(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
     cli_types.check_run_out(args.out, PersonPatch.name)
+    initial, init = None, {}
+    if args.init_from:
+        from physical.cli_eot import _initial_patch
+
+        initial = _initial_patch(args.init_from, args.patch_size, None, kind=PersonPatch.name)
+        if initial.shape[-1] != args.patch_size:
+            raise ConfigError(f"--init-from {args.init_from}: its patch is {initial.shape[-1]} px, --patch-size is "
+                              f"{args.patch_size}")
+        init = {"init_from": str(Path(args.init_from).resolve())}
     t0 = time.perf_counter()
     detector = detector_model(args.model)
     score_threshold = (float(getattr(detector, "score_threshold", 0.5)) if args.score_threshold is None
@@ -219,9 +231,9 @@ def run_evade_persons(args: argparse.Namespace) -> int:
     print(f"{args.label} boxes: {sum(persons['train'].values())} in {len(train)} training photos, "
           f"{sum(persons['held_out'].values())} in {len(held)} held-out photos")
     result = attack(detector, train, eval_scenes=held, boxes=train_boxes, eval_boxes=held_boxes, run_dir=args.out,
-                    progress=args.progress,
+                    progress=args.progress, initial=initial,
                     run_extra={"model": args.model, "train": list(args.train), "held_out": list(args.held_out),
-                               "scene_size": args.scene_size, "persons": persons})
+                               "scene_size": args.scene_size, "persons": persons, **init})
     control = random_patch(args.patch_size, args.seed + 99)
     # the random-colour control on the SAME held-out draws (the evaluation generator replays them)
     control_scores = attack.evaluate(detector, {"random": control}, held, boxes=held_boxes,
@@ -262,7 +274,7 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         "eval_samples": attack.eval_samples, "eval_seed": attack.resolved_eval_seed, "seed": attack.seed,
         "variants": report, "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
         "optimise_seconds": result.extras.get("optimise_seconds"), "eval_seconds": result.extras.get("eval_seconds"),
-        "print_photo": printed, "machine": machine_info()})
+        "print_photo": printed, "machine": machine_info(), **init})
     torch.save({"random_texture": control}, out / "random_texture.pt")
     print_recall_lines(report, printed, "recall_by_scene")
     print(f"held-out {', '.join(args.held_out)}; IoU {attack.iou_threshold}, score >= {attack.score_threshold}; "

@@ -205,7 +205,7 @@ def test_print_stage_can_be_skipped():
 def test_presets_resolve_and_serialise(tmp_path):
     assert set(PRESETS) == {"athalye-eot-2d", "rp2", "sharif", "thys", "art-patch-default", "print-aware",
                             "print-aware-10pct", "secure-eval-patch", "rp2-print",
-                            "sharif-print-aware", "thys-person"}
+                            "sharif-print-aware", "thys-person", "thys-person-print-aware"}
     a = preset("athalye-eot-2d")
     assert a.scale == (0.9, 1.4) and a.rotation == 22.5 and a.brightness == 0.05 and a.noise == (0.0, 0.1)
     art = preset("art-patch-default")
