@@ -10,7 +10,7 @@ worn on the aligned 150 x 150 face chip, which is then photographed through the 
   the top ``k`` (Thys et al. 2019's "max objectness") — and, when gradients are off (evaluation), the detector's
   own detections (``MTCNN.detect``, unchanged: boxes and probabilities, the ``max_detections`` most probable);
   the candidate windows of R- and O-Net come from the real cascade (run without gradients), the scores on them are
-  computed with gradients through ``roi_align``;
+  computed with gradients through the detector's crops (``MTCNN._crops``);
 * the loss is the mean over the draws of ``s_P + s_R + s_O`` (a face is found only if all three stages pass);
 * success on an evaluation draw = the face is NOT detected: no detection with probability ``>= score_threshold``
   at IoU ``>= iou_threshold`` with the ground-truth box. The ground-truth box of a chip is MTCNN's most probable
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 
 from physical.eot import EOTTransform
 from physical.eyeglass import (
@@ -55,7 +55,7 @@ from physical.loop import (
     replace_context,
 )
 from testbed.errors import ConfigError, ImageError
-from testbed.models.mtcnn import MTCNN, _regress, _square
+from testbed.models.mtcnn import MTCNN
 from testbed.palette import resolve_palette
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only the annotations need it
@@ -108,18 +108,15 @@ class MTCNNFaceScores(nn.Module):
         face / not-face outputs, so they never saturate), reduced over its candidate windows (``-inf``-free: an
         image without candidates at a stage scores ``NO_CANDIDATE``)."""
         m = self.detector
-        cfg = m.config
         batch, _, height, width = x.shape
-        norm = m._normalise(x)
         with _captured(m.pnet.conv4_1) as plog:
-            for scale in m._scales(height, width):
-                h, w = int(height * scale + 1), int(width * scale + 1)
-                m.pnet(F.interpolate(norm, size=(h, w), mode="area"))
+            for _scale, level in m._pyramid(x):
+                m.pnet(level)
         pnet = (torch.cat([(z[:, 1] - z[:, 0]).flatten(1) for z in plog], dim=1) if plog
                 else x.new_zeros(batch, 0))
         with torch.no_grad():  # the cascade's own stage-1 candidate windows
             boxes1, idx1 = m._stage1(x.detach())
-            ok = m._valid(boxes1)
+            ok = m._valid(boxes1, height, width)
             boxes1, idx1 = boxes1[ok], idx1[ok]
         rlogit = oprob_logit = x.new_zeros(0)
         idx2 = idx1[:0]
@@ -128,11 +125,8 @@ class MTCNNFaceScores(nn.Module):
                 reg1, rprob = m._batched(m.rnet, m._crops(x, boxes1, idx1, 24))
             rlogit = torch.cat([z[:, 1] - z[:, 0] for z in rlog])
             with torch.no_grad():  # the rest of MTCNN._stage2 on these outputs: its stage-2 candidates
-                keep = rprob.detach() > cfg.thresholds[1]
-                b2, r2, p2, i2 = boxes1[keep], reg1.detach()[keep], rprob.detach()[keep], idx1[keep]
-                keep = batched_nms(b2, p2, i2, cfg.nms_rnet)
-                boxes2, idx2 = _square(_regress(b2[keep], r2[keep])), i2[keep]
-                ok = m._valid(boxes2)
+                boxes2, idx2 = m._refine(boxes1, reg1.detach(), rprob.detach(), idx1)
+                ok = m._valid(boxes2, height, width)
                 boxes2, idx2 = boxes2[ok], idx2[ok]
             if len(boxes2):
                 with _captured(m.onet.dense6_1) as olog:

@@ -1,7 +1,18 @@
 """MTCNN face detector with 5 landmarks (Zhang et al. 2016), written in PyTorch.
 
 Loads facenet-pytorch 2.6.0's P-, R- and O-Net state dicts (assets ``mtcnn_pnet``, ``mtcnn_rnet``,
-``mtcnn_onet``). The cascade follows the original algorithm; the implementation is ours and batched:
+``mtcnn_onet``). Two implementations of the cascade (``MTCNNConfig.cascade``), both differentiable with respect to
+the pixels through the crops:
+
+* ``"reference"``: facenet-pytorch 2.6.0's ``MTCNN.detect`` reproduced (its 1-based integer P-Net windows, crops
+  = the part of the box inside the image in whole pixels resized with area interpolation, ``+1`` box widths in the
+  regression and the last NMS, boxes not clipped); checked against its stored outputs on fixed images
+  (tests/test_mtcnn_reference.py, tools/mtcnn_reference/).
+* ``"roi_align"`` (the default, below): ours and batched; boxes differ from facenet-pytorch's by up to ~7 px.
+  It stays the default because on face chips whose face reaches the image border (the eyeglass attacks' inputs)
+  the reference's clipped crops stretch the face and mislocate it.
+
+The roi_align cascade:
 
 1. P-Net, fully convolutional, on an image pyramid built with ``F.interpolate(mode="area")`` on the whole
    batch; candidate windows per (image, scale) are reduced with ``batched_nms`` (IoU 0.5), then per image
@@ -166,6 +177,10 @@ class Detections(DetectionSet):
         }
 
 
+#: The two implementations of the cascade (``MTCNNConfig.cascade``).
+CASCADES: tuple[str, ...] = ("reference", "roi_align")
+
+
 @dataclass(frozen=True)
 class MTCNNConfig:
     """Detector hyper-parameters (facenet-pytorch's defaults)."""
@@ -178,6 +193,13 @@ class MTCNNConfig:
     nms_rnet: float = 0.7  # IoU after R-Net
     nms_onet: float = 0.7  # intersection over the smaller box, after O-Net
     batch_size: int = 512  # crops per R-/O-Net forward pass
+    #: "roi_align" (default): our batched cascade (roi_align crops, black outside the image, continuous
+    #: coordinates, boxes clipped to the image). "reference": facenet-pytorch 2.6.0's arithmetic, its
+    #: ``MTCNN.detect`` (measured: within 1.3e-4 px, same probabilities; crops = the part of the box inside the image, integer pixels, resized with area
+    #: interpolation; its integer P-Net windows, +1 box widths; boxes not clipped). The default stays roi_align:
+    #: on face chips whose face reaches the border (the eyeglass attacks') the reference crops stretch the face and
+    #: mislocate it (docs/detectors.md, "MTCNN verified against facenet-pytorch").
+    cascade: str = "roi_align"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
@@ -196,6 +218,8 @@ class MTCNNConfig:
                 raise ConfigError(f"MTCNN {key} must be in (0, 1], got {value}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(f"MTCNN batch_size must be a positive int, got {self.batch_size!r}")
+        if self.cascade not in CASCADES:
+            raise ConfigError(f"MTCNN cascade must be one of {', '.join(CASCADES)}, got {self.cascade!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -208,10 +232,19 @@ class MTCNNConfig:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
-    """Apply MTCNN's box regression (offsets in units of the box size)."""
-    wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+def _regress(boxes: torch.Tensor, reg: torch.Tensor, plus_one: bool = False) -> torch.Tensor:
+    """Apply MTCNN's box regression (offsets in units of the box size; ``plus_one``: the size is
+    ``x2 - x1 + 1``, as facenet-pytorch's ``bbreg`` after R- and O-Net)."""
+    wh = (boxes[:, 2:] - boxes[:, :2] + (1.0 if plus_one else 0.0)).repeat(1, 2)
     return boxes + reg * wh
+
+
+def _rerec(boxes: torch.Tensor) -> torch.Tensor:
+    """``_square`` with facenet-pytorch's arithmetic (``x1 + w/2 - l/2``, then ``x2 = x1 + l``), bit for bit."""
+    wh = boxes[:, 2:] - boxes[:, :2]
+    side = wh.max(dim=1, keepdim=True).values
+    top_left = boxes[:, :2] + wh * 0.5 - side * 0.5
+    return torch.cat([top_left, top_left + side], dim=1)
 
 
 def _square(boxes: torch.Tensor) -> torch.Tensor:
@@ -221,17 +254,21 @@ def _square(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], dim=1)
 
 
-def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS with intersection over the *smaller* area (MTCNN's last stage), per group; returns kept indices."""
+def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float,
+             plus_one: bool = False) -> torch.Tensor:
+    """Greedy NMS with intersection over the *smaller* area (MTCNN's last stage), per group; returns kept indices
+    (most probable first within each group). ``plus_one``: widths and heights are ``x2 - x1 + 1`` (facenet-pytorch's
+    ``nms_numpy``)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    one = 1.0 if plus_one else 0.0
     # Separate groups by offsetting them far apart (the same trick as torchvision's batched_nms).
-    offset = groups.to(boxes) * (boxes.max() - boxes.min() + 1)
+    offset = groups.to(boxes) * (boxes.max() - boxes.min() + 2)
     b = boxes + offset[:, None]
-    area = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    area = (b[:, 2:] - b[:, :2] + one).clamp(min=0).prod(dim=1)
     lt = torch.maximum(b[:, None, :2], b[None, :, :2])
     rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    inter = (rb - lt + one).clamp(min=0).prod(dim=2)
     overlap = inter / torch.minimum(area[:, None], area[None, :]).clamp(min=1e-9)
     order = scores.argsort(descending=True)
     suppressed = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
@@ -301,8 +338,9 @@ class MTCNN(Detector):
             probs = boxes.new_zeros(0)
             points = boxes.new_zeros(0, 5, 2)
 
-        limits = boxes.new_tensor([width, height, width, height])
-        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        if not self._reference:  # facenet-pytorch does not clip its boxes to the image
+            limits = boxes.new_tensor([width, height, width, height])
+            boxes = torch.minimum(boxes.clamp(min=0), limits)
         results = []
         for b in range(batch):
             sel = (img_idx == b).nonzero().flatten()
@@ -318,13 +356,13 @@ class MTCNN(Detector):
             boxes, img_idx = self._stage1(x.detach())
             if len(boxes):
                 boxes, img_idx = self._stage2(x.detach(), boxes, img_idx)
-            ok = self._valid(boxes)
+            ok = self._valid(boxes, *x.shape[-2:])
             boxes, img_idx = boxes[ok], img_idx[ok]
         if not len(boxes):
             return x.new_zeros(0), x.new_zeros(0, 4), img_idx, 0
         reg, _, prob = self._batched(self.onet, self._crops(x, boxes, img_idx, 48))
         width = int(torch.bincount(img_idx, minlength=len(x)).max())
-        return prob, _regress(boxes, reg.detach()), img_idx, width
+        return prob, _regress(boxes, reg.detach(), plus_one=self._reference), img_idx, width
 
     @staticmethod
     def _per_image(values: torch.Tensor, img_idx: torch.Tensor, batch: int, width: int) -> torch.Tensor:
@@ -344,7 +382,8 @@ class MTCNN(Detector):
 
     def candidate_scores(self, images: torch.Tensor, label: int | str = 0) -> torch.Tensor:
         """``(B, K)``: the O-Net face probability of each final-stage candidate window, differentiable with respect
-        to the pixels (through ``roi_align``; the windows themselves come from P- and R-Net without gradients);
+        to the pixels (through the crops and their resize; the windows themselves come from P- and R-Net without
+        gradients);
         K is the largest count in the batch, the other images padded with probability 0."""
         return self.candidates(images, label)[0]
 
@@ -356,9 +395,19 @@ class MTCNN(Detector):
 
     # -- stages ----------------------------------------------------------------------------------------------------
 
+    @property
+    def _reference(self) -> bool:
+        """True when the cascade follows facenet-pytorch's arithmetic (``config.cascade == "reference"``)."""
+        return self.config.cascade == "reference"
+
     @staticmethod
-    def _normalise(x: torch.Tensor) -> torch.Tensor:
-        return (x * 255.0 - 127.5) * 0.0078125
+    def _net_input(pixels: torch.Tensor) -> torch.Tensor:
+        """The networks' input from 0..255 pixels: ``(p - 127.5) / 128``."""
+        return (pixels - 127.5) * 0.0078125
+
+    @classmethod
+    def _normalise(cls, x: torch.Tensor) -> torch.Tensor:
+        return cls._net_input(x * 255.0)
 
     def _scales(self, height: int, width: int) -> list[float]:
         cfg = self.config
@@ -371,21 +420,36 @@ class MTCNN(Detector):
             side *= cfg.factor
         return scales
 
+    def _pyramid(self, x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+        """``(scale, P-Net input)`` for every level of the image pyramid (differentiable in ``x``): the image resized
+        to ``(int(H * scale + 1), int(W * scale + 1))`` with area interpolation (reference: on 0..255 pixels, then
+        normalised, as facenet-pytorch; roi_align: normalised first, the same up to rounding)."""
+        height, width = x.shape[-2:]
+        levels = []
+        for scale in self._scales(height, width):
+            size = (int(height * scale + 1), int(width * scale + 1))
+            if self._reference:
+                levels.append((scale, self._net_input(F.interpolate(x * 255.0, size=size, mode="area"))))
+            else:
+                levels.append((scale, F.interpolate(self._normalise(x), size=size, mode="area")))
+        return levels
+
     def _stage1(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         batch, _, height, width = x.shape
-        norm = self._normalise(x)
         all_boxes, all_scores, all_reg, all_img, all_group = [], [], [], [], []
-        for s_idx, scale in enumerate(self._scales(height, width)):
-            h, w = int(height * scale + 1), int(width * scale + 1)
-            reg, prob = self.pnet(F.interpolate(norm, size=(h, w), mode="area"))
+        for s_idx, (scale, level) in enumerate(self._pyramid(x)):
+            reg, prob = self.pnet(level)
             b, r, c = (prob >= cfg.thresholds[0]).nonzero(as_tuple=True)
             if len(b) == 0:
                 continue
-            sx, sy = w / width, h / height  # actual per-axis scale of the resized image
             cells = torch.stack([c, r], dim=1).to(x.dtype) * 2  # window top-left in the resized image
-            per_axis = cells.new_tensor([sx, sy])
-            all_boxes.append(torch.cat([cells / per_axis, (cells + 12) / per_axis], dim=1))
+            if self._reference:  # facenet-pytorch's generateBoundingBox: 1-based integer windows at the nominal scale
+                all_boxes.append(torch.cat([((cells + 1) / scale).floor(), ((cells + 12) / scale).floor()], dim=1))
+            else:
+                h, w = level.shape[-2:]
+                per_axis = cells.new_tensor([w / width, h / height])  # actual per-axis scale of the resized image
+                all_boxes.append(torch.cat([cells / per_axis, (cells + 12) / per_axis], dim=1))
             all_scores.append(prob[b, r, c])
             all_reg.append(reg[b, :, r, c])
             all_img.append(b)
@@ -398,42 +462,75 @@ class MTCNN(Detector):
         boxes, scores, reg, img_idx = boxes[keep], scores[keep], reg[keep], img_idx[keep]
         keep = batched_nms(boxes, scores, img_idx, cfg.nms_pnet)  # across scales, per image
         boxes, reg, img_idx = boxes[keep], reg[keep], img_idx[keep]
-        return _square(_regress(boxes, reg)), img_idx
+        return self._square(_regress(boxes, reg)), img_idx
+
+    def _square(self, boxes: torch.Tensor) -> torch.Tensor:
+        return _rerec(boxes) if self._reference else _square(boxes)
+
+    def _pixel_windows(self, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Reference crops: facenet-pytorch's ``pad``: (x1, y1, x2, y2) as ints, truncated, x1, y1 >= 1, x2 <= W,
+        y2 <= H; the crop is rows ``y1 - 1 .. y2 - 1`` and columns ``x1 - 1 .. x2 - 1`` (0-based, inclusive)."""
+        t = boxes.trunc()
+        return torch.stack([t[:, 0].clamp(min=1), t[:, 1].clamp(min=1), t[:, 2].clamp(max=width),
+                            t[:, 3].clamp(max=height)], dim=1).long()
 
     def _crops(self, x: torch.Tensor, boxes: torch.Tensor, img_idx: torch.Tensor, size: int) -> torch.Tensor:
-        """size x size crops of ``boxes`` (black outside the image), normalised for the networks."""
-        rois = torch.cat([img_idx[:, None].to(boxes), boxes], dim=1)
-        crops = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        return self._normalise(crops)
+        """size x size crops of ``boxes``, normalised for the networks, differentiable in ``x``. Reference:
+        facenet-pytorch's crop (the part of the box inside the image, integer pixels) resized with area
+        interpolation; roi_align: bilinear samples of the whole box, black outside the image."""
+        if not self._reference:
+            rois = torch.cat([img_idx[:, None].to(boxes), boxes], dim=1)
+            crops = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+            return self._normalise(crops)
+        if not len(boxes):
+            return x.new_zeros(0, 3, size, size)
+        pixels = x * 255.0
+        windows = self._pixel_windows(boxes, x.shape[-2], x.shape[-1]).tolist()
+        crops = [F.interpolate(pixels[b : b + 1, :, y1 - 1 : y2, x1 - 1 : x2], size=(size, size), mode="area")
+                 for b, (x1, y1, x2, y2) in zip(img_idx.tolist(), windows)]
+        return self._net_input(torch.cat(crops))
 
     def _batched(self, net: nn.Module, crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
         step = self.config.batch_size
         outs = [net(crops[i : i + step]) for i in range(0, max(len(crops), 1), step)]
         return tuple(torch.cat(parts) for parts in zip(*outs))
 
-    def _valid(self, boxes: torch.Tensor) -> torch.Tensor:
-        size = boxes[:, 2:] - boxes[:, :2]
-        return torch.isfinite(boxes).all(dim=1) & (size > 1e-3).all(dim=1)
+    def _valid(self, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Boxes that give a crop: finite, positive size (roi_align) / a non-empty pixel window (reference;
+        facenet-pytorch would skip such a crop and misalign its outputs, so they never reach its outputs)."""
+        finite = torch.isfinite(boxes).all(dim=1)
+        if not self._reference:
+            return finite & ((boxes[:, 2:] - boxes[:, :2]) > 1e-3).all(dim=1)
+        safe = torch.where(finite[:, None], boxes, torch.zeros_like(boxes))
+        win = self._pixel_windows(safe, height, width)
+        return finite & (win[:, 3] > win[:, 1] - 1) & (win[:, 2] > win[:, 0] - 1)
 
-    def _stage2(self, x, boxes, img_idx):
-        ok = self._valid(boxes)
-        boxes, img_idx = boxes[ok], img_idx[ok]
-        reg, prob = self._batched(self.rnet, self._crops(x, boxes, img_idx, 24))
+    def _refine(self, boxes: torch.Tensor, reg: torch.Tensor, prob: torch.Tensor,
+                img_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of stage 2 on R-Net's outputs (no gradients needed): threshold, NMS, regression, square."""
         ok = prob > self.config.thresholds[1]
         boxes, reg, prob, img_idx = boxes[ok], reg[ok], prob[ok], img_idx[ok]
         keep = batched_nms(boxes, prob, img_idx, self.config.nms_rnet)
-        return _square(_regress(boxes[keep], reg[keep])), img_idx[keep]
+        return self._square(_regress(boxes[keep], reg[keep], plus_one=self._reference)), img_idx[keep]
+
+    def _stage2(self, x, boxes, img_idx):
+        ok = self._valid(boxes, *x.shape[-2:])
+        boxes, img_idx = boxes[ok], img_idx[ok]
+        reg, prob = self._batched(self.rnet, self._crops(x, boxes, img_idx, 24))
+        return self._refine(boxes, reg, prob, img_idx)
 
     def _stage3(self, x, boxes, img_idx, threshold: float | None = None):
-        ok = self._valid(boxes)
+        ok = self._valid(boxes, *x.shape[-2:])
         boxes, img_idx = boxes[ok], img_idx[ok]
         reg, pts, prob = self._batched(self.onet, self._crops(x, boxes, img_idx, 48))
         ok = prob > (self.config.thresholds[2] if threshold is None else threshold)
         boxes, reg, pts, prob, img_idx = boxes[ok], reg[ok], pts[ok], prob[ok], img_idx[ok]
-        size = boxes[:, 2:] - boxes[:, :2]
-        points = boxes[:, None, :2] + pts * size[:, None, :]
-        boxes = _regress(boxes, reg)
-        keep = _nms_min(boxes, prob, img_idx, self.config.nms_onet)
+        if self._reference:  # facenet-pytorch: x1 + p * (x2 - x1 + 1) - 1
+            points = boxes[:, None, :2] + pts * (boxes[:, 2:] - boxes[:, :2] + 1)[:, None, :] - 1
+        else:
+            points = boxes[:, None, :2] + pts * (boxes[:, 2:] - boxes[:, :2])[:, None, :]
+        boxes = _regress(boxes, reg, plus_one=self._reference)
+        keep = _nms_min(boxes, prob, img_idx, self.config.nms_onet, plus_one=self._reference)
         return boxes[keep], prob[keep], points[keep], img_idx[keep]
 
 
