@@ -121,3 +121,22 @@ def test_face_evasion_scores_follow_the_reference_cascade(mtcnn, reference):
     assert float(torch.sigmoid(scores.detach()[0, 2])) == pytest.approx(item["probs"][0], abs=1e-4)
     scores.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_registry_entry_mtcnn_facenet_is_the_reference_cascade(reference):
+    """``mtcnn-facenet`` (task detector) builds the reference cascade; ``mtcnn`` the default one."""
+    from testbed.assets import check
+    from testbed.models.registry import get_entry, get_model, list_models
+
+    assert "mtcnn-facenet" in list_models("detector") and "mtcnn" in list_models("detector")
+    entry = get_entry("mtcnn-facenet")
+    assert entry.labels == ("face",) and entry.assets == ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
+    assert entry.summary()["accuracy"][0]["n"] == 14
+    if any(check(name) != "ok" for name in ASSETS):
+        pytest.skip("MTCNN's weights are not fetched (run `testbed assets fetch`)")
+    model = get_model("mtcnn-facenet", device="cpu")
+    assert isinstance(model, MTCNN) and model.config.cascade == "reference"
+    assert get_model("mtcnn", device="cpu").config.cascade == "roi_align"
+    item = next(i for i in reference["images"] if i["name"] == "faceapi_sample1")
+    (det,) = model(_image(item))
+    assert len(det) == 3 and float((det.boxes - torch.tensor(item["boxes"])).abs().max()) <= BOX_TOLERANCE

@@ -2,7 +2,8 @@
 
 * ``face-descriptor-dlib``: dlib's ResNet 128-d face descriptor, ported from face-api's tfjs weights
   (``testbed.models.face_descriptor``).
-* ``mtcnn``: the MTCNN face detector with 5 landmarks, ``testbed.models.mtcnn.MTCNN_ENTRY``.
+* ``mtcnn``: the MTCNN face detector with 5 landmarks, ``testbed.models.mtcnn.MTCNN_ENTRY``; ``mtcnn-facenet``: the
+  same weights with facenet-pytorch's exact cascade (``MTCNN_FACENET_ENTRY``, cascade ``"reference"``).
 * ``tiny-face-detector``: face-api's Tiny Face Detector (tiny YOLOv2), ported from its tfjs weights
   (``testbed.models.tiny_face_detector``).
 
@@ -21,7 +22,7 @@ from testbed.models.face_descriptor import (
     MATCH_THRESHOLD,
     load_face_descriptor,
 )
-from testbed.models.mtcnn import MTCNN_ENTRY
+from testbed.models.mtcnn import MTCNN_ENTRY, MTCNN_FACENET_ENTRY
 from testbed.models.tiny_face_detector import TINY_FACE_DETECTOR_ENTRY
 
 
@@ -56,4 +57,5 @@ register_model(
 )
 
 register_model(MTCNN_ENTRY)
+register_model(MTCNN_FACENET_ENTRY)
 register_model(TINY_FACE_DETECTOR_ENTRY)
