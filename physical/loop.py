@@ -67,7 +67,7 @@ VALIDATION_SEED_OFFSET = 2_000_029
 LR_SCHEDULES = ("constant", "cosine")
 #: loop keys left out of EVERY attack's config at these values (whatever its own ``CONFIG_OMIT_DEFAULTS``), so run
 #: directories written before the key existed resume
-LOOP_OMIT_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "select_from": 0}
+LOOP_OMIT_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "select_from": 0, "fold_bn": False}
 
 
 class RunOptions(TypedDict, total=False):
@@ -225,7 +225,7 @@ class PhysicalAttack(RunHyperParams):
     default_eot: ClassVar[str] = "athalye-eot-2d"
     #: config keys that do not change the optimisation's arithmetic beyond rounding: a run may be resumed with
     #: other values of them
-    SPEED_KEYS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "compile", "eot_batch")
+    SPEED_KEYS: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "compile", "eot_batch", "fold_bn")
     #: how many fresh draws score the result, and in what batches: a finished or killed run directory can be
     #: re-evaluated with other values (the optimisation does not depend on them; the evaluation seed does stay)
     EVAL_KEYS: ClassVar[tuple[str, ...]] = ("eval_samples", "eval_batch_size")
@@ -253,6 +253,7 @@ class PhysicalAttack(RunHyperParams):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the optimisation's model forward/backward
     channels_last: bool = True  # run the model in NHWC memory layout
     compile: bool = False  # torch.compile the model for the optimisation loop (slow first step)
+    fold_bn: bool = False  # optimisation and validation on a copy with BatchNorm folded into the convolutions
     eot_batch: int | None = None  # draws per model pass in a step (None: all batch_size draws in one pass)
     # iterate selection on validation draws (0: off, the result is the last iterate) and early stopping
     select_every: int = 0  # score the current colours every this many steps (and after the last step)
@@ -281,7 +282,7 @@ class PhysicalAttack(RunHyperParams):
         self.validate_run()
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for n in ("channels_last", "compile", "keep_draws"):
+        for n in ("channels_last", "compile", "fold_bn", "keep_draws"):
             if not isinstance(getattr(self, n), bool):
                 raise ConfigError(f"{n} must be a bool, got {getattr(self, n)!r}")
         if self.eot_batch is not None:
@@ -459,7 +460,8 @@ class PhysicalAttack(RunHyperParams):
                 history.extend(torch.stack(pending).float().cpu().tolist())
                 pending.clear()
 
-        with prepared_model(ctx.model, channels_last=self.channels_last, compile=self.compile) as net:
+        with prepared_model(ctx.model, channels_last=self.channels_last, compile=self.compile,
+                            fold_bn=self.fold_bn) as net:
             for step in range(start, self.steps):
                 if sel.stopped:
                     break
@@ -531,6 +533,7 @@ class PhysicalAttack(RunHyperParams):
             from tqdm import tqdm
 
             bar = tqdm(total=self.eval_samples * len(variants), desc=f"{self.name} evaluation", unit="draw")
+        # the caller's model as given (never the folded copy of ``fold_bn``): the reported success is the model's own
         with prepared_model(ctx.model, channels_last=self.channels_last, compile=False) as net:
             while left > 0:
                 n = min(self.eval_batch_size, left)
