@@ -16,7 +16,8 @@ from pipelines.main import main
     (["live", "SRC", "--model", "face-descriptor-dlib", "--out", "OUT"],
      "is a face-descriptor model; this command takes a classification or detector model"),
     (["evade-persons", "--model", "mobilenet_v2", "--train", "astronaut", "--held-out", "camera", "--out", "OUT"],
-     "is a classification model; this command takes a detector model (centernet-coco, mtcnn, tiny-face-detector"),
+     ("is a classification model; this command takes a detector model "
+      "(centernet-coco, mtcnn, mtcnn-facenet, tiny-face-detector")),
 ])
 def test_a_model_of_the_wrong_task_is_refused_in_one_line(argv, told, tmp_path, capsys):
     argv = [str(tmp_path / "x") if a in ("OUT", "SRC") else a for a in argv]

@@ -194,11 +194,11 @@ class MTCNNConfig:
     nms_onet: float = 0.7  # intersection over the smaller box, after O-Net
     batch_size: int = 512  # crops per R-/O-Net forward pass
     #: "roi_align" (default): our batched cascade (roi_align crops, black outside the image, continuous
-    #: coordinates, boxes clipped to the image). "reference": facenet-pytorch 2.6.0's arithmetic, its
-    #: ``MTCNN.detect`` (measured: within 1.3e-4 px, same probabilities; crops = the part of the box inside the image, integer pixels, resized with area
-    #: interpolation; its integer P-Net windows, +1 box widths; boxes not clipped). The default stays roi_align:
-    #: on face chips whose face reaches the border (the eyeglass attacks') the reference crops stretch the face and
-    #: mislocate it (docs/detectors.md, "MTCNN verified against facenet-pytorch").
+    #: coordinates, boxes clipped to the image). "reference": facenet-pytorch 2.6.0's ``MTCNN.detect`` reproduced
+    #: (measured: within 1.3e-4 px, same probabilities): crops = the part of the box inside the image, in whole
+    #: pixels, resized with area interpolation; its integer P-Net windows, +1 box widths; boxes not clipped. The
+    #: default stays roi_align: on face chips whose face reaches the border (the eyeglass attacks') the reference
+    #: crops stretch the face and mislocate it (docs/detectors.md, "Verified against facenet-pytorch").
     cascade: str = "roi_align"
 
     def __post_init__(self) -> None:
@@ -436,7 +436,7 @@ class MTCNN(Detector):
 
     def _stage1(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
-        batch, _, height, width = x.shape
+        height, width = x.shape[-2:]
         all_boxes, all_scores, all_reg, all_img, all_group = [], [], [], [], []
         for s_idx, (scale, level) in enumerate(self._pyramid(x)):
             reg, prob = self.pnet(level)

@@ -58,7 +58,8 @@ def main() -> None:
     torch.set_num_threads(1)
     detector = MTCNN(device="cpu", **SETTINGS)
     data = Path(facenet_pytorch.__file__).parent / "data"
-    weights = {name: hashlib.sha256((data / f"{name}.pt").read_bytes()).hexdigest() for name in ("pnet", "rnet", "onet")}
+    weights = {name: hashlib.sha256((data / f"{name}.pt").read_bytes()).hexdigest()
+               for name in ("pnet", "rnet", "onet")}
     images = []
     for name, rel in IMAGES:
         pixels = read_rgb(REPO / rel)
