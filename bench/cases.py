@@ -754,6 +754,77 @@ def time_to_success(w: Workload, arms: str = "fast,fp32,art:5.0,art:0.05", every
     return out
 
 
+# ------------------------------------------------------------------------------------------ print-aware step
+@case
+def print_aware_step(w: Workload, arms: str = "plain,fold_bn", rounds: int = 6, steps: int = 6,
+                     batch: int = 4) -> dict[str, Any]:
+    """One step of issue 18's print-aware <= 10% recipe (MobileNetV2, toaster, area 0.1, 80 px circle,
+    experiments/eot_print_aware_10pct.yaml, the six scenes, ``batch`` draws), cut into its parts and timed in CPU
+    seconds (``time.process_time``; the threads torch was started with): drawing the parameters, rendering (placement
+    + print + geometry + light + optics + sensor), the model's forward and loss, the model's input-gradient backward,
+    the backward through the rendering to the colour logits, Adam. Arms (``plain``: the model as registered,
+    ``fold_bn``: BatchNorm folded, as ``--fold-bn``) alternate, ``rounds`` x ``steps`` steps each after a warm-up
+    round, in one process; medians per part (seconds per step), and whether the arms' weights stay frozen."""
+    import torch
+
+    from physical.cli_eot import _eot_arg, _load_scene
+    from physical.speed import prepared_model
+    from physical.universal import UniversalPatch, make_mask
+    from testbed.models.registry import get_model
+
+    if w.size < Workload().size:  # --quick: the same step, fewer repetitions
+        rounds, steps = 1, 2
+    names = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "grace_hopper")
+    size = 224
+    patch_size = max(8, round(math.sqrt(0.1 * size * size / float(make_mask("circle", 64).mean()))))
+    eot = _eot_arg(str(Path(__file__).resolve().parent.parent / "experiments" / "eot_print_aware_10pct.yaml"))
+    model = get_model("mobilenet_v2")
+    scene_batch = torch.cat([_load_scene(n, size) for n in names])
+    attacks = {arm: UniversalPatch(patch_size=patch_size, shape="circle", placement={"area": [0.1, 0.1], "rotation": 22.5},
+                                   eot=eot, batch_size=batch, lr=0.3, fold_bn=arm == "fold_bn")
+               for arm in arms.split(",")}
+    parts = ("sample", "render", "model_forward", "model_backward", "render_backward", "adam", "step")
+    times: dict[str, dict[str, list[float]]] = {arm: {p: [] for p in parts} for arm in attacks}
+    frozen: dict[str, bool] = {}
+    w0 = torch.logit(torch.rand(1, 3, patch_size, patch_size, generator=torch.Generator().manual_seed(7)).clamp(1e-4, 1 - 1e-4))
+    for r in range(rounds + 1):
+        for arm, attack in attacks.items():
+            ctx = attack.context(model, scene_batch, target=TARGET)
+            gen = torch.Generator().manual_seed(r)
+            wt = w0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([wt], lr=attack.lr)
+            with prepared_model(model, channels_last=True, compile=False, fold_bn=attack.fold_bn) as net:
+                frozen[arm] = all(not p.requires_grad for p in net.parameters())
+                for _ in range(steps):
+                    t = [time.process_time()]
+                    draw = attack._sample(ctx, batch, gen)
+                    t.append(time.process_time())
+                    colours = torch.sigmoid(wt)
+                    x = attack._render(ctx, colours, draw)
+                    t.append(time.process_time())
+                    loss = attack._attack_loss(ctx, attack._forward(net, x, train=True), attack._goal(ctx, draw))
+                    t.append(time.process_time())
+                    (gx,) = torch.autograd.grad(loss, [x])
+                    t.append(time.process_time())
+                    (g,) = torch.autograd.grad([x], [wt], grad_outputs=[gx])
+                    t.append(time.process_time())
+                    wt.grad = g
+                    opt.step()
+                    t.append(time.process_time())
+                    if r:  # round 0 warms up
+                        for p, a, b in zip(parts, t, t[1:]):
+                            times[arm][p].append(b - a)
+                        times[arm]["step"].append(t[-1] - t[0])
+    out: dict[str, Any] = {"unit": "CPU s/step", "batch": batch, "patch_size": patch_size,
+                           "threads": torch.get_num_threads(), "weights_frozen": frozen,
+                           "parts": {arm: {p: median(v) for p, v in d.items()} for arm, d in times.items()}}
+    first = next(iter(times))
+    out["seconds"] = times[first]["step"]
+    if "plain" in times and "fold_bn" in times:
+        out["fold_bn_over_plain"] = median(times["fold_bn"]["step"]) / median(times["plain"]["step"])
+    return out
+
+
 # ------------------------------------------------------------------------------------------ entry point
 def _value(v: str) -> Any:
     for conv in (int, float):

@@ -85,6 +85,8 @@ SPECS: tuple[Spec, ...] = (
          "--workers 2", {"cells": 4, "workers": 2, "steps": 60}),
     Spec("time-to-success", "time_to_success", "time to >= 90% targeted success on 500 fixed validation draws "
          "(mobilenet_v2, <= 10% patch): ours vs ART, one run", {"arms": "fast,art:5.0,art:0.05", "every": 20, "art_every": 50, "cap_factor": 3.5}),
+    Spec("print-aware-step", "print_aware_step", "print-aware <= 10% recipe (issue 18): one batch-4 step cut into its "
+         "parts, CPU s, model as registered vs --fold-bn, interleaved"),
 )
 BY_KEY = {s.key: s for s in SPECS}
 

@@ -100,3 +100,16 @@ def test_cli_fold_bn_reaches_the_attack():
     base = ["patch", "--target", "toaster", "--out", "unused-out"]
     assert _speed_kwargs(build_parser().parse_args(base))["fold_bn"] is False
     assert _speed_kwargs(build_parser().parse_args([*base, "--fold-bn"]))["fold_bn"] is True
+
+
+def test_bench_print_aware_step_quick_reports_every_part_with_frozen_weights():
+    from bench.cases import run_case
+
+    out = run_case("print_aware_step", True, {})
+    assert out["weights_frozen"] == {"plain": True, "fold_bn": True}
+    for arm in ("plain", "fold_bn"):
+        parts = out["parts"][arm]
+        assert set(parts) == {"sample", "render", "model_forward", "model_backward", "render_backward", "adam", "step"}
+        assert all(v > 0 for v in parts.values())
+        assert parts["step"] >= 0.9 * sum(v for k, v in parts.items() if k != "step")
+    assert out["batch"] == 4 and out["patch_size"] == 80 and len(out["seconds"]) == 2
