@@ -137,6 +137,8 @@ class PersonPatchDraw:
     scale: Tensor  # (B, P) patch side multiplier
     angle: Tensor  # (B, P) degrees
     shift: Tensor  # (B, P, 2) centre shift in [-1, 1] x jitter, fractions of the box's width / height
+    printed: bool = True  # the EOT's printer stages act on the patch (False: the patch's own colours, as printed
+    # for real by the print-photo loop's printer)
 
     def to_dict(self) -> dict[str, Any]:
         return {"eot": self.eot.cpu().to_dict(), "scene_index": self.scene_index.cpu(), "scale": self.scale.cpu(),
@@ -284,13 +286,16 @@ class PersonPatch(PhysicalAttack):
             shift=((2 * u[..., 2:] - 1) * self.jitter).to(ctx.device))
 
     def nominal_draw(self, ctx: PersonPatchContext, scene_index: Tensor) -> PersonPatchDraw:
-        """Every scene of ``scene_index`` with the patch at its nominal placement (scale 1, upright, centred) and the
-        identity EOT (the printed / photographed versions are for the print-photo loop)."""
+        """Every scene of ``scene_index`` with the patch at its nominal placement (scale 1, upright, centred) and its
+        own colours: no EOT printer stage (the printed / photographed versions are for the print-photo loop, whose
+        simulated printer prints it). ``eot`` holds a draw only for its batch size; ``composite`` reads nothing
+        else of it when ``printed`` is False."""
         n, p = len(scene_index), ctx.boxes.shape[1]
         eot = ctx.transform.sample(n, torch.Generator().manual_seed(0), ctx.device)
         dev = ctx.device
         return PersonPatchDraw(eot=eot, scene_index=scene_index.to(dev), scale=torch.ones(n, p, device=dev),
-                               angle=torch.zeros(n, p, device=dev), shift=torch.zeros(n, p, 2, device=dev))
+                               angle=torch.zeros(n, p, device=dev), shift=torch.zeros(n, p, 2, device=dev),
+                               printed=False)
 
     def placements(self, boxes: Tensor, draw: PersonPatchDraw) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(side (B, P) pixels, centre (B, P, 2) pixels, angle (B, P) degrees, valid (B, P) bool) of the patch on
@@ -309,7 +314,9 @@ class PersonPatch(PhysicalAttack):
         n = draw.eot.batch_size
         s = colours.shape[-1]
         height, width = scenes.shape[-2:]
-        printed = ctx.transform.apply_print(colours.expand(n, -1, -1, -1), draw.eot)
+        printed = colours.expand(n, -1, -1, -1)
+        if draw.printed:
+            printed = ctx.transform.apply_print(printed, draw.eot)
         stack = torch.cat([printed * ctx.mask, ctx.mask.expand(n, -1, -1, -1).to(printed.dtype)], dim=1)
         side, centre, angle, valid = self.placements(boxes, draw)
         with torch.no_grad():

@@ -268,3 +268,23 @@ def test_per_box_reduce_averages_each_persons_highest_overlapping_candidate():
     out = torch.cat([scores, cand.flatten(1)], dim=1)
     assert torch.isclose(attack._attack_loss(None, out, goal), torch.tensor((0.9 + 0.3) / 2))
     assert float(_attack(reduce="max")._attack_loss(None, scores, goal)) == pytest.approx(0.9)
+
+
+def test_nominal_draw_pastes_the_patch_own_colours_not_an_eot_print_draw(data):
+    """The print-photo loop's input: the patch at its nominal placement in its own colours (the loop's printer prints
+    it); a run's EOT printer stage (here a strong gain / offset) must not act on it."""
+    train, _ = data
+    det = ToyPersonDetector()
+    colours = torch.full((1, 3, 16, 16), 0.5)
+    shown = {}
+    for name, eot in [("toy", TOY_EOT), ("strong print", {"printer_gain": 0.4, "printer_offset": 0.2})]:
+        attack = _attack(eot=eot)
+        ctx = attack.context(det, train, train)
+        draw = attack.nominal_draw(ctx, torch.arange(len(train)))
+        assert draw.printed is False
+        shown[name] = attack.composite(ctx, colours, draw, ctx.scenes, ctx.boxes)
+        sampled = attack._sample(ctx, len(train), torch.Generator().manual_seed(0))
+        assert sampled.printed is True
+    assert torch.equal(shown["toy"], shown["strong print"])
+    # the centre of the first person's patch (box 8..40 x 8..72 of scene 0) is the patch's own grey
+    assert torch.allclose(shown["toy"][0, :, 40, 24], torch.full((3,), 0.5), atol=1e-5)
