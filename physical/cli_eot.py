@@ -326,11 +326,8 @@ def run_patch(args: argparse.Namespace) -> int:
         if fill <= 0:
             raise ConfigError(f"--shape {args.shape}: the mask is empty (no white pixel)")
         patch_size = max(8, round(math.sqrt(area_max * size * size / fill)))
-    initial = _initial_patch(args.init_from, patch_size, args.shape) if args.init_from else None
+    initial = _initial_patch(args.init_from, args.patch_size, args.shape) if args.init_from else None
     if initial is not None:
-        if args.patch_size is not None and args.patch_size != initial.shape[-1]:
-            raise ConfigError(f"--init-from {args.init_from}: its patch is {initial.shape[-1]} px, --patch-size is "
-                              f"{args.patch_size}")
         patch_size = initial.shape[-1]
     attack = UniversalPatch(
         patch_size=patch_size, shape=args.shape,
@@ -358,16 +355,18 @@ def run_patch(args: argparse.Namespace) -> int:
     )
 
 
-def _initial_patch(run_dir: str, patch_size: int, shape: str | None, kind: str = "patch") -> torch.Tensor:
+def _initial_patch(run_dir: str, patch_size: int | None, shape: str | None, kind: str = "patch") -> torch.Tensor:
     """The patch colours (1, 3, P, P) of a finished run of ``kind`` (``patch``; ``person-patch`` for
-    ``testbed evade-persons``, whose patches are square: ``shape`` None), checked against this run's --shape (when
-    --patch-size is given explicitly the sizes must agree; otherwise the run's size is used)."""
+    ``testbed evade-persons``, whose patches are square: ``shape`` None), checked against this run's --shape and
+    ``patch_size`` (the --patch-size given explicitly; None: the run's size is used)."""
     from testbed.runs import load_run, load_run_tensor
 
     config, _ = load_run(run_dir, kind)
     patch = load_run_tensor(Path(run_dir) / "perturbation.pt")
     if patch.ndim != 4 or patch.shape[:2] != (1, 3) or patch.shape[-1] != patch.shape[-2]:
         raise ConfigError(f"--init-from {run_dir}: perturbation.pt has shape {tuple(patch.shape)}, not (1, 3, P, P)")
+    if patch_size is not None and patch.shape[-1] != patch_size:
+        raise ConfigError(f"--init-from {run_dir}: its patch is {patch.shape[-1]} px, --patch-size is {patch_size}")
     if shape is not None and config.get("shape", "circle") != shape:
         raise ConfigError(f"--init-from {run_dir}: that run's patch shape is {config.get('shape')!r}, this run's "
                           f"--shape is {shape!r}")

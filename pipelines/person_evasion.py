@@ -204,9 +204,6 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         from physical.cli_eot import _initial_patch
 
         initial = _initial_patch(args.init_from, args.patch_size, None, kind=PersonPatch.name)
-        if initial.shape[-1] != args.patch_size:
-            raise ConfigError(f"--init-from {args.init_from}: its patch is {initial.shape[-1]} px, --patch-size is "
-                              f"{args.patch_size}")
         init = {"init_from": str(Path(args.init_from).resolve())}
     t0 = time.perf_counter()
     detector = detector_model(args.model)
