@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -356,8 +357,6 @@ def _read_live_log(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] 
 
 def _live_top1(frames: list[dict[str, Any]]) -> dict[str, Rate]:
     """The share of frames with each top-1 label (most frequent first, at most 8 and the rest together)."""
-    from collections import Counter
-
     counts = Counter(str(f["top5"][0][0]) for f in frames)
     n = len(frames)
     top = counts.most_common(8)
@@ -371,8 +370,6 @@ def _live_top1(frames: list[dict[str, Any]]) -> dict[str, Rate]:
 def _live_detections(frames: list[dict[str, Any]]) -> dict[str, Any]:
     """A detector's frames summarised: the frames with >= 1 detection (of any label, and of each label seen, most
     frequent first) as Wilson rates, detections per frame, each label's scores."""
-    from collections import Counter
-
     n = len(frames)
     per_frame = [len(f["boxes"]) for f in frames]
     with_label: Counter[str] = Counter()
@@ -470,7 +467,7 @@ def _live_report(run_dir: Path) -> tuple[str, list[str], dict[str, Any]]:
                                 ylabel="frames (%)"),
                  plot_live_detections(t, d["per_frame"], d["scores"], run_dir / PLOTS / "detections.png"),
                  rate_plot]
-        counts = _value_counts(d["per_frame"])
+        counts = dict(sorted(Counter(d["per_frame"]).items()))  # {k detections: frames}, increasing k
         per = _quantiles([float(c) for c in d["per_frame"]])
         lines += ["## Frames with at least one detection", ""]
         lines += md_table(["label", "frames % [Wilson 95%] (n)"], [[k, ci(v)] for k, v in d["shares"].items()])
@@ -500,14 +497,6 @@ def _live_report(run_dir: Path) -> tuple[str, list[str], dict[str, Any]]:
     lines += plots_section(run_dir, plots)
     data["plots"] = [q.relative_to(run_dir).as_posix() for q in plots]
     return f"live run {run_dir.name}", lines, data
-
-
-def _value_counts(values: list[int]) -> dict[int, int]:
-    """{value: how many times}, in increasing value."""
-    out: dict[int, int] = {}
-    for v in sorted(values):
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 def _secure_groups(data: dict[str, Any]) -> dict[str, dict[str, Rate | None]]:
