@@ -11,14 +11,16 @@ Prints, per run directory, k/n with a Wilson interval and the per-scene counts; 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from testbed.errors import ConfigError
 
-#: the survival table's seed (pipelines.survival.SurvivalConfig.seed): never used to choose a recipe
-SURVIVAL_SEED = 2026
+def survival_seed() -> int:
+    """The survival table's photo seed (``SurvivalConfig.seed``): never used to choose a recipe."""
+    from pipelines.survival import SurvivalConfig
+
+    return SurvivalConfig().seed
 
 
 def training_scenes(run: Path) -> list[str]:
@@ -36,8 +38,8 @@ def validate_run(run: Path, photos: int, seed: int, scenes: list[str] | None = N
     """In-situ success of ``run``'s patch on its own training scenes (``scenes``: a subset of them)."""
     from pipelines.survival import SurvivalConfig, patch_in_situ_survival
 
-    if seed == SURVIVAL_SEED:
-        raise ConfigError(f"seed {SURVIVAL_SEED} is the survival table's: validation uses its own draws")
+    if seed == survival_seed():
+        raise ConfigError(f"seed {seed} is the survival table's: validation uses its own draws")
     own = training_scenes(run)
     chosen = list(scenes) if scenes else own
     outside = [s for s in chosen if s not in own]
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="finished patch run directories")
     ap.add_argument("--photos", type=int, default=180, help="in-situ photos per run (photo i in scene i mod k)")
-    ap.add_argument("--seed", type=int, default=77, help=f"photo seed (never {SURVIVAL_SEED}, the survival's)")
+    ap.add_argument("--seed", type=int, default=77, help="photo seed (never the survival table's, 2026)")
     ap.add_argument("--scenes", default=None, help="comma-separated subset of the run's training scenes")
     ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args(argv)
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        from testbed.runs import atomic_write_json
+
+        atomic_write_json(args.json, out)
     return 0
 
 
