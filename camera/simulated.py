@@ -1086,12 +1086,17 @@ def _motion_kernel(size: int, angle_deg: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- harness batch mode
+# The harness photographs its sheets under the legacy `default` preset at this tilt (not that preset's 35°): every
+# table made with `default` used it. Every other preset keeps its own tilt unless the config names one.
+LEGACY_SHEET_TILT_DEG = 25.0
+
 @dataclass
 class PrintPhotoConfig:
     """The harness's loop: each image printed at ``width_mm`` on a small sheet with 4 ArUco markers (page raster
     at ``dpi``, halftoned at ``printer_dpi``), photographed by :class:`SimulatedCamera` (``preset`` ranges with
     ``frame_size`` / ``max_tilt_deg``, plus any other ``SimCameraConfig`` field in ``camera``), rectified from
-    its markers by ``camera.rectify`` back to the image's own pixel grid."""
+    its markers by ``camera.rectify`` back to the image's own pixel grid. ``max_tilt_deg`` left at ``None`` keeps
+    the preset's own tilt (the legacy ``default`` preset: 25°, the harness's sheet tilt since the first tables)."""
 
     width_mm: float = 50.0
     dpi: float = 300.0
@@ -1100,7 +1105,7 @@ class PrintPhotoConfig:
     sample_printer: bool = True  # a random plausible printer per image (else the default PrinterParams)
     preset: str = "default"
     frame_size: tuple[int, int] = (1280, 960)
-    max_tilt_deg: float = 25.0
+    max_tilt_deg: float | None = None
     camera: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "PrintPhotoConfig":
@@ -1110,8 +1115,15 @@ class PrintPhotoConfig:
         return self
 
     def camera_config(self) -> SimCameraConfig:
-        over = {"frame_size": tuple(self.frame_size), "max_tilt_deg": float(self.max_tilt_deg), **(self.camera or {})}
-        return SimCameraConfig.preset(self.preset, **over)
+        tilt = self.max_tilt_deg
+        if tilt is not None and (isinstance(tilt, bool) or not isinstance(tilt, (int, float))):
+            raise ConfigError(f"print-photo max_tilt_deg must be a number of degrees, got {tilt!r}")
+        if tilt is None and self.preset == "default":
+            tilt = LEGACY_SHEET_TILT_DEG
+        over: dict[str, Any] = {"frame_size": tuple(self.frame_size)}
+        if tilt is not None:
+            over["max_tilt_deg"] = float(tilt)
+        return SimCameraConfig.preset(self.preset, **over, **(self.camera or {}))
 
 
 def _check_printer_and_camera(cfg: Any, raster_dpi: int) -> None:

@@ -493,8 +493,9 @@ def test_other_presets_photograph_bit_for_bit_as_before_the_sensor_and_lens_effe
             "harsh": ["f3ec8186bc114f75", "50354912a19b8fb5"], "phone": ["4777b63a0f22e163", "5dbcb70350096c53"],
             "webcam": ["01c01b02e2293129", "938e139dbbd53cfb"]}
     for preset, digests in want.items():
-        r = print_photograph(imgs, seed=3, config=PrintPhotoConfig(preset=preset, width_mm=30, frame_size=(480, 360)),
-                             workers=1)
+        # recorded when the print-photo loop forced 25° on every preset: named here so the digests still apply
+        cfg = PrintPhotoConfig(preset=preset, width_mm=30, frame_size=(480, 360), max_tilt_deg=25.0)
+        r = print_photograph(imgs, seed=3, config=cfg, workers=1)
         assert [h(r.images), hj(r.params)] == digests, preset
     in_situ = {"default": ["8da260823161a683", "9f5afc46f4da05b6", "d5b2266435eb928b", "9754a70741fdb5a2"],
                "phone": ["957caf3d9eb229d6", "9a4cba9d7073e5c5", "0ecb464e8a437905", "374cb048d20cf84f"]}
@@ -525,3 +526,20 @@ def test_kurakin_phone_demosaics_in_the_view_only_path_and_refuses_in_situ_lens_
                                                   camera={"lens_distortion": [0, 0], "demosaic": "none"}))
     other = plain.shoot("coffee", 9, 1)
     assert not torch.equal(other.view, whole.view) and float((other.view - whole.view).abs().mean()) < 0.05
+
+
+def test_print_photo_config_keeps_each_presets_own_tilt_unless_it_names_one():
+    """The harness's print-photo loop used to force 25° on every preset (a `mild` head-on photo drew ±25°): now a
+    preset keeps its own tilt, the legacy `default` keeps the 25° its tables were made with, and an explicit
+    ``max_tilt_deg`` still wins."""
+    from camera.simulated import PrintPhotoConfig
+
+    tilt = lambda **kw: PrintPhotoConfig(**kw).validate().camera_config().max_tilt_deg  # noqa: E731
+    assert tilt() == tilt(preset="default") == 25.0
+    assert tilt(preset="mild") == 12.0
+    assert tilt(preset="phone") == tilt(preset="kurakin-phone") == 15.0
+    assert tilt(preset="harsh") == 40.0
+    assert tilt(preset="mild", max_tilt_deg=30) == 30.0
+    assert tilt(preset="phone", camera={"max_tilt_deg": 5}) == 5.0
+    with pytest.raises(ConfigError, match="max_tilt_deg"):
+        PrintPhotoConfig(max_tilt_deg="steep").validate()
