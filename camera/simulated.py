@@ -720,12 +720,7 @@ class SimulatedCamera(FrameSource):
             cover = np.zeros((y1 - y0, x1 - x0), np.uint8)
             q16 = np.round((quad - [x0, y0]) * 16).astype(np.int32)
             cv2.fillConvexPoly(cover, q16, 255, cv2.LINE_AA, shift=4)
-            a = cv2.merge([cover] * 3).astype(np.float32)
-            a *= np.float32(1 / 255)
-            roi = lin[y0:y1, x0:x1]
-            warped -= roi
-            warped *= a
-            roi += warped
+            _blend_over(lin[y0:y1, x0:x1], warped, cover.astype(np.float32) * np.float32(1 / 255))
         return self._develop(lin, params)
 
     def _render_distorted(self, src: np.ndarray, hom_src: np.ndarray, quad: np.ndarray,
@@ -754,10 +749,7 @@ class SimulatedCamera(FrameSource):
         cv2.fillConvexPoly(cover, np.round((quad - [qx0, qy0]) * 16).astype(np.int32), 255, cv2.LINE_AA, shift=4)
         a = cv2.remap(cover.astype(np.float32) * np.float32(1 / 255), (bx - qx0).astype(np.float32),
                       (by - qy0).astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        roi = lin[y0:y1, x0:x1]
-        warped -= roi
-        warped *= a[..., None]
-        roi += warped
+        _blend_over(lin[y0:y1, x0:x1], warped, a)
         return lin
 
     def _develop(self, lin: np.ndarray, params: SimParams) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -967,6 +959,14 @@ def cfa_demosaic(lin: np.ndarray, origin: tuple[int, int] = (0, 0), method: str 
     out = cv2.cvtColor(raw16, code).astype(np.float32)
     out *= np.float32(1 / 65535)
     return out
+
+
+def _blend_over(roi: np.ndarray, page: np.ndarray, coverage: np.ndarray) -> None:
+    """``roi`` (HxWx3 float32, a view into the frame) becomes ``page`` where ``coverage`` (HxW in [0, 1]) is 1, in
+    place; ``page`` is used as scratch."""
+    page -= roi
+    page *= coverage[..., None]
+    roi += page
 
 
 def distort_grid(k1: float, frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

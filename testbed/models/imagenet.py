@@ -6,7 +6,6 @@ from typing import Callable
 
 from torch import nn
 
-from testbed.assets import asset_path
 from testbed.models.efficientnet_lite import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, build_efficientnet_lite0
 from testbed.models.base import Accuracy, ModelEntry, NormalizedModel, register_model
 
@@ -24,6 +23,8 @@ def imagenet_labels() -> tuple[str, ...]:
 
 def _mobilenet_v2() -> nn.Module:
     from torchvision.models import mobilenet_v2
+
+    from testbed.assets import asset_path  # looked up at call time, as every other builder does
 
     asset_path("mobilenet_v2")  # clear error naming the file and the fix if it is missing or corrupt
     net = mobilenet_v2(weights="IMAGENET1K_V1", progress=False)
