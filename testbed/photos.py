@@ -83,12 +83,23 @@ def load_photo(name: str, size: int | tuple[int, int] | None = None) -> torch.Te
 _GLOB_CHARS = "*?["
 
 
+def image_asset_names() -> list[str]:
+    """The pinned assets that are photos (``testbed.assets``: the ImageNet samples ``imagenet_val*``, the people
+    photos ``faceapi_sample*`` / ``person_*``), usable by name wherever images are taken."""
+    from testbed.assets import ASSETS
+    from testbed.inputs import IMAGE_EXTENSIONS
+
+    return [n for n, a in ASSETS.items() if Path(a.filename).suffix.lower() in IMAGE_EXTENSIONS]
+
+
 def resolve_images(items: str | Sequence[str], *, what: str = "scene") -> list[str]:
     """The one resolver of the images a command takes (``--scenes``, ``classify IMAGES``, ``--image``, ...): each
-    item is a shipped photo name (kept as the name), an image file, a folder (its images, by the one folder
+    item is a shipped photo name (kept as the name), a pinned photo asset's name (its verified cached file;
+    AssetError naming ``testbed assets fetch`` when absent), an image file, a folder (its images, by the one folder
     reader ``testbed.inputs.list_images``) or a glob (``'photos/*.jpg'``, ``**`` recursive; image files only, in
     natural order). A str is split on commas (``chelsea,coffee``); so is each item of a list that is not an
     existing path. Returns photo names and file paths in order; ImageError naming an item that is none of these."""
+    from testbed.assets import asset_path
     from testbed.inputs import IMAGE_EXTENSIONS, list_images, natural_key
 
     parts: list[str] = []
@@ -102,6 +113,8 @@ def resolve_images(items: str | Sequence[str], *, what: str = "scene") -> list[s
         path = Path(os.path.expanduser(item))
         if item in _BY_NAME:
             out.append(item)
+        elif item in image_asset_names():
+            out.append(str(asset_path(item)))
         elif path.is_dir():
             out.extend(str(q) for q in list_images(path, what=f"{what} folder {path}"))
         elif path.is_file():
@@ -113,9 +126,19 @@ def resolve_images(items: str | Sequence[str], *, what: str = "scene") -> list[s
                 raise ImageError(f"{what} glob {item!r} matches no image file ({' '.join(IMAGE_EXTENSIONS)})")
             out.extend(found)
         else:
-            raise ImageError(f"{what} {item!r}: unknown photo name ({', '.join(list_photos())}), and not an image "
-                             "file, a folder or a glob")
+            raise ImageError(f"{what} {item!r}: unknown photo name ({', '.join(list_photos())}; or a photo asset: "
+                             f"{_asset_summary()}), and not an image file, a folder or a glob")
     return out
+
+
+def _asset_summary() -> str:
+    """The photo assets' names, each family once (``imagenet_val00 … imagenet_val19``)."""
+    import re
+
+    families: dict[str, list[str]] = {}
+    for n in image_asset_names():
+        families.setdefault(re.sub(r"\d+$", "", n), []).append(n)
+    return ", ".join(v[0] if len(v) == 1 else f"{v[0]} … {v[-1]}" for v in families.values())
 
 
 def load_images(items: Sequence[str], *, convert: bool = True) -> list[torch.Tensor]:

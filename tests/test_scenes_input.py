@@ -75,3 +75,25 @@ def test_classify_and_experiment_config_take_the_same_forms(photos, capsys):
     assert cfg.images.names == ("photos/*.jpg", "coffee")
     with pytest.raises(ConfigError, match="unknown photo name"):
         parse_config({"name": "t", "images": {"names": ["nope"]}})
+
+
+def test_resolver_takes_pinned_photo_assets_by_name_from_the_cache_only(tmp_path, monkeypatch):
+    """``imagenet_val07`` / ``person_*`` / ``faceapi_sample*`` are names wherever images are taken (patch --scenes,
+    classify, …): the verified cached file, never a download at run time; absent, the fix is named."""
+    from testbed import assets
+    from testbed.errors import AssetError
+    from testbed.photos import image_asset_names
+
+    names = image_asset_names()
+    assert {"imagenet_val07", "faceapi_sample1", "person_ultralytics_bus"} <= set(names)
+    assert "mobilenet_v2" not in names and "centernet_coco_weights" not in names  # weights are not photos
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
+    with pytest.raises(AssetError, match=r"imagenet-val07-.*testbed assets fetch"):
+        resolve_images("chelsea,imagenet_val07")
+    dst = assets.destination("imagenet_val07")  # a cached copy: the resolver returns its path after verifying it
+    dst.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(dst, format="JPEG")
+    monkeypatch.setattr(assets, "check", lambda name: "ok")  # (a stand-in file: its sha256 is not the pinned one)
+    assert resolve_images("chelsea,imagenet_val07") == ["chelsea", str(dst)]
+    with pytest.raises(ImageError, match="imagenet_val00 … imagenet_val19"):
+        resolve_images("imagenet_val99")
