@@ -92,6 +92,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # so a patch placed at 10% of the scene never covers more than 10% of what the model sees
     # (experiments/eot_print_aware_10pct.yaml).
     "print-aware-10pct": dict(_PRINT_AWARE, scale=(0.8, 1.0)),
+    # A phone photo of the printed patch lying in the scene (issue 16; docs/harness.md, "The sharp-scene recipe"): the
+    # scene never resampled (the patch's size, place and rotation come from the placement, e.g. --area-min 0.064
+    # --area 0.1: the in-situ camera's zoom 0.8-1.0 applied to the patch), the phone's auto-exposure brightening as
+    # well as darkening (contrast 0.85-1.3 about 0, brightness +-0.08), its saturation boost (0.8-1.5) and white
+    # balance (illuminant +-8%), paper darker than the scene's whites (printer gain +-0.12, offset +-0.04), its
+    # sharpening (blur 0-0.4 px only) and low noise (0-0.01). experiments/eot_in_situ_sharp_10pct.yaml; with the
+    # printer's fitted profile experiments/eot_in_situ_sharp_profile_10pct.yaml; testbed demo's default (with the
+    # demo's own fitted profile).
+    "in-situ-sharp": dict(
+        brightness=0.08, contrast=(0.85, 1.3), contrast_pivot=0.0, saturation=(0.8, 1.5), illuminant=0.08,
+        printer_gain=0.12, printer_offset=0.04, blur=(0.0, 0.4), noise=(0.0, 0.01),
+    ),
     # pipelines.secure_eval's universal patch: a mild print-and-photograph distribution (printer error, light,
     # small sensor noise), no geometry (the placement supplies it).
     "secure-eval-patch": dict(printer_gain=0.05, printer_offset=0.02, brightness=0.05, noise=(0.0, 0.02)),

@@ -26,10 +26,9 @@ def _existing_dir(what: str):
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import DemoConfig, run_demo
 
-    if args.eot != "print-aware":
-        from physical.eot import resolve_config
+    from physical.eot import resolve_config
 
-        resolve_config(args.eot)  # an unknown preset is refused before any model is loaded
+    resolve_config(args.eot)  # an unknown preset is refused before any model is loaded
     cfg = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick, eot=args.eot, progress=args.progress)
     report = run_demo(cfg)
     print(f"\nreport: {report}")
@@ -160,8 +159,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="runs/demo", type=cli_types.output_dir, help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=cli_types.seed, default=0, help="seed of the patch, the printout and the photos")
     p.add_argument("--quick", action="store_true", help="smaller budgets (for tests)")
-    p.add_argument("--eot", default="print-aware",
-                   help="EOT distribution of the patch: print-aware (default) or a physical.eot preset name")
+    p.add_argument("--eot", default="in-situ-sharp",
+                   help="EOT distribution of the patch: in-situ-sharp (default: a phone photo of the printed patch "
+                        "lying in the scene) or another physical.eot preset name (e.g. print-aware)")
     cli_types.add_progress_option(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -7,8 +7,10 @@ printer and camera (README, "With a real printer and a phone or webcam"), each s
 3. Fit the printer profile from those photos (``camera.printer_profile.fit_from_photos``, as
    ``testbed printer-profile``): held-out CIEDE2000 reported.
 4. Attack through the profile: a targeted universal patch (``physical.universal.UniversalPatch``) under a
-   print-robust EOT (default: the ``print-aware`` preset) with the profile as its ``printer_profile`` stage,
-   written as a ``testbed patch`` run directory (``patch/``).
+   print-robust EOT (default: the ``in-situ-sharp`` preset, a phone photo of the printed patch lying in the scene,
+   with the patch's size drawn from 64-100% of its area as the in-situ camera's zoom does) with the profile as its
+   ``printer_profile`` stage, written as a ``testbed patch`` run directory (``patch/``). Target ``banana``: chosen
+   for the <= 10% patch on in-situ validation photos of its training scenes (docs/harness.md, "Fourth pass").
 5. Print it in its mask shape at true size (``printouts.patch_sheet`` with the mask: the cut line follows the
    mask), as ``testbed print patch --image RUN``.
 6. Photograph it in situ: the printed patch cut out along its mask, lying in the shipped photos the patch was not
@@ -46,13 +48,14 @@ class DemoConfig:
     seed: int = 0
     quick: bool = False
     model: str = "mobilenet_v2"
-    target: str = "toaster"  # an ImageNet class name (Brown et al.'s target)
+    target: str = "banana"  # an ImageNet class name (toaster is Brown et al.'s; banana wins in situ: docs/harness.md)
     steps: int | None = None  # default: 12 quick, 150 full
     photos: int | None = None  # in-situ photos of the printed patch; default 10 quick, 120 full
     chart_photos: int = 3  # simulated photos of the printed colour chart for the profile
     patch_area: float = 0.1  # fraction of the scene the patch's mask covers (training, pasting and in situ)
     width_mm: float = 60.0  # printed patch width
-    eot: str | dict | None = "print-aware"  # a preset name of physical.eot_presets.PRESETS, or a dict
+    eot: str | dict | None = "in-situ-sharp"  # a preset name of physical.eot_presets.PRESETS, or a dict
+    lr: float = 0.3  # Adam's step on the patch's colour logits (the fourth pass's screen)
     profile: bool = True  # optimise through the fitted printer profile (the EOT's printer_profile stage)
     progress: bool = False  # the attack's progress bar (CLI: --progress / --no-progress)
 
@@ -81,14 +84,26 @@ def paste(scenes: torch.Tensor, patch: torch.Tensor, mask: torch.Tensor, area: f
 
 def demo_eot(cfg: DemoConfig, profile: Path | None) -> dict[str, Any]:
     """The patch's EOT config as a flat dict: ``cfg.eot`` (a preset: its row of the one preset table) with the
-    fitted profile as its ``printer_profile`` stage."""
+    fitted profile as its ``printer_profile`` stage (jittered ±0.03, as experiments/eot_in_situ_sharp_profile_10pct.yaml)."""
     from physical.eot import resolve_config
 
     base = dict(PRESETS[cfg.eot]) if isinstance(cfg.eot, str) and cfg.eot in PRESETS else \
         resolve_config(cfg.eot).to_dict()
     if profile is not None:
         base["printer_profile"] = str(profile)
+        base.setdefault("printer_profile_jitter", 0.03)
     return base
+
+
+def _area_text(area: tuple[float, float]) -> str:
+    lo, hi = area
+    return f"{hi:.0%}" if lo == hi else f"{lo:.1%}-{hi:.0%}"
+
+
+def _no_geometry(eot: dict[str, Any]) -> bool:
+    """True when the EOT leaves the scene unwarped (identity scale, rotation, translation, perspective)."""
+    scale = eot.get("scale", (1.0, 1.0))
+    return tuple(scale) == (1.0, 1.0) and not any(eot.get(k) for k in ("rotation", "translate", "perspective"))
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -182,16 +197,20 @@ def run_demo(cfg: DemoConfig) -> Path:
     device = next(model.parameters()).device
     scenes = torch.cat([imagenet_view(p, entry.input_size[0]) for p in photos])
     eot = demo_eot(cfg, profile_path)
-    attack = UniversalPatch(eot=eot, steps=steps, batch_size=8, lr=0.1, seed=cfg.seed,
+    # the patch's size from 64-100% of its area: the in-situ camera is never closer than the nominal distance and
+    # zooms 0.8-1.0 (an EOT without whole-image geometry leaves the patch's size to the placement)
+    area = (0.64 * cfg.patch_area, cfg.patch_area) if _no_geometry(eot) else (cfg.patch_area, cfg.patch_area)
+    attack = UniversalPatch(eot=eot, steps=steps, batch_size=8, lr=cfg.lr, seed=cfg.seed,
                             eval_samples=32 if cfg.quick else 200, eval_batch_size=16, patch_size=64,
-                            shape="circle", placement={"area": (cfg.patch_area, cfg.patch_area), "rotation": 22.5})
+                            shape="circle", placement={"area": area, "rotation": 22.5})
     t0 = time.perf_counter()
     run_dir = out / "patch"
     res = attack(model, scenes.to(device), target=target, progress=cfg.progress, run_dir=run_dir,
                  run_extra={"model": cfg.model, "scenes": photos, "target": target})
     t_patch = timed(f"4. attack through the profile ({steps} steps)",
                     f"testbed patch --model {cfg.model} --target {cfg.target} --area {cfg.patch_area:g} "
-                    f"--steps {steps} --eot eot_profiled.yaml --out runs/{cfg.target}", t0)
+                    + (f"--area-min {area[0]:g} " if area[0] != area[1] else "")
+                    + f"--steps {steps} --lr {cfg.lr:g} --eot eot_profiled.yaml --out runs/{cfg.target}", t0)
     patch, mask = res.perturbation.cpu(), res.mask.cpu()
     from testbed.inputs import load_json
     from testbed.runs import atomic_write_json
@@ -261,8 +280,8 @@ def run_demo(cfg: DemoConfig) -> Path:
                   f"CIEDE2000 mean {de['mean']:.2f}, p95 {de['p95']:.2f} (`profile.json`).", ""]
     lines += [f"## 4. Targeted patch towards '{cfg.target}' on {cfg.model}, through the profile", "",
               f"{steps} Adam steps x 8 EOT draws (EOT `{cfg.eot if isinstance(cfg.eot, str) else 'custom'}`"
-              f"{' + printer_profile profile.json' if profile_path else ''}), circle patch 64 px covering "
-              f"{cfg.patch_area:.0%} of the scene; {t_patch:.0f} s; run directory `patch/`. Held-out EOT success "
+              f"{' + printer_profile profile.json' if profile_path else ''}; lr {cfg.lr:g}), circle patch 64 px "
+              f"covering {_area_text(area)} of the scene; {t_patch:.0f} s; run directory `patch/`. Held-out EOT success "
               f"(fresh draws, seed {res.eval_seed}): **{eot_success}**; the random initial patch on the same draws: "
               f"{eot_init}.", "", "![patch](patch.png)", "",
               "## 5. Printout", "", f"`prints/patch.pdf` ({cfg.width_mm:.0f} mm wide, cut line along the mask, "

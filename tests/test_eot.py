@@ -205,7 +205,7 @@ def test_print_stage_can_be_skipped():
 def test_presets_resolve_and_serialise(tmp_path):
     assert set(PRESETS) == {"athalye-eot-2d", "rp2", "sharif", "thys", "art-patch-default", "print-aware",
                             "print-aware-10pct", "secure-eval-patch", "rp2-print",
-                            "sharif-print-aware", "thys-person", "thys-person-print-aware"}
+                            "sharif-print-aware", "thys-person", "thys-person-print-aware", "in-situ-sharp"}
     a = preset("athalye-eot-2d")
     assert a.scale == (0.9, 1.4) and a.rotation == 22.5 and a.brightness == 0.05 and a.noise == (0.0, 0.1)
     art = preset("art-patch-default")
@@ -569,7 +569,12 @@ def test_presets_are_one_table_used_by_demo_secure_eval_and_the_experiment_files
     from pipelines.demo import DemoConfig
     from pipelines.secure_eval import patch_eot_config
 
-    assert DemoConfig().eot == "print-aware" and preset("print-aware").saturation == (0.6, 1.0)
+    assert DemoConfig().eot == "in-situ-sharp" and preset("print-aware").saturation == (0.6, 1.0)
+    sharp = preset("in-situ-sharp")
+    assert EOTConfig.load("experiments/eot_in_situ_sharp_10pct.yaml") == sharp
+    assert EOTConfig.load("experiments/eot_in_situ_sharp_profile_10pct.yaml") == sharp.replace(
+        printer_profile="experiments/printer_profile_default.json", printer_profile_jitter=0.03)
+    assert (sharp.scale, sharp.contrast, sharp.blur) == ((1.0, 1.0), (0.85, 1.3), (0.0, 0.4))  # no scene warp
     assert patch_eot_config() == preset("secure-eval-patch")
     assert preset("print-aware-10pct") == preset("print-aware").replace(scale=(0.8, 1.0))
     # rp2-print: rp2's viewpoints and blur, print-aware's colour ranges, nothing else

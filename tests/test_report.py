@@ -70,7 +70,8 @@ def test_demo_quick_end_to_end(tmp_path):
     assert res["in_situ"]["success"] == ts["printed"] and res["in_situ"]["clean_same_photos"]["n"] == 3
     assert not set(res["in_situ"]["scenes"]) & set(res["classification"])  # in situ only in held-out scenes
     assert res["profile"]["photos_used"] == 1 and res["eot"]["printer_profile"] == str(tmp_path / "profile.json")
-    assert json.loads((tmp_path / "patch" / "metrics.json").read_text())["target_name"] == "toaster"
+    assert json.loads((tmp_path / "patch" / "metrics.json").read_text())["target_name"] == "banana"
+    assert res["eot"]["printer_profile_jitter"] == 0.03 and res["eot"]["contrast"] == [0.85, 1.3]  # in-situ-sharp
     assert [t["step"][:2] for t in res["steps"]] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
     assert all(t["seconds"] >= 0 for t in res["steps"])
     scores = json.loads((tmp_path / "score" / "scores.json").read_text())
