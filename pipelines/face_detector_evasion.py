@@ -52,39 +52,17 @@ def print_recall_lines(report: dict[str, Any], printed: dict[str, Any] | None, b
             print(f"{prefix}{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({parts})")
 
 
-#: the photos of people that ship as assets (face-api's demo photos; other packages' photos of people, ``person_``),
-#: usable by name as face / scene items
-GROUP_PHOTO_PREFIX = ("faceapi_sample", "person_")
-
-
-def resolve_face_items(items: list[str], what: str = "face photo") -> list[str]:
-    """Each ``--train`` / ``--held-out`` item as a shipped photo name or an image path: group-photo asset names
-    become their verified cached files (AssetError naming ``testbed assets fetch`` when absent); everything else
-    goes through the one resolver ``testbed.photos.resolve_images`` (names, files, folders, globs)."""
-    from testbed.assets import ASSETS, asset_path
-    from testbed.photos import resolve_images
-
-    out: list[str] = []
-    for item in items:
-        if item.startswith(GROUP_PHOTO_PREFIX) and item in ASSETS:
-            out.append(str(asset_path(item)))
-        else:
-            groups = sorted(n for n in ASSETS if n.startswith(GROUP_PHOTO_PREFIX))
-            out.extend(resolve_images([item], what=f"{what} (or a group photo: {', '.join(groups)})"))
-    return out
-
-
 def face_chips(items: list[str], detector: Any, *, min_prob: float) -> tuple[Any, list[dict[str, Any]]]:
     """(chips (N, 3, 150, 150), [{"item", "faces"}] in chip order): every face of probability >= ``min_prob`` in
     each image of each item (an item that is a folder or a glob is listed once per image file)."""
     import torch
 
     from physical.face_detector_attack import align_all_faces
-    from testbed.photos import load_images
+    from testbed.photos import load_images, resolve_images
 
     chips, counts = [], []
     for item in items:
-        paths = resolve_face_items([item])
+        paths = resolve_images([item], what="face photo")  # photo assets (faceapi_sample*, person_*) by name too
         for path, image in zip(paths, load_images(paths)):
             c = align_all_faces(image, detector, min_prob=min_prob)
             chips.append(c)
@@ -202,11 +180,12 @@ def run_evade_detector(args: argparse.Namespace) -> int:
     from physical.face_detector_attack import FaceDetectorFrame, random_texture
     from testbed.machine import machine_info
     from testbed.models.mtcnn import build_mtcnn
+    from testbed.photos import resolve_images
     from testbed.runs import atomic_write_json
 
     overlap = sorted(set(args.train) & set(args.held_out))
-    resolved_overlap = sorted(set(map(_real, resolve_face_items(args.train)))
-                              & set(map(_real, resolve_face_items(args.held_out))))
+    resolved_overlap = sorted(set(map(_real, resolve_images(args.train, what="face photo")))
+                              & set(map(_real, resolve_images(args.held_out, what="face photo"))))
     if overlap or resolved_overlap:
         raise ConfigError(f"--held-out must not repeat a --train face: {', '.join(overlap or resolved_overlap)}")
     attack = FaceDetectorFrame(

@@ -8,7 +8,7 @@ the optimised patch on the same draws; optionally through the print-photo loop.
         faceapi_sample4 --held-out faceapi_sample5 faceapi_sample6 --steps 200 --out runs/evade-persons
 
 A scene item is a shipped photo name, a group-photo asset (``faceapi_sample1`` .. ``faceapi_sample6``), or an
-image file / folder / glob (``pipelines.face_detector_evasion.resolve_face_items``). Each photo is letterboxed to a
+image file / folder / glob (``testbed.photos.resolve_images``). Each photo is letterboxed to a
 ``--scene-size`` square; its person boxes are the detector's own clean detections of ``--label`` at ``--gt-score``
 or more (Thys et al. took YOLOv2's detections the same way). The attack is
 ``physical.detector_patch.PersonPatch`` on the one physical loop; the metrics are ``pipelines.detection_metrics``.
@@ -51,13 +51,12 @@ def load_scenes(items: list[str], size: int) -> tuple[Any, list[str]]:
     centred on black) to ``size`` x ``size``."""
     import torch
 
-    from pipelines.face_detector_evasion import resolve_face_items
     from pipelines.live import _letterbox
-    from testbed.photos import load_images
+    from testbed.photos import load_images, resolve_images
 
     scenes, names = [], []
     for item in items:
-        paths = resolve_face_items([item], what="photo")
+        paths = resolve_images([item], what="photo")
         for path, image in zip(paths, load_images(paths)):
             scenes.append(_letterbox(image, size, size).clamp(0, 1))
             names.append(item if len(paths) == 1 else path)
@@ -187,13 +186,14 @@ def run_evade_persons(args: argparse.Namespace) -> int:
 
     from physical.cli_eot import _speed_kwargs
     from physical.detector_patch import PersonPatch, random_patch
-    from pipelines.face_detector_evasion import _real, resolve_face_items
+    from pipelines.face_detector_evasion import _real
+    from testbed.photos import resolve_images
     from testbed.machine import machine_info
     from testbed.runs import atomic_write_json
 
     overlap = sorted(set(args.train) & set(args.held_out))
-    resolved = sorted(set(map(_real, resolve_face_items(args.train, what="photo")))
-                      & set(map(_real, resolve_face_items(args.held_out, what="photo"))))
+    resolved = sorted(set(map(_real, resolve_images(args.train, what="photo")))
+                      & set(map(_real, resolve_images(args.held_out, what="photo"))))
     if overlap or resolved:
         raise ConfigError(f"--held-out must not repeat a --train photo: {', '.join(overlap or resolved)}")
     if args.scale_min > args.scale_max:

@@ -156,15 +156,16 @@ def test_every_face_of_a_group_photo_becomes_an_aligned_chip(detector):
 
 
 def test_group_photo_items_resolve_to_pinned_assets_and_recall_is_split_by_item(tmp_path, monkeypatch):
-    from pipelines.face_detector_evasion import recall_by_item, resolve_face_items
+    from pipelines.face_detector_evasion import recall_by_item
+    from testbed.photos import resolve_images
     from testbed.assets import ASSETS
     from testbed.errors import AssetError
 
     assert [ASSETS[f"faceapi_sample{i}"].package for i in range(1, 7)] == ["@vladmandic/face-api@1.7.15"] * 6
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))  # an empty cache: never fetched at test time
     with pytest.raises(AssetError, match=r"faceapi-sample5\.jpg.*testbed assets fetch"):
-        resolve_face_items(["faceapi_sample5"])
-    assert resolve_face_items(["astronaut"]) == ["astronaut"]
+        resolve_images(["faceapi_sample5"], what="face photo")
+    assert resolve_images(["astronaut"], what="face photo") == ["astronaut"]
     faces = [{"item": "p1", "faces": 2}, {"item": "p2", "faces": 1}]
     detected = torch.tensor([True, False, True, True, False])
     assert recall_by_item(detected, torch.tensor([0, 1, 2, 1, 2]), faces) == {"p1": "2/3", "p2": "1/2"}

@@ -35,20 +35,20 @@ def test_person_photo_assets_are_pinned_files_of_versioned_packages():
 
 
 def test_person_photo_names_resolve_to_the_cached_asset_never_the_network(tmp_path, monkeypatch):
-    from pipelines.face_detector_evasion import resolve_face_items
     from testbed.errors import AssetError
+    from testbed.photos import resolve_images
 
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))  # an empty cache: nothing is fetched at test time
     with pytest.raises(AssetError, match=r"ultralytics-zidane\.jpg.*testbed assets fetch"):
-        resolve_face_items(["person_ultralytics_zidane"], what="photo")
+        resolve_images(["person_ultralytics_zidane"], what="photo")
 
 
 @pytest.mark.skipif(not HAVE_PHOTOS, reason="person_* photo assets not fetched (testbed assets fetch)")
 def test_fetched_person_photos_resolve_by_name():
-    from pipelines.face_detector_evasion import resolve_face_items
+    from testbed.photos import resolve_images
 
     for name in PERSON_BOXES:
-        (path,) = resolve_face_items([name], what="photo")
+        (path,) = resolve_images([name], what="photo")
         assert path == str(assets.destination(name))
 
 
