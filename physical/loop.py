@@ -528,11 +528,10 @@ class PhysicalAttack(RunHyperParams):
         parts: dict[str, dict[str, list[Tensor]]] = {v: {} for v in variants}
         draws: list[dict[str, Any]] = []
         left = self.eval_samples
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            bar = tqdm(total=self.eval_samples * len(variants), desc=f"{self.name} evaluation", unit="draw")
+        bar = tqdm(total=self.eval_samples * len(variants), desc=f"{self.name} evaluation", unit="draw",
+                   disable=not progress)
         # the caller's model as given (never the folded copy of ``fold_bn``): the reported success is the model's own
         with prepared_model(ctx.model, channels_last=self.channels_last, compile=False) as net:
             while left > 0:
@@ -543,12 +542,10 @@ class PhysicalAttack(RunHyperParams):
                     out = self._forward(net, self._render(ctx, colours, draw), train=False)
                     for k, v in self._score(ctx, out, goal).items():
                         parts[name].setdefault(k, []).append(v.cpu())
-                    if bar is not None:
-                        bar.update(n)
+                    bar.update(n)
                 draws.append(draw.to_dict())
                 left -= n
-        if bar is not None:
-            bar.close()
+        bar.close()
         scores = {name: {k: torch.cat(v) for k, v in p.items()} for name, p in parts.items()}
         for s in scores.values():
             s.setdefault("success", torch.zeros(0, dtype=torch.bool))

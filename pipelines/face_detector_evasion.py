@@ -92,8 +92,9 @@ def print_photo_scores(attack: Any, detector: Any, chips: Any, textures: dict[st
     stderr counting the photos (printed and detected 50 at a time; each photo's printer and camera depend on its key
     only). Returns ({texture: {"detected", "detections", "gt_box", ...}}, chip index of each photo)."""
     import torch
+    from tqdm import tqdm
 
-    from pipelines.survival import SurvivalConfig, print_photo
+    from pipelines.survival import SurvivalConfig, print_photo_outputs
 
     cfg = SurvivalConfig(photos=photos, seed=seed, preset=preset, face_width_mm=face_width_mm).validate()
     scorer = attack.scorer(detector)
@@ -102,24 +103,13 @@ def print_photo_scores(attack: Any, detector: Any, chips: Any, textures: dict[st
     keys = list(range(len(chip_index)))
     mask = mask.to(chips)
     out: dict[str, dict[str, Any]] = {}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(textures) * len(keys), desc="print + photo", unit="photo")
+    bar = tqdm(total=len(textures) * len(keys), desc="print + photo", unit="photo", disable=not progress)
     for name, texture in textures.items():
         worn = (chips if texture is None else mask * texture.to(chips) + (1 - mask) * chips)[chip_index]
-        parts = []
-        for i in range(0, len(keys), 50):
-            shots, _ = print_photo(worn[i : i + 50], keys[i : i + 50], cfg, cfg.face_width_mm)
-            with torch.no_grad():
-                parts.append(scorer(shots))
-            if bar is not None:
-                bar.update(len(shots))
-        outputs = torch.cat(parts)
+        with torch.no_grad():
+            outputs = print_photo_outputs(worn, keys, cfg, cfg.face_width_mm, scorer, chunk=50, bar=bar)
         out[name] = {k: v.cpu() for k, v in attack._score(None, outputs, boxes[chip_index]).items()}
-    if bar is not None:
-        bar.close()
+    bar.close()
     return out, chip_index
 
 

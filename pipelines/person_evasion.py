@@ -82,8 +82,9 @@ def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any]
     ``progress``: a bar on stderr counting the photos (printed and detected 8 at a time; each photo's printer and
     camera depend on its key only). Returns ({texture: scores}, scene index of each photo)."""
     import torch
+    from tqdm import tqdm
 
-    from pipelines.survival import SurvivalConfig, print_photo
+    from pipelines.survival import SurvivalConfig, print_photo_outputs
     from testbed.models.base import model_state_guard
 
     cfg = SurvivalConfig(photos=photos, seed=seed, preset=preset).validate()
@@ -92,11 +93,12 @@ def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any]
     keys = list(range(len(scene_index)))
     goal = ctx.boxes[scene_index.to(ctx.device)]
     out: dict[str, dict[str, Any]] = {}
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=len(textures) * len(keys), desc="print + photo", unit="photo")
+    def detect(shots: Any) -> Any:
+        with model_state_guard(ctx.model):
+            return ctx.model(shots.to(ctx.device))
+
+    bar = tqdm(total=len(textures) * len(keys), desc="print + photo", unit="photo", disable=not progress)
     for name, texture in textures.items():
         with torch.no_grad():
             if texture is None:
@@ -105,17 +107,9 @@ def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any]
                 draw = attack.nominal_draw(ctx, torch.arange(len(scenes)))
                 shown = attack.composite(ctx, texture.to(ctx.device).float(), draw, ctx.scenes, ctx.boxes)
             shown = shown[scene_index.to(ctx.device)].cpu()
-            parts = []
-            for i in range(0, len(keys), 8):
-                shots, _ = print_photo(shown[i : i + 8], keys[i : i + 8], cfg, width_mm)
-                with model_state_guard(ctx.model):
-                    parts.append(ctx.model(shots.to(ctx.device)))
-                if bar is not None:
-                    bar.update(len(shots))
-            outputs = torch.cat(parts)
+            outputs = print_photo_outputs(shown, keys, cfg, width_mm, detect, chunk=8, bar=bar)
         out[name] = {k: v.cpu() for k, v in attack._score(ctx, outputs, goal).items()}
-    if bar is not None:
-        bar.close()
+    bar.close()
     return out, scene_index
 
 

@@ -136,6 +136,20 @@ def print_photo(images: Tensor, keys: list[int], cfg: SurvivalConfig, width_mm: 
     return res.images, res.params
 
 
+def print_photo_outputs(images: Tensor, keys: list[int], cfg: SurvivalConfig, width_mm: float,
+                        run: Callable[[Tensor], Tensor], *, chunk: int, bar: Any = None) -> Tensor:
+    """``run`` (a model or a scorer) on :func:`print_photo`'s photos of ``images`` (photo ``i``: draw ``keys[i]``),
+    ``chunk`` photos at a time (each photo's printer and camera depend on its key only, so the chunking changes no
+    photo); ``bar`` (a tqdm bar) advances by one per photo. The outputs, concatenated in order."""
+    parts = []
+    for i in range(0, len(keys), chunk):
+        shots, _ = print_photo(images[i : i + chunk], keys[i : i + chunk], cfg, width_mm)
+        parts.append(run(shots))
+        if bar is not None:
+            bar.update(len(shots))
+    return torch.cat(parts)
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
