@@ -63,6 +63,49 @@ def load_scenes(items: list[str], size: int) -> tuple[Any, list[str]]:
     return torch.cat(scenes), names
 
 
+TRAIN_AUGMENTS = ("mirror", "scale")
+AUGMENT_SCALE = 0.75  # ``scale``: each training scene shrunk to this fraction of the letterbox, centred on black
+
+
+def train_augment(text: str) -> tuple[str, ...]:
+    """``--train-augment``: ``none`` or a comma-separated subset of ``mirror``, ``scale`` (argparse type; a bad
+    value is one line and exit 2)."""
+    parts = [t.strip() for t in text.split(",")]
+    if parts == ["none"]:
+        return ()
+    bad = [t for t in parts if t not in TRAIN_AUGMENTS]
+    if bad or not parts or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"expected none or a comma-separated subset of {', '.join(TRAIN_AUGMENTS)} "
+                                         f"without repeats, got {text[:60]!r}")
+    return tuple(t for t in TRAIN_AUGMENTS if t in parts)
+
+
+def augment_scenes(scenes: Any, names: list[str], augment: tuple[str, ...]) -> tuple[Any, list[str]]:
+    """The extra training scenes of ``augment`` (the originals are not repeated): ``mirror`` adds each scene
+    flipped left-right; ``scale`` adds each scene so far (mirrored ones included) shrunk to ``AUGMENT_SCALE`` of its
+    side (antialiased) and centred on black, so its people are smaller in the same letterbox. Returns
+    (scenes (M, 3, H, W), one name per scene, e.g. ``"bus.jpg (mirrored)"``)."""
+    import torch
+    import torch.nn.functional as F
+
+    pool, pool_names = [scenes], list(names)
+    if "mirror" in augment:
+        pool.append(scenes.flip(-1))
+        pool_names += [f"{n} (mirrored)" for n in names]
+    if "scale" in augment:
+        base = torch.cat(pool)
+        h, w = base.shape[-2:]
+        sh, sw = max(1, round(h * AUGMENT_SCALE)), max(1, round(w * AUGMENT_SCALE))
+        small = F.interpolate(base, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        top, left = (h - sh) // 2, (w - sw) // 2
+        shrunk = torch.zeros_like(base)
+        shrunk[..., top : top + sh, left : left + sw] = small
+        pool.append(shrunk)
+        pool_names += [f"{n} (scaled {AUGMENT_SCALE})" for n in pool_names]
+    extra = torch.cat(pool[1:]) if len(pool) > 1 else scenes[:0]
+    return extra, pool_names[len(names):]
+
+
 def detector_model(name: str) -> Any:
     """The registry model ``name`` (a model of another task than ``detector`` is refused when the command line is
     parsed: ``add_model_options``'s task check)."""
@@ -122,6 +165,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--label", default="person", help="the detector's class to hide")
     p.add_argument("--train", nargs="+", required=True, help="photos whose people the patch is optimised on")
     p.add_argument("--held-out", nargs="+", required=True, help="photos evaluated on (never a --train photo)")
+    p.add_argument("--train-augment", type=train_augment, default=(), metavar="none|mirror[,scale]",
+                   help="more training scenes from the --train photos: mirror (each flipped left-right), scale (each "
+                        f"scene so far shrunk to {AUGMENT_SCALE} of the letterbox, centred); their person boxes are the "
+                        "detector's own clean detections on them, a copy with none is dropped (default: none)")
     p.add_argument("--out", required=True, type=cli_types.output_dir, help="run folder (rerun to resume)")
     p.add_argument("--steps", type=cli_types.count(), default=200, help="optimisation steps, >= 1")
     p.add_argument("--batch-size", type=cli_types.batch, default=8, help="EOT draws (scenes) per step")
@@ -216,15 +263,27 @@ def run_evade_persons(args: argparse.Namespace) -> int:
     train, train_names = load_scenes(list(args.train), args.scene_size)
     held, held_names = load_scenes(list(args.held_out), args.scene_size)
     train_boxes = attack.ground_truth(detector, train, train_names)
+    augment: dict[str, Any] = {"kinds": list(args.train_augment), "dropped": []}
+    if args.train_augment:
+        extra, extra_names = augment_scenes(train, train_names, args.train_augment)
+        extra_boxes = attack.ground_truth(detector, extra, extra_names, require=False)
+        keep = [i for i, b in enumerate(extra_boxes) if len(b)]
+        augment["dropped"] = [extra_names[i] for i in range(len(extra_names)) if i not in keep]
+        train = torch.cat([train, extra[keep]])
+        train_names += [extra_names[i] for i in keep]
+        train_boxes += [extra_boxes[i] for i in keep]
+        if "scale" in args.train_augment:
+            augment["scale"] = AUGMENT_SCALE
     held_boxes = attack.ground_truth(detector, held, held_names)
     persons = {"train": {n: len(b) for n, b in zip(train_names, train_boxes)},
                "held_out": {n: len(b) for n, b in zip(held_names, held_boxes)}}
-    print(f"{args.label} boxes: {sum(persons['train'].values())} in {len(train)} training photos, "
+    print(f"{args.label} boxes: {sum(persons['train'].values())} in {len(train)} training scenes, "
           f"{sum(persons['held_out'].values())} in {len(held)} held-out photos")
     result = attack(detector, train, eval_scenes=held, boxes=train_boxes, eval_boxes=held_boxes, run_dir=args.out,
                     progress=args.progress, initial=initial,
                     run_extra={"model": args.model, "train": list(args.train), "held_out": list(args.held_out),
-                               "scene_size": args.scene_size, "persons": persons, **init})
+                               "scene_size": args.scene_size, "persons": persons, "train_augment": augment,
+                               **init})
     control = random_patch(args.patch_size, args.seed + 99)
     # the random-colour control on the SAME held-out draws (the evaluation generator replays them)
     control_scores = attack.evaluate(detector, {"random": control}, held, boxes=held_boxes,
@@ -256,7 +315,7 @@ def run_evade_persons(args: argparse.Namespace) -> int:
     out = Path(args.out)
     atomic_write_json(out / "detection.json", {
         "model": args.model, "label": args.label, "train": list(args.train), "held_out": list(args.held_out),
-        "train_scenes": train_names, "held_out_scenes": held_names, "persons": persons,
+        "train_scenes": train_names, "held_out_scenes": held_names, "persons": persons, "train_augment": augment,
         "ground_truth": f"the detector's clean detections of {args.label!r} at score >= {attack.gt_score} on each "
                         f"untransformed, letterboxed {args.scene_size}-px scene",
         "held_out_boxes": {n: b.tolist() for n, b in zip(held_names, held_boxes)},
