@@ -120,6 +120,39 @@ def bayer_matrix(n: int) -> np.ndarray:
     return (m + 0.5) / (n * n)
 
 
+#: halftone screens: ``bayer`` (ordered dispersed dots, an inkjet-like fine screen) and ``clustered`` (a clustered-dot
+#: screen at 45°, the AM screen office laser printers lay down: dots grow from two centres per cell)
+HALFTONE_SCREENS = ("bayer", "clustered")
+
+
+def clustered_dot_matrix(n: int) -> np.ndarray:
+    """n x n threshold matrix (n even, >= 4) of a 45° clustered-dot screen, thresholds (k + 0.5) / n^2.
+
+    Each cell holds two dot centres, its middle and its corner, so the dots lie on a lattice rotated 45° with pitch
+    n / sqrt(2) printer dots: at 600 dpi, n = 8 is the classic 106-lpi 45° screen of a 600-dpi office laser
+    (n^2 + 1 = 65 coverage levels per cell). Dots are inked in order of their distance to the nearest centre, so ink
+    grows as round clusters that join into a checkerboard at half coverage and leave round holes above it (ties
+    broken by position, deterministically)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 4 or n % 2:
+        raise ConfigError(f"a clustered-dot halftone cell must be an even number of dots >= 4, got {n!r}")
+    y, x = np.mgrid[0:n, 0:n] + 0.5
+    centres = [(n / 2, n / 2), (0, 0), (0, n), (n, 0), (n, n)]
+    dist = np.min([np.hypot(y - cy, x - cx) for cy, cx in centres], axis=0)
+    order = np.lexsort((x.ravel(), y.ravel(), np.round(dist.ravel(), 9)))
+    ranks = np.empty(n * n, np.int64)
+    ranks[order] = np.arange(n * n)
+    return (ranks.reshape(n, n) + 0.5) / (n * n)
+
+
+def halftone_matrix(n: int, screen: str = "bayer") -> np.ndarray:
+    """The n x n threshold matrix of a halftone ``screen`` (:data:`HALFTONE_SCREENS`)."""
+    if screen == "bayer":
+        return bayer_matrix(n)
+    if screen == "clustered":
+        return clustered_dot_matrix(n)
+    raise ConfigError(f"halftone screen must be one of {HALFTONE_SCREENS}, got {screen!r}")
+
+
 # ------------------------------------------------------------------------------------------ printer
 @dataclass
 class PrinterParams:
@@ -129,8 +162,9 @@ class PrinterParams:
     dot_gain_gamma: float = 1.12  # > 1 darkens mid-tones
     black: tuple[float, float, float] = (0.035, 0.032, 0.04)  # linear reflectance of full ink
     paper: tuple[float, float, float] = (1.0, 1.0, 1.0)  # linear reflectance of bare paper
-    halftone_cell: int = 16  # Bayer cell size in printer dots (dispersed dots, cell^2 levels); 0 disables halftoning
+    halftone_cell: int = 16  # screen cell size in printer dots (cell^2 + 1 levels); 0 disables halftoning
     dpi: float = 600.0  # printer dot pitch (dots per inch) at which the halftone is laid down
+    halftone_screen: str = "bayer"  # "bayer" (dispersed dots, power-of-two cell) or "clustered" (45° AM dots, even cell)
 
     def validate(self) -> "PrinterParams":
         if not 0 < self.saturation <= 1:
@@ -140,10 +174,20 @@ class PrinterParams:
         if any(not 0 <= b < p <= 1 for b, p in zip(self.black, self.paper)):
             raise ConfigError(f"printer black {self.black} must be below paper {self.paper}, both in [0, 1]")
         if self.halftone_cell:
-            bayer_matrix(self.halftone_cell)
+            halftone_matrix(self.halftone_cell, self.halftone_screen)
+        elif self.halftone_screen not in HALFTONE_SCREENS:
+            halftone_matrix(2, self.halftone_screen)  # the one message naming the screens
         if not (isinstance(self.dpi, (int, float)) and 50 <= self.dpi <= 4800):
             raise ConfigError(f"printer dpi must be a dot pitch in [50, 4800] dots per inch, got {self.dpi!r}")
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record of this printer (JSON); the default ``bayer`` screen is left out, so records made before the
+        screen could be chosen stay byte-identical and replay as they did (``PrinterParams(**record)``)."""
+        d = asdict(self)
+        if d["halftone_screen"] == "bayer":
+            del d["halftone_screen"]
+        return d
 
     @staticmethod
     def sample(rng: np.random.Generator) -> "PrinterParams":
@@ -190,14 +234,14 @@ class SimulatedPrinter:
     def _block_table(self, b: int) -> np.ndarray:
         """Ink fraction of a b x b dot block: table[channel, block class, q] for coverage level q in 0..n^2.
 
-        The 16x16 Bayer screen (offset per channel) is periodic, so a block's dots see one of g x g threshold sets
+        The screen (offset per channel) is periodic, so a block's dots see one of g x g threshold sets
         (g = n / gcd(n, b)); a dot is inked when coverage > its threshold, i.e. when its rank m < q with
         q = ceil(coverage * n^2 - 0.5). The table holds the cumulative count of ranks < q per class / b^2.
         """
         if b in self._tables:
             return self._tables[b]
         n = self.params.halftone_cell
-        ranks = np.round(bayer_matrix(n) * n * n - 0.5).astype(np.int64)
+        ranks = np.round(halftone_matrix(n, self.params.halftone_screen) * n * n - 0.5).astype(np.int64)
         g = n // math.gcd(n, b)
         idx = (np.arange(g)[:, None] * b + np.arange(b)[None, :]) % n  # g x b dot rows (cols) of each class
         tabs = []
@@ -762,7 +806,7 @@ class SimulatedCamera(FrameSource):
             x, y, w, h = o["x_mm"], o["y_mm"], o["width_mm"], o["height_mm"]
             objects[o["name"]] = self.project_mm(params, [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]).tolist()
         meta = {"params": params.to_dict(), "page_corners_px": page_corners.tolist(), "objects": objects,
-                "printer": asdict(self.printer.params), "develop": develop}
+                "printer": self.printer.params.to_dict(), "develop": develop}
         return image, meta
 
     def project_mm(self, params: SimParams, points_mm: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -1102,6 +1146,7 @@ class PrintPhotoConfig:
     dpi: float = 300.0
     printer_dpi: float = 600.0
     halftone_cell: int = 16
+    halftone_screen: str = "bayer"  # or "clustered": a 600-dpi office laser's 45° AM screen (halftone_cell 8: 106 lpi)
     sample_printer: bool = True  # a random plausible printer per image (else the default PrinterParams)
     preset: str = "default"
     frame_size: tuple[int, int] = (1280, 960)
@@ -1132,7 +1177,7 @@ def _check_printer_and_camera(cfg: Any, raster_dpi: int) -> None:
     from printouts.sheets import check_dpi
 
     check_dpi(raster_dpi)
-    PrinterParams(halftone_cell=cfg.halftone_cell, dpi=cfg.printer_dpi).validate()
+    PrinterParams(halftone_cell=cfg.halftone_cell, dpi=cfg.printer_dpi, halftone_screen=cfg.halftone_screen).validate()
     cfg.camera_config()
 
 
@@ -1198,7 +1243,7 @@ def _photograph_one(image: torch.Tensor, layout: _SheetLayout, printer: PrinterP
     if out.shape[-2:] != image.shape[-2:]:
         out = torch.nn.functional.interpolate(out, size=tuple(image.shape[-2:]), mode="bilinear", antialias=True,
                                               align_corners=False)
-    return out, {"camera": sim.to_dict(), "printer": asdict(printer), "rectify": r.summary(),
+    return out, {"camera": sim.to_dict(), "printer": printer.to_dict(), "rectify": r.summary(),
                              "page_mm": list(layout.page_mm), "dots_per_px": cam.dots_per_px}
 
 
@@ -1230,7 +1275,8 @@ def print_photograph(images: torch.Tensor, *, seed: int = 0, rep: int = 0, keys:
     def one(i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         rng = np.random.default_rng([int(seed), keys[i], int(rep)])
         pp = PrinterParams.sample(rng) if cfg.sample_printer else PrinterParams()
-        pp = PrinterParams(**{**asdict(pp), "halftone_cell": cfg.halftone_cell, "dpi": cfg.printer_dpi})
+        pp = PrinterParams(**{**asdict(pp), "halftone_cell": cfg.halftone_cell, "dpi": cfg.printer_dpi,
+                                  "halftone_screen": cfg.halftone_screen})
         cam_seed = int(rng.integers(2**63 - 1))
         out, rec = _photograph_one(cpu[i], layout, pp, cam_cfg, None, cam_seed, f"simulated photo of image {i}")
         return out, {"key": keys[i], "rep": int(rep), "seed": int(seed), **rec}
@@ -1333,6 +1379,7 @@ class InSituConfig:
     raster_dpi: float = 300.0
     printer_dpi: float = 600.0
     halftone_cell: int = 16
+    halftone_screen: str = "bayer"  # or "clustered": a 600-dpi office laser's 45° AM screen (halftone_cell 8: 106 lpi)
     sample_printer: bool = True
     input_size: int = 224
     camera: dict[str, Any] = field(default_factory=dict)
@@ -1428,11 +1475,12 @@ class InSituPatch:
         cfg, c = self.config, self.cam_cfg
         rng = np.random.default_rng([int(seed), int(index)])
         printer = PrinterParams.sample(rng) if cfg.sample_printer else PrinterParams()
-        printer = PrinterParams(**{**asdict(printer), "halftone_cell": cfg.halftone_cell, "dpi": cfg.printer_dpi})
+        printer = PrinterParams(**{**asdict(printer), "halftone_cell": cfg.halftone_cell, "dpi": cfg.printer_dpi,
+                                  "halftone_screen": cfg.halftone_screen})
         V, half = self.view_mm, cfg.width_mm / 2
         lim = max(0.0, V / 2 - half)
         rec = {
-            "scene": scene, "seed": int(seed), "index": int(index), "printer": asdict(printer),
+            "scene": scene, "seed": int(seed), "index": int(index), "printer": printer.to_dict(),
             "patch_centre_mm": [float(rng.uniform(-lim, lim)), float(rng.uniform(-lim, lim))],
             "patch_rotation_deg": float(rng.uniform(-cfg.patch_rotation_deg, cfg.patch_rotation_deg)),
             "zoom": float(rng.uniform(*cfg.zoom)),
