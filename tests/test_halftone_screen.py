@@ -92,3 +92,24 @@ def test_print_photograph_uses_the_named_screen_and_records_it():
     # the record replays the photo bit for bit, through JSON
     record = json.loads(json.dumps(laser.params[0]))
     assert torch.equal(replay_print_photograph(x, record, laser_cfg), laser.images)
+
+
+@pytest.mark.parametrize("name", ["kurakin_mobilenet_v2_phone_laser", "kurakin_efficientnet_lite0_phone_laser",
+                                  "kurakin_efficientnet_lite0_phone"])
+def test_the_laser_and_second_model_experiments_load_and_build_their_channel(name):
+    """The committed experiment files parse (models known, keys valid) and name the printer documented."""
+    from pathlib import Path
+
+    import pipelines.kinds  # noqa: F401  (registers the kurakin kind)
+    from dataclasses import asdict
+
+    from pipelines.channels import make_channel
+    from pipelines.experiment import load_config
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / f"{name}.yaml"
+    cfg = load_config(path)
+    ch = make_channel(asdict(cfg.channel), cfg.seed)
+    laser = name.endswith("_laser")
+    assert ch.config.halftone_screen == ("clustered" if laser else "bayer")
+    assert (ch.config.halftone_cell, ch.config.printer_dpi) == ((8, 600) if laser else (16, 1200))
+    assert ch.preset == "kurakin-phone" and ch.config.width_mm == 90 and not ch.config.sample_printer
