@@ -165,6 +165,9 @@ class PrinterParams:
     halftone_cell: int = 16  # screen cell size in printer dots (cell^2 + 1 levels); 0 disables halftoning
     dpi: float = 600.0  # printer dot pitch (dots per inch) at which the halftone is laid down
     halftone_screen: str = "bayer"  # "bayer" (dispersed dots, power-of-two cell) or "clustered" (45° AM dots, even cell)
+    grain: float = 0.0  # std of the print's multiplicative reflectance grain (0: none); see SimulatedPrinter.grain_field
+    grain_mm: float = 0.25  # the grain's correlation length on paper (Gaussian sigma, mm)
+    grain_seed: int = 0  # the grain field's seed (drawn per print; recorded, so a photo replays)
 
     def validate(self) -> "PrinterParams":
         if not 0 < self.saturation <= 1:
@@ -179,6 +182,11 @@ class PrinterParams:
             halftone_matrix(2, self.halftone_screen)  # the one message naming the screens
         if not (isinstance(self.dpi, (int, float)) and 50 <= self.dpi <= 4800):
             raise ConfigError(f"printer dpi must be a dot pitch in [50, 4800] dots per inch, got {self.dpi!r}")
+        if isinstance(self.grain, bool) or not (isinstance(self.grain, (int, float)) and 0 <= self.grain <= 0.5):
+            raise ConfigError(f"printer grain must be a reflectance std in [0, 0.5], got {self.grain!r}")
+        if isinstance(self.grain_mm, bool) or not (isinstance(self.grain_mm, (int, float))
+                                                   and 0.02 <= self.grain_mm <= 5):
+            raise ConfigError(f"printer grain_mm must be a length in [0.02, 5] mm, got {self.grain_mm!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +195,8 @@ class PrinterParams:
         d = asdict(self)
         if d["halftone_screen"] == "bayer":
             del d["halftone_screen"]
+        if not d["grain"]:  # likewise the grain, when there is none
+            del d["grain"], d["grain_mm"], d["grain_seed"]
         return d
 
     @staticmethod
@@ -254,8 +264,34 @@ class SimulatedPrinter:
         self._tables[b] = np.stack(tabs).astype(np.float32)
         return self._tables[b]
 
+    def grain_field(self, shape: tuple[int, int], raster_dpi: float) -> np.ndarray | None:
+        """The print's grain as a multiplicative factor per raster pixel (HxW float32, mean 1), or None without
+        grain: white Gaussian noise low-passed by a Gaussian of sigma ``grain_mm`` on paper and scaled to std
+        ``grain`` — the cell-to-cell fluctuation of the ink / toner laid down and the paper's own texture, one
+        field for the three channels (a lightness fluctuation), seeded by ``grain_seed``."""
+        p = self.params
+        if not p.grain:
+            return None
+        sigma_px = p.grain_mm / 25.4 * float(raster_dpi)
+        field = np.random.default_rng(int(p.grain_seed)).standard_normal(shape).astype(np.float32)
+        if sigma_px > 0.3:
+            field = cv2.GaussianBlur(field, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
+            field *= np.float32(1.0 / max(float(field.std()), 1e-12))
+        field *= np.float32(p.grain)
+        field += np.float32(1.0)
+        return np.maximum(field, 0.0, out=field)
+
     def print_u8(self, page: np.ndarray, dots_per_px: int = 1) -> np.ndarray:
-        """:meth:`print_linear` for an 8-bit page raster (HxWx3 uint8 RGB, what a printer driver receives).
+        """:meth:`print_linear` for an 8-bit page raster (HxWx3 uint8 RGB, what a printer driver receives), with the
+        print's grain (:meth:`grain_field`, when ``grain`` > 0) over the whole sheet."""
+        out = self._print_u8(page, dots_per_px)
+        grain = self.grain_field(out.shape[:2], self.params.dpi / max(1, int(dots_per_px)))
+        if grain is not None:
+            out *= grain[..., None]
+        return out
+
+    def _print_u8(self, page: np.ndarray, dots_per_px: int = 1) -> np.ndarray:
+        """:meth:`print_u8` without the grain.
 
         The same model, computed with OpenCV per-pixel ops (a LUT for sRGB decoding, ``cv2.transform`` for the
         saturation matrix, one table lookup for halftone + ink/paper reflectance). Bare paper (255) stays paper and,
@@ -368,6 +404,9 @@ class SimulatedPrinter:
         refl = np.concatenate([refl, np.zeros((3, nn + 1), np.float32)], axis=1)  # the last block: outside the cut
         base = raster.class_index(n // math.gcd(n, b), nn + 1)  # h x up x w x up (int32)
         planes = [np.take(refl[c], (base + q[:, None, :, None, c]).reshape(H, W)) for c in range(3)]
+        grain = self.grain_field((H, W), p.dpi / max(1, b))
+        if grain is not None:
+            planes = [plane * grain for plane in planes]
         return cv2.merge([*planes, raster.coverage])  # contiguous lookups, one interleave
 
     def print_linear(self, page_srgb: np.ndarray, dots_per_px: int = 1) -> np.ndarray:
@@ -1147,6 +1186,8 @@ class PrintPhotoConfig:
     printer_dpi: float = 600.0
     halftone_cell: int = 16
     halftone_screen: str = "bayer"  # or "clustered": a 600-dpi office laser's 45° AM screen (halftone_cell 8: 106 lpi)
+    grain: float = 0.0  # the print's reflectance grain std (PrinterParams.grain), one field drawn per print
+    grain_mm: float = 0.25  # its correlation length on paper (mm)
     sample_printer: bool = True  # a random plausible printer per image (else the default PrinterParams)
     preset: str = "default"
     frame_size: tuple[int, int] = (1280, 960)
@@ -1177,7 +1218,8 @@ def _check_printer_and_camera(cfg: Any, raster_dpi: int) -> None:
     from printouts.sheets import check_dpi
 
     check_dpi(raster_dpi)
-    PrinterParams(halftone_cell=cfg.halftone_cell, dpi=cfg.printer_dpi, halftone_screen=cfg.halftone_screen).validate()
+    PrinterParams(halftone_cell=cfg.halftone_cell, dpi=cfg.printer_dpi, halftone_screen=cfg.halftone_screen,
+                  grain=cfg.grain, grain_mm=cfg.grain_mm).validate()
     cfg.camera_config()
 
 
@@ -1278,6 +1320,9 @@ def print_photograph(images: torch.Tensor, *, seed: int = 0, rep: int = 0, keys:
         pp = PrinterParams(**{**asdict(pp), "halftone_cell": cfg.halftone_cell, "dpi": cfg.printer_dpi,
                                   "halftone_screen": cfg.halftone_screen})
         cam_seed = int(rng.integers(2**63 - 1))
+        if cfg.grain:  # drawn after the camera's seed: photos without grain keep every earlier draw
+            pp = PrinterParams(**{**asdict(pp), "grain": cfg.grain, "grain_mm": cfg.grain_mm,
+                                  "grain_seed": int(rng.integers(2**31 - 1))})
         out, rec = _photograph_one(cpu[i], layout, pp, cam_cfg, None, cam_seed, f"simulated photo of image {i}")
         return out, {"key": keys[i], "rep": int(rep), "seed": int(seed), **rec}
 
@@ -1380,6 +1425,8 @@ class InSituConfig:
     printer_dpi: float = 600.0
     halftone_cell: int = 16
     halftone_screen: str = "bayer"  # or "clustered": a 600-dpi office laser's 45° AM screen (halftone_cell 8: 106 lpi)
+    grain: float = 0.0  # the print's reflectance grain std (PrinterParams.grain), one field drawn per print
+    grain_mm: float = 0.25  # its correlation length on paper (mm)
     sample_printer: bool = True
     input_size: int = 224
     camera: dict[str, Any] = field(default_factory=dict)
@@ -1493,6 +1540,9 @@ class InSituPatch:
         }
         optics = draw_optics(rng, c)
         rec["camera"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in optics.items()}
+        if cfg.grain:  # drawn last: photos without grain keep every earlier draw
+            rec["printer"] = PrinterParams(**{**asdict(printer), "grain": cfg.grain, "grain_mm": cfg.grain_mm,
+                                              "grain_seed": int(rng.integers(2**31 - 1))}).to_dict()
         return rec
 
     # -- geometry

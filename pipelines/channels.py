@@ -72,8 +72,8 @@ class IdentityChannel(Channel):
 
 
 # ------------------------------------------------------------------------------------------ simulator
-SIMULATOR_KEYS = ("width_mm", "dpi", "printer_dpi", "halftone_cell", "halftone_screen", "sample_printer", "frame_size",
-                  "max_tilt_deg", "camera")
+SIMULATOR_KEYS = ("width_mm", "dpi", "printer_dpi", "halftone_cell", "halftone_screen", "grain", "grain_mm",
+                  "sample_printer", "frame_size", "max_tilt_deg", "camera")
 
 
 class SimulatedChannel(Channel):
