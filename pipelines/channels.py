@@ -9,7 +9,9 @@ model sees after the physical loop, at the same size:
   its dot pitch, ``camera.simulated.SimulatedCamera``, ``camera.rectify``);
 * ``folder``     - a folder of real photos of the printouts, one file per (tag, image id), already rectified
   or rectified with ``camera.rectify``;
-* ``live``       - one frame per image from a live source (webcam index, video file, stream URL).
+* ``live``       - one frame per image from a live source (webcam index, video file, stream URL);
+* ``transform``  - one of Kurakin et al. 2016's artificial image transformations (their section 4) in place of
+  the print and the photo: brightness, contrast, Gaussian blur, Gaussian noise or JPEG.
 
 Evaluation independence: ``camera.simulated`` is OpenCV + albumentations with its own parameter ranges and its own
 ``numpy`` Generators, seeded from (experiment seed, a key derived from the image id, repetition). It shares no code
@@ -21,6 +23,7 @@ page in Kurakin et al. 2016.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -34,7 +37,7 @@ from torch import Tensor
 from testbed.errors import ConfigError, SourceError
 from testbed.imageio import check_images
 
-CHANNEL_KINDS = ("none", "simulated", "folder", "live")
+CHANNEL_KINDS = ("none", "simulated", "folder", "live", "transform")
 
 
 def derive_seed(*parts: Any) -> int:
@@ -206,6 +209,72 @@ class LiveChannel(Channel):
         return {"kind": self.kind, "source": str(self.spec)}
 
 
+# ------------------------------------------------------------------------------------------ artificial transforms
+#: Kurakin et al. 2016 section 4's transformations: kind -> (its one parameter, lowest, highest, what it does)
+TRANSFORMS: dict[str, tuple[str, float, float, str]] = {
+    "brightness": ("delta", -255.0, 255.0, "X + delta / 255"),
+    "contrast": ("factor", 0.05, 5.0, "X * factor"),
+    "blur": ("sigma", 0.1, 20.0, "Gaussian blur of std sigma pixels (reflected border)"),
+    "noise": ("sigma", 0.1, 255.0, "X + N(0, (sigma / 255)^2), one draw per (seed, image id, repetition)"),
+    "jpeg": ("quality", 1, 100, "JPEG round trip at quality (the testbed's one codec, 4:2:0)"),
+}
+
+
+class TransformChannel(Channel):
+    """One artificial transformation (``TRANSFORMS``) of every image, then clipping to [0, 1]: Kurakin et al.
+    2016's section 4, which measured the destruction rate of each transformation alone. ``spec`` is
+    ``{"kind": "jpeg", "quality": 75}`` etc. The noise of an image is the same for its clean and adversarial
+    versions (drawn from the seed, the image id and the repetition, as the simulated camera's draws)."""
+
+    kind = "transform"
+
+    def __init__(self, seed: int, spec: Any) -> None:
+        if not isinstance(spec, dict) or spec.get("kind") not in TRANSFORMS:
+            raise ConfigError(f"channel.transform must be a mapping with kind one of {', '.join(TRANSFORMS)}, "
+                              f"got {spec!r:.80}")
+        name, lo, hi, _ = TRANSFORMS[spec["kind"]]
+        extra = sorted(set(spec) - {"kind", name})
+        value = spec.get(name)
+        if extra or isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi \
+                or (spec["kind"] == "jpeg" and value != int(value)):
+            raise ConfigError(f"channel.transform {spec['kind']} takes one parameter {name} in [{lo:g}, {hi:g}]"
+                              f"{' (an integer)' if spec['kind'] == 'jpeg' else ''}, got {dict(spec)!r:.80}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"channel seed must be a non-negative integer, got {seed!r}")
+        self.seed, self.transform, self.value = seed, spec["kind"], float(value)
+
+    def transmit(self, images: Tensor, ids: Sequence[str], *, rep: int = 0, tag: str = "") -> ChannelOutput:
+        check_images(images)
+        if len(ids) != images.shape[0]:
+            raise ConfigError(f"got {images.shape[0]} images but {len(ids)} ids")
+        x, v = images.detach().float(), self.value
+        if self.transform == "brightness":
+            out = x + v / 255.0
+        elif self.transform == "contrast":
+            out = x * v
+        elif self.transform == "blur":
+            from torchvision.transforms.functional import gaussian_blur
+
+            k = 2 * int(math.ceil(3 * v)) + 1
+            out = gaussian_blur(x, [k, k], [v, v])
+        elif self.transform == "noise":
+            noise = []
+            for iid in ids:
+                g = torch.Generator().manual_seed(derive_seed("transform-noise", self.seed, iid, rep) % (2**62))
+                noise.append(torch.randn(x.shape[1:], generator=g))
+            out = x + torch.stack(noise).to(x.device) * (v / 255.0)
+        else:
+            from pipelines.defences.transforms import JPEG
+
+            out = JPEG(quality=int(v)).apply(x)
+        return ChannelOutput(out.clamp(0, 1).to(images.dtype), [{"id": i, "rep": int(rep)} for i in ids])
+
+    def describe(self) -> dict[str, Any]:
+        name, _, _, what = TRANSFORMS[self.transform]
+        value = int(self.value) if self.transform == "jpeg" else self.value
+        return {"kind": self.kind, "transform": {"kind": self.transform, name: value}, "what": what}
+
+
 def make_channel(spec: dict[str, Any], seed: int) -> Channel:
     """A channel from the experiment's ``channel:`` section (validated by ``pipelines.experiment``)."""
     kind = spec.get("kind", "none")
@@ -217,4 +286,6 @@ def make_channel(spec: dict[str, Any], seed: int) -> Channel:
         return FolderChannel(spec["folder"])
     if kind == "live":
         return LiveChannel(spec["source"])
+    if kind == "transform":
+        return TransformChannel(seed, spec.get("transform"))
     raise ConfigError(f"channel.kind must be one of {CHANNEL_KINDS}, got {kind!r}")

@@ -12,7 +12,7 @@ An experiment config (see ``experiments/*.yaml``)::
     eps: [2, 4, 8, 16]       # budgets in each attack's units: 0-255 scale for L-inf attacks, absolute L2 radii
     images: {source: photos, kind: photo, crops_per_photo: 3}   # or {source: folder, folder: path/}, or
     #         {source: imagenet-samples}: 20 ImageNet validation images with true labels (pinned assets)
-    channel: {kind: simulated, preset: default, repetitions: 1} # none | simulated (camera.simulated) | folder | live
+    channel: {kind: simulated, preset: default, repetitions: 1} # none | simulated (camera.simulated) | folder | live | transform
     batch_size: 16
     prefilter_confidence: 0.8
     examples: 4              # images per cell saved for the report (before/after the channel)
@@ -153,6 +153,7 @@ class ChannelConfig:
     simulator: dict[str, Any] = field(default_factory=dict)
     folder: str | None = None
     source: str | None = None
+    transform: dict[str, Any] | None = None  # kind transform: {kind: jpeg, quality: 75} (pipelines.channels.TRANSFORMS)
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,10 @@ def parse_config(data: dict[str, Any], *, check_names: bool = True) -> Experimen
 
         ch["simulator"] = _keys("channel.simulator", ch.get("simulator") or {}, SIMULATOR_KEYS)
         SimulatedChannel(0, ch.get("preset", "default"), **dict(ch["simulator"]))
+    if ckind == "transform":  # validate the transformation and its parameter now
+        from pipelines.channels import TransformChannel
+
+        TransformChannel(0, ch.get("transform"))
     if ckind == "folder" and not ch.get("folder"):
         raise ConfigError("config channel.folder is required when channel.kind is 'folder'")
     if ckind == "live" and ch.get("source") is None:
