@@ -85,3 +85,15 @@ def test_an_experiment_names_the_transform_and_gets_it():
         "brightness", "contrast", "blur", "noise", "jpeg"}
     with pytest.raises(ConfigError, match="channel.transform"):
         parse_config({**base, "channel": {"kind": "transform"}})
+
+
+def test_the_committed_artificial_experiment_loads():
+    import pipelines.kinds  # noqa: F401
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from pipelines.experiment import load_config
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "experiments" / "kurakin_artificial.yaml")
+    ch = make_channel(asdict(cfg.channel), cfg.seed)
+    assert ch.describe()["transform"] == {"kind": "jpeg", "quality": 50} and cfg.eps == (16.0,)
