@@ -33,7 +33,7 @@ import math
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import cv2
@@ -1218,9 +1218,16 @@ def _check_printer_and_camera(cfg: Any, raster_dpi: int) -> None:
     from printouts.sheets import check_dpi
 
     check_dpi(raster_dpi)
-    PrinterParams(halftone_cell=cfg.halftone_cell, dpi=cfg.printer_dpi, halftone_screen=cfg.halftone_screen,
-                  grain=cfg.grain, grain_mm=cfg.grain_mm).validate()
+    configured_printer(cfg, PrinterParams()).validate()
     cfg.camera_config()
+
+
+def configured_printer(cfg: Any, base: PrinterParams) -> PrinterParams:
+    """``base`` (a sampled or the default printer) with a print-and-photograph config's printer settings: its
+    halftone (``halftone_cell`` at ``printer_dpi``, ``halftone_screen``) and grain (``grain``, ``grain_mm``; the
+    grain's seed is drawn per print by the caller, after its other draws)."""
+    return replace(base, halftone_cell=cfg.halftone_cell, dpi=cfg.printer_dpi, halftone_screen=cfg.halftone_screen,
+                   grain=cfg.grain, grain_mm=cfg.grain_mm)
 
 
 MAX_RETAKES = 4  # print_photograph: further photos drawn when the markers of one cannot be read
@@ -1316,13 +1323,10 @@ def print_photograph(images: torch.Tensor, *, seed: int = 0, rep: int = 0, keys:
 
     def one(i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         rng = np.random.default_rng([int(seed), keys[i], int(rep)])
-        pp = PrinterParams.sample(rng) if cfg.sample_printer else PrinterParams()
-        pp = PrinterParams(**{**asdict(pp), "halftone_cell": cfg.halftone_cell, "dpi": cfg.printer_dpi,
-                                  "halftone_screen": cfg.halftone_screen})
+        pp = configured_printer(cfg, PrinterParams.sample(rng) if cfg.sample_printer else PrinterParams())
         cam_seed = int(rng.integers(2**63 - 1))
-        if cfg.grain:  # drawn after the camera's seed: photos without grain keep every earlier draw
-            pp = PrinterParams(**{**asdict(pp), "grain": cfg.grain, "grain_mm": cfg.grain_mm,
-                                  "grain_seed": int(rng.integers(2**31 - 1))})
+        if pp.grain:  # drawn after the camera's seed: photos without grain keep every earlier draw
+            pp = replace(pp, grain_seed=int(rng.integers(2**31 - 1)))
         out, rec = _photograph_one(cpu[i], layout, pp, cam_cfg, None, cam_seed, f"simulated photo of image {i}")
         return out, {"key": keys[i], "rep": int(rep), "seed": int(seed), **rec}
 
@@ -1521,9 +1525,7 @@ class InSituPatch:
         """One photo's parameters from ``numpy.random.default_rng([seed, index])`` (JSON-serialisable)."""
         cfg, c = self.config, self.cam_cfg
         rng = np.random.default_rng([int(seed), int(index)])
-        printer = PrinterParams.sample(rng) if cfg.sample_printer else PrinterParams()
-        printer = PrinterParams(**{**asdict(printer), "halftone_cell": cfg.halftone_cell, "dpi": cfg.printer_dpi,
-                                  "halftone_screen": cfg.halftone_screen})
+        printer = configured_printer(cfg, PrinterParams.sample(rng) if cfg.sample_printer else PrinterParams())
         V, half = self.view_mm, cfg.width_mm / 2
         lim = max(0.0, V / 2 - half)
         rec = {
@@ -1540,9 +1542,8 @@ class InSituPatch:
         }
         optics = draw_optics(rng, c)
         rec["camera"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in optics.items()}
-        if cfg.grain:  # drawn last: photos without grain keep every earlier draw
-            rec["printer"] = PrinterParams(**{**asdict(printer), "grain": cfg.grain, "grain_mm": cfg.grain_mm,
-                                              "grain_seed": int(rng.integers(2**31 - 1))}).to_dict()
+        if printer.grain:  # drawn last: photos without grain keep every earlier draw
+            rec["printer"] = replace(printer, grain_seed=int(rng.integers(2**31 - 1))).to_dict()
         return rec
 
     # -- geometry
