@@ -144,13 +144,17 @@ def clustered_dot_matrix(n: int) -> np.ndarray:
     return (ranks.reshape(n, n) + 0.5) / (n * n)
 
 
+def screen_matrix_builder(screen: str) -> Callable[[int], np.ndarray]:
+    """The threshold-matrix builder of a halftone ``screen`` (:data:`HALFTONE_SCREENS`); ConfigError otherwise."""
+    builders = {"bayer": bayer_matrix, "clustered": clustered_dot_matrix}
+    if not isinstance(screen, str) or screen not in builders:
+        raise ConfigError(f"halftone screen must be one of {HALFTONE_SCREENS}, got {screen!r}")
+    return builders[screen]
+
+
 def halftone_matrix(n: int, screen: str = "bayer") -> np.ndarray:
     """The n x n threshold matrix of a halftone ``screen`` (:data:`HALFTONE_SCREENS`)."""
-    if screen == "bayer":
-        return bayer_matrix(n)
-    if screen == "clustered":
-        return clustered_dot_matrix(n)
-    raise ConfigError(f"halftone screen must be one of {HALFTONE_SCREENS}, got {screen!r}")
+    return screen_matrix_builder(screen)(n)
 
 
 # ------------------------------------------------------------------------------------------ printer
@@ -176,10 +180,9 @@ class PrinterParams:
             raise ConfigError(f"printer dot_gain_gamma must be in [0.3, 3], got {self.dot_gain_gamma}")
         if any(not 0 <= b < p <= 1 for b, p in zip(self.black, self.paper)):
             raise ConfigError(f"printer black {self.black} must be below paper {self.paper}, both in [0, 1]")
+        build = screen_matrix_builder(self.halftone_screen)
         if self.halftone_cell:
-            halftone_matrix(self.halftone_cell, self.halftone_screen)
-        elif self.halftone_screen not in HALFTONE_SCREENS:
-            halftone_matrix(2, self.halftone_screen)  # the one message naming the screens
+            build(self.halftone_cell)
         if not (isinstance(self.dpi, (int, float)) and 50 <= self.dpi <= 4800):
             raise ConfigError(f"printer dpi must be a dot pitch in [50, 4800] dots per inch, got {self.dpi!r}")
         if isinstance(self.grain, bool) or not (isinstance(self.grain, (int, float)) and 0 <= self.grain <= 0.5):
