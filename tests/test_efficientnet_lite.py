@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: architecture matches the checkpoint key for key, predictions on shipped photos."""
+"""EfficientNet-Lite0/1/2: architecture matches each checkpoint key for key, predictions on shipped photos."""
 from __future__ import annotations
 
 import pytest
@@ -11,12 +11,13 @@ from testbed.models.efficientnet_lite import (
     EFFICIENTNET_LITE0_MEAN,
     EFFICIENTNET_LITE0_STD,
     LITE0_STAGES,
+    LITE_VARIANTS,
     EfficientNetLite,
     SameConv2d,
     build_efficientnet_lite0,
     load_checkpoint,
 )
-from testbed.models.registry import NormalizedModel
+from testbed.models.registry import NormalizedModel, get_entry, get_model
 from testbed.photos import imagenet_view
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -46,6 +47,25 @@ def test_top1_on_chelsea_and_coffee(lite0):
     assert float(probs[0, list(CAT_CLASSES)].sum()) > 0.85
     assert int(probs[1].argmax()) == ESPRESSO
     assert float(probs[1, ESPRESSO]) > 0.9
+
+
+@pytest.mark.parametrize("name,n_keys,n_params,size", [("efficientnet_lite1", 386, 5_416_680, 240),
+                                                       ("efficientnet_lite2", 386, 6_092_072, 260)])
+def test_scaled_variants_map_their_checkpoints_and_classify_at_their_size(name, n_keys, n_params, size):
+    """Lite1 / Lite2: the written-out stage tables take every key of the shipped checkpoint, and the registry
+    model reads the cat and the espresso at its own input size."""
+    state = torch.load(asset_path(name), map_location="cpu", weights_only=True)
+    own = EfficientNetLite(LITE_VARIANTS[name][0]).state_dict()
+    assert len(state) == n_keys and set(state) == set(own)
+    assert all(state[k].shape == own[k].shape for k in state)
+    assert sum(v.numel() for k, v in own.items() if "running" not in k and "num_batches" not in k) == n_params
+    assert get_entry(name).input_size == (size, size) == (LITE_VARIANTS[name][1],) * 2
+    model = get_model(name, device="cpu")
+    x = torch.cat([imagenet_view("chelsea", size), imagenet_view("coffee", size)])
+    with torch.no_grad():
+        probs = model(x).softmax(dim=1)
+    assert int(probs[0].argmax()) in CAT_CLASSES and float(probs[0, list(CAT_CLASSES)].sum()) > 0.75
+    assert int(probs[1].argmax()) == ESPRESSO
 
 
 def test_same_padding_matches_tensorflow():

