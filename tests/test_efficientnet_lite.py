@@ -13,6 +13,7 @@ from testbed.models.efficientnet_lite import (
     LITE0_STAGES,
     LITE_VARIANTS,
     EfficientNetLite,
+    scaled_stages,
     SameConv2d,
     build_efficientnet_lite0,
     load_checkpoint,
@@ -66,6 +67,13 @@ def test_scaled_variants_map_their_checkpoints_and_classify_at_their_size(name, 
         probs = model(x).softmax(dim=1)
     assert int(probs[0].argmax()) in CAT_CLASSES and float(probs[0, list(CAT_CLASSES)].sum()) > 0.75
     assert int(probs[1].argmax()) == ESPRESSO
+
+
+def test_scaling_rule_leaves_lite0_unchanged_and_rounds_channels_to_eight():
+    assert scaled_stages(LITE0_STAGES, 1.0, 1.0) == LITE0_STAGES
+    wide = scaled_stages(LITE0_STAGES, 1.1, 1.2)
+    assert [s.out_ch for s in wide] == [16, 24, 48, 88, 120, 208, 352] and wide[0].in_ch == 32  # stem unscaled
+    assert [s.repeats for s in wide] == [1, 3, 3, 4, 4, 5, 1]  # first and last stage unscaled
 
 
 def test_same_padding_matches_tensorflow():

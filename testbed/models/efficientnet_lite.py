@@ -7,8 +7,8 @@ follow that package so every checkpoint key maps one to one; the code is ours.
 
 Lite1 and Lite2 are Lite0 scaled as the TF builder scales them (width 1.0 / 1.1, depth 1.1 / 1.2, input 240 / 260
 px): channels rounded to multiples of 8, repeats rounded up, the first and the last stage's repeats and the stem
-and head widths left unscaled (``fix_head_stem``). ``LITE1_STAGES`` / ``LITE2_STAGES`` are those tables written
-out; tests check every checkpoint key and shape against them.
+and head widths left unscaled (``fix_head_stem``): ``scaled_stages``. Tests check every checkpoint key and shape
+against the tables it gives.
 
 Lite variants differ from EfficientNet-B0 in: no squeeze-and-excitation, ReLU6 instead of swish, stem and head
 not scaled. Convolutions use TensorFlow ``SAME`` padding (asymmetric for stride 2: the extra pixel goes to the
@@ -64,26 +64,29 @@ LITE0_STAGES: tuple[StageSpec, ...] = (
     StageSpec(4, 5, 2, 6, 112, 192),
     StageSpec(1, 3, 1, 6, 192, 320),
 )
-#: EfficientNet-Lite1 (width 1.0, depth 1.1; 240 px).
-LITE1_STAGES: tuple[StageSpec, ...] = (
-    StageSpec(1, 3, 1, 1, 32, 16),
-    StageSpec(3, 3, 2, 6, 16, 24),
-    StageSpec(3, 5, 2, 6, 24, 40),
-    StageSpec(4, 3, 2, 6, 40, 80),
-    StageSpec(4, 5, 1, 6, 80, 112),
-    StageSpec(5, 5, 2, 6, 112, 192),
-    StageSpec(1, 3, 1, 6, 192, 320),
-)
-#: EfficientNet-Lite2 (width 1.1, depth 1.2; 260 px).
-LITE2_STAGES: tuple[StageSpec, ...] = (
-    StageSpec(1, 3, 1, 1, 32, 16),
-    StageSpec(3, 3, 2, 6, 16, 24),
-    StageSpec(3, 5, 2, 6, 24, 48),
-    StageSpec(4, 3, 2, 6, 48, 88),
-    StageSpec(4, 5, 1, 6, 88, 120),
-    StageSpec(5, 5, 2, 6, 120, 208),
-    StageSpec(1, 3, 1, 6, 208, 352),
-)
+
+
+def scaled_stages(base: tuple[StageSpec, ...], width: float, depth: float) -> tuple[StageSpec, ...]:
+    """``base`` scaled as the TF EfficientNet-Lite builder scales it: channels × ``width`` rounded to a multiple of
+    8 (never below 90 % of the product), repeats × ``depth`` rounded up, except the first and the last stage's
+    repeats and the stem width (the first stage's input), which Lite keeps fixed (``fix_head_stem``)."""
+
+    def channels(c: int) -> int:
+        target = c * width
+        rounded = max(8, int(target + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * target else rounded
+
+    last = len(base) - 1
+    return tuple(
+        StageSpec(st.repeats if i in (0, last) else math.ceil(st.repeats * depth), st.kernel, st.stride, st.expand,
+                  st.in_ch if i == 0 else channels(st.in_ch), channels(st.out_ch))
+        for i, st in enumerate(base)
+    )
+
+
+#: EfficientNet-Lite1 (width 1.0, depth 1.1; 240 px) and Lite2 (width 1.1, depth 1.2; 260 px).
+LITE1_STAGES: tuple[StageSpec, ...] = scaled_stages(LITE0_STAGES, 1.0, 1.1)
+LITE2_STAGES: tuple[StageSpec, ...] = scaled_stages(LITE0_STAGES, 1.1, 1.2)
 #: name -> (stages, native input size): the asset of the same name holds its weights.
 LITE_VARIANTS: dict[str, tuple[tuple[StageSpec, ...], int]] = {
     "efficientnet_lite0": (LITE0_STAGES, 224),
