@@ -179,7 +179,12 @@ class ExperimentConfig:
         return _plain(d)
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return config_digest(self.to_dict())
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """The sha256 an experiment records for its resolved config (``ExperimentConfig.to_dict``)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 def _plain(v: Any) -> Any:
@@ -401,8 +406,8 @@ class RunDir(runs.RunDir):
 
     def differences(self, stored: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
         diff = super().differences(stored, ignore)
-        if not diff and self._stored_sha256 != self.experiment.sha256():
-            diff = ["sha256"]  # same keys and values but another digest: the file was edited by hand
+        if not diff and self._stored_sha256 != config_digest(stored):
+            diff = ["sha256"]  # the stored config does not match its own digest: the file was edited by hand
         return diff
 
     # -- cells

@@ -420,10 +420,12 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
-    """Keys (dotted) whose values differ between two configs (after a JSON round trip)."""
+    """Keys (dotted) whose values differ between two configs (after a JSON round trip). A key absent from one and
+    null in the other is the same setting: an option added to the testbed later, off (so a run directory written
+    before the option existed still resumes)."""
     fa, fb = flatten(json.loads(json.dumps(_jsonable(a)))), flatten(json.loads(json.dumps(_jsonable(b))))
     skip = set(ignore)
-    return sorted(k for k in set(fa) | set(fb) if k not in skip and fa.get(k, "<absent>") != fb.get(k, "<absent>"))
+    return sorted(k for k in set(fa) | set(fb) if k not in skip and fa.get(k) != fb.get(k))
 
 
 # ------------------------------------------------------------------------------------------------ run dir

@@ -127,6 +127,19 @@ def test_the_experiment_run_dir_is_the_shared_run_dir(toy, tmp_path):
     (tmp_path / "r" / "config.resolved.yaml").write_text(yaml.safe_dump({**stored, "sha256": "0" * 64}))
     with pytest.raises(experiment.RunDirError, match="differing keys: sha256"):  # edited by hand
         RunDir(tmp_path / "r", cfg)
+    # a run directory written before an option existed (here channel.transform, null by default) resumes; a hand
+    # edit of such a config is still caught, by the stored config's own digest
+    older = {**cfg.to_dict()}
+    older["channel"] = {k: v for k, v in older["channel"].items() if k != "transform"}
+    stored_file = tmp_path / "r" / "config.resolved.yaml"
+    stored_file.write_text(yaml.safe_dump({"sha256": experiment.config_digest(older), "config": older}))
+    RunDir(tmp_path / "r", cfg)  # resumes
+    stored_file.write_text(yaml.safe_dump({"sha256": experiment.config_digest(older), "config": {**older, "seed": 5}}))
+    with pytest.raises(experiment.RunDirError, match=r"differing keys: seed"):
+        RunDir(tmp_path / "r", cfg)
+    stored_file.write_text(yaml.safe_dump({"sha256": "0" * 64, "config": older}))
+    with pytest.raises(experiment.RunDirError, match="differing keys: sha256"):
+        RunDir(tmp_path / "r", cfg)
     path = run.save_cell("toy/x", {"value": 1})
     assert path.parent == tmp_path / "r" / "cells" and run.load_cell("toy/x") == {"key": "toy/x", "value": 1}
     assert list(run.cells()) == ["toy/x"] and not list(path.parent.glob("*.partial"))

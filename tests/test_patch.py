@@ -241,6 +241,8 @@ def test_resume_refuses_a_different_config(setup, tmp_path):
 def test_config_diff_and_placement_validation():
     assert config_diff({"a": {"b": 1, "c": [1, 2]}}, {"a": {"b": 2, "c": [1, 2]}}) == ["a.b"]
     assert config_diff({"a": 1}, {"a": 1, "x": 2}, ignore=("x",)) == []
+    assert config_diff({"a": 1}, {"a": 1, "x": None}) == []  # an option added later, off: the same setting
+    assert config_diff({"a": 1}, {"a": 1, "x": 0}) == ["x"]
     with pytest.raises(ConfigError):
         PlacementConfig(area=(0.2, 0.1))
     with pytest.raises(ConfigError, match="unknown placement"):
