@@ -40,7 +40,8 @@ def _efficientnet_lite_builder(name: str) -> Callable[[], nn.Module]:
     """The registry builder of one EfficientNet-Lite variant (all share Lite0's TF-Lite preprocessing)."""
 
     def build() -> nn.Module:
-        return NormalizedModel(build_efficientnet_lite(name), EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD, name=name)
+        return NormalizedModel(build_efficientnet_lite(name), EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD,
+                               name=name)
 
     return build
 
@@ -60,7 +61,7 @@ _register_imagenet_classifier(
     "torchvision MobileNetV2, IMAGENET1K_V1 weights",
 )
 _LITE_PUBLISHED_TOP1 = {"efficientnet_lite0": 75.1, "efficientnet_lite1": 76.7, "efficientnet_lite2": 77.6}
-for _name, (_stages, _size) in LITE_VARIANTS.items():
+for _name, (_, _size) in LITE_VARIANTS.items():
     _register_imagenet_classifier(
         _name, _efficientnet_lite_builder(_name), EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD,
         Accuracy("ImageNet-1k val (TensorFlow EfficientNet-Lite README, FP32; not re-measured here)", 50_000,
