@@ -105,3 +105,27 @@ def test_missing_asset_names_file_and_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(AssetError, match=r"efficientnet-lite0-57934424\.pth.*testbed assets fetch"):
         build_efficientnet_lite0()
+
+
+def test_resized_registry_model_at_the_papers_input_size():
+    """``efficientnet_lite2@299``: the same weights at another square input, no accuracy claimed at that size; it
+    still reads the cat and the espresso; names that cannot be resized are refused with one line."""
+    from testbed.errors import ConfigError, ModelNotFoundError
+    from testbed.models.registry import list_models
+
+    base, entry = get_entry("efficientnet_lite2"), get_entry("efficientnet_lite2@299")
+    assert entry.input_size == (299, 299) and entry.accuracy == () and base.accuracy
+    assert (entry.mean, entry.std, entry.labels, entry.assets) == (base.mean, base.std, base.labels, base.assets)
+    assert "efficientnet_lite2@299" not in list_models() and base.input_size == (260, 260)  # the registry is unchanged
+    assert entry.summary()["input_size"] == [299, 299] and "not at this size" in entry.summary()["description"]
+    model = get_model("efficientnet_lite2@299", device="cpu")
+    x = torch.cat([imagenet_view("chelsea", 299), imagenet_view("coffee", 299)])
+    with torch.no_grad():
+        probs = model(x).softmax(dim=1)
+    assert int(probs[0].argmax()) in CAT_CLASSES and int(probs[1].argmax()) == ESPRESSO
+    with pytest.raises(ModelNotFoundError, match="unknown model 'nosuch' in 'nosuch@299'"):
+        get_entry("nosuch@299")
+    with pytest.raises(ConfigError, match=r"sign-cnn takes only its own input size"):
+        get_entry("sign-cnn@64")
+    with pytest.raises(ConfigError, match=r"input size 4096 outside \[32, 1024\]"):
+        get_entry("efficientnet_lite0@4096")

@@ -45,6 +45,9 @@ class ModelEntry:
     accuracy: tuple[Accuracy, ...] = ()
     assets: tuple[str, ...] = ()  # asset names (see testbed.assets) the builder needs
     description: str = ""
+    # fully convolutional up to a global pooling: the same weights take any input size (``NAME@SIZE``, see
+    # ``testbed.models.registry.get_entry``); the accuracy figures hold at ``input_size`` only
+    resizable: bool = False
 
     def summary(self) -> dict:
         """A JSON-serialisable description (no builder, no label list)."""
@@ -58,6 +61,7 @@ class ModelEntry:
             "accuracy": [asdict(a) for a in self.accuracy],
             "assets": list(self.assets),
             "description": self.description,
+            "resizable": self.resizable,
         }
 
 

@@ -49,10 +49,11 @@ def _efficientnet_lite_builder(name: str) -> Callable[[], nn.Module]:
 def _register_imagenet_classifier(name: str, builder: Callable[[], nn.Module], mean: tuple[float, float, float],
                                   std: tuple[float, float, float], accuracy: Accuracy, description: str,
                                   input_size: int = 224) -> None:
-    """Register a square ImageNet-1k classifier whose weights are the asset of the same name."""
+    """Register a square ImageNet-1k classifier whose weights are the asset of the same name (convolutions and a
+    global average pooling: resizable, ``NAME@SIZE``)."""
     register_model(ModelEntry(name=name, task="classification", builder=builder, input_size=(input_size, input_size),
                               mean=mean, std=std, labels=imagenet_labels(), accuracy=(accuracy,), assets=(name,),
-                              description=description))
+                              description=description, resizable=True))
 
 
 _register_imagenet_classifier(

@@ -6,6 +6,8 @@ in [0, 1]), its labels, and the accuracy measured on a stated set.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import torch
@@ -41,13 +43,43 @@ def list_models(task: Task | None = None) -> list[str]:
     return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
 
 
+RESIZED_MIN, RESIZED_MAX = 32, 1024
+_RESIZED = re.compile(r"^(?P<base>[^@]+)@(?P<size>[0-9]+)$")
+
+
+def _resized_entry(name: str) -> ModelEntry | None:
+    """``NAME@SIZE``: the registry model ``NAME`` (a resizable one) with its weights at a square input of ``SIZE``
+    pixels, e.g. ``efficientnet_lite2@299`` (Kurakin et al.'s Inception v3 input). Its published accuracy holds at
+    the native size only, so the derived entry carries none; ``None`` when ``name`` has no ``@``."""
+    m = _RESIZED.match(name)
+    if m is None:
+        return None
+    base, size = m["base"], int(m["size"])
+    if base not in _REGISTRY:
+        raise ModelNotFoundError(f"unknown model {base!r} in {name!r}; NAME@SIZE takes a registry model "
+                                 f"({', '.join(list_models())})")
+    entry = _REGISTRY[base]
+    if not entry.resizable:
+        raise ConfigError(f"{name!r}: {base} takes only its own input size {entry.input_size[0]}x"
+                          f"{entry.input_size[1]} (it is not fully convolutional)")
+    if not RESIZED_MIN <= size <= RESIZED_MAX:
+        raise ConfigError(f"{name!r}: input size {size} outside [{RESIZED_MIN}, {RESIZED_MAX}]")
+    return dataclasses.replace(
+        entry, name=name, input_size=(size, size), accuracy=(),
+        description=f"{entry.description}; its weights at {size} px (published accuracy is at "
+                    f"{entry.input_size[0]} px, not at this size)")
+
+
 def get_entry(name: str) -> ModelEntry:
-    """The entry for ``name``: a registry model, else (``testbed.models.external.entry_for_name``) this process's
-    ``--model`` spec, a user model (``testbed models add``), a model card file or ``torchvision:ARCH``; an unknown
-    name lists the known ones."""
+    """The entry for ``name``: a registry model, ``NAME@SIZE`` (a resizable registry model at another input size),
+    else (``testbed.models.external.entry_for_name``) this process's ``--model`` spec, a user model (``testbed models
+    add``), a model card file or ``torchvision:ARCH``; an unknown name lists the known ones."""
     _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
+    resized = _resized_entry(str(name))
+    if resized is not None:
+        return resized
     from testbed.models.external import entry_for_name, user_models
 
     entry = entry_for_name(str(name))
