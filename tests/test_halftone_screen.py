@@ -97,7 +97,9 @@ def test_print_photograph_uses_the_named_screen_and_records_it():
 @pytest.mark.parametrize("name", ["kurakin_mobilenet_v2_phone_laser", "kurakin_efficientnet_lite0_phone_laser",
                                   "kurakin_efficientnet_lite0_phone", "kurakin_efficientnet_lite0_phone_rep5",
                                   "kurakin_efficientnet_lite2_phone", "kurakin_efficientnet_lite2_phone_laser",
-                                  "kurakin_efficientnet_lite2_phone_laser_rep5", "kurakin_efficientnet_lite1_phone_laser"])
+                                  "kurakin_efficientnet_lite2_phone_laser_rep5", "kurakin_efficientnet_lite1_phone_laser",
+                                  "kurakin_efficientnet_lite2_299_phone_laser_rep5",
+                                  "kurakin_efficientnet_lite0_299_phone_laser_rep5"])
 def test_the_laser_and_second_model_experiments_load_and_build_their_channel(name):
     """The committed experiment files parse (models known, keys valid) and name the printer documented."""
     from pathlib import Path
@@ -115,3 +117,7 @@ def test_the_laser_and_second_model_experiments_load_and_build_their_channel(nam
     assert ch.config.halftone_screen == ("clustered" if laser else "bayer")
     assert (ch.config.halftone_cell, ch.config.printer_dpi) == ((8, 600) if laser else (16, 1200))
     assert ch.preset == "kurakin-phone" and ch.config.width_mm == 90 and not ch.config.sample_printer
+    if "_299_" in name:  # the paper's Inception v3 input size, the weights of a registry model (NAME@SIZE)
+        from testbed.models.registry import get_entry
+
+        assert [get_entry(m).input_size for m in cfg.models] == [(299, 299)]
