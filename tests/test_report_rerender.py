@@ -12,7 +12,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "reports"
 
 
 @pytest.mark.parametrize("name", ["kurakin_mobilenet_v2", "kurakin_mobilenet_v2_mild", "transfer_imagenet",
-                                  "kurakin_efficientnet_lite2_phone_laser"])
+                                  "kurakin_efficientnet_lite2_phone_laser", "kurakin_efficientnet_lite2_299_phone_laser"])
 def test_experiment_report_rerenders_identically(name, tmp_path):
     import pipelines.kinds  # noqa: F401  (registers the built-in experiment kinds)
     from pipelines.experiment import write_report
