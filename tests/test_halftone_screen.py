@@ -101,7 +101,7 @@ def test_print_photograph_uses_the_named_screen_and_records_it():
                                   "kurakin_efficientnet_lite2_299_phone_laser_rep5",
                                   "kurakin_efficientnet_lite0_299_phone_laser_rep5",
                                   "kurakin_efficientnet_lite2_299_phone_laser_rep5_seed1",
-                                  "kurakin_mobilenet_v2_299_phone_laser_rep5"])
+                                  "kurakin_mobilenet_v2_299_phone_laser_rep5", "kurakin_efficientnet_lite2_299_phone"])
 def test_the_laser_and_second_model_experiments_load_and_build_their_channel(name):
     """The committed experiment files parse (models known, keys valid) and name the printer documented."""
     from pathlib import Path
