@@ -50,14 +50,14 @@ _RESIZED = re.compile(r"^(?P<base>[^@]+)@(?P<size>[0-9]+)$")
 def _resized_entry(name: str) -> ModelEntry | None:
     """``NAME@SIZE``: the registry model ``NAME`` (a resizable one) with its weights at a square input of ``SIZE``
     pixels, e.g. ``efficientnet_lite2@299`` (Kurakin et al.'s Inception v3 input). Its published accuracy holds at
-    the native size only, so the derived entry carries none; ``None`` when ``name`` has no ``@``."""
+    the native size only, so the derived entry carries none; ``None`` when ``name`` is not a registry name, ``@``
+    and a size."""
     m = _RESIZED.match(name)
     if m is None:
         return None
     base, size = m["base"], int(m["size"])
     if base not in _REGISTRY:
-        raise ModelNotFoundError(f"unknown model {base!r} in {name!r}; NAME@SIZE takes a registry model "
-                                 f"({', '.join(list_models())})")
+        return None  # perhaps a user model or a file whose name has an '@'
     entry = _REGISTRY[base]
     if not entry.resizable:
         raise ConfigError(f"{name!r}: {base} takes only its own input size {entry.input_size[0]}x"
@@ -86,8 +86,8 @@ def get_entry(name: str) -> ModelEntry:
     if entry is not None:
         return entry
     known = ", ".join([*list_models(), *user_models()]) or "(none)"
-    raise ModelNotFoundError(f"unknown model {name!r}; known models: {known} (or torchvision:ARCH, a TorchScript "
-                             "or ONNX file, a model card, module.path:callable: docs/models.md)")
+    raise ModelNotFoundError(f"unknown model {name!r}; known models: {known} (or NAME@SIZE, torchvision:ARCH, a "
+                             "TorchScript or ONNX file, a model card, module.path:callable: docs/models.md)")
 
 
 def get_model(name: str, device: torch.device | str | None = None, **options: Any) -> nn.Module:
