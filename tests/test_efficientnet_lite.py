@@ -53,7 +53,7 @@ def test_top1_on_chelsea_and_coffee(lite0):
 @pytest.mark.parametrize("name,n_keys,n_params,size", [("efficientnet_lite1", 386, 5_416_680, 240),
                                                        ("efficientnet_lite2", 386, 6_092_072, 260)])
 def test_scaled_variants_map_their_checkpoints_and_classify_at_their_size(name, n_keys, n_params, size):
-    """Lite1 / Lite2: the written-out stage tables take every key of the shipped checkpoint, and the registry
+    """Lite1 / Lite2: the stage tables scaled from Lite0's take every key of the shipped checkpoint, and the registry
     model reads the cat and the espresso at its own input size."""
     state = torch.load(asset_path(name), map_location="cpu", weights_only=True)
     own = EfficientNetLite(LITE_VARIANTS[name][0]).state_dict()

