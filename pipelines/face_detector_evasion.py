@@ -45,8 +45,10 @@ def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float,
 
 def print_recall_lines(report: dict[str, Any], printed: dict[str, Any] | None, by: str) -> None:
     """One line per variant (recall, AP, the ``by`` breakdown), digital then printed + photographed."""
-    for prefix, variants in (("", {k: report[k] for k in VARIANTS}), ("printed+photographed ",
-                                                                      (printed or {}).get("variants", {}))):
+    printed_variants = (printed or {}).get("variants", {})
+    for prefix, variants in (("", {k: report[k] for k in VARIANTS}),
+                             ("printed+photographed ", {k: printed_variants[k] for k in VARIANTS
+                                                        if k in printed_variants})):
         for name, r in variants.items():
             parts = ", ".join(f"{k} {v}" for k, v in r[by].items())
             print(f"{prefix}{name:8s} recall {r['recall_text']}  AP {r['average_precision']:.3f}  ({parts})")

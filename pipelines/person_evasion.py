@@ -36,6 +36,48 @@ def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float,
                   gt_key="gt_boxes")
 
 
+CONTROL_SEED_OFFSET = 99  # the random-colour control textures: seeds seed + 99, seed + 100, ...
+
+
+def control_names(seed: int, count: int) -> dict[str, int]:
+    """{variant name: texture seed} of ``count`` random-colour controls: the first is ``random`` (seed + 99, the
+    command's one control since its first version), the others ``random_<texture seed>``."""
+    first = seed + CONTROL_SEED_OFFSET
+    return {("random" if j == 0 else f"random_{first + j}"): first + j for j in range(count)}
+
+
+def control_summary(report: dict[str, Any], names: dict[str, int]) -> dict[str, Any]:
+    """How much a random patch costs, over several random textures scored on the same draws: each texture's recall
+    and its cost (points of recall below ``report["clean"]``), the mean, spread and range of the costs, and the
+    recall pooled over every texture. The textures share the same person boxes, so the pooled Wilson interval is
+    only indicative; the spread over textures is the texture-to-texture variation."""
+    from testbed.stats import wilson
+
+    clean = report["clean"]["recall"]["value"]
+    per, costs, k_all, n_all = {}, [], 0, 0
+    for name, texture_seed in names.items():
+        r = report[name]["recall"]
+        cost = 100.0 * (clean - r["value"])
+        per[name] = {"seed": texture_seed, "recall_text": report[name]["recall_text"], "k": r["k"], "n": r["n"],
+                     "cost_points": round(cost, 2)}
+        costs.append(cost)
+        k_all, n_all = k_all + r["k"], n_all + r["n"]
+    mean = sum(costs) / len(costs)
+    sd = (sum((c - mean) ** 2 for c in costs) / (len(costs) - 1)) ** 0.5 if len(costs) > 1 else 0.0
+    pooled = wilson(k_all, n_all)
+    return {"textures": len(names), "per_texture": per, "mean_cost_points": round(mean, 2),
+            "sd_cost_points": round(sd, 2), "min_cost_points": round(min(costs), 2),
+            "max_cost_points": round(max(costs), 2), "pooled_recall": pooled.as_dict(), "pooled_text": str(pooled),
+            "clean_recall_text": report["clean"]["recall_text"]}
+
+
+def print_control_line(summary: dict[str, Any], prefix: str = "") -> None:
+    """One line: the random controls' mean cost and range, and the pooled recall."""
+    print(f"{prefix}random controls ({summary['textures']} textures): mean cost {summary['mean_cost_points']:.1f} "
+          f"points (sd {summary['sd_cost_points']:.1f}, range {summary['min_cost_points']:.1f} to "
+          f"{summary['max_cost_points']:.1f}); pooled recall {summary['pooled_text']}")
+
+
 def recall_by_scene(detected: Any, valid: Any, scene_index: Any, names: list[str]) -> dict[str, str]:
     """{scene: "k/n"}: person boxes detected over person boxes drawn, per scene (``detected`` / ``valid`` (E, P),
     ``scene_index`` (E,))."""
@@ -206,6 +248,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="RUN",
                    help="start from the patch of this finished evade-persons run (e.g. to continue it under another "
                         "--eot or --patch-fraction) instead of --init; its patch size must be --patch-size")
+    p.add_argument("--random-controls", type=cli_types.integer(1, 100), default=1, metavar="K",
+                   help="score K random-colour textures of the same size and placement on the same held-out draws "
+                        "(seeds --seed + 99 ...; the first is the 'random' row) and report each one's recall, their "
+                        "mean cost in points and its range (default 1)")
     p.add_argument("--print-photos", type=cli_types.integer(0, 10000), default=0,
                    help="also print and photograph each held-out scene this many times (the survival table's "
                         "simulated channel) with no patch, the random patch and the optimised patch; 0: off")
@@ -284,22 +330,24 @@ def run_evade_persons(args: argparse.Namespace) -> int:
                     run_extra={"model": args.model, "train": list(args.train), "held_out": list(args.held_out),
                                "scene_size": args.scene_size, "persons": persons, "train_augment": augment,
                                **init})
-    control = random_patch(args.patch_size, args.seed + 99)
-    # the random-colour control on the SAME held-out draws (the evaluation generator replays them)
-    control_scores = attack.evaluate(detector, {"random": control}, held, boxes=held_boxes,
-                                     progress=args.progress)[0]["random"]
-    scores = {"random": control_scores}
+    control_seeds = control_names(args.seed, args.random_controls)
+    controls = {name: random_patch(args.patch_size, s) for name, s in control_seeds.items()}
+    control = controls["random"]
+    # the random-colour controls on the SAME held-out draws (the evaluation generator replays them)
+    scores = attack.evaluate(detector, controls, held, boxes=held_boxes, progress=args.progress)[0]
     for name, prefix in (("final", ""), ("initial", "initial_"), ("clean", "clean_")):
         scores[name] = {k: result.scores[prefix + k] for k in ("detections", "gt_boxes", "detected", "valid")}
-    report = detection_report({k: scores[k] for k in VARIANTS}, iou_threshold=attack.iou_threshold,
+    shown = [*VARIANTS, *(n for n in controls if n not in VARIANTS)]
+    report = detection_report({k: scores[k] for k in shown}, iou_threshold=attack.iou_threshold,
                               score_threshold=attack.score_threshold)
     scene_index = torch.cat([d["scene_index"] for d in result.eval_draws])
-    for name in VARIANTS:
+    for name in shown:
         report[name]["recall_by_scene"] = recall_by_scene(scores[name]["detected"].cpu(), scores[name]["valid"].cpu(),
                                                           scene_index, held_names)
+    summary = control_summary(report, control_seeds) if args.random_controls > 1 else None
     printed = None
     if args.print_photos:
-        textures = {"clean": None, "random": control, "final": result.perturbation}
+        textures = {"clean": None, **controls, "final": result.perturbation}
         p_scores, p_index = print_photo_scores(attack, detector, held, held_boxes, textures,
                                                photos=args.print_photos, seed=args.print_seed,
                                                preset=args.print_preset, width_mm=args.print_width_mm,
@@ -310,7 +358,8 @@ def run_evade_persons(args: argparse.Namespace) -> int:
             printed[name]["recall_by_scene"] = recall_by_scene(p_scores[name]["detected"], p_scores[name]["valid"],
                                                                p_index, held_names)
         printed = {"photos_per_scene": args.print_photos, "preset": args.print_preset, "seed": args.print_seed,
-                   "width_mm": args.print_width_mm, "variants": printed}
+                   "width_mm": args.print_width_mm, "variants": printed,
+                   **({"random_controls": control_summary(printed, control_seeds)} if summary else {})}
     elapsed = time.perf_counter() - t0
     out = Path(args.out)
     atomic_write_json(out / "detection.json", {
@@ -322,11 +371,15 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         "patch_fraction": attack.patch_fraction, "max_area_fraction": attack.max_area_fraction,
         "iou_threshold": attack.iou_threshold, "score_threshold": attack.score_threshold, "gt_score": attack.gt_score,
         "eval_samples": attack.eval_samples, "eval_seed": attack.resolved_eval_seed, "seed": attack.seed,
-        "variants": report, "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
+        "variants": report, "random_controls": summary, "random_control_seeds": control_seeds, "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
         "optimise_seconds": result.extras.get("optimise_seconds"), "eval_seconds": result.extras.get("eval_seconds"),
         "print_photo": printed, "machine": machine_info(), **init})
     torch.save({"random_texture": control}, out / "random_texture.pt")
     print_recall_lines(report, printed, "recall_by_scene")
+    if summary:
+        print_control_line(summary)
+        if printed:
+            print_control_line(printed["random_controls"], "printed+photographed ")
     print(f"held-out {', '.join(args.held_out)}; IoU {attack.iou_threshold}, score >= {attack.score_threshold}; "
           f"{elapsed:.0f}s; wrote {out}")
     return 0

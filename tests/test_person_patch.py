@@ -288,3 +288,44 @@ def test_nominal_draw_pastes_the_patch_own_colours_not_an_eot_print_draw(data):
     assert torch.equal(shown["toy"], shown["strong print"])
     # the centre of the first person's patch (box 8..40 x 8..72 of scene 0) is the patch's own grey
     assert torch.allclose(shown["toy"][0, :, 40, 24], torch.full((3,), 0.5), atol=1e-5)
+
+
+def test_evade_persons_scores_several_random_controls_on_the_same_draws(toy_registered, tmp_path, capsys):
+    """--random-controls 3: three random textures (seeds 99, 100, 101) on the same held-out draws, digital and printed;
+    the first is the one-control run's 'random' row exactly, each texture's cost is clean recall minus its recall in
+    points, and the summary's mean / range / pooled counts are those of the three rows."""
+    assert _cli(toy_registered, tmp_path, "--steps", "2", "--print-photos", "1", "--out", str(tmp_path / "one")) == 0
+    one = json.loads((tmp_path / "one" / "detection.json").read_text())
+    assert one["random_controls"] is None and one["random_control_seeds"] == {"random": 99}
+    capsys.readouterr()
+    assert _cli(toy_registered, tmp_path, "--steps", "2", "--print-photos", "1", "--random-controls", "3",
+                "--out", str(tmp_path / "three")) == 0
+    out = capsys.readouterr().out
+    rep = json.loads((tmp_path / "three" / "detection.json").read_text())
+    assert rep["random_control_seeds"] == {"random": 99, "random_100": 100, "random_101": 101}
+    for key in ("recall", "average_precision", "recall_by_scene"):
+        assert rep["variants"]["random"][key] == one["variants"]["random"][key]
+        assert rep["variants"]["final"][key] == one["variants"]["final"][key]
+    for summary, variants in ((rep["random_controls"], rep["variants"]),
+                              (rep["print_photo"]["random_controls"], rep["print_photo"]["variants"])):
+        clean = variants["clean"]["recall"]
+        costs = []
+        assert summary["textures"] == 3 and set(summary["per_texture"]) == {"random", "random_100", "random_101"}
+        for name, row in summary["per_texture"].items():
+            r = variants[name]["recall"]
+            assert (row["k"], row["n"]) == (r["k"], r["n"]) and r["n"] == clean["n"] > 0
+            assert row["cost_points"] == pytest.approx(100 * (clean["k"] - r["k"]) / clean["n"], abs=0.01)
+            costs.append(100 * (clean["k"] - r["k"]) / clean["n"])
+        assert summary["mean_cost_points"] == pytest.approx(sum(costs) / 3, abs=0.01)
+        assert (summary["min_cost_points"], summary["max_cost_points"]) == (round(min(costs), 2), round(max(costs), 2))
+        assert summary["pooled_recall"]["k"] == sum(variants[n]["recall"]["k"] for n in summary["per_texture"])
+        assert summary["pooled_recall"]["n"] == 3 * clean["n"]
+    assert out.count("random controls (3 textures): mean cost") == 2  # digital, then printed
+    assert "random_100" not in out  # the per-texture rows are in detection.json, not on the report lines
+
+
+def test_evade_persons_refuses_zero_random_controls(toy_registered, tmp_path, capsys):
+    assert _cli(toy_registered, tmp_path, "--random-controls", "0") == 2
+    err = capsys.readouterr().err
+    assert "--random-controls: must be between 1 and 100, got 0" in err and "Traceback" not in err
+    assert not (tmp_path / "cli").exists()
