@@ -88,6 +88,17 @@ def recall_by_scene(detected: Any, valid: Any, scene_index: Any, names: list[str
     return out
 
 
+def recall_by_box(detected: Any, valid: Any, scene_index: Any, names: list[str]) -> dict[str, list[str]]:
+    """{scene: ["k/n", ...]}: each person box of each scene (in the order of ``held_out_boxes``), detected over drawn
+    — where a patch's cost falls (e.g. on one person whose box centre is her face)."""
+    out = {}
+    for i, name in enumerate(names):
+        mine = scene_index == i
+        d, v = detected[mine], valid[mine]
+        out[name] = [f"{int(d[:, j].sum())}/{int(v[:, j].sum())}" for j in range(d.shape[1]) if v[:, j].any()]
+    return out
+
+
 def load_scenes(items: list[str], size: int) -> tuple[Any, list[str]]:
     """(scenes (N, 3, size, size), one name per scene): every image of every item, letterboxed (aspect kept,
     centred on black) to ``size`` x ``size``."""
@@ -342,8 +353,9 @@ def run_evade_persons(args: argparse.Namespace) -> int:
                               score_threshold=attack.score_threshold)
     scene_index = torch.cat([d["scene_index"] for d in result.eval_draws])
     for name in shown:
-        report[name]["recall_by_scene"] = recall_by_scene(scores[name]["detected"].cpu(), scores[name]["valid"].cpu(),
-                                                          scene_index, held_names)
+        detected, valid = scores[name]["detected"].cpu(), scores[name]["valid"].cpu()
+        report[name]["recall_by_scene"] = recall_by_scene(detected, valid, scene_index, held_names)
+        report[name]["recall_by_box"] = recall_by_box(detected, valid, scene_index, held_names)
     summary = control_summary(report, control_seeds) if args.random_controls > 1 else None
     printed = None
     if args.print_photos:
@@ -355,8 +367,9 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         printed = detection_report(p_scores, iou_threshold=attack.iou_threshold,
                                    score_threshold=attack.score_threshold)
         for name in printed:
-            printed[name]["recall_by_scene"] = recall_by_scene(p_scores[name]["detected"], p_scores[name]["valid"],
-                                                               p_index, held_names)
+            detected, valid = p_scores[name]["detected"], p_scores[name]["valid"]
+            printed[name]["recall_by_scene"] = recall_by_scene(detected, valid, p_index, held_names)
+            printed[name]["recall_by_box"] = recall_by_box(detected, valid, p_index, held_names)
         printed = {"photos_per_scene": args.print_photos, "preset": args.print_preset, "seed": args.print_seed,
                    "width_mm": args.print_width_mm, "variants": printed,
                    **({"random_controls": control_summary(printed, control_seeds)} if summary else {})}

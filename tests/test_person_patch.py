@@ -221,6 +221,11 @@ def test_evade_persons_command_writes_recall_per_variant(toy_registered, tmp_pat
     assert v["random"]["recall"]["k"] >= 0.9 * v["random"]["recall"]["n"]
     assert v["final"]["recall"]["k"] <= 0.1 * v["final"]["recall"]["n"]
     assert set(v["final"]["recall_by_scene"]) == {toy_registered["h1"], toy_registered["h2"]}
+    for name in ("clean", "random", "final"):  # one k/n per person box, summing to the scene's k/n
+        for scene, per_box in v[name]["recall_by_box"].items():
+            assert len(per_box) == rep["persons"]["held_out"][scene]
+            k, n = (sum(int(t.split("/")[i]) for t in per_box) for i in (0, 1))
+            assert f"{k}/{n}" == v[name]["recall_by_scene"][scene]
     assert rep["persons"]["held_out"] == {toy_registered["h1"]: 2, toy_registered["h2"]: 1}
     assert rep["max_area_fraction"] <= 0.2 and "machine" in rep and rep["score_threshold"] == 0.5
     assert (tmp_path / "cli" / "texture.pt").is_file() and (tmp_path / "cli" / "metrics.json").is_file()
