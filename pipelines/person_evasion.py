@@ -384,7 +384,8 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         "patch_fraction": attack.patch_fraction, "max_area_fraction": attack.max_area_fraction,
         "iou_threshold": attack.iou_threshold, "score_threshold": attack.score_threshold, "gt_score": attack.gt_score,
         "eval_samples": attack.eval_samples, "eval_seed": attack.resolved_eval_seed, "seed": attack.seed,
-        "variants": report, "random_controls": summary, "random_control_seeds": control_seeds, "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
+        "variants": report, "random_controls": summary, "random_control_seeds": control_seeds,
+        "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
         "optimise_seconds": result.extras.get("optimise_seconds"), "eval_seconds": result.extras.get("eval_seconds"),
         "print_photo": printed, "machine": machine_info(), **init})
     torch.save({"random_texture": control}, out / "random_texture.pt")
