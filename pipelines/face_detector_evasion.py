@@ -26,6 +26,7 @@ from testbed.errors import ConfigError
 
 #: the variants scored on the same held-out draws, in report order
 VARIANTS = ("clean", "initial", "random", "final")
+CONTROL_SEED_OFFSET = 99  # the random-colour control texture: seed + 99 (person evasion: + 99, + 100, ...)
 
 
 def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float, score_threshold: float,
@@ -198,7 +199,7 @@ def run_evade_detector(args: argparse.Namespace) -> int:
                     run_extra={"train": list(args.train), "held_out": list(args.held_out),
                                "train_faces": train_faces, "held_out_faces": held_faces})
     size = int(held_chips.shape[-1])
-    control = random_texture(size, args.seed + 99)
+    control = random_texture(size, args.seed + CONTROL_SEED_OFFSET)
     # the random-colour control on the SAME held-out draws (the evaluation generator replays them)
     control_scores = attack.evaluate(detector, {"random": control}, held_chips, progress=args.progress)["random"]
     scores = {"random": control_scores}

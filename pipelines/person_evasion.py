@@ -16,11 +16,13 @@ or more (Thys et al. took YOLOv2's detections the same way). The attack is
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.face_detector_evasion import VARIANTS, print_recall_lines  # the same variants and report lines
+from pipelines.face_detector_evasion import (  # the same variants, control seed and report lines
+    CONTROL_SEED_OFFSET, VARIANTS, print_recall_lines)
 from testbed import cli_types
 from testbed.errors import ConfigError
 
@@ -34,9 +36,6 @@ def detection_report(scores: dict[str, dict[str, Any]], *, iou_threshold: float,
 
     return report(scores, iou_threshold=iou_threshold, score_threshold=score_threshold, to_images=detection_images,
                   gt_key="gt_boxes")
-
-
-CONTROL_SEED_OFFSET = 99  # the random-colour control textures: seeds seed + 99, seed + 100, ...
 
 
 def control_names(seed: int, count: int) -> dict[str, int]:
@@ -62,11 +61,9 @@ def control_summary(report: dict[str, Any], names: dict[str, int]) -> dict[str, 
                      "cost_points": round(cost, 2)}
         costs.append(cost)
         k_all, n_all = k_all + r["k"], n_all + r["n"]
-    mean = sum(costs) / len(costs)
-    sd = (sum((c - mean) ** 2 for c in costs) / (len(costs) - 1)) ** 0.5 if len(costs) > 1 else 0.0
     pooled = wilson(k_all, n_all)
-    return {"textures": len(names), "per_texture": per, "mean_cost_points": round(mean, 2),
-            "sd_cost_points": round(sd, 2), "min_cost_points": round(min(costs), 2),
+    return {"textures": len(names), "per_texture": per, "mean_cost_points": round(statistics.mean(costs), 2),
+            "sd_cost_points": round(statistics.stdev(costs), 2) if len(costs) > 1 else 0.0, "min_cost_points": round(min(costs), 2),
             "max_cost_points": round(max(costs), 2), "pooled_recall": pooled.as_dict(), "pooled_text": str(pooled),
             "clean_recall_text": report["clean"]["recall_text"]}
 
