@@ -12,7 +12,10 @@ detector. It is one more configuration of the one physical loop (``physical.loop
   ``sqrt(patch_fraction * box area) * s`` (``s`` uniform in [``scale_min``, ``scale_max``], so its area is at most
   ``patch_fraction * scale_max**2`` of the box), centred ``centre_y`` of the way down the box (the torso) and
   shifted by up to ``jitter`` of the box's width / height, rotated by up to ``rotation`` degrees: one placement
-  per person per draw (Thys's PatchTransformer: scale to the box, rotation, position noise);
+  per person per draw (Thys's PatchTransformer: scale to the box, rotation, position noise). Given the faces of
+  each scene (``faces=``: a face detector's boxes on the clean scene), a person whose face is found
+  (``face_floors``) wears the patch no higher than just below that face: the rotated patch's top edge at the
+  face's bottom edge, moved no lower than the box's bottom (a patch worn on the chest, never over the face);
 * **EOT** — the printer's stages (``apply_print``: printer gain / offset, profile) act on the patch before it is
   placed; the rest of the preset (brightness, contrast, blur, noise: the camera) on the whole photographed scene.
   The default preset ``thys-person`` has no scene geometry (the ground-truth boxes stay where they are; the
@@ -64,6 +67,8 @@ if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only the annotations need it
 
 #: the largest patch area allowed, as a fraction of the person box (the issue's budget)
 MAX_PATCH_FRACTION = 0.2
+#: a face belongs to a person box when its centre lies in the top this fraction of the box (the head's part)
+FACE_TOP = 0.6
 #: a candidate score given to a draw none of whose candidates is kept (nothing left to push down)
 NO_CANDIDATE = 0.0
 
@@ -154,6 +159,8 @@ class PersonPatchContext(AttackContext):
     eval_scenes: Tensor  # (M, 3, H, W): photos not optimised on
     eval_boxes: Tensor  # (M, P', 4)
     label: int
+    floors: Tensor | None = None  # (N, P): the bottom y of each person's face (pixels), NaN = none found / not given
+    eval_floors: Tensor | None = None  # (M, P')
 
 
 def pad_boxes(boxes: list[Tensor]) -> Tensor:
@@ -162,6 +169,33 @@ def pad_boxes(boxes: list[Tensor]) -> Tensor:
     out = torch.full((len(boxes), p, 4), float("nan"))
     for i, b in enumerate(boxes):
         out[i, : len(b)] = b.float().cpu()
+    return out
+
+
+def face_floors(boxes: Tensor, faces: Tensor) -> Tensor:
+    """(P,): for each person box (P, 4) the bottom y of its face among ``faces`` (F, 4) — the largest face whose
+    centre lies inside the box horizontally and in the top ``FACE_TOP`` of its height — or NaN when none does."""
+    out = torch.full((len(boxes),), float("nan"))
+    if len(faces) == 0:
+        return out
+    faces = faces.float().cpu().reshape(-1, 4)
+    fx, fy = (faces[:, 0] + faces[:, 2]) / 2, (faces[:, 1] + faces[:, 3]) / 2
+    area = (faces[:, 2] - faces[:, 0]).clamp(min=0) * (faces[:, 3] - faces[:, 1]).clamp(min=0)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.float().cpu().tolist()):
+        inside = (fx >= x1) & (fx <= x2) & (fy >= y1) & (fy <= y1 + FACE_TOP * (y2 - y1))
+        if inside.any():
+            out[i] = faces[int(torch.where(inside, area, -1.0).argmax()), 3]
+    return out
+
+
+def pad_floors(boxes: list[Tensor], faces: list[Tensor] | None) -> Tensor:
+    """(N, P): ``face_floors`` of each scene, NaN-padded like ``pad_boxes`` (all NaN when ``faces`` is None)."""
+    out = torch.full((len(boxes), max(len(b) for b in boxes)), float("nan"))
+    if faces is not None:
+        if len(faces) != len(boxes):
+            raise ConfigError(f"faces are given for {len(faces)} scenes, boxes for {len(boxes)}")
+        for i, (b, f) in enumerate(zip(boxes, faces)):
+            out[i, : len(b)] = face_floors(b.reshape(-1, 4), f)
     return out
 
 
@@ -255,8 +289,10 @@ class PersonPatch(PhysicalAttack):
         return out
 
     def context(self, detector: nn.Module, scenes: Tensor, eval_scenes: Tensor, *,
-                boxes: list[Tensor] | None = None, eval_boxes: list[Tensor] | None = None) -> PersonPatchContext:
-        """The per-call context (ground-truth boxes computed when not given)."""
+                boxes: list[Tensor] | None = None, eval_boxes: list[Tensor] | None = None,
+                faces: list[Tensor] | None = None, eval_faces: list[Tensor] | None = None) -> PersonPatchContext:
+        """The per-call context (ground-truth boxes computed when not given; ``faces`` / ``eval_faces``: each
+        scene's face boxes (F, 4), which keep the patch below each person's face)."""
         scenes, eval_scenes = _check_scenes(scenes, "scenes"), _check_scenes(eval_scenes, "eval_scenes")
         if scenes.shape[-2:] != eval_scenes.shape[-2:]:
             raise ImageError(f"scenes and eval_scenes must have the same size, got {tuple(scenes.shape[-2:])} and "
@@ -273,7 +309,8 @@ class PersonPatch(PhysicalAttack):
             model=scorer, device=device, mask=mask, transform=EOTTransform(self.eot),
             palette=resolve_palette(self.palette).to(device), targeted=False, scenes=scenes.to(device),
             boxes=pad_boxes(boxes).to(device), eval_scenes=eval_scenes.to(device),
-            eval_boxes=pad_boxes(eval_boxes).to(device), label=label)
+            eval_boxes=pad_boxes(eval_boxes).to(device), label=label,
+            floors=pad_floors(boxes, faces).to(device), eval_floors=pad_floors(eval_boxes, eval_faces).to(device))
 
     # -- the loop's hooks
     def _sample(self, ctx: PersonPatchContext, n: int, generator: torch.Generator) -> PersonPatchDraw:
@@ -299,15 +336,23 @@ class PersonPatch(PhysicalAttack):
                                angle=torch.zeros(n, p, device=dev), shift=torch.zeros(n, p, 2, device=dev),
                                printed=False)
 
-    def placements(self, boxes: Tensor, draw: PersonPatchDraw) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def placements(self, boxes: Tensor, draw: PersonPatchDraw, floors: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(side (B, P) pixels, centre (B, P, 2) pixels, angle (B, P) degrees, valid (B, P) bool) of the patch on
-        each person slot of each draw (``boxes``: (B, P, 4) NaN-padded)."""
+        each person slot of each draw (``boxes``: (B, P, 4) NaN-padded). ``floors`` (B, P): the bottom y of each
+        person's face (NaN: none): the rotated patch's top edge goes no higher than it, and its bottom edge no lower
+        than the box's bottom (which wins when both cannot hold)."""
         valid = ~torch.isnan(boxes).any(dim=-1)
         b = torch.nan_to_num(boxes, nan=0.0)
         w, h = (b[..., 2] - b[..., 0]).clamp(min=1.0), (b[..., 3] - b[..., 1]).clamp(min=1.0)
         side = torch.sqrt(self.patch_fraction * w * h) * draw.scale
         cx = (b[..., 0] + b[..., 2]) / 2 + draw.shift[..., 0] * w
         cy = b[..., 1] + self.centre_y * h + draw.shift[..., 1] * h
+        if floors is not None:
+            th = torch.deg2rad(draw.angle)
+            half = side / 2 * (torch.cos(th).abs() + torch.sin(th).abs())  # half the rotated square's height
+            below = torch.minimum(torch.maximum(cy, floors + half), b[..., 3] - half)
+            cy = torch.where(torch.isnan(floors), cy, below)
         return side, torch.stack([cx, cy], dim=-1), draw.angle, valid
 
     def composite(self, ctx: PersonPatchContext, colours: Tensor, draw: PersonPatchDraw, scenes: Tensor,
@@ -320,7 +365,8 @@ class PersonPatch(PhysicalAttack):
         if draw.printed:
             printed = ctx.transform.apply_print(printed, draw.eot)
         stack = torch.cat([printed * ctx.mask, ctx.mask.expand(n, -1, -1, -1).to(printed.dtype)], dim=1)
-        side, centre, angle, valid = self.placements(boxes, draw)
+        floors = None if ctx.floors is None else ctx.floors[draw.scene_index]
+        side, centre, angle, valid = self.placements(boxes, draw, floors)
         with torch.no_grad():
             x = scenes[draw.scene_index]
         c0 = (s - 1) / 2
@@ -351,7 +397,7 @@ class PersonPatch(PhysicalAttack):
         return ctx.boxes[draw.scene_index]
 
     def _eval_context(self, ctx: PersonPatchContext) -> PersonPatchContext:
-        return replace_context(ctx, scenes=ctx.eval_scenes, boxes=ctx.eval_boxes)
+        return replace_context(ctx, scenes=ctx.eval_scenes, boxes=ctx.eval_boxes, floors=ctx.eval_floors)
 
     def _attack_loss(self, ctx: PersonPatchContext, outputs: Tensor, goal: Tensor | None) -> Tensor:
         """Mean over the draws of the reduced candidate confidences (max / top-k mean / mean), optionally over the
@@ -441,13 +487,16 @@ class PersonPatch(PhysicalAttack):
 
     def __call__(self, detector: nn.Module, scenes: Tensor, *, eval_scenes: Tensor,  # type: ignore[override]
                  boxes: list[Tensor] | None = None, eval_boxes: list[Tensor] | None = None,
+                 faces: list[Tensor] | None = None, eval_faces: list[Tensor] | None = None,
                  initial: Tensor | None = None, **run: Unpack[RunOptions]) -> PhysicalResult:
         """Optimise the patch on ``scenes`` (N, 3, H, W) against ``detector`` (a ``Detector``); evaluate on fresh
         draws of ``eval_scenes`` (photos not optimised on). ``boxes`` / ``eval_boxes``: the person boxes of each
         scene (default: ``ground_truth``). ``initial``: colours (1, 3, P, P) in [0, 1] to start from (e.g. another
         run's patch, to continue it under another EOT or patch fraction) instead of ``init``; the evaluation's
-        ``initial`` variant is then that patch."""
-        ctx = self.context(detector, scenes, eval_scenes, boxes=boxes, eval_boxes=eval_boxes)
+        ``initial`` variant is then that patch. ``faces`` / ``eval_faces``: each scene's face boxes, to keep the
+        patch below each person's face (``placements``)."""
+        ctx = self.context(detector, scenes, eval_scenes, boxes=boxes, eval_boxes=eval_boxes, faces=faces,
+                           eval_faces=eval_faces)
         if initial is not None and tuple(initial.shape) != (1, 3, self.patch_size, self.patch_size):
             raise ConfigError(f"initial patch has shape {tuple(initial.shape)}, expected "
                               f"(1, 3, {self.patch_size}, {self.patch_size})")
@@ -458,15 +507,16 @@ class PersonPatch(PhysicalAttack):
         return self._attack(ctx, w0, run_extra=extra, score_clean=True, **run)
 
     def evaluate(self, detector: nn.Module, textures: dict[str, Tensor | None], scenes: Tensor, *,
-                 boxes: list[Tensor] | None = None, progress: bool = False
+                 boxes: list[Tensor] | None = None, faces: list[Tensor] | None = None, progress: bool = False
                  ) -> tuple[dict[str, dict[str, Tensor]], list[dict[str, Any]]]:
         """Score each texture (name → (1, 3, S, S) colours; None = no patch) on the SAME ``eval_samples`` fresh
         draws (generator ``eval_seed``) of ``scenes``: ({name: {"detected", "valid", "detections", "gt_boxes",
         "success"}}, the draws); ``progress``: the loop's evaluation bar on stderr."""
-        ctx = self.context(detector, scenes, scenes, boxes=boxes, eval_boxes=boxes)
+        ctx = self.context(detector, scenes, scenes, boxes=boxes, eval_boxes=boxes, faces=faces, eval_faces=faces)
         variants = {k: (None if v is None else v.to(ctx.device).float()) for k, v in textures.items()}
         return self._evaluate(ctx, variants, progress=progress)
 
 
-__all__ = ["MAX_PATCH_FRACTION", "DetectorClassScores", "PersonPatch", "PersonPatchContext", "PersonPatchDraw",
-           "detection_images", "pad_boxes", "random_patch", "unpack_detections"]
+__all__ = ["FACE_TOP", "MAX_PATCH_FRACTION", "DetectorClassScores", "PersonPatch", "PersonPatchContext",
+           "PersonPatchDraw", "detection_images", "face_floors", "pad_boxes", "pad_floors", "random_patch",
+           "unpack_detections"]

@@ -164,16 +164,52 @@ def detector_model(name: str) -> Any:
     return get_model(name)
 
 
+def face_detector_model(name: str) -> Any:
+    """The registry face detector ``name`` of ``--avoid-faces`` (a ConfigError when it has no ``face`` label)."""
+    from testbed.models.detection import Detector
+
+    detector = detector_model(name)
+    if not isinstance(detector, Detector) or "face" not in detector.labels:
+        raise ConfigError(f"--avoid-faces needs a face detector (a registry detector with the label 'face'), got "
+                          f"{name!r}")
+    return detector
+
+
+def face_boxes(detector: Any, scenes: Any) -> list[Any]:
+    """Each scene's face boxes (F, 4), pixels: ``detector``'s clean detections of ``face`` at its own score
+    threshold, under the model-state guard (``--avoid-faces``)."""
+    from testbed.models.base import model_state_guard
+
+    label = detector.label_index("face")
+    out = []
+    with model_state_guard(detector):
+        for i in range(len(scenes)):
+            found = detector.detect(scenes[i : i + 1])[0].of_label(label)
+            out.append(found.boxes.float().cpu().reshape(-1, 4))
+    return out
+
+
+def face_counts(boxes: list[Any], faces: list[Any], split: str) -> dict[str, int]:
+    """How many of ``split``'s person boxes hold a face (``face_floors``): the patch moves below it."""
+    import math
+
+    from physical.detector_patch import face_floors
+
+    found = sum(not math.isnan(v) for b, f in zip(boxes, faces) for v in face_floors(b, f).tolist())
+    return {f"{split}_persons_with_face": found, f"{split}_persons": sum(len(b) for b in boxes)}
+
+
 def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any], textures: dict[str, Any], *,
-                       photos: int, seed: int, preset: str, width_mm: float, progress: bool = False
-                       ) -> tuple[dict[str, dict[str, Any]], Any]:
+                       photos: int, seed: int, preset: str, width_mm: float, progress: bool = False,
+                       faces: list[Any] | None = None) -> tuple[dict[str, dict[str, Any]], Any]:
     """Each held-out scene with each texture (None = no patch) at its nominal placement on every person, printed
     ``width_mm`` wide and photographed ``photos`` times through the survival table's channel
     (``pipelines.survival.print_photo``: marker sheet, sampled printer + halftoning, simulated camera, rectified
     back to the scene's grid), then the detector on the rectified photo, scored by the attack's own hook against the
     clean scene's person boxes. Photo ``j`` of scene ``i`` uses key ``i * photos + j`` for every texture (paired).
     ``progress``: a bar on stderr counting the photos (printed and detected 8 at a time; each photo's printer and
-    camera depend on its key only). Returns ({texture: scores}, scene index of each photo)."""
+    camera depend on its key only). ``faces``: each scene's face boxes (the patch stays below each person's face, as
+    in the optimisation). Returns ({texture: scores}, scene index of each photo)."""
     import torch
     from tqdm import tqdm
 
@@ -181,7 +217,7 @@ def print_photo_scores(attack: Any, detector: Any, scenes: Any, boxes: list[Any]
     from testbed.models.base import model_state_guard
 
     cfg = SurvivalConfig(photos=photos, seed=seed, preset=preset).validate()
-    ctx = attack.context(detector, scenes, scenes, boxes=boxes, eval_boxes=boxes)
+    ctx = attack.context(detector, scenes, scenes, boxes=boxes, eval_boxes=boxes, faces=faces, eval_faces=faces)
     scene_index = torch.arange(len(scenes)).repeat_interleave(photos)
     keys = list(range(len(scene_index)))
     goal = ctx.boxes[scene_index.to(ctx.device)]
@@ -232,6 +268,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="patch centre shift, +- fraction of the box's width / height")
     p.add_argument("--centre-y", type=cli_types.number(0, 1), default=0.5,
                    help="patch centre, this far down the person box (0.5: the box centre, as Thys et al.)")
+    p.add_argument("--avoid-faces", metavar="FACE_DETECTOR",
+                   help="keep the patch below each person's face: a person box holding a face found by this registry "
+                        "face detector on the clean scene (e.g. tiny-face-detector) wears the patch with its top edge "
+                        "no higher than the face's bottom edge (and its bottom edge within the box); default: off")
     p.add_argument("--patch-size", type=cli_types.integer(2, 1024), default=64, help="patch resolution (pixels)")
     p.add_argument("--scene-size", type=cli_types.integer(32, 4096), default=512,
                    help="each photo letterboxed to this square (pixels)")
@@ -293,6 +333,7 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         raise ConfigError(f"--held-out must not repeat a --train photo: {', '.join(overlap or resolved)}")
     if args.scale_min > args.scale_max:
         raise ConfigError(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
+    face_detector = face_detector_model(args.avoid_faces) if args.avoid_faces else None
     cli_types.check_run_out(args.out, PersonPatch.name)
     initial, init = None, {}
     if args.init_from:
@@ -329,20 +370,27 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         if "scale" in args.train_augment:
             augment["scale"] = AUGMENT_SCALE
     held_boxes = attack.ground_truth(detector, held, held_names)
+    train_faces = held_faces = None
+    faces_info: dict[str, Any] = {}
+    if face_detector is not None:
+        train_faces, held_faces = face_boxes(face_detector, train), face_boxes(face_detector, held)
+        faces_info = {"avoid_faces": args.avoid_faces, **face_counts(train_boxes, train_faces, "train"),
+                      **face_counts(held_boxes, held_faces, "held_out"),
+                      "held_out_faces": {n: f.tolist() for n, f in zip(held_names, held_faces)}}
     persons = {"train": {n: len(b) for n, b in zip(train_names, train_boxes)},
                "held_out": {n: len(b) for n, b in zip(held_names, held_boxes)}}
     print(f"{args.label} boxes: {sum(persons['train'].values())} in {len(train)} training scenes, "
           f"{sum(persons['held_out'].values())} in {len(held)} held-out photos")
-    result = attack(detector, train, eval_scenes=held, boxes=train_boxes, eval_boxes=held_boxes, run_dir=args.out,
-                    progress=args.progress, initial=initial,
+    result = attack(detector, train, eval_scenes=held, boxes=train_boxes, eval_boxes=held_boxes, faces=train_faces,
+                    eval_faces=held_faces, run_dir=args.out, progress=args.progress, initial=initial,
                     run_extra={"model": args.model, "train": list(args.train), "held_out": list(args.held_out),
                                "scene_size": args.scene_size, "persons": persons, "train_augment": augment,
-                               **init})
+                               "avoid_faces": args.avoid_faces, **init})
     control_seeds = control_names(args.seed, args.random_controls)
     controls = {name: random_patch(args.patch_size, s) for name, s in control_seeds.items()}
     control = controls["random"]
     # the random-colour controls on the SAME held-out draws (the evaluation generator replays them)
-    scores = attack.evaluate(detector, controls, held, boxes=held_boxes, progress=args.progress)[0]
+    scores = attack.evaluate(detector, controls, held, boxes=held_boxes, faces=held_faces, progress=args.progress)[0]
     for name, prefix in (("final", ""), ("initial", "initial_"), ("clean", "clean_")):
         scores[name] = {k: result.scores[prefix + k] for k in ("detections", "gt_boxes", "detected", "valid")}
     shown = [*VARIANTS, *(n for n in controls if n not in VARIANTS)]
@@ -360,7 +408,7 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         p_scores, p_index = print_photo_scores(attack, detector, held, held_boxes, textures,
                                                photos=args.print_photos, seed=args.print_seed,
                                                preset=args.print_preset, width_mm=args.print_width_mm,
-                                               progress=args.progress)
+                                               progress=args.progress, faces=held_faces)
         printed = detection_report(p_scores, iou_threshold=attack.iou_threshold,
                                    score_threshold=attack.score_threshold)
         for name in printed:
@@ -384,7 +432,7 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         "variants": report, "random_controls": summary, "random_control_seeds": control_seeds,
         "loss_history": result.loss_history, "seconds_total": round(elapsed, 1),
         "optimise_seconds": result.extras.get("optimise_seconds"), "eval_seconds": result.extras.get("eval_seconds"),
-        "print_photo": printed, "machine": machine_info(), **init})
+        "print_photo": printed, "machine": machine_info(), **faces_info, **init})
     torch.save({"random_texture": control}, out / "random_texture.pt")
     print_recall_lines(report, printed, "recall_by_scene")
     if summary:
