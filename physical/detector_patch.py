@@ -482,7 +482,8 @@ class PersonPatch(PhysicalAttack):
     # -- the attack
     def initial_colours(self) -> Tensor:
         if self.init == "random":
-            return torch.rand(1, 3, self.patch_size, self.patch_size, generator=torch.Generator().manual_seed(self.seed + 7))
+            generator = torch.Generator().manual_seed(self.seed + 7)
+            return torch.rand(1, 3, self.patch_size, self.patch_size, generator=generator)
         return torch.full((1, 3, self.patch_size, self.patch_size), 0.5)
 
     def __call__(self, detector: nn.Module, scenes: Tensor, *, eval_scenes: Tensor,  # type: ignore[override]

@@ -63,8 +63,8 @@ def control_summary(report: dict[str, Any], names: dict[str, int]) -> dict[str, 
         k_all, n_all = k_all + r["k"], n_all + r["n"]
     pooled = wilson(k_all, n_all)
     return {"textures": len(names), "per_texture": per, "mean_cost_points": round(statistics.mean(costs), 2),
-            "sd_cost_points": round(statistics.stdev(costs), 2) if len(costs) > 1 else 0.0, "min_cost_points": round(min(costs), 2),
-            "max_cost_points": round(max(costs), 2), "pooled_recall": pooled.as_dict(), "pooled_text": str(pooled),
+            "sd_cost_points": round(statistics.stdev(costs), 2) if len(costs) > 1 else 0.0,
+            "min_cost_points": round(min(costs), 2), "max_cost_points": round(max(costs), 2), "pooled_recall": pooled.as_dict(), "pooled_text": str(pooled),
             "clean_recall_text": report["clean"]["recall_text"]}
 
 
@@ -253,8 +253,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--held-out", nargs="+", required=True, help="photos evaluated on (never a --train photo)")
     p.add_argument("--train-augment", type=train_augment, default=(), metavar="none|mirror[,scale]",
                    help="more training scenes from the --train photos: mirror (each flipped left-right), scale (each "
-                        f"scene so far shrunk to {AUGMENT_SCALE} of the letterbox, centred); their person boxes are the "
-                        "detector's own clean detections on them, a copy with none is dropped (default: none)")
+                        f"scene so far shrunk to {AUGMENT_SCALE} of the letterbox, centred); their person boxes are "
+                        "the detector's own clean detections on them, a copy with none is dropped (default: none)")
     p.add_argument("--out", required=True, type=cli_types.output_dir, help="run folder (rerun to resume)")
     p.add_argument("--steps", type=cli_types.count(), default=200, help="optimisation steps, >= 1")
     p.add_argument("--batch-size", type=cli_types.batch, default=8, help="EOT draws (scenes) per step")
@@ -322,8 +322,8 @@ def run_evade_persons(args: argparse.Namespace) -> int:
     from physical.cli_eot import _speed_kwargs
     from physical.detector_patch import PersonPatch, random_patch
     from pipelines.face_detector_evasion import _real
-    from testbed.photos import resolve_images
     from testbed.machine import machine_info
+    from testbed.photos import resolve_images
     from testbed.runs import atomic_write_json
 
     overlap = sorted(set(args.train) & set(args.held_out))
