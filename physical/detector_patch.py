@@ -67,7 +67,7 @@ if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only the annotations need it
 
 #: the largest patch area allowed, as a fraction of the person box (the issue's budget)
 MAX_PATCH_FRACTION = 0.2
-#: a face belongs to a person box when its centre lies in the top this fraction of the box (the head's part)
+#: a face belongs to a person box when its centre lies within this top fraction of the box's height (the head)
 FACE_TOP = 0.6
 #: a candidate score given to a draw none of whose candidates is kept (nothing left to push down)
 NO_CANDIDATE = 0.0

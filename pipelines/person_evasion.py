@@ -64,7 +64,8 @@ def control_summary(report: dict[str, Any], names: dict[str, int]) -> dict[str, 
     pooled = wilson(k_all, n_all)
     return {"textures": len(names), "per_texture": per, "mean_cost_points": round(statistics.mean(costs), 2),
             "sd_cost_points": round(statistics.stdev(costs), 2) if len(costs) > 1 else 0.0,
-            "min_cost_points": round(min(costs), 2), "max_cost_points": round(max(costs), 2), "pooled_recall": pooled.as_dict(), "pooled_text": str(pooled),
+            "min_cost_points": round(min(costs), 2), "max_cost_points": round(max(costs), 2),
+            "pooled_recall": pooled.as_dict(), "pooled_text": str(pooled),
             "clean_recall_text": report["clean"]["recall_text"]}
 
 
