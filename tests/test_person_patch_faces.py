@@ -160,3 +160,18 @@ def test_evade_persons_avoid_faces_refuses_a_detector_without_faces(face_toys, t
     err = capsys.readouterr().err
     assert "--avoid-faces needs a face detector" in err and "toy-person-detector-f" in err and "Traceback" not in err
     assert not (tmp_path / "cli").exists()
+
+
+def test_evade_persons_avoid_faces_reaches_every_placement(face_toys, tmp_path, monkeypatch):
+    """The optimisation, the held-out evaluation, the random controls and the print-photo loop each build their
+    context with the faces: no stage places the patch without them."""
+    calls = []
+    original = PersonPatch.context
+
+    def spy(self, *args, **kwargs):
+        calls.append((kwargs.get("faces") is not None, kwargs.get("eval_faces") is not None))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PersonPatch, "context", spy)
+    assert _cli(face_toys, tmp_path, "--avoid-faces", "toy-face-detector", "--print-photos", "1") == 0
+    assert len(calls) == 3 and all(f and e for f, e in calls)  # optimisation, controls, print + photo
