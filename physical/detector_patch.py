@@ -276,16 +276,13 @@ class PersonPatch(PhysicalAttack):
         """Each scene's person boxes: the detector's clean detections of the class at ``gt_score`` or more
         (ImageError naming the scene when it has none; with ``require=False`` an empty ``(0, 4)`` tensor instead).
         Run under the model-state guard."""
-        label = self.label_index(detector)
-        out = []
         with model_state_guard(detector):
-            for i in range(len(scenes)):
-                found = detector.detect(scenes[i : i + 1], score_threshold=self.gt_score)[0].of_label(label)
-                if len(found.scores) == 0 and require:
-                    what = names[i] if names else f"scene {i}"
-                    raise ImageError(f"no {self.label} detected at score >= {self.gt_score} in {what}: it cannot be a "
-                                     "person-evasion scene")
-                out.append(found.boxes.float().cpu().reshape(-1, 4))
+            out = detector.label_boxes(scenes, self.label_index(detector), self.gt_score)
+        for i, found in enumerate(out):
+            if len(found) == 0 and require:
+                what = names[i] if names else f"scene {i}"
+                raise ImageError(f"no {self.label} detected at score >= {self.gt_score} in {what}: it cannot be a "
+                                 "person-evasion scene")
         return out
 
     def context(self, detector: nn.Module, scenes: Tensor, eval_scenes: Tensor, *,

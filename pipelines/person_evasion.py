@@ -181,13 +181,8 @@ def face_boxes(detector: Any, scenes: Any) -> list[Any]:
     threshold, under the model-state guard (``--avoid-faces``)."""
     from testbed.models.base import model_state_guard
 
-    label = detector.label_index("face")
-    out = []
     with model_state_guard(detector):
-        for i in range(len(scenes)):
-            found = detector.detect(scenes[i : i + 1])[0].of_label(label)
-            out.append(found.boxes.float().cpu().reshape(-1, 4))
-    return out
+        return detector.label_boxes(scenes, detector.label_index("face"))
 
 
 def face_counts(boxes: list[Any], faces: list[Any], split: str) -> dict[str, int]:

@@ -73,6 +73,13 @@ class Detector(nn.Module):
     def detect(self, images: torch.Tensor, score_threshold: float | None = None) -> list[DetectionSet]:
         raise NotImplementedError
 
+    def label_boxes(self, images: torch.Tensor, label: int, score_threshold: float | None = None
+                    ) -> list[torch.Tensor]:
+        """Each image's boxes ``(N_i, 4)`` (float, CPU) of the class ``label`` at ``score_threshold`` or more (default:
+        the detector's own), one image at a time (large scenes, bounded memory)."""
+        return [self.detect(images[i : i + 1], score_threshold)[0].of_label(label).boxes.float().cpu().reshape(-1, 4)
+                for i in range(len(images))]
+
     def candidate_scores(self, images: torch.Tensor, label: int) -> torch.Tensor:
         raise NotImplementedError
 
