@@ -275,6 +275,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="a draw's loss: max over the candidates' class confidences, mean of the top --top-k, mean, or "
                         "per-box (each person box's max over the candidates overlapping it at --overlap-iou, averaged)")
     p.add_argument("--top-k", type=cli_types.count(), default=10, help="candidates averaged by --reduce topk")
+    p.add_argument("--box-hinge", type=cli_types.number(0, 1, hi_open=True), default=0.0, metavar="SCORE",
+                   help="with --reduce per-box: score each person box by softplus(logit(s) - logit(SCORE)), so the "
+                        "people still detected get the push, not those already hidden (0: the plain score)")
     p.add_argument("--only-overlapping", action="store_true",
                    help="the loss keeps only candidates whose box overlaps a person box (--overlap-iou)")
     p.add_argument("--overlap-iou", type=cli_types.number(0, 1), default=0.1, help="overlap of --only-overlapping")
@@ -345,6 +348,7 @@ def run_evade_persons(args: argparse.Namespace) -> int:
         label=args.label, steps=args.steps, batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size,
         patch_fraction=args.patch_fraction, scale_min=args.scale_min, scale_max=args.scale_max,
         rotation=args.rotation, jitter=args.jitter, centre_y=args.centre_y, reduce=args.reduce, top_k=args.top_k,
+        box_hinge=args.box_hinge,
         only_overlapping=args.only_overlapping, overlap_iou=args.overlap_iou, score_threshold=score_threshold,
         gt_score=max(0.3, float(getattr(detector, "score_threshold", 0.3))) if args.gt_score is None
         else args.gt_score, lambda_tv=args.lambda_tv, lambda_nps=args.lambda_nps, eot=args.eot, init=args.init,

@@ -7,6 +7,7 @@ command's refusals."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -273,6 +274,29 @@ def test_per_box_reduce_averages_each_persons_highest_overlapping_candidate():
     out = torch.cat([scores, cand.flatten(1)], dim=1)
     assert torch.isclose(attack._attack_loss(None, out, goal), torch.tensor((0.9 + 0.3) / 2))
     assert float(_attack(reduce="max")._attack_loss(None, scores, goal)) == pytest.approx(0.9)
+
+
+def test_box_hinge_scores_each_box_in_logit_space_and_pushes_the_detected_ones():
+    """--box-hinge h: a box's term is softplus(logit(s) - logit(h)) of its highest overlapping candidate; the
+    gradient reaches a still-confident box almost undiminished and a box far below h almost not at all."""
+    attack = _attack(reduce="per-box", overlap_iou=0.5, box_hinge=0.1)
+    scores = torch.tensor([[0.9, 0.3, 0.002]], requires_grad=True)
+    cand = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 9], [20, 20, 30, 30]]])  # two on person 0, one on person 1
+    goal = torch.tensor([[[0.0, 0, 10, 10], [20, 20, 30, 30]]])
+    loss = attack._attack_loss(None, torch.cat([scores, cand.flatten(1)], dim=1), goal)
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    expected = (softplus(logit(0.9) - logit(0.1)) + softplus(logit(0.002) - logit(0.1))) / 2
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    dlogit = scores.grad[0] * scores.detach()[0] * (1 - scores.detach()[0])  # d loss / d logit of each candidate
+    assert float(dlogit[0]) == pytest.approx(0.5 * 81 / 82, rel=1e-4)  # 0.5 x sigmoid(logit(0.9) - logit(0.1))
+    assert float(dlogit[1]) == 0.0  # not the box's highest candidate
+    assert 0 < float(dlogit[2]) < 0.1 * float(dlogit[0])
+    with pytest.raises(ConfigError, match="box_hinge"):
+        _attack(reduce="max", box_hinge=0.1)
+    with pytest.raises(ConfigError, match="box_hinge"):
+        _attack(reduce="per-box", box_hinge=1.0)
 
 
 def test_nominal_draw_pastes_the_patch_own_colours_not_an_eot_print_draw(data):
