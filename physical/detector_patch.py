@@ -228,7 +228,7 @@ class PersonPatch(PhysicalAttack):
     centre_y: float = 0.5  # the patch's centre, this far down the person box (0.5: the box centre, as Thys et al.)
     reduce: Literal["max", "topk", "mean", "per-box"] = "max"
     top_k: int = 10
-    box_hinge: float = 0.0  # ``per-box`` only: > 0 scores a box by softplus(logit(s) - logit(box_hinge)) (the loss)
+    box_hinge: float | None = None  # ``per-box`` only: score a box by softplus(logit(s) - logit(box_hinge)) (the loss)
     only_overlapping: bool = False  # the loss keeps only candidates overlapping a person box
     overlap_iou: float = 0.1
     iou_threshold: float = 0.5
@@ -250,15 +250,15 @@ class PersonPatch(PhysicalAttack):
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
         for n in ("centre_y", "overlap_iou", "iou_threshold", "score_threshold", "gt_score", "detect_threshold",
-                  "jitter", "box_hinge"):
+                  "jitter"):
             if getattr(self, n) > 1:
                 raise ConfigError(f"{n} must be in [0, 1], got {getattr(self, n)}")
         if self.rotation > 180:
             raise ConfigError(f"rotation must be in [0, 180] degrees, got {self.rotation}")
         if self.reduce not in ("max", "topk", "mean", "per-box"):
             raise ConfigError(f"reduce must be max, topk, mean or per-box, got {self.reduce!r}")
-        if self.box_hinge and (self.reduce != "per-box" or self.box_hinge >= 1):
-            raise ConfigError(f"box_hinge ({self.box_hinge}) needs reduce='per-box' and a score below 1")
+        if self.box_hinge is not None and (self.reduce != "per-box" or not 0 < self.box_hinge < 1):
+            raise ConfigError(f"box_hinge ({self.box_hinge}) needs reduce='per-box' and a score in (0, 1)")
         if self.init not in ("gray", "random"):
             raise ConfigError(f"init must be gray or random, got {self.init!r}")
         if self.detect_threshold > self.score_threshold:
@@ -405,7 +405,7 @@ class PersonPatch(PhysicalAttack):
         """Mean over the draws of the reduced candidate confidences (max / top-k mean / mean), optionally over the
         candidates overlapping a person box only; ``per-box``: for each person box the max over the candidates
         overlapping it at IoU ``>= overlap_iou``, averaged over the boxes (every person pushed down at each step,
-        not only the most confident one). With ``box_hinge`` h > 0 a box's term is softplus(logit(s) - logit(h))
+        not only the most confident one). With ``box_hinge`` h a box's term is softplus(logit(s) - logit(h))
         instead of s: a box still found pulls with a gradient near 1 in logit space however confident it is (the
         sigmoid does not flatten it), a box already well below h pulls with nearly none — the effort goes to the
         people still detected rather than to pushing hidden ones further down."""
@@ -422,7 +422,7 @@ class PersonPatch(PhysicalAttack):
                 near = box_iou(cand[i], g) >= self.overlap_iou  # (K, G)
                 masked = torch.where(near, scores[i][:, None], torch.full_like(near, NO_CANDIDATE, dtype=scores.dtype))
                 best = masked.max(dim=0).values
-                if self.box_hinge:
+                if self.box_hinge is not None:
                     best = F.softplus(logit(best) - math.log(self.box_hinge / (1 - self.box_hinge)))
                 per_draw.append(best.mean())
             return torch.stack(per_draw).mean()

@@ -275,9 +275,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="a draw's loss: max over the candidates' class confidences, mean of the top --top-k, mean, or "
                         "per-box (each person box's max over the candidates overlapping it at --overlap-iou, averaged)")
     p.add_argument("--top-k", type=cli_types.count(), default=10, help="candidates averaged by --reduce topk")
-    p.add_argument("--box-hinge", type=cli_types.number(0, 1, hi_open=True), default=0.0, metavar="SCORE",
+    p.add_argument("--box-hinge", type=cli_types.number(0, 1, lo_open=True, hi_open=True), default=None,
+                   metavar="SCORE",
                    help="with --reduce per-box: score each person box by softplus(logit(s) - logit(SCORE)), so the "
-                        "people still detected get the push, not those already hidden (0: the plain score)")
+                        "people still detected get the push, not those already hidden (default: the plain score)")
     p.add_argument("--only-overlapping", action="store_true",
                    help="the loss keeps only candidates whose box overlaps a person box (--overlap-iou)")
     p.add_argument("--overlap-iou", type=cli_types.number(0, 1), default=0.1, help="overlap of --only-overlapping")

@@ -295,8 +295,10 @@ def test_box_hinge_scores_each_box_in_logit_space_and_pushes_the_detected_ones()
     assert 0 < float(dlogit[2]) < 0.1 * float(dlogit[0])
     with pytest.raises(ConfigError, match="box_hinge"):
         _attack(reduce="max", box_hinge=0.1)
-    with pytest.raises(ConfigError, match="box_hinge"):
-        _attack(reduce="per-box", box_hinge=1.0)
+    assert _attack(reduce="per-box").box_hinge is None  # off by default: null, so a run folder from before resumes
+    for bad in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="box_hinge"):
+            _attack(reduce="per-box", box_hinge=bad)
 
 
 def test_nominal_draw_pastes_the_patch_own_colours_not_an_eot_print_draw(data):
