@@ -22,7 +22,8 @@ detector. It is one more configuration of the one physical loop (``physical.loop
   placement supplies the patch's geometry);
 * **loss** (Thys's "max objectness x class") — per draw, the candidate confidences reduced by ``max`` (default),
   the mean of the top ``top_k``, the mean, or ``per-box`` (each person box's max over the candidates overlapping it,
-  averaged over the boxes; with ``box_hinge`` h each box's max s enters as softplus(logit(s) - logit(h))); optionally only the candidates whose box overlaps a person box of
+  averaged over the boxes; with ``box_hinge`` h each box's max s enters as softplus(logit(s) - logit(h)));
+  optionally only the candidates whose box overlaps a person box of
   the scene at IoU ``>= overlap_iou`` (``only_overlapping``); averaged over the draws; plus NPS and TV (the loop's
   regulariser, over the patch);
 * **success** — on an evaluation draw a person box is *hidden* when no detection of the class with score
